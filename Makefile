@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo demo-m2 bench clean
+.PHONY: install lint test demo demo-m2 bench bench-m2 clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ demo: demo-m2
 demo-m2: $(STAMP)
 	$(PY) demo/m2_demo.py
 
-bench: $(STAMP)
-	$(PY) bench/run_all.py
+bench: bench-m2
+
+bench-m2: $(STAMP)
+	$(PY) bench/bench_m2_loader.py
+	$(PY) bench/bench_m2_api.py
 
 clean:
 	rm -rf $(VENV) .m2-data .pytest_cache
