@@ -1,0 +1,561 @@
+"""Simulator of Springshare LibCal API 1.1: OAuth client-credentials token and space bookings.
+
+Answers like the real service described in ``/work/shared/reference/libcal.md``:
+
+- ``POST /1.1/oauth/token`` (also ``/api/1.1/oauth/token``) takes a form-encoded or a JSON body
+  with ``client_id``, ``client_secret`` and ``grant_type=client_credentials`` and answers
+  ``{"access_token", "expires_in", "token_type": "Bearer", "scope"}``.
+  A ``grant_type`` other than ``client_credentials`` gets 400 ``{"error": "Grant type not supported"}``;
+  wrong credentials get 400 ``{"error": "The client credentials are invalid"}``.
+  With ``invalid_client_quirk=True`` wrong credentials instead get status **200** with
+  ``{"error": "invalid_client", "error_description": "The client credentials are invalid"}``, as
+  some deployments do (so clients must look for an ``error`` key, not only the status).
+- Other calls need ``Authorization: Bearer <token>``. A token lives ``token_lifetime`` seconds on
+  the state's clock; an expired, revoked (``expire_tokens()``) or unknown token gets 401. No refresh
+  tokens exist.
+- ``GET /1.1/space/bookings`` (also ``/api/1.1/space/bookings``) answers a bare JSON array of rows.
+  Parameters: ``lid``, ``cid``, ``eid``, ``email`` filters; ``date`` (``YYYY-MM-DD``, default today
+  in the library's time zone; a past date is ignored and today is used, as the real API does);
+  ``days`` 0-365 (default 0; the window is ``date`` .. ``date + days`` inclusive, on the row's
+  local ``fromDate`` date); ``limit`` 1-500 (default 20); ``page`` from 1; ``form_answers=1`` or
+  ``formAnswers=1`` to include custom answers as top-level ``q<question id>`` keys (absent
+  otherwise); ``include_cancel`` (default 1), ``include_tentative`` (default 1: ``Mediated
+  Tentative``), ``include_denied`` (default 0: ``Mediated Denied``).
+  Rows are ordered by ``fromDate`` then row ``id``; page ``n`` holds rows ``(n-1)*limit .. n*limit``.
+  A booking for several seats appears as several rows sharing one ``bookId`` (distinct row ``id``).
+  Cancelled rows carry a cancelled status and ``"cancelled": "<ISO timestamp>"``.
+  Dates are ISO 8601 with the library's local offset (e.g. ``2026-11-22T13:15:00-05:00``).
+- Bad ``date`` -> 400 ``text/plain`` ``invalid "date" value``; bad ``page`` (not an integer or < 1)
+  -> 400 ``text/plain`` ``invalid "page" value, must be >= 1`` (both exactly as the reference).
+- ``GET /1.1/space/booking/{id[,id]}`` returns the rows of those ``bookId``s; cancelled bookings
+  return no data (the reference quotes "Cancelled bookings do not return data").
+
+Unverified (no public source; chosen here and kept simple):
+
+- the 401 bodies: modelled on bshaffer/oauth2-server-php, which the error messages above come from:
+  no token -> 401 ``{"error": "invalid_request", "error_description": "The access token was not found"}``,
+  unknown -> ``{"error": "invalid_token", "error_description": "The access token provided is invalid"}``,
+  expired/revoked -> ``{"error": "invalid_token", "error_description": "The access token provided has expired"}``;
+- ``days`` outside 0-365 or not an integer -> 400 text/plain ``invalid "days" value``; ``limit``
+  outside 1-500 or not an integer -> 400 text/plain ``invalid "limit" value``;
+- which of grant type and credentials is checked first (grant type here);
+- the seat rows' other fields (they repeat the booking's fields; only ``id`` differs).
+
+Test hooks: ``expire_tokens()``, ``requests`` (one dict per request received), ``count(prefix)``,
+``latency=(min, max)`` seconds slept per request, ``clock`` (epoch seconds) and ``today`` to pin
+time. Standalone: ``python -m simulators.libcal --port N [--bookings-json FILE] [--latency 0.2-0.2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime, timedelta, tzinfo
+from typing import Any
+
+from aiohttp import web
+
+SCOPE = "cal_r ev_r ms_r rm_r sp_r sp_w h_r"
+CANCELLED_STATUSES = (
+    "Cancelled by User",
+    "Cancelled by System",
+    "Cancelled by Admin",
+    "Cancelled",
+)
+STATUSES = (
+    "Confirmed",
+    "Confirmed (Payment Pending)",
+    "Mediated Tentative",
+    "Mediated Approved",
+    "Mediated Denied",
+    *CANCELLED_STATUSES,
+)
+MAX_LIMIT = 500
+MAX_DAYS = 365
+DEFAULT_LIMIT = 20
+
+
+def _default_timezone() -> tzinfo:
+    """The library's local zone (America/New_York), or a fixed -05:00 if tz data is missing."""
+    try:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo("America/New_York")
+    except Exception:  # noqa: BLE001 - no tz database on this machine
+        from datetime import timezone
+
+        return timezone(timedelta(hours=-5))
+
+
+class LibCalState:
+    """Everything the LibCal simulator knows: credentials, tokens, bookings and the request log."""
+
+    def __init__(
+        self,
+        client_id: str = "cid",
+        client_secret: str = "secret",
+        token_lifetime: int = 3600,
+        latency: tuple[float, float] = (0.0, 0.0),
+        seed: int | None = 1,
+        form_answer_key: str = "q12505",
+        invalid_client_quirk: bool = False,
+        timezone: tzinfo | None = None,
+        today: date | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_lifetime = token_lifetime
+        self.latency = latency
+        self.random = random.Random(seed)
+        self.form_answer_key = form_answer_key
+        self.invalid_client_quirk = invalid_client_quirk
+        self.timezone = timezone or _default_timezone()
+        self.today = today
+        self.clock = clock
+        self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
+        self.revoked: set[str] = set()
+        self.bookings: list[dict[str, Any]] = []  # one dict per row, in insertion order
+        self.requests: list[dict[str, Any]] = []
+        self._next_row_id = 23657
+
+    # -- test hooks -----------------------------------------------------------------------
+    def add_booking(
+        self,
+        book_id: str,
+        lid: int,
+        from_date: str,
+        to_date: str,
+        first_name: str = "Ada",
+        last_name: str = "Lovelace",
+        email: str = "ada@example.edu",
+        primary_id: str | None = None,
+        status: str = "Confirmed",
+        seats: int = 1,
+        *,
+        eid: int = 44,
+        cid: int = 37,
+        created: str | None = None,
+        account: str | None = None,
+        location_name: str = "Gelman Library",
+        category_name: str = "Study Rooms",
+        item_name: str = "Room 101",
+        check_in_code: str | None = None,
+        cancelled: str | None = None,
+        answers: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Add one booking (``seats`` rows sharing ``book_id``) and return its rows."""
+        datetime.fromisoformat(from_date)  # reject malformed dates at setup time
+        datetime.fromisoformat(to_date)
+        if status not in STATUSES:
+            raise ValueError(f"unknown LibCal status {status!r} (known: {', '.join(STATUSES)})")
+        custom = dict(answers or {})
+        if primary_id is not None:
+            custom[self.form_answer_key] = primary_id
+        if created is None:
+            created = (datetime.fromisoformat(from_date) - timedelta(days=2)).isoformat()
+        check_in_code = check_in_code or self._check_in_code()
+        rows = []
+        for _ in range(max(1, seats)):
+            row: dict[str, Any] = {
+                "bookId": book_id,
+                "id": self._next_row_id,
+                "eid": eid,
+                "cid": cid,
+                "lid": lid,
+                "fromDate": from_date,
+                "toDate": to_date,
+                "created": created,
+                "firstName": first_name,
+                "lastName": last_name,
+                "email": email,
+                "account": account if account is not None else email.split("@")[0],
+                "status": status,
+                "location_name": location_name,
+                "category_name": category_name,
+                "item_name": item_name,
+                "check_in_code": check_in_code,
+                "_answers": custom,
+            }
+            if cancelled is not None:
+                row["cancelled"] = cancelled
+            self._next_row_id += 1
+            self.bookings.append(row)
+            rows.append(row)
+        return rows
+
+    def cancel(self, book_id: str, status: str = "Cancelled by User") -> None:
+        """Cancel every row of ``book_id``: set ``status`` and a ``cancelled`` timestamp."""
+        if status not in CANCELLED_STATUSES:
+            raise ValueError(
+                f"{status!r} is not a cancelled status ({', '.join(CANCELLED_STATUSES)})"
+            )
+        rows = [row for row in self.bookings if row["bookId"] == book_id]
+        if not rows:
+            raise KeyError(f"no booking {book_id!r}")
+        stamp = self._now().replace(microsecond=0).isoformat()
+        for row in rows:
+            row["status"] = status
+            row["cancelled"] = stamp
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far answer 401."""
+        self.revoked.update(self.tokens)
+
+    def count(self, path_prefix: str = "") -> int:
+        """Number of requests received whose path starts with ``path_prefix``."""
+        return sum(1 for entry in self.requests if entry["path"].startswith(path_prefix))
+
+    # -- behaviour ------------------------------------------------------------------------
+    def issue_token(self) -> str:
+        """Create a bearer token valid for ``token_lifetime`` seconds."""
+        token = secrets.token_hex(20)
+        self.tokens[token] = self.clock() + self.token_lifetime
+        return token
+
+    def token_problem(self, authorization: str | None) -> dict[str, str] | None:
+        """The 401 error body for this Authorization header, or None when it is valid."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return {
+                "error": "invalid_request",
+                "error_description": "The access token was not found",
+            }
+        if token not in self.tokens:
+            return {
+                "error": "invalid_token",
+                "error_description": "The access token provided is invalid",
+            }
+        if token in self.revoked or self.clock() >= self.tokens[token]:
+            return {
+                "error": "invalid_token",
+                "error_description": "The access token provided has expired",
+            }
+        return None
+
+    def local_today(self) -> date:
+        """Today in the library's time zone (or the pinned ``today``)."""
+        return self.today or self._now().date()
+
+    def select(
+        self,
+        *,
+        start: date,
+        days: int,
+        lid: int | None = None,
+        cid: int | None = None,
+        eid: int | None = None,
+        email: str | None = None,
+        include_cancel: bool = True,
+        include_tentative: bool = True,
+        include_denied: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Rows matching the filters, ordered by ``fromDate`` then row id (internal keys kept)."""
+        end = start + timedelta(days=days)
+        chosen = []
+        for row in self.bookings:
+            day = datetime.fromisoformat(row["fromDate"]).date()
+            if not start <= day <= end:
+                continue
+            if lid is not None and row["lid"] != lid:
+                continue
+            if cid is not None and row["cid"] != cid:
+                continue
+            if eid is not None and row["eid"] != eid:
+                continue
+            if email is not None and row["email"].lower() != email.lower():
+                continue
+            if not include_cancel and row["status"] in CANCELLED_STATUSES:
+                continue
+            if not include_tentative and row["status"] == "Mediated Tentative":
+                continue
+            if not include_denied and row["status"] == "Mediated Denied":
+                continue
+            chosen.append(row)
+        chosen.sort(key=lambda row: (datetime.fromisoformat(row["fromDate"]), row["id"]))
+        return chosen
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), self.timezone)
+
+    def _check_in_code(self) -> str:
+        return "".join(self.random.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(6))
+
+
+STATE = web.AppKey("libcal_state", LibCalState)
+
+
+def public_row(row: dict[str, Any], form_answers: bool) -> dict[str, Any]:
+    """The row as the API shows it: custom answers as top-level keys only when asked for."""
+    shown = {key: value for key, value in row.items() if not key.startswith("_")}
+    if form_answers:
+        shown.update(row["_answers"])
+    return shown
+
+
+def _text_400(message: str) -> web.Response:
+    return web.Response(status=400, text=message, content_type="text/plain")
+
+
+def _flag(query: Any, name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no")
+
+
+def _int_param(query: Any, name: str) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+async def _read_form(request: web.Request) -> dict[str, str]:
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return {k: str(v) for k, v in body.items()} if isinstance(body, dict) else {}
+    form = await request.post()
+    return {k: str(v) for k, v in form.items()}
+
+
+async def token(request: web.Request) -> web.Response:
+    """POST /1.1/oauth/token: client-credentials grant."""
+    state = request.app[STATE]
+    form = await _read_form(request)
+    if form.get("grant_type") != "client_credentials":
+        return web.json_response({"error": "Grant type not supported"}, status=400)
+    if form.get("client_id") != state.client_id or form.get("client_secret") != state.client_secret:
+        if state.invalid_client_quirk:
+            return web.json_response(
+                {
+                    "error": "invalid_client",
+                    "error_description": "The client credentials are invalid",
+                }
+            )
+        return web.json_response({"error": "The client credentials are invalid"}, status=400)
+    return web.json_response(
+        {
+            "access_token": state.issue_token(),
+            "expires_in": state.token_lifetime,
+            "token_type": "Bearer",
+            "scope": SCOPE,
+        }
+    )
+
+
+def _unauthorized(problem: dict[str, str]) -> web.Response:
+    return web.json_response(
+        problem,
+        status=401,
+        headers={"WWW-Authenticate": f'Bearer realm="Service", error="{problem["error"]}"'},
+    )
+
+
+async def space_bookings(request: web.Request) -> web.Response:
+    """GET /1.1/space/bookings: bookings of a day range, paged by ``limit``."""
+    state = request.app[STATE]
+    problem = state.token_problem(request.headers.get("Authorization"))
+    if problem:
+        return _unauthorized(problem)
+    query = request.query
+    today = state.local_today()
+    start = today
+    if query.get("date"):
+        try:
+            start = date.fromisoformat(query["date"])
+        except ValueError:
+            return _text_400('invalid "date" value')
+        if len(query["date"]) != 10:
+            return _text_400('invalid "date" value')
+        start = max(start, today)  # past dates are ignored
+    page = 1
+    if "page" in query:
+        parsed = _int_param(query, "page")
+        if parsed is None or parsed < 1:
+            return _text_400('invalid "page" value, must be >= 1')
+        page = parsed
+    limit = DEFAULT_LIMIT
+    if query.get("limit"):
+        parsed = _int_param(query, "limit")
+        if parsed is None or not 1 <= parsed <= MAX_LIMIT:
+            return _text_400('invalid "limit" value')
+        limit = parsed
+    days = 0
+    if query.get("days"):
+        parsed = _int_param(query, "days")
+        if parsed is None or not 0 <= parsed <= MAX_DAYS:
+            return _text_400('invalid "days" value')
+        days = parsed
+    rows = state.select(
+        start=start,
+        days=days,
+        lid=_int_param(query, "lid"),
+        cid=_int_param(query, "cid"),
+        eid=_int_param(query, "eid"),
+        email=query.get("email") or None,
+        include_cancel=_flag(query, "include_cancel", True),
+        include_tentative=_flag(query, "include_tentative", True),
+        include_denied=_flag(query, "include_denied", False),
+    )
+    form_answers = _flag(query, "form_answers", False) or _flag(query, "formAnswers", False)
+    window = rows[(page - 1) * limit : page * limit]
+    return web.json_response([public_row(row, form_answers) for row in window])
+
+
+async def space_booking(request: web.Request) -> web.Response:
+    """GET /1.1/space/booking/{ids}: rows of the given bookIds; cancelled ones return nothing."""
+    state = request.app[STATE]
+    problem = state.token_problem(request.headers.get("Authorization"))
+    if problem:
+        return _unauthorized(problem)
+    wanted = [part for part in request.match_info["ids"].split(",") if part]
+    query = request.query
+    form_answers = _flag(query, "form_answers", False) or _flag(query, "formAnswers", False)
+    rows = [
+        public_row(row, form_answers)
+        for book_id in wanted
+        for row in state.bookings
+        if row["bookId"] == book_id and row["status"] not in CANCELLED_STATUSES
+    ]
+    return web.json_response(rows)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _log_and_delay(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record every request and sleep the configured latency before answering."""
+    state = request.app[STATE]
+    entry: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "query": dict(request.query),
+        "status": None,
+        "time": time.monotonic(),
+    }
+    state.requests.append(entry)
+    low, high = state.latency
+    if high > 0:
+        await asyncio.sleep(state.random.uniform(low, high))
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        entry["status"] = exc.status
+        raise
+    entry["status"] = response.status
+    return response
+
+
+def create_app(state: LibCalState | None = None) -> web.Application:
+    """The LibCal simulator as an aiohttp application; ``app[STATE]`` is its state."""
+    app = web.Application(middlewares=[_log_and_delay])
+    app[STATE] = state or LibCalState()
+    for base in ("/1.1", "/api/1.1"):
+        app.router.add_post(f"{base}/oauth/token", token)
+        app.router.add_get(f"{base}/space/bookings", space_bookings)
+        app.router.add_get(f"{base}/space/booking/{{ids}}", space_booking)
+    return app
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """Parse ``MIN-MAX`` (or a single number) seconds into a (min, max) pair."""
+    low, _, high = text.partition("-")
+    try:
+        pair = (float(low), float(high or low))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise argparse.ArgumentTypeError(
+            f"latency must be MIN-MAX with 0 <= MIN <= MAX, got {text!r}"
+        )
+    return pair
+
+
+def load_bookings(state: LibCalState, path: str) -> int:
+    """Add the bookings of a JSON file (a list of ``add_booking`` keyword objects); return how many."""
+    with open(path, encoding="utf-8") as handle:
+        bookings = json.load(handle)
+    if not isinstance(bookings, list):
+        raise ValueError(f"{path}: expected a JSON list of bookings, got {type(bookings).__name__}")
+    for number, booking in enumerate(bookings, start=1):
+        cancelled_status = booking.pop("cancel", None)
+        try:
+            state.add_booking(**booking)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: booking #{number}: {exc}") from exc
+        if cancelled_status:
+            state.cancel(booking["book_id"], status=cancelled_status)
+    return len(bookings)
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` until cancelled, printing its base URL once listening."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    print(f"LibCal simulator listening on http://{host}:{bound_port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the LibCal simulator standalone."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.libcal", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8082, help="0 picks a free port")
+    parser.add_argument("--bookings-json", help="JSON list of add_booking keyword objects")
+    parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX seconds")
+    parser.add_argument("--client-id", default="cid")
+    parser.add_argument("--client-secret", default="secret")
+    parser.add_argument("--token-lifetime", type=int, default=3600)
+    parser.add_argument("--form-answer-key", default="q12505")
+    parser.add_argument(
+        "--invalid-client-quirk",
+        action="store_true",
+        help="answer bad credentials with 200 {error: invalid_client}",
+    )
+    args = parser.parse_args(argv)
+    state = LibCalState(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime=args.token_lifetime,
+        latency=args.latency,
+        form_answer_key=args.form_answer_key,
+        invalid_client_quirk=args.invalid_client_quirk,
+    )
+    if args.bookings_json:
+        try:
+            load_bookings(state, args.bookings_json)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        asyncio.run(serve(create_app(state), args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
