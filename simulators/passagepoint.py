@@ -1,0 +1,454 @@
+"""Simulator of STOPware PassagePoint REST API v2: login, visitors, pre-registrations, destinations.
+
+Answers like the service described in ``/work/shared/reference/passagepoint.md`` (paths under
+``/pp/api/v2``):
+
+- ``POST auth/login`` with JSON ``{"username", "password"}`` -> ``{"token": "<base64>"}`` where the
+  token is standard base64 of the JSON ``{"exp": <epoch milliseconds>, "username": "..."}`` (not a
+  JWT). Later calls send it in the header ``token: <token>``. A token stops working when its
+  ``exp`` passes (on the state's ``clock``), after ``expire_tokens()``, or if this server never
+  issued it: all get 401.
+- ``POST person/createVisitor`` takes its fields in the **query string** (``category``, default
+  ``Visitor``; ``firstName``, ``lastName``, ``email``, ``mobilePhoneNo``, ``uniqueId``) and answers
+  ``{"data": [{"id": <15-digit integer>}]}``. A ``uniqueId`` that already exists gets an HTTP error
+  (``duplicate_status``, default 400) whose body contains ``ALREADY_EXIST_UNIQUE_ID``.
+- ``GET person/byUniqueId?uniqueId=`` -> a bare JSON array of the visitors with that uniqueId
+  (empty if none; may hold more than one), or ``{"data": [...]}`` with ``wrap_byuniqueid=True``
+  (some versions wrap it).
+- ``POST visit/createPreReg`` with JSON ``{"startTime", "endTime", "visitorId", "destination"}``;
+  times are epoch **seconds as strings** -> ``{"data": [{"id": <15-digit integer>}]}``.
+- ``GET visit/getDestinations`` lists the destinations that exist.
+- There is no endpoint to delete or update a pre-registration, and none is simulated.
+
+Unverified (no public source; the simulator's choice, documented so clients do not depend on it):
+
+- every error status and body except the ``ALREADY_EXIST_UNIQUE_ID`` marker; errors here are JSON
+  ``{"error": "<CODE>", "message": "<text>"}``:
+  bad login -> 401 ``INVALID_CREDENTIALS``; a login body that is not a JSON object -> 400
+  ``BAD_REQUEST``; missing/undecodable/unknown/expired token -> 401 ``UNAUTHORIZED``;
+  duplicate uniqueId -> ``duplicate_status`` (400; 409 is as plausible) ``ALREADY_EXIST_UNIQUE_ID``;
+  createVisitor without ``firstName`` or ``lastName`` -> 400 ``MISSING_REQUIRED_FIELD``;
+  byUniqueId without ``uniqueId`` -> 400 ``MISSING_REQUIRED_FIELD``;
+  createPreReg: a body that is not a JSON object -> 400 ``BAD_REQUEST``; ``startTime``/``endTime``
+  not a string of digits -> 400 ``INVALID_TIME``; ``endTime`` not after ``startTime`` -> 400
+  ``INVALID_TIME``; unknown ``visitorId`` (string or integer) -> 400 ``VISITOR_NOT_FOUND``;
+  unknown ``destination`` -> 400 ``DESTINATION_NOT_FOUND``;
+- the visitor fields byUniqueId returns (the fields createVisitor received, plus ``id``);
+- the getDestinations body: ``{"data": [{"id": <int>, "name": "<destination>"}]}``;
+- whether a second login invalidates earlier tokens (it does not here).
+
+Test hooks: ``add_visitor()`` (bypasses the uniqueId check, so duplicates can be seeded),
+``visitors``, ``preregs``, ``expire_tokens()``, ``inject_failure(endpoint, kind, count)`` with
+endpoint ``login`` | ``createVisitor`` | ``byUniqueId`` | ``createPreReg`` | ``getDestinations`` and
+kind ``500`` (JSON 500 body, nothing applied), ``timeout`` (nothing applied; the server waits
+``hang_seconds`` then drops the connection), ``timeout_after_apply`` (the call takes effect, then
+the answer is withheld the same way: a lost response), ``disconnect`` (connection closed at once,
+nothing applied); ``requests`` and ``count(prefix)``; ``latency=(min, max)``; ``clock``.
+Standalone: ``python -m simulators.passagepoint --port N [--destinations "LibCal Gelman,LibCal Eckles"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import json
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+BASE = "/pp/api/v2"
+ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
+FAILURE_KINDS = ("500", "timeout", "timeout_after_apply", "disconnect")
+VISITOR_FIELDS = ("category", "firstName", "lastName", "email", "mobilePhoneNo", "uniqueId")
+
+
+class PassagePointState:
+    """Everything the PassagePoint simulator knows: account, tokens, visitors, pre-registrations."""
+
+    def __init__(
+        self,
+        username: str = "svc",
+        password: str = "pw",
+        token_lifetime: int = 3600,
+        latency: tuple[float, float] = (0.0, 0.0),
+        destinations: list[str] | None = None,
+        wrap_byuniqueid: bool = False,
+        seed: int | None = 1,
+        duplicate_status: int = 400,
+        hang_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.username = username
+        self.password = password
+        self.token_lifetime = token_lifetime
+        self.latency = latency
+        self.destinations = list(
+            destinations if destinations is not None else ["LibCal Gelman", "LibCal Eckles"]
+        )
+        self.wrap_byuniqueid = wrap_byuniqueid
+        self.random = random.Random(seed)
+        self.duplicate_status = duplicate_status
+        self.hang_seconds = hang_seconds
+        self.clock = clock
+        self.tokens: set[str] = set()
+        self.revoked: set[str] = set()
+        self.visitors: dict[int, dict[str, Any]] = {}
+        self.preregs: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.failures: dict[str, list[str]] = {}
+        self._used_ids: set[int] = set()
+
+    # -- test hooks -----------------------------------------------------------------------
+    def add_visitor(
+        self,
+        unique_id: str,
+        first_name: str = "Ada",
+        last_name: str = "Lovelace",
+        email: str = "ada@example.edu",
+        category: str = "Student",
+        mobile_phone_no: str | None = None,
+    ) -> int:
+        """Store a visitor directly (no duplicate check) and return its id."""
+        fields = {
+            "category": category,
+            "firstName": first_name,
+            "lastName": last_name,
+            "email": email,
+            "uniqueId": unique_id,
+        }
+        if mobile_phone_no is not None:
+            fields["mobilePhoneNo"] = mobile_phone_no
+        return self.store_visitor(fields)
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far answer 401."""
+        self.revoked.update(self.tokens)
+
+    def inject_failure(self, endpoint: str, kind: str, count: int = 1) -> None:
+        """Make the next ``count`` calls of ``endpoint`` fail with ``kind``."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {kind!r} (known: {', '.join(FAILURE_KINDS)})")
+        self.failures.setdefault(endpoint, []).extend([kind] * count)
+
+    def count(self, path_prefix: str = "") -> int:
+        """Number of requests received whose path starts with ``path_prefix``."""
+        return sum(1 for entry in self.requests if entry["path"].startswith(path_prefix))
+
+    # -- behaviour ------------------------------------------------------------------------
+    def issue_token(self) -> str:
+        """A token for the service account expiring ``token_lifetime`` seconds from now."""
+        exp_ms = int((self.clock() + self.token_lifetime) * 1000)
+        payload = json.dumps({"exp": exp_ms, "username": self.username}, separators=(",", ":"))
+        token = base64.b64encode(payload.encode()).decode()
+        self.tokens.add(token)
+        self.revoked.discard(token)
+        return token
+
+    def token_problem(self, token: str | None) -> str | None:
+        """Why this ``token`` header is refused, or None when it is valid."""
+        if not token:
+            return "Missing token header"
+        try:
+            claims = json.loads(base64.b64decode(token, validate=True))
+            exp_ms = int(claims["exp"])
+        except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+            return "Invalid token"
+        if token not in self.tokens:
+            return "Invalid token"
+        if token in self.revoked or self.clock() * 1000 >= exp_ms:
+            return "Token expired"
+        return None
+
+    def new_id(self) -> int:
+        """A fresh 15-digit id, unique across visitors and pre-registrations."""
+        while True:
+            candidate = self.random.randint(10**14, 10**15 - 1)
+            if candidate not in self._used_ids:
+                self._used_ids.add(candidate)
+                return candidate
+
+    def store_visitor(self, fields: dict[str, str]) -> int:
+        """Store a visitor with these API fields and return its new id."""
+        visitor_id = self.new_id()
+        self.visitors[visitor_id] = {**fields, "id": visitor_id}
+        return visitor_id
+
+    def by_unique_id(self, unique_id: str) -> list[dict[str, Any]]:
+        """Visitors whose uniqueId equals ``unique_id``, oldest first."""
+        return [v for v in self.visitors.values() if v.get("uniqueId") == unique_id]
+
+    def take_failure(self, endpoint: str) -> str | None:
+        """The next injected failure for ``endpoint``, consuming it, or None."""
+        queue = self.failures.get(endpoint)
+        return queue.pop(0) if queue else None
+
+
+STATE = web.AppKey("passagepoint_state", PassagePointState)
+
+
+def error(status: int, code: str, message: str) -> web.Response:
+    """A JSON error answer (the shape is the simulator's choice: unverified)."""
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def _authorized(request: web.Request) -> web.Response | None:
+    problem = request.app[STATE].token_problem(request.headers.get("token"))
+    return error(401, "UNAUTHORIZED", problem) if problem else None
+
+
+async def login(request: web.Request) -> web.Response:
+    """POST auth/login: exchange the service account's credentials for a token."""
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return error(400, "BAD_REQUEST", "Body must be a JSON object with username and password")
+    if body.get("username") != state.username or body.get("password") != state.password:
+        return error(401, "INVALID_CREDENTIALS", "Invalid username or password")
+    return web.json_response({"token": state.issue_token()})
+
+
+async def create_visitor(request: web.Request) -> web.Response:
+    """POST person/createVisitor: fields come in the query string."""
+    state = request.app[STATE]
+    refused = _authorized(request)
+    if refused:
+        return refused
+    query = request.query
+    for required in ("firstName", "lastName"):
+        if not query.get(required):
+            return error(400, "MISSING_REQUIRED_FIELD", f"{required} is required")
+    fields = {name: query[name] for name in VISITOR_FIELDS if name in query}
+    fields.setdefault("category", "Visitor")
+    unique_id = fields.get("uniqueId")
+    if unique_id and state.by_unique_id(unique_id):
+        return error(
+            state.duplicate_status,
+            "ALREADY_EXIST_UNIQUE_ID",
+            f"A person with uniqueId {unique_id} already exists",
+        )
+    return web.json_response({"data": [{"id": state.store_visitor(fields)}]})
+
+
+async def by_unique_id(request: web.Request) -> web.Response:
+    """GET person/byUniqueId: visitors with that uniqueId."""
+    state = request.app[STATE]
+    refused = _authorized(request)
+    if refused:
+        return refused
+    unique_id = request.query.get("uniqueId")
+    if not unique_id:
+        return error(400, "MISSING_REQUIRED_FIELD", "uniqueId is required")
+    visitors = state.by_unique_id(unique_id)
+    return web.json_response({"data": visitors} if state.wrap_byuniqueid else visitors)
+
+
+def _epoch_string(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+async def create_prereg(request: web.Request) -> web.Response:
+    """POST visit/createPreReg: pre-register a visitor at a destination for a time span."""
+    state = request.app[STATE]
+    refused = _authorized(request)
+    if refused:
+        return refused
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return error(400, "BAD_REQUEST", "Body must be a JSON object")
+    start, end = _epoch_string(body, "startTime"), _epoch_string(body, "endTime")
+    for name, value in (("startTime", start), ("endTime", end)):
+        if value is None:
+            return error(
+                400,
+                "INVALID_TIME",
+                f"{name} must be epoch seconds as a string, got {body.get(name)!r}",
+            )
+    if end <= start:  # type: ignore[operator]
+        return error(400, "INVALID_TIME", "endTime must be after startTime")
+    visitor_id = body.get("visitorId")
+    try:
+        known = int(str(visitor_id)) in state.visitors
+    except ValueError:
+        known = False
+    if not known:
+        return error(400, "VISITOR_NOT_FOUND", f"No visitor with id {visitor_id!r}")
+    destination = body.get("destination")
+    if destination not in state.destinations:
+        return error(400, "DESTINATION_NOT_FOUND", f"No destination named {destination!r}")
+    prereg_id = state.new_id()
+    state.preregs.append(
+        {
+            "id": prereg_id,
+            "startTime": body["startTime"],
+            "endTime": body["endTime"],
+            "visitorId": visitor_id,
+            "destination": destination,
+        }
+    )
+    return web.json_response({"data": [{"id": prereg_id}]})
+
+
+async def get_destinations(request: web.Request) -> web.Response:
+    """GET visit/getDestinations: the destinations that exist."""
+    state = request.app[STATE]
+    refused = _authorized(request)
+    if refused:
+        return refused
+    return web.json_response(
+        {"data": [{"id": n, "name": name} for n, name in enumerate(state.destinations, start=1)]}
+    )
+
+
+ROUTES: dict[str, tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = {
+    "login": ("POST", f"{BASE}/auth/login", login),
+    "createVisitor": ("POST", f"{BASE}/person/createVisitor", create_visitor),
+    "byUniqueId": ("GET", f"{BASE}/person/byUniqueId", by_unique_id),
+    "createPreReg": ("POST", f"{BASE}/visit/createPreReg", create_prereg),
+    "getDestinations": ("GET", f"{BASE}/visit/getDestinations", get_destinations),
+}
+ENDPOINT_BY_PATH = {path: name for name, (_, path, _) in ROUTES.items()}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _drop_connection(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer; the client sees a disconnect."""
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp discards whatever is written to a closed transport; this only ends the handler.
+    return web.Response(status=500)
+
+
+@web.middleware
+async def _log_delay_and_fail(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record every request, sleep the configured latency and apply injected failures."""
+    state = request.app[STATE]
+    entry: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "query": dict(request.query),
+        "status": None,
+        "time": time.monotonic(),
+    }
+    state.requests.append(entry)
+    low, high = state.latency
+    if high > 0:
+        await asyncio.sleep(state.random.uniform(low, high))
+    endpoint = ENDPOINT_BY_PATH.get(request.path)
+    failure = state.take_failure(endpoint) if endpoint else None
+    if failure:
+        entry["failure"] = failure
+    if failure == "500":
+        entry["status"] = 500
+        return error(500, "INTERNAL_SERVER_ERROR", "Unexpected server error")
+    if failure == "disconnect":
+        return await _drop_connection(request)
+    if failure == "timeout":
+        await asyncio.sleep(state.hang_seconds)
+        return await _drop_connection(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        entry["status"] = exc.status
+        raise
+    if failure == "timeout_after_apply":
+        entry["applied_status"] = response.status
+        await asyncio.sleep(state.hang_seconds)
+        return await _drop_connection(request)
+    entry["status"] = response.status
+    return response
+
+
+def create_app(state: PassagePointState | None = None) -> web.Application:
+    """The PassagePoint simulator as an aiohttp application; ``app[STATE]`` is its state."""
+    app = web.Application(middlewares=[_log_delay_and_fail])
+    app[STATE] = state or PassagePointState()
+    for method, path, handler in ROUTES.values():
+        app.router.add_route(method, path, handler)
+    return app
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """Parse ``MIN-MAX`` (or a single number) seconds into a (min, max) pair."""
+    low, _, high = text.partition("-")
+    try:
+        pair = (float(low), float(high or low))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
+    if pair[0] < 0 or pair[1] < pair[0]:
+        raise argparse.ArgumentTypeError(
+            f"latency must be MIN-MAX with 0 <= MIN <= MAX, got {text!r}"
+        )
+    return pair
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` until cancelled, printing its base URL once listening."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    print(f"PassagePoint simulator listening on http://{host}:{bound_port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the PassagePoint simulator standalone."""
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.passagepoint", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2444, help="0 picks a free port")
+    parser.add_argument(
+        "--destinations",
+        default="LibCal Gelman,LibCal Eckles",
+        help="comma-separated destination names that exist",
+    )
+    parser.add_argument("--username", default="svc")
+    parser.add_argument("--password", default="pw")
+    parser.add_argument("--token-lifetime", type=int, default=3600)
+    parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX seconds")
+    parser.add_argument(
+        "--wrap-byuniqueid", action="store_true", help='answer byUniqueId as {"data": [...]}'
+    )
+    parser.add_argument("--duplicate-status", type=int, default=400)
+    args = parser.parse_args(argv)
+    state = PassagePointState(
+        username=args.username,
+        password=args.password,
+        token_lifetime=args.token_lifetime,
+        latency=args.latency,
+        destinations=[name.strip() for name in args.destinations.split(",") if name.strip()],
+        wrap_byuniqueid=args.wrap_byuniqueid,
+        duplicate_status=args.duplicate_status,
+    )
+    try:
+        asyncio.run(serve(create_app(state), args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
