@@ -1,0 +1,56 @@
+"""Small helpers shared by the vendor simulators: sliding-window rate counting, latency, ports."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class SlidingWindowCounter:
+    """Counts events admitted in the last `window` seconds and refuses those over `limit`."""
+
+    def __init__(
+        self, limit: int, window: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._starts: deque[float] = deque()
+
+    def admit(self) -> bool:
+        """Record one event now and return True, or return False (not recorded) if over the limit."""
+        now = self.clock()
+        while self._starts and self._starts[0] <= now - self.window:
+            self._starts.popleft()
+        if len(self._starts) >= self.limit:
+            return False
+        self._starts.append(now)
+        return True
+
+
+async def sleep_latency(rng: random.Random, latency: tuple[float, float]) -> None:
+    """Sleep a uniform random time within the (min, max) latency, if any."""
+    low, high = latency
+    if high > 0:
+        await asyncio.sleep(rng.uniform(low, high))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """Parse "0.3-0.8" (or a single "0.5") into a (min, max) pair of seconds."""
+    low, _, high = text.partition("-")
+    low_s = float(low)
+    high_s = float(high) if high else low_s
+    if low_s < 0 or high_s < low_s:
+        raise ValueError(f"latency must be MIN-MAX seconds with 0 <= MIN <= MAX, got {text!r}")
+    return low_s, high_s

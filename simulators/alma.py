@@ -1,0 +1,1113 @@
+"""Local simulator of the Ex Libris Alma REST API: item scan-in and user lookup.
+
+It answers like Alma as described in shared/reference/alma.md (the contract), quirks included.
+Everything lives in one `AlmaState` that tests build, inspect and mutate; `create_app(state)`
+wraps it in an aiohttp application (`app[STATE]` is the state).
+
+Request pipeline (in this order, for every request):
+1. Recorded in `state.requests` (status filled in when the answer is sent; None if the
+   connection was dropped).
+2. Per-second threshold: requests admitted in any sliding one-second window, all keys together,
+   may not exceed `per_second_limit`; over it -> HTTP 429 `PER_SECOND_THRESHOLD`. A rejected
+   request has no effect, does not use the daily quota and does not occupy the window.
+3. API key: `Authorization: apikey KEY` header, else the `apikey=` query parameter. Missing or
+   unknown -> `UNAUTHORIZED` "API-key not defined or not configured to allow this API." with
+   HTTP `state.unauthorized_status` (default 400; *unverified*: no public source showed the
+   real status).
+4. Daily quota: one counter for the whole simulator (`daily_quota`), decremented by every
+   request that passed 1-3. When it is 0 -> `DAILY_THRESHOLD` with HTTP `daily_status`
+   (default 429; *unverified*). `X-Exl-Api-Remaining` (calls left) and `X-Request-ID` are on
+   every response, errors and injected failures included (not on dropped connections).
+5. Latency: a uniform random sleep within `latency` (min, max) seconds.
+6. Injected failure, if one is pending (see `inject_failure`), else the real handler.
+
+Format: JSON when `Accept` contains `application/json` or `format=json`; otherwise XML, as Alma
+defaults to XML. Error bodies in XML are the real `<web_service_result>` shape; success bodies in
+XML are a plain element-per-key rendering (approximate: the clients use JSON).
+
+Scan-in (`POST /almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}?op=scan`), checks
+in this order, each an HTTP 400 Alma error body:
+- `op` missing or not `scan` -> `40166410` "The parameter op is invalid. Received: X."
+  (code and wording *unverified*: patterned on 40166411).
+- `library` missing -> `40166410` "The parameter library is invalid. Received: ." and neither
+  `circ_desk` nor `department` -> "... circ_desk is invalid ..." (*unverified*, same pattern).
+- non-numeric mms_id -> `402203` "Input parameters mmsId X is not valid."
+- unknown item_pid -> `40166411` "The parameter item_pid is invalid. Received: X."
+- item not under that mms_id/holding_id -> `401688` "Search failed for Items with mmsId M,
+  holdings id H."
+- (library, circ_desk) not added with `add_desk` -> `state.desk_error_code` (default `401872`,
+  *unverified*) "Circulation desk DESK is not valid for library LIB.". If no desk was ever
+  added, every desk is accepted. `department` scans skip the desk check.
+Outcome of an applied scan (the loan, if any, is returned in every case):
+- desk library != owning library (temp_library if set, else library) -> in transit:
+  `base_status` 0 "Item not in place", `process_type` TRANSIT "Transit", `additional_info`
+  "Item's destination is: LIB. ..." (exact transit wording *unverified*); state "in_transit".
+- else item "requested" (on loan with a hold request waiting) -> hold shelf: `base_status` 0,
+  `process_type` HOLDSHELF "Hold Shelf", "Item's destination is: On Hold Shelf. ..."; state
+  "hold_shelf". A requested item sent in transit keeps its request and goes to the hold shelf
+  when scanned at its own library.
+- else -> in place: `base_status` 1 "Item in place", `process_type` {"value": "", "desc": null},
+  "Item's destination is: Reshelve to LOCATION. ..."; state "in_place".
+`register_in_house_use` is true unless the parameter is the string "false" (any case); a scan of
+an item that was not on loan ("loan"/"requested") with it true adds one to `item.in_house_uses`.
+
+Users (`GET /almaws/v1/users/{user_id}`): a user belongs to one API key (its institution zone)
+and is invisible with any other key. `user_id_type` absent or `all_unique` matches primary_id
+or barcode -> else `401861` "User with identifier X was not found."; `BARCODE` matches the
+barcode and `primary_id` the primary id, else `401890` "User with identifier X of type T was
+not found."; any other type -> the same 401890 (*unverified*: real Alma may validate the type).
+
+Injected failures (`inject_failure(kind, count=1, item_pid=None, applied=False)`), taken in FIFO
+order by requests that passed the gateway checks (optionally only scans of `item_pid`):
+- "500": HTTP 500 JSON/XML Alma body `INTERNAL_SERVER_ERROR`.
+- "502_text": HTTP 502 `text/plain` gateway body. "503_html": HTTP 503 HTML page.
+- "timeout": sleeps `state.timeout_sleep` seconds (default 60) then answers 504 text/plain.
+- "disconnect": closes the connection without any answer.
+- "429": the real PER_SECOND_THRESHOLD 429 (never applied).
+- "single_error_object" / "errors_exist_string": the request is answered with its own Alma
+  error if it has one, else with a generic 400 `INTERNAL_SERVER_ERROR`-style error (and not
+  applied), shaped with `error` as one object / `errorsExist` as the string "true".
+`applied=True` (scan-ins only, not "429"/shape kinds) runs the scan first and then fails: the
+realistic case of a 5xx or timeout after Alma did the work. Default False: nothing happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import csv
+import io
+import json
+import random
+import string
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from simulators._common import SlidingWindowCounter, parse_latency, sleep_latency
+
+FAILURE_KINDS = (
+    "500",
+    "502_text",
+    "503_html",
+    "single_error_object",
+    "errors_exist_string",
+    "timeout",
+    "disconnect",
+    "429",
+)
+SHAPE_KINDS = ("single_error_object", "errors_exist_string")
+ITEM_STATES = ("loan", "in_place", "requested", "in_transit", "hold_shelf")
+ON_LOAN_STATES = ("loan", "requested")
+
+PER_SECOND_MESSAGE = "HTTP requests are more than allowed per second"
+DAILY_MESSAGE = (
+    "Daily API Request Threshold has been reached. For details see: "
+    "https://developers.exlibrisgroup.com/alma/apis/#threshold"
+)
+UNAUTHORIZED_MESSAGE = "API-key not defined or not configured to allow this API."
+GATEWAY_502_TEXT = "Bad Gateway: the upstream server did not answer. Please try again later.\n"
+HTML_503 = (
+    "<html><head><title>503 Service Temporarily Unavailable</title></head><body>"
+    "<center><h1>503 Service Temporarily Unavailable</h1></center></body></html>\n"
+)
+
+
+class AlmaAPIError(Exception):
+    """An Alma error answer: HTTP status, errorCode and errorMessage."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class AlmaItem:
+    """One physical item and where it stands (status: one of ITEM_STATES)."""
+
+    mms_id: str
+    holding_id: str
+    item_pid: str
+    barcode: str
+    library: str
+    location: str
+    temp_library: str | None = None
+    temp_location: str | None = None
+    status: str = "loan"
+    in_house_uses: int = 0
+    request_pending: bool = False
+
+    def __post_init__(self) -> None:
+        if self.status not in ITEM_STATES:
+            raise ValueError(f"item status must be one of {ITEM_STATES}, got {self.status!r}")
+        if self.status == "requested":
+            self.request_pending = True
+
+    @property
+    def owning_library(self) -> str:
+        """The library the item belongs to right now (temporary library if set)."""
+        return self.temp_library or self.library
+
+
+@dataclass
+class AlmaUser:
+    """One patron record, visible only with `api_key` (its institution zone)."""
+
+    primary_id: str
+    barcode: str
+    user_group: str
+    user_group_desc: str
+    first_name: str
+    last_name: str
+    email: str
+    api_key: str
+
+
+@dataclass
+class _Failure:
+    kind: str
+    remaining: int
+    item_pid: str | None
+    applied: bool
+
+
+@dataclass
+class AlmaState:
+    """Everything the simulator knows: items, users, desks, limits, failures and a request log."""
+
+    per_second_limit: int = 25
+    daily_quota: int = 100_000
+    latency: tuple[float, float] = (0.0, 0.0)
+    api_keys: set[str] = field(default_factory=lambda: {"test-key"})
+    seed: int = 1
+    daily_status: int = 429
+    unauthorized_status: int = 400
+    desk_error_code: str = "401872"
+    timeout_sleep: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.items: dict[str, AlmaItem] = {}
+        self.users: dict[str, AlmaUser] = {}
+        self.desks: set[tuple[str, str]] = set()
+        self.requests: list[dict[str, Any]] = []
+        self.scans: list[tuple[str, str, str, bool]] = []
+        self.remaining = self.daily_quota
+        self.rng = random.Random(self.seed)
+        self.window = SlidingWindowCounter(self.per_second_limit, 1.0, self.clock)
+        self._failures: list[_Failure] = []
+
+    def add_item(self, item: AlmaItem) -> AlmaItem:
+        """Add (or replace) an item, keyed by item_pid."""
+        self.items[item.item_pid] = item
+        return item
+
+    def add_user(self, user: AlmaUser) -> AlmaUser:
+        """Add (or replace) a user, keyed by primary_id."""
+        self.users[user.primary_id] = user
+        return user
+
+    def add_desk(self, library: str, circ_desk: str) -> None:
+        """Declare a circulation desk; once any is declared, scans at other desks are refused."""
+        self.desks.add((library, circ_desk))
+
+    def inject_failure(
+        self, kind: str, count: int = 1, item_pid: str | None = None, applied: bool = False
+    ) -> None:
+        """Make the next `count` requests (or scans of `item_pid`) fail with `kind`."""
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {kind!r}: use one of {FAILURE_KINDS}")
+        if applied and kind in ("429", *SHAPE_KINDS):
+            raise ValueError(f"a {kind!r} failure is never applied: drop applied=True")
+        self._failures.append(_Failure(kind, count, item_pid, applied))
+
+    def count(self, path_prefix: str = "/almaws/v1") -> int:
+        """Number of requests received under `path_prefix`, whatever their status."""
+        return sum(1 for entry in self.requests if entry["path"].startswith(path_prefix))
+
+    def take_failure(self, item_pid: str | None) -> _Failure | None:
+        """Consume and return the first pending failure that applies to this request."""
+        for failure in self._failures:
+            if failure.item_pid is None or failure.item_pid == item_pid:
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    self._failures.remove(failure)
+                return failure
+        return None
+
+    def tracking_id(self) -> str:
+        """A tracking id shaped like Alma's ("E01-2211125012-ABCDE")."""
+        suffix = "".join(self.rng.choices(string.ascii_uppercase + string.digits, k=5))
+        return f"E01-{time.strftime('%d%H%M%S', time.gmtime())}{self.rng.randint(10, 99)}-{suffix}"
+
+    def request_id(self) -> str:
+        """A fresh X-Request-ID value."""
+        return "".join(self.rng.choices("0123456789abcdef", k=16))
+
+
+STATE = web.AppKey("alma_state", AlmaState)
+
+
+# --- response bodies --------------------------------------------------------------------------
+
+
+_TEMPLATES: dict[str, dict[str, Any]] = {}
+
+
+def _template(name: str) -> dict[str, Any]:
+    """A deep copy of a recorded real body ("scan_in" or "user"), parsed once."""
+    if name not in _TEMPLATES:
+        _TEMPLATES[name] = json.loads(SCAN_IN_EXAMPLE if name == "scan_in" else USER_EXAMPLE)
+    return copy.deepcopy(_TEMPLATES[name])
+
+
+def error_body(
+    code: str,
+    message: str,
+    tracking_id: str,
+    single_object: bool = False,
+    exists_as_string: bool = False,
+) -> dict[str, Any]:
+    """The Alma JSON error body, optionally with the two quirks seen in the wild."""
+    error = {"errorCode": code, "errorMessage": message, "trackingId": tracking_id}
+    return {
+        "errorsExist": "true" if exists_as_string else True,
+        "errorList": {"error": error if single_object else [error]},
+        "result": None,
+    }
+
+
+def error_xml(code: str, message: str, tracking_id: str) -> str:
+    """The Alma XML error body (`web_service_result`)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        '<web_service_result xmlns="http://com/exlibris/urm/general/xmlbeans">'
+        "<errorsExist>true</errorsExist><errorList><error>"
+        f"<errorCode>{escape(code)}</errorCode><errorMessage>{escape(message)}</errorMessage>"
+        f"<trackingId>{escape(tracking_id)}</trackingId>"
+        "</error></errorList></web_service_result>"
+    )
+
+
+def _to_xml(tag: str, value: Any) -> str:
+    """Render a JSON value as XML: value/desc pairs as `<tag desc="..">value</tag>`."""
+    if isinstance(value, dict):
+        if set(value) == {"value", "desc"}:
+            desc = "" if value["desc"] is None else str(value["desc"])
+            text = "" if value["value"] is None else str(value["value"])
+            return f'<{tag} desc="{escape(desc, {chr(34): "&quot;"})}">{escape(text)}</{tag}>'
+        inner = "".join(_to_xml(key, val) for key, val in value.items())
+        return f"<{tag}>{inner}</{tag}>"
+    if isinstance(value, list):
+        return "".join(_to_xml(tag, entry) for entry in value)
+    if value is None:
+        return f"<{tag}/>"
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"<{tag}>{escape(str(value))}</{tag}>"
+
+
+def item_body(item: AlmaItem, base_url: str) -> dict[str, Any]:
+    """The item object Alma answers a scan-in with, in the item's current state."""
+    body = _template("scan_in")
+    bib_link = f"{base_url}/almaws/v1/bibs/{item.mms_id}"
+    body["bib_data"]["mms_id"] = item.mms_id
+    body["bib_data"]["link"] = bib_link
+    holding = body["holding_data"]
+    holding["holding_id"] = item.holding_id
+    holding["link"] = f"{bib_link}/holdings/{item.holding_id}"
+    holding["in_temp_location"] = item.temp_library is not None
+    holding["temp_library"] = {"value": item.temp_library, "desc": item.temp_library}
+    holding["temp_location"] = {"value": item.temp_location, "desc": item.temp_location}
+    data = body["item_data"]
+    data["pid"] = item.item_pid
+    data["barcode"] = item.barcode
+    data["library"] = {"value": item.library, "desc": item.library}
+    data["location"] = {"value": item.location, "desc": item.location}
+    base_status, process_type, destination = _item_state_fields(item)
+    data["base_status"] = base_status
+    data["process_type"] = process_type
+    data["requested"] = item.request_pending
+    body["additional_info"] = destination
+    body["link"] = f"{bib_link}/holdings/{item.holding_id}/items/{item.item_pid}"
+    return body
+
+
+def _item_state_fields(item: AlmaItem) -> tuple[dict, dict, str]:
+    """(base_status, process_type, additional_info) for the item's state."""
+    not_in_place = {"value": "0", "desc": "Item not in place"}
+    tail = ". Request/Process Type: . Requester: . Requester ID: . Place in Queue: 0"
+    if item.status in ON_LOAN_STATES:
+        return not_in_place, {"value": "LOAN", "desc": "Loan"}, ""
+    if item.status == "in_transit":
+        return (
+            not_in_place,
+            {"value": "TRANSIT", "desc": "Transit"},
+            f"Item's destination is: {item.owning_library}{tail}",
+        )
+    if item.status == "hold_shelf":
+        return (
+            not_in_place,
+            {"value": "HOLDSHELF", "desc": "Hold Shelf"},
+            "Item's destination is: On Hold Shelf. Request/Process Type: Patron physical item "
+            "request. Requester: . Requester ID: . Place in Queue: 1",
+        )
+    location = item.temp_location or item.location
+    return (
+        {"value": "1", "desc": "Item in place"},
+        {"value": "", "desc": None},
+        f"Item's destination is: Reshelve to {location} {item.owning_library}{tail}",
+    )
+
+
+def user_body(user: AlmaUser) -> dict[str, Any]:
+    """The full user record Alma answers with, filled from `user`."""
+    body = _template("user")
+    body["primary_id"] = user.primary_id
+    body["first_name"] = user.first_name
+    body["middle_name"] = ""
+    body["last_name"] = user.last_name
+    body["full_name"] = f"{user.first_name} {user.last_name}"
+    body["user_group"] = {"value": user.user_group, "desc": user.user_group_desc}
+    body["contact_info"]["email"][0]["email_address"] = user.email
+    body["user_identifier"] = [
+        {
+            "value": user.barcode,
+            "id_type": {"value": "BARCODE", "desc": "Barcode"},
+            "note": "",
+            "status": "ACTIVE",
+            "segment_type": "Internal",
+        }
+    ]
+    return body
+
+
+# --- the domain: scan-in and user lookup ------------------------------------------------------
+
+
+def _bad_parameter(name: str, received: str) -> AlmaAPIError:
+    return AlmaAPIError(400, "40166410", f"The parameter {name} is invalid. Received: {received}.")
+
+
+def check_scan_in(
+    state: AlmaState, mms_id: str, holding_id: str, item_pid: str, query: dict[str, str]
+) -> AlmaItem:
+    """Validate a scan-in request exactly as Alma does; return the item or raise AlmaAPIError."""
+    op = query.get("op", "")
+    if op != "scan":
+        raise _bad_parameter("op", op)
+    library = query.get("library", "")
+    if not library:
+        raise _bad_parameter("library", library)
+    circ_desk = query.get("circ_desk", "")
+    department = query.get("department", "")
+    if not circ_desk and not department:
+        raise _bad_parameter("circ_desk", circ_desk)
+    if not mms_id.isdigit():
+        raise AlmaAPIError(400, "402203", f"Input parameters mmsId {mms_id} is not valid.")
+    item = state.items.get(item_pid)
+    if item is None:
+        raise AlmaAPIError(
+            400, "40166411", f"The parameter item_pid is invalid. Received: {item_pid}."
+        )
+    if item.mms_id != mms_id or item.holding_id != holding_id:
+        raise AlmaAPIError(
+            400, "401688", f"Search failed for Items with mmsId {mms_id}, holdings id {holding_id}."
+        )
+    if circ_desk and state.desks and (library, circ_desk) not in state.desks:
+        raise AlmaAPIError(
+            400,
+            state.desk_error_code,
+            f"Circulation desk {circ_desk} is not valid for library {library}.",
+        )
+    return item
+
+
+def apply_scan_in(state: AlmaState, item: AlmaItem, query: dict[str, str]) -> AlmaItem:
+    """Move a validated item to its post-scan state and record the scan."""
+    library = query["library"]
+    circ_desk = query.get("circ_desk") or query.get("department", "")
+    register = query.get("register_in_house_use", "true").lower() != "false"
+    if item.status not in ON_LOAN_STATES and register:
+        item.in_house_uses += 1
+    if library != item.owning_library:
+        item.status = "in_transit"
+    elif item.request_pending:
+        item.status = "hold_shelf"
+        item.request_pending = False
+    else:
+        item.status = "in_place"
+    state.scans.append((item.item_pid, library, circ_desk, register))
+    return item
+
+
+def find_user(state: AlmaState, api_key: str, user_id: str, user_id_type: str) -> AlmaUser:
+    """Look a user up the way Alma does within one API key's zone, or raise AlmaAPIError."""
+    zone = [user for user in state.users.values() if user.api_key == api_key]
+    if user_id_type in ("", "all_unique"):
+        for user in zone:
+            if user_id in (user.primary_id, user.barcode):
+                return user
+        raise AlmaAPIError(400, "401861", f"User with identifier {user_id} was not found.")
+    for user in zone:
+        if (user_id_type == "BARCODE" and user.barcode == user_id) or (
+            user_id_type == "primary_id" and user.primary_id == user_id
+        ):
+            return user
+    raise AlmaAPIError(
+        400, "401890", f"User with identifier {user_id} of type {user_id_type} was not found."
+    )
+
+
+# --- HTTP layer --------------------------------------------------------------------------------
+
+
+def _wants_json(request: web.Request) -> bool:
+    return (
+        request.query.get("format", "").lower() == "json"
+        or "application/json" in request.headers.get("Accept", "").lower()
+    )
+
+
+def _api_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() == "apikey" and key.strip():
+        return key.strip()
+    return request.query.get("apikey") or None
+
+
+def _error_response(
+    state: AlmaState, request: web.Request, error: AlmaAPIError, shape: str | None = None
+) -> web.Response:
+    tracking_id = state.tracking_id()
+    if _wants_json(request):
+        body = error_body(
+            error.code,
+            error.message,
+            tracking_id,
+            single_object=shape == "single_error_object",
+            exists_as_string=shape == "errors_exist_string",
+        )
+        return web.json_response(body, status=error.status)
+    return web.Response(
+        text=error_xml(error.code, error.message, tracking_id),
+        status=error.status,
+        content_type="application/xml",
+    )
+
+
+def _success_response(request: web.Request, root: str, body: dict[str, Any]) -> web.Response:
+    if _wants_json(request):
+        return web.json_response(body)
+    xml = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n' + _to_xml(root, body)
+    return web.Response(text=xml, content_type="application/xml")
+
+
+def _per_second_error() -> AlmaAPIError:
+    return AlmaAPIError(429, "PER_SECOND_THRESHOLD", PER_SECOND_MESSAGE)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def alma_gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record, rate-limit, authenticate, count quota, delay and inject failures."""
+    state = request.app[STATE]
+    entry: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "query": dict(request.query),
+        "status": None,
+        "time": state.clock(),
+        "api_key": _api_key(request),
+    }
+    state.requests.append(entry)
+    response = await _through_gateway(state, request, handler, entry)
+    if response is not None:
+        response.headers["X-Exl-Api-Remaining"] = str(state.remaining)
+        response.headers["X-Request-ID"] = state.request_id()
+        entry["status"] = response.status
+    return response
+
+
+async def _through_gateway(
+    state: AlmaState, request: web.Request, handler: Handler, entry: dict[str, Any]
+) -> web.StreamResponse | None:
+    if not state.window.admit():
+        return _error_response(state, request, _per_second_error())
+    if entry["api_key"] not in state.api_keys:
+        error = AlmaAPIError(state.unauthorized_status, "UNAUTHORIZED", UNAUTHORIZED_MESSAGE)
+        return _error_response(state, request, error)
+    if state.remaining <= 0:
+        error = AlmaAPIError(state.daily_status, "DAILY_THRESHOLD", DAILY_MESSAGE)
+        return _error_response(state, request, error)
+    state.remaining -= 1
+    await sleep_latency(state.rng, state.latency)
+    failure = state.take_failure(request.match_info.get("item_pid"))
+    if failure is None:
+        try:
+            return await handler(request)
+        except AlmaAPIError as error:
+            return _error_response(state, request, error)
+    return await _inject(state, request, handler, failure)
+
+
+async def _inject(
+    state: AlmaState, request: web.Request, handler: Handler, failure: _Failure
+) -> web.StreamResponse | None:
+    """Answer with an injected failure, running the real handler first if it was `applied`."""
+    if failure.kind in SHAPE_KINDS:
+        try:
+            _check_only(state, request)
+            error = AlmaAPIError(400, "INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR")
+        except AlmaAPIError as real_error:
+            error = real_error
+        return _error_response(state, request, error, shape=failure.kind)
+    if failure.kind == "429":
+        return _error_response(state, request, _per_second_error())
+    if failure.applied and "item_pid" in request.match_info:
+        try:
+            await handler(request)
+        except AlmaAPIError:
+            pass
+    if failure.kind == "500":
+        error = AlmaAPIError(500, "INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR")
+        return _error_response(state, request, error)
+    if failure.kind == "502_text":
+        return web.Response(text=GATEWAY_502_TEXT, status=502, content_type="text/plain")
+    if failure.kind == "503_html":
+        return web.Response(text=HTML_503, status=503, content_type="text/html")
+    if failure.kind == "timeout":
+        await asyncio.sleep(state.timeout_sleep)
+        return web.Response(text="Gateway Timeout\n", status=504, content_type="text/plain")
+    # "disconnect": drop the connection without a byte of answer.
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError()
+
+
+def _check_only(state: AlmaState, request: web.Request) -> None:
+    """Run the request's validation without any effect (for the error-shape failures)."""
+    info = request.match_info
+    if "item_pid" in info:
+        check_scan_in(
+            state, info["mms_id"], info["holding_id"], info["item_pid"], dict(request.query)
+        )
+    elif "user_id" in info:
+        find_user(
+            state,
+            _api_key(request) or "",
+            info["user_id"],
+            request.query.get("user_id_type", "all_unique"),
+        )
+
+
+async def scan_in(request: web.Request) -> web.Response:
+    """POST .../items/{item_pid}?op=scan: return the loan, answer the item object."""
+    state = request.app[STATE]
+    info = request.match_info
+    query = dict(request.query)
+    item = check_scan_in(state, info["mms_id"], info["holding_id"], info["item_pid"], query)
+    apply_scan_in(state, item, query)
+    return _success_response(request, "item", item_body(item, _base_url(request)))
+
+
+async def get_user(request: web.Request) -> web.Response:
+    """GET /users/{user_id}: the full user record within the caller's zone."""
+    state = request.app[STATE]
+    user = find_user(
+        state,
+        _api_key(request) or "",
+        request.match_info["user_id"],
+        request.query.get("user_id_type", "all_unique"),
+    )
+    return _success_response(request, "user", user_body(user))
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def create_app(state: AlmaState | None = None) -> web.Application:
+    """The aiohttp application answering like Alma from `state`."""
+    app = web.Application(middlewares=[alma_gateway])
+    app[STATE] = state if state is not None else AlmaState()
+    app.router.add_post("/almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}", scan_in)
+    app.router.add_get("/almaws/v1/users/{user_id}", get_user)
+    return app
+
+
+# --- seeding from files ------------------------------------------------------------------------
+
+
+def read_export(path: Path) -> list[dict[str, str]]:
+    """Rows of an Analytics-style export: UTF-8 (with or without BOM) CSV or UTF-16 TSV."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw.decode("utf-16")
+    else:
+        text = raw.decode("utf-8-sig")
+    first_line = text.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in first_line else ","
+    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+
+
+def _column(row: dict[str, str], *names: str) -> str:
+    for name in names:
+        if row.get(name):
+            return row[name].strip()
+    return ""
+
+
+def load_items(state: AlmaState, path: Path) -> int:
+    """Seed on-loan items from an Analytics export; return how many were added."""
+    rows = read_export(path)
+    for row in rows:
+        temp_in_use = _column(row, "Temporary Physical Location In Use").lower() == "yes"
+        state.add_item(
+            AlmaItem(
+                mms_id=_column(row, "MMS Id"),
+                holding_id=_column(row, "Holding Id"),
+                item_pid=_column(row, "Physical Item Id", "Item Id"),
+                barcode=_column(row, "Barcode"),
+                library=_column(row, "Library Code (Active)", "Library Code"),
+                location=_column(row, "Location Code"),
+                temp_library=_column(row, "Temporary Library Code (Active)") or None
+                if temp_in_use
+                else None,
+                temp_location=_column(row, "Temporary Location Code") or None
+                if temp_in_use
+                else None,
+                status="loan",
+            )
+        )
+    return len(rows)
+
+
+def load_desks(state: AlmaState, path: Path) -> int:
+    """Declare desks from location_code,circ_desk[,library_code]; return how many were added."""
+    before = len(state.desks)
+    for row in read_export(path):
+        circ_desk = _column(row, "circ_desk")
+        library = _column(row, "library_code")
+        location = _column(row, "location_code")
+        if library:
+            state.add_desk(library, circ_desk)
+            continue
+        for item in state.items.values():
+            if item.location == location or item.temp_location == location:
+                state.add_desk(item.owning_library, circ_desk)
+    return len(state.desks) - before
+
+
+def load_users(state: AlmaState, path: Path, api_key: str) -> int:
+    """Seed users (primary_id,barcode,user_group,first_name,last_name,email) under `api_key`."""
+    rows = read_export(path)
+    for row in rows:
+        group = _column(row, "user_group")
+        state.add_user(
+            AlmaUser(
+                primary_id=_column(row, "primary_id"),
+                barcode=_column(row, "barcode"),
+                user_group=group,
+                user_group_desc=_column(row, "user_group_desc") or group,
+                first_name=_column(row, "first_name"),
+                last_name=_column(row, "last_name"),
+                email=_column(row, "email"),
+                api_key=api_key,
+            )
+        )
+    return len(rows)
+
+
+# --- standalone ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.alma", description="Run the local Alma API simulator."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--rate-limit", type=int, default=25, help="requests per second")
+    parser.add_argument("--daily-quota", type=int, default=100_000)
+    parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX s")
+    parser.add_argument(
+        "--api-key", action="append", dest="api_keys", help="accepted key (repeatable)"
+    )
+    parser.add_argument("--items-csv", type=Path, help="Analytics export of on-loan items")
+    parser.add_argument("--desks-csv", type=Path, help="location_code,circ_desk[,library_code]")
+    parser.add_argument("--users-csv", type=Path, help="users for the first --api-key")
+    parser.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def build_state(args: argparse.Namespace) -> AlmaState:
+    """An AlmaState from parsed command-line options, seeded from the given files."""
+    api_keys = args.api_keys or ["test-key"]
+    state = AlmaState(
+        per_second_limit=args.rate_limit,
+        daily_quota=args.daily_quota,
+        latency=args.latency,
+        api_keys=set(api_keys),
+        seed=args.seed,
+    )
+    if args.items_csv:
+        load_items(state, args.items_csv)
+    if args.desks_csv:
+        load_desks(state, args.desks_csv)
+    if args.users_csv:
+        load_users(state, args.users_csv, api_keys[0])
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until interrupted; exit 2 if the seed files cannot be read."""
+    args = _parser().parse_args(argv)
+    try:
+        state = build_state(args)
+    except (OSError, ValueError, UnicodeError) as exc:
+        print(f"alma simulator: cannot load seed files: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(state, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def serve(state: AlmaState, host: str, port: int) -> None:
+    """Listen on host:port (0 = any free port), print the base URL, and serve forever."""
+    runner = web.AppRunner(create_app(state))
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = site._server.sockets[0].getsockname()[1]  # the real port when port is 0
+    print(
+        f"Alma simulator listening on http://{host}:{bound_port} "
+        f"({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)",
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+# --- recorded real bodies (shared/reference/examples), the templates of the answers ----------
+
+SCAN_IN_EXAMPLE = r"""{
+ "bib_data": {
+  "mms_id": "9968643943506421",
+  "title": "100 an\u0303os de seguridad social en Espan\u0303a (1900-2000) /",
+  "author": "Bretin Herrero, Constantino.",
+  "issn": null,
+  "isbn": "8498494389",
+  "complete_edition": "",
+  "network_number": [
+   "(NjP)6864394-princetondb",
+   "(OCoLC)326577503",
+   "6864394",
+   "(OCoLC)ocn326577503"
+  ],
+  "place_of_publication": "Madrid :",
+  "date_of_publication": "[2009]",
+  "publisher_const": "Dykinson",
+  "link": "https://api-na.hosted.exlibrisgroup.com/almaws/v1/bibs/9968643943506421"
+ },
+ "holding_data": {
+  "holding_id": "22258767470006421",
+  "call_number_type": {
+   "value": "0",
+   "desc": "Library of Congress classification"
+  },
+  "call_number": "KKT1504 .B748 2009",
+  "accession_number": "",
+  "copy_id": "1",
+  "in_temp_location": false,
+  "temp_library": {
+   "value": null,
+   "desc": null
+  },
+  "temp_location": {
+   "value": null,
+   "desc": null
+  },
+  "temp_call_number_type": {
+   "value": "",
+   "desc": null
+  },
+  "temp_call_number": "",
+  "temp_policy": {
+   "value": "",
+   "desc": null
+  },
+  "link": "https://api-na.hosted.exlibrisgroup.com/almaws/v1/bibs/9968643943506421/holdings/22258767470006421"
+ },
+ "item_data": {
+  "pid": "23258767460006421",
+  "barcode": "32101081340380",
+  "creation_date": "2020-12-03Z",
+  "modification_date": "2021-02-17Z",
+  "base_status": {
+   "value": "1",
+   "desc": "Item in place"
+  },
+  "awaiting_reshelving": false,
+  "physical_material_type": {
+   "value": "BOOK",
+   "desc": "Book"
+  },
+  "policy": {
+   "value": "Gen",
+   "desc": "Gen"
+  },
+  "provenance": {
+   "value": "",
+   "desc": null
+  },
+  "po_line": "",
+  "is_magnetic": false,
+  "arrival_date": "2011-12-01Z",
+  "year_of_issue": "",
+  "enumeration_a": "",
+  "enumeration_b": "",
+  "enumeration_c": "",
+  "enumeration_d": "",
+  "enumeration_e": "",
+  "enumeration_f": "",
+  "enumeration_g": "",
+  "enumeration_h": "",
+  "chronology_i": "",
+  "chronology_j": "",
+  "chronology_k": "",
+  "chronology_l": "",
+  "chronology_m": "",
+  "description": "",
+  "receiving_operator": "import",
+  "process_type": {
+   "value": "",
+   "desc": null
+  },
+  "inventory_number": "",
+  "inventory_price": "",
+  "library": {
+   "value": "recap",
+   "desc": "ReCAP"
+  },
+  "location": {
+   "value": "pa",
+   "desc": "rcppa RECAP"
+  },
+  "alternative_call_number": "",
+  "alternative_call_number_type": {
+   "value": "",
+   "desc": null
+  },
+  "storage_location_id": "",
+  "pages": "",
+  "pieces": "1",
+  "public_note": "",
+  "fulfillment_note": "",
+  "internal_note_1": "",
+  "internal_note_2": "",
+  "internal_note_3": "ON_RESERVE: N | RESERVE_CHARGES: 0 | RECALLS_PLACED: 0 | HOLDS_PLACED: 0 | HISTORICAL_BOOKINGS: 0 | SHORT_LOAN_CHARGES: 0 | ",
+  "statistics_note_1": "",
+  "statistics_note_2": "",
+  "statistics_note_3": "",
+  "requested": null,
+  "edition": null,
+  "imprint": null,
+  "language": null,
+  "physical_condition": {
+   "value": null,
+   "desc": null
+  }
+ },
+ "additional_info": "Item's destination is: Reshelve to rcppa RECAP. Request/Process Type: . Requester: . Requester ID: . Place in Queue: 0",
+ "link": "https://api-na.hosted.exlibrisgroup.com/almaws/v1/bibs/9968643943506421/holdings/22258767470006421/items/23258767460006421"
+}"""
+
+USER_EXAMPLE = r"""{
+ "record_type": {
+  "value": "PUBLIC",
+  "desc": "Public"
+ },
+ "primary_id": "ID12345",
+ "first_name": "JANE",
+ "middle_name": "G",
+ "last_name": "SMITH",
+ "full_name": "JANE G SMITH",
+ "user_title": {
+  "value": "",
+  "desc": ""
+ },
+ "job_category": {
+  "value": "",
+  "desc": ""
+ },
+ "job_description": "",
+ "gender": {
+  "value": "",
+  "desc": ""
+ },
+ "user_group": {
+  "value": "GST",
+  "desc": "GST Guest Patron"
+ },
+ "campus_code": {
+  "value": null,
+  "desc": ""
+ },
+ "web_site_url": "",
+ "cataloger_level": {
+  "value": "00",
+  "desc": "[00] Default Level"
+ },
+ "preferred_language": {
+  "value": "en",
+  "desc": "English"
+ },
+ "expiry_date": "2021-09-30Z",
+ "purge_date": "2021-09-30Z",
+ "account_type": {
+  "value": "INTERNAL",
+  "desc": "Internal"
+ },
+ "external_id": "",
+ "password": "",
+ "force_password_change": "",
+ "status": {
+  "value": "ACTIVE",
+  "desc": "Active"
+ },
+ "status_date": "2021-07-25Z",
+ "last_patron_activity_date": "2021-07-28Z",
+ "contact_info": {
+  "address": [
+   {
+    "line1": "ONE WASHINGTON ROAD",
+    "line2": null,
+    "line3": null,
+    "line4": null,
+    "line5": null,
+    "city": "PRINCETON",
+    "state_province": "NJ",
+    "postal_code": "08544",
+    "country": {
+     "value": "",
+     "desc": ""
+    },
+    "address_note": "",
+    "start_date": "2021-07-23Z",
+    "end_date": "2022-07-23Z",
+    "preferred": true,
+    "segment_type": "Internal",
+    "address_type": [
+     {
+      "value": "home",
+      "desc": "Home"
+     },
+     {
+      "value": "work",
+      "desc": "Work"
+     },
+     {
+      "value": "school",
+      "desc": "School"
+     },
+     {
+      "value": "alternative",
+      "desc": "Alternative"
+     }
+    ]
+   }
+  ],
+  "email": [
+   {
+    "email_address": "pul@princeton.edu",
+    "description": null,
+    "preferred": true,
+    "segment_type": "Internal",
+    "email_type": [
+     {
+      "value": "personal",
+      "desc": "Personal"
+     },
+     {
+      "value": "school",
+      "desc": "School"
+     },
+     {
+      "value": "work",
+      "desc": "Work"
+     }
+    ]
+   }
+  ],
+  "phone": []
+ },
+ "pref_first_name": "",
+ "pref_middle_name": "",
+ "pref_last_name": "",
+ "pref_name_suffix": "",
+ "is_researcher": false,
+ "researcher": null,
+ "link": null,
+ "user_identifier": [
+  {
+   "value": "22999000883100",
+   "id_type": {
+    "value": "BARCODE",
+    "desc": "Barcode"
+   },
+   "note": "13 Apr 2015",
+   "status": "ACTIVE",
+   "segment_type": "Internal"
+  }
+ ],
+ "user_role": [
+  {
+   "status": {
+    "value": "ACTIVE",
+    "desc": "Active"
+   },
+   "scope": {
+    "value": "01PRI_INST",
+    "desc": "Princeton University"
+   },
+   "role_type": {
+    "value": "200",
+    "desc": "Patron"
+   },
+   "parameter": []
+  }
+ ],
+ "user_block": [],
+ "user_note": [],
+ "user_statistic": [
+  {
+   "statistic_category": {
+    "value": "ALM",
+    "desc": "ALM"
+   },
+   "segment_type": "Internal"
+  }
+ ],
+ "proxy_for_user": []
+}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
