@@ -15,7 +15,8 @@ Answers like the real service described in ``/work/shared/reference/libcal.md``:
   tokens exist.
 - ``GET /1.1/space/bookings`` (also ``/api/1.1/space/bookings``) answers a bare JSON array of rows.
   Parameters: ``lid``, ``cid``, ``eid``, ``email`` filters; ``date`` (``YYYY-MM-DD``, default today
-  in the library's time zone; a past date is ignored and today is used, as the real API does);
+  in the library's time zone; a past date is ignored and today is used, as the real API documents:
+  ``ignore_past_dates=False`` turns that off);
   ``days`` 0-365 (default 0; the window is ``date`` .. ``date + days`` inclusive, on the row's
   local ``fromDate`` date); ``limit`` 1-500 (default 20); ``page`` from 1; ``form_answers=1`` or
   ``formAnswers=1`` to include custom answers as top-level ``q<question id>`` keys (absent
@@ -107,6 +108,7 @@ class LibCalState:
         invalid_client_quirk: bool = False,
         timezone: tzinfo | None = None,
         today: date | None = None,
+        ignore_past_dates: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client_id = client_id
@@ -118,6 +120,7 @@ class LibCalState:
         self.invalid_client_quirk = invalid_client_quirk
         self.timezone = timezone or _default_timezone()
         self.today = today
+        self.ignore_past_dates = ignore_past_dates
         self.clock = clock
         self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
         self.revoked: set[str] = set()
@@ -381,7 +384,8 @@ async def space_bookings(request: web.Request) -> web.Response:
             return _text_400('invalid "date" value')
         if len(query["date"]) != 10:
             return _text_400('invalid "date" value')
-        start = max(start, today)  # past dates are ignored
+        if state.ignore_past_dates:
+            start = max(start, today)
     page = 1
     if "page" in query:
         parsed = _int_param(query, "page")
