@@ -1,0 +1,321 @@
+"""The SQLite cache: what was registered, what failed and when to retry, known patrons, past passes.
+
+A versioned schema (``PRAGMA user_version``), WAL mode, and one transaction per booking. A
+booking's row moves through these states::
+
+    intent      the pre-registration is about to be created (written and committed BEFORE createPreReg)
+    registered  createPreReg answered with an id
+    failed      it could not be done; ``reason``, ``attempts``, ``next_retry_at`` say why and when again
+    uncertain   createPreReg may or may not have happened (crash after the intent, or a lost answer);
+                not re-created automatically unless the configuration says ``reconcile: recreate``
+    cancelled   cancelled in LibCal before it was registered: nothing to do
+
+A registered booking later cancelled in LibCal keeps ``registered`` and gets ``cancelled_at`` set.
+Exceptions: :class:`CacheError` (the file cannot be used; the message says why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "Cache", "CacheError"]
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE bookings (
+        book_id TEXT PRIMARY KEY,
+        lid INTEGER NOT NULL,
+        primary_id TEXT,
+        patron TEXT NOT NULL DEFAULT '',
+        start_time INTEGER NOT NULL,
+        end_time INTEGER NOT NULL,
+        destination TEXT,
+        state TEXT NOT NULL CHECK (state IN ('intent', 'registered', 'failed', 'uncertain', 'cancelled')),
+        visitor_id INTEGER,
+        prereg_id INTEGER,
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_retry_at REAL,
+        reported INTEGER NOT NULL DEFAULT 0,
+        cancelled_at TEXT,
+        cancel_reported INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX bookings_state ON bookings (state);
+    CREATE INDEX bookings_end_time ON bookings (end_time);
+    CREATE TABLE users (
+        primary_id TEXT PRIMARY KEY,
+        barcode TEXT NOT NULL,
+        user_group TEXT NOT NULL DEFAULT '',
+        visitor_id INTEGER,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE passes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        exit_status INTEGER,
+        summary TEXT
+    );
+    CREATE TABLE alerts (
+        kind TEXT PRIMARY KEY,
+        sent_at REAL NOT NULL
+    );
+    """,
+}
+
+
+class CacheError(Exception):
+    """The cache file cannot be opened or has an unknown schema."""
+
+
+class Cache:
+    """A SQLite file holding the sync's state; ``clock`` gives epoch seconds."""
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Any = time.time) -> None:
+        self.path = str(path)
+        self._clock = clock
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"cannot use cache file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CacheError(
+                f"cache file {self.path} has schema version {version}, newer than this tool's "
+                f"{SCHEMA_VERSION}: upgrade the tool or point --cache at another file"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def journal_mode(self) -> str:
+        """SQLite's journal mode for the file (``wal``)."""
+        return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- bookings ------------------------------------------------------------------------------
+
+    def bookings(self, book_ids: Iterable[str]) -> dict[str, sqlite3.Row]:
+        """Cached rows of these bookings, by book id."""
+        ids = list(book_ids)
+        found: dict[str, sqlite3.Row] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(f"SELECT * FROM bookings WHERE book_id IN ({marks})", chunk):
+                found[row["book_id"]] = row
+        return found
+
+    def booking(self, book_id: str) -> sqlite3.Row | None:
+        """One cached booking row, or None."""
+        return self._db.execute("SELECT * FROM bookings WHERE book_id = ?", (book_id,)).fetchone()
+
+    def in_state(self, state: str) -> list[sqlite3.Row]:
+        """All bookings in *state*, oldest first."""
+        return list(self._db.execute("SELECT * FROM bookings WHERE state = ? ORDER BY start_time", (state,)))
+
+    def _upsert(self, conn: sqlite3.Connection, book: dict[str, Any], **fields: Any) -> None:
+        now = self._clock()
+        values = {**book, **fields, "updated_at": now}
+        columns = list(values)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "book_id")
+        conn.execute(
+            f"INSERT INTO bookings ({', '.join(columns)}, created_at) VALUES ({', '.join('?' * len(columns))}, ?) "
+            f"ON CONFLICT (book_id) DO UPDATE SET {updates}",
+            [*values.values(), now],
+        )
+
+    def record_intent(
+        self, book: dict[str, Any], *, visitor_id: int, user: tuple[str, str, str] | None = None
+    ) -> None:
+        """Commit the intent to create this booking's pre-registration (before calling createPreReg).
+
+        *user* (primary id, barcode, user group) is saved with the visitor id in the same transaction.
+        """
+        with self.transaction() as conn:
+            if user is not None:
+                self._save_user(conn, *user, visitor_id=visitor_id)
+            self._upsert(conn, book, state="intent", visitor_id=visitor_id, reason=None)
+
+    def record_registered(self, book: dict[str, Any], *, visitor_id: int, prereg_id: int) -> None:
+        """The pre-registration exists: store its id, clearing any earlier failure."""
+        with self.transaction() as conn:
+            self._upsert(
+                conn, book, state="registered", visitor_id=visitor_id, prereg_id=prereg_id,
+                reason=None, next_retry_at=None, reported=0,
+            )
+
+    def record_failure(self, book: dict[str, Any], *, reason: str, retry_base: int, retry_max: int) -> bool:
+        """Store a failure and its next retry time (doubling backoff); True if it must be reported."""
+        with self.transaction() as conn:
+            previous = conn.execute(
+                "SELECT attempts, reason, reported FROM bookings WHERE book_id = ?", (book["book_id"],)
+            ).fetchone()
+            attempts = (previous["attempts"] if previous else 0) + 1
+            delay = min(retry_max, retry_base * 2 ** (attempts - 1))
+            report = previous is None or previous["reason"] != reason or not previous["reported"]
+            self._upsert(
+                conn, book, state="failed", reason=reason, attempts=attempts,
+                next_retry_at=self._clock() + delay, reported=0 if report else 1,
+            )
+        return report
+
+    def record_uncertain(self, book_id: str, reason: str) -> None:
+        """createPreReg may have happened: keep the booking out of automatic retries."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE bookings SET state = 'uncertain', reason = ?, reported = 0, updated_at = ? WHERE book_id = ?",
+                (reason, self._clock(), book_id),
+            )
+
+    def record_cancelled(self, book: dict[str, Any], *, cancelled_at: str) -> None:
+        """Cancelled in LibCal before it was registered: never try it again."""
+        with self.transaction() as conn:
+            self._upsert(conn, book, state="cancelled", cancelled_at=cancelled_at, next_retry_at=None)
+
+    def mark_cancelled_after_registration(self, book_id: str, cancelled_at: str) -> None:
+        """A registered booking was cancelled in LibCal (its pre-registration stays in PassagePoint)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE bookings SET cancelled_at = ?, updated_at = ? WHERE book_id = ?",
+                (cancelled_at, self._clock(), book_id),
+            )
+
+    def mark_reported(self, book_ids: Iterable[str], *, cancellation: bool = False) -> None:
+        """Remember that these failures (or cancellations) have been reported."""
+        column = "cancel_reported" if cancellation else "reported"
+        with self.transaction() as conn:
+            conn.executemany(f"UPDATE bookings SET {column} = 1 WHERE book_id = ?", [(b,) for b in book_ids])
+
+    def unreported_cancellations(self) -> list[sqlite3.Row]:
+        """Registered bookings cancelled in LibCal that have not been reported yet."""
+        return list(self._db.execute(
+            "SELECT * FROM bookings WHERE state = 'registered' AND cancelled_at IS NOT NULL AND cancel_reported = 0"
+        ))
+
+    # -- users ---------------------------------------------------------------------------------
+
+    def user(self, primary_id: str) -> sqlite3.Row | None:
+        """The cached Alma/PassagePoint identity of a patron, or None."""
+        return self._db.execute("SELECT * FROM users WHERE primary_id = ?", (primary_id,)).fetchone()
+
+    def save_user(self, primary_id: str, *, barcode: str, user_group: str, visitor_id: int) -> None:
+        """Remember a patron's barcode, group and PassagePoint visitor id."""
+        with self.transaction() as conn:
+            self._save_user(conn, primary_id, barcode, user_group, visitor_id=visitor_id)
+
+    def _save_user(self, conn: sqlite3.Connection, primary_id: str, barcode: str, user_group: str, *, visitor_id: int) -> None:
+        conn.execute(
+            "INSERT INTO users (primary_id, barcode, user_group, visitor_id, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (primary_id) DO UPDATE SET barcode = excluded.barcode, user_group = excluded.user_group, "
+            "visitor_id = excluded.visitor_id, updated_at = excluded.updated_at",
+            (primary_id, barcode, user_group, visitor_id, self._clock()),
+        )
+
+    # -- passes, alerts, status, purge ---------------------------------------------------------
+
+    def start_pass(self) -> int:
+        """Record the start of a pass and return its id."""
+        with self.transaction() as conn:
+            cursor = conn.execute("INSERT INTO passes (started_at) VALUES (?)", (self._clock(),))
+        return int(cursor.lastrowid)
+
+    def finish_pass(self, pass_id: int, *, exit_status: int, summary: dict[str, Any]) -> None:
+        """Record a pass's result."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE passes SET finished_at = ?, exit_status = ?, summary = ? WHERE id = ?",
+                (self._clock(), exit_status, json.dumps(summary, sort_keys=True), pass_id),
+            )
+
+    def last_pass(self) -> dict[str, Any] | None:
+        """The most recent finished pass: started_at, finished_at, exit_status, summary."""
+        row = self._db.execute(
+            "SELECT * FROM passes WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+            "exit_status": row["exit_status"],
+            "summary": json.loads(row["summary"] or "{}"),
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Number of bookings per state, plus patrons and registered-then-cancelled bookings."""
+        counts = {state: 0 for state in ("registered", "failed", "uncertain", "intent", "cancelled")}
+        for row in self._db.execute("SELECT state, COUNT(*) AS n FROM bookings GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        counts["cancelled_after_registration"] = self._db.execute(
+            "SELECT COUNT(*) FROM bookings WHERE state = 'registered' AND cancelled_at IS NOT NULL"
+        ).fetchone()[0]
+        counts["patrons"] = self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+        return counts
+
+    def alert_due(self, kind: str, *, interval: float) -> bool:
+        """True if no alert of this kind went out in the last *interval* seconds."""
+        row = self._db.execute("SELECT sent_at FROM alerts WHERE kind = ?", (kind,)).fetchone()
+        return row is None or self._clock() - row["sent_at"] >= interval
+
+    def alert_sent(self, kind: str) -> None:
+        """Remember when an alert of this kind was sent."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO alerts (kind, sent_at) VALUES (?, ?) ON CONFLICT (kind) DO UPDATE SET sent_at = excluded.sent_at",
+                (kind, self._clock()),
+            )
+
+    def purge(self, *, older_than: float) -> tuple[int, int]:
+        """Drop bookings that ended, and passes that started, more than *older_than* seconds ago."""
+        cutoff = self._clock() - older_than
+        with self.transaction() as conn:
+            bookings = conn.execute("DELETE FROM bookings WHERE end_time < ?", (cutoff,)).rowcount
+            passes = conn.execute("DELETE FROM passes WHERE started_at < ?", (cutoff,)).rowcount
+        return bookings, passes

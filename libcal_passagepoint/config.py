@@ -1,0 +1,369 @@
+"""Load and validate the sync tool's configuration: the original app's ``config.yml``, unchanged.
+
+Resolution order, one per setting: command line (``--config``, ``--cache``), then environment
+variables (secrets only, listed in ``ENV_VARS``), then the YAML file. Every problem is reported as a
+:class:`toolconfig.ConfigError` whose message names the key to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolconfig import ConfigError, load_yaml
+
+__all__ = [
+    "ENV_VARS",
+    "DEFAULT_STATUSES",
+    "AlmaConfig",
+    "Config",
+    "ConfigError",
+    "EmailConfig",
+    "LibCalConfig",
+    "Location",
+    "PassagePointConfig",
+    "load_config",
+    "parse_config",
+]
+
+#: Environment variables that override a secret in the file (an empty variable counts as unset).
+ENV_VARS: dict[str, str] = {
+    "LibCal.client_id": "LIBCAL_CLIENT_ID",
+    "LibCal.client_secret": "LIBCAL_CLIENT_SECRET",
+    "Alma.apikeys": "ALMA_API_KEYS",  # comma-separated, tried in this order
+    "PassagePoint.username": "PASSAGEPOINT_USERNAME",
+    "PassagePoint.password": "PASSAGEPOINT_PASSWORD",
+    "Emails.from_password": "SMTP_PASSWORD",
+}
+
+DEFAULT_STATUSES = ("Confirmed", "Mediated Approved")
+DEFAULT_PRIMARY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}"
+RECONCILE_POLICIES = ("report", "recreate")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A LibCal location whose bookings are synced, and the PassagePoint destination it maps to."""
+
+    id: int
+    name: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class LibCalConfig:
+    """Settings of the ``LibCal`` section."""
+
+    client_id: str
+    client_secret: str
+    credentials_endpt: str
+    bookings_endpt: str
+    primary_id_field: str
+    locations: tuple[Location, ...]
+    statuses: tuple[str, ...] = DEFAULT_STATUSES
+
+
+@dataclass(frozen=True)
+class AlmaConfig:
+    """Settings of the ``Alma`` section."""
+
+    apikeys: tuple[str, ...]
+    users_endpt: str
+    rate_per_second: float = 25.0
+
+
+@dataclass(frozen=True)
+class PassagePointConfig:
+    """Settings of the ``PassagePoint`` section."""
+
+    username: str
+    password: str
+    pp_api_root: str
+    login_endpt: str
+    uniqueId_endpt: str  # noqa: N815 - the original app's key name
+    create_visitor_endpt: str
+    create_prereg_endpt: str
+    get_destinations_endpt: str
+    user_mapping: dict[str, str] = field(default_factory=dict)
+    default_category: str = "Visitor"
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    """Optional alert e-mail settings (the original app's ``Emails`` section)."""
+
+    from_email: str
+    to_email: tuple[str, ...]
+    smtp_host: str
+    smtp_port: int = 587
+    starttls: bool = True
+    from_username: str | None = None
+    from_password: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    interval: int
+    libcal: LibCalConfig
+    alma: AlmaConfig
+    passagepoint: PassagePointConfig
+    email: EmailConfig | None
+    cache_path: str = "lcpp_cache.sqlite3"
+    timeout: float = 30.0
+    primary_id_pattern: str = DEFAULT_PRIMARY_ID_PATTERN
+    reconcile: str = "report"
+    retry_base: int = 300
+    retry_max: int = 6 * 3600
+    check_destinations: bool = True
+
+    def location(self, lid: int) -> Location | None:
+        """The configured location with LibCal id *lid*, if any."""
+        for location in self.libcal.locations:
+            if location.id == lid:
+                return location
+        return None
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read *path* (YAML), apply the secret environment variables, and validate the result."""
+    return parse_config(load_yaml(path), environ=environ, source=str(path))
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, source: str = "config.yml"
+) -> Config:
+    """Validate an already-loaded configuration mapping; raise ConfigError naming the bad key."""
+    environ = os.environ if environ is None else environ
+    reader = _Reader(raw, environ, source)
+
+    lcpp = reader.section("LCPP", required=False)
+    interval = reader.integer(lcpp, "LCPP", "interval", default=300, minimum=1)
+
+    libcal = reader.section("LibCal")
+    alma = reader.section("Alma")
+    pp = reader.section("PassagePoint")
+
+    location_mapping = reader.mapping(pp, "PassagePoint", "location_mapping")
+    destinations = {str(key).strip(): value for key, value in location_mapping.items()}
+    locations = []
+    raw_locations = reader.get(libcal, "LibCal", "locations")
+    if not isinstance(raw_locations, list) or not raw_locations:
+        raise reader.error("LibCal.locations", "must be a list of {name, id} entries, e.g. [{name: Gelman, id: 8827}]")
+    for index, entry in enumerate(raw_locations):
+        key = f"LibCal.locations[{index}]"
+        if not isinstance(entry, Mapping) or "id" not in entry:
+            raise reader.error(key, "must be a mapping with keys 'name' and 'id'")
+        try:
+            lid = int(str(entry["id"]).strip())
+        except ValueError:
+            raise reader.error(f"{key}.id", f"must be a LibCal location id (a number), not {entry['id']!r}") from None
+        name = str(entry.get("name") or lid)
+        destination = destinations.get(str(lid))
+        if not isinstance(destination, str) or not destination.strip():
+            raise reader.error(
+                "PassagePoint.location_mapping",
+                f"has no destination for LibCal location {lid} ({name}): add '{lid}: <PassagePoint destination name>'",
+            )
+        locations.append(Location(id=lid, name=name, destination=destination.strip()))
+
+    statuses = reader.get(libcal, "LibCal", "statuses", default=list(DEFAULT_STATUSES))
+    if isinstance(statuses, str):
+        statuses = [part.strip() for part in statuses.split(",") if part.strip()]
+    if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
+        raise reader.error("LibCal.statuses", "must be a list of LibCal booking statuses, e.g. [Confirmed, Mediated Approved]")
+
+    libcal_config = LibCalConfig(
+        client_id=reader.secret(libcal, "LibCal", "client_id"),
+        client_secret=reader.secret(libcal, "LibCal", "client_secret"),
+        credentials_endpt=reader.url(libcal, "LibCal", "credentials_endpt"),
+        bookings_endpt=reader.url(libcal, "LibCal", "bookings_endpt"),
+        primary_id_field=reader.string(libcal, "LibCal", "primary_id_field"),
+        locations=tuple(locations),
+        statuses=tuple(statuses),
+    )
+
+    env_keys = environ.get(ENV_VARS["Alma.apikeys"], "")
+    if env_keys.strip():
+        apikeys = [key.strip() for key in env_keys.split(",") if key.strip()]
+    else:
+        apikeys = reader.get(alma, "Alma", "apikeys", default=None)
+        if apikeys is None and "apikey" in alma:  # the app's first version had one key
+            apikeys = [alma["apikey"]]
+        if isinstance(apikeys, str):
+            apikeys = [apikeys]
+    if not isinstance(apikeys, list) or not apikeys or not all(isinstance(k, str) and k.strip() for k in apikeys):
+        raise reader.error("Alma.apikeys", f"must be a list of Alma API keys, one per institution zone (or set {ENV_VARS['Alma.apikeys']})")
+    alma_config = AlmaConfig(
+        apikeys=tuple(k.strip() for k in apikeys),
+        users_endpt=reader.url(alma, "Alma", "users_endpt").rstrip("/"),
+        rate_per_second=reader.number(alma, "Alma", "rate_per_second", default=25.0, minimum=0.1),
+    )
+
+    user_mapping = reader.mapping(pp, "PassagePoint", "user_mapping", required=False)
+    pp_config = PassagePointConfig(
+        username=reader.secret(pp, "PassagePoint", "username"),
+        password=reader.secret(pp, "PassagePoint", "password"),
+        pp_api_root=reader.url(pp, "PassagePoint", "pp_api_root").rstrip("/"),
+        login_endpt=reader.path(pp, "PassagePoint", "login_endpt"),
+        uniqueId_endpt=reader.path(pp, "PassagePoint", "uniqueId_endpt"),
+        create_visitor_endpt=reader.path(pp, "PassagePoint", "create_visitor_endpt"),
+        create_prereg_endpt=reader.path(pp, "PassagePoint", "create_prereg_endpt"),
+        get_destinations_endpt=reader.path(pp, "PassagePoint", "get_destinations_endpt"),
+        user_mapping={str(k): str(v) for k, v in user_mapping.items()},
+        default_category=reader.string(pp, "PassagePoint", "default_category", default="Visitor"),
+    )
+
+    email = _email(reader)
+
+    reconcile = reader.string(lcpp, "LCPP", "reconcile", default="report")
+    if reconcile not in RECONCILE_POLICIES:
+        raise reader.error("LCPP.reconcile", f"must be one of {', '.join(RECONCILE_POLICIES)}, not {reconcile!r}")
+    pattern = reader.string(lcpp, "LCPP", "primary_id_pattern", default=DEFAULT_PRIMARY_ID_PATTERN)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise reader.error("LCPP.primary_id_pattern", f"is not a valid regular expression: {exc}") from exc
+    check = reader.get(lcpp, "LCPP", "check_destinations", default=True)
+    if not isinstance(check, bool):
+        raise reader.error("LCPP.check_destinations", "must be true or false")
+
+    return Config(
+        interval=interval,
+        libcal=libcal_config,
+        alma=alma_config,
+        passagepoint=pp_config,
+        email=email,
+        cache_path=reader.string(lcpp, "LCPP", "cache_path", default="lcpp_cache.sqlite3"),
+        timeout=reader.number(lcpp, "LCPP", "timeout", default=30.0, minimum=0.1),
+        primary_id_pattern=pattern,
+        reconcile=reconcile,
+        retry_base=reader.integer(lcpp, "LCPP", "retry_base", default=300, minimum=1),
+        retry_max=reader.integer(lcpp, "LCPP", "retry_max", default=6 * 3600, minimum=1),
+        check_destinations=check,
+    )
+
+
+def _email(reader: _Reader) -> EmailConfig | None:
+    section = reader.section("Emails", required=False)
+    if not section:
+        return None
+    to_email = reader.get(section, "Emails", "to_email")
+    if isinstance(to_email, str):
+        to_email = [part.strip() for part in to_email.split(",") if part.strip()]
+    if not isinstance(to_email, list) or not to_email:
+        raise reader.error("Emails.to_email", "must be an e-mail address or a list of them")
+    starttls = reader.get(section, "Emails", "smtp_starttls", default=True)
+    if not isinstance(starttls, bool):
+        raise reader.error("Emails.smtp_starttls", "must be true or false")
+    username = reader.get(section, "Emails", "from_username", default=None)
+    password = reader.environ.get(ENV_VARS["Emails.from_password"]) or reader.get(
+        section, "Emails", "from_password", default=None
+    )
+    return EmailConfig(
+        from_email=reader.string(section, "Emails", "from_email"),
+        to_email=tuple(str(address) for address in to_email),
+        smtp_host=reader.string(section, "Emails", "smtp_host"),
+        smtp_port=reader.integer(section, "Emails", "smtp_port", default=587, minimum=1),
+        starttls=starttls,
+        from_username=str(username) if username else None,
+        from_password=str(password) if password else None,
+    )
+
+
+class _Reader:
+    """Typed access to the raw mapping with messages that name the key."""
+
+    def __init__(self, raw: Mapping[str, Any], environ: Mapping[str, str], source: str) -> None:
+        self.raw = raw
+        self.environ = environ
+        self.source = source
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key} {problem}")
+
+    def section(self, name: str, *, required: bool = True) -> Mapping[str, Any]:
+        value = self.raw.get(name)
+        if value is None:
+            if required:
+                raise self.error(name, "section is missing")
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(name, "must be a section of keys (a mapping)")
+        return value
+
+    def get(self, section: Mapping[str, Any], name: str, key: str, **kw: Any) -> Any:
+        if key in section and section[key] is not None:
+            return section[key]
+        if "default" in kw:
+            return kw["default"]
+        raise self.error(f"{name}.{key}", "is missing")
+
+    def string(self, section: Mapping[str, Any], name: str, key: str, **kw: Any) -> str:
+        value = self.get(section, name, key, **kw)
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).strip():
+            raise self.error(f"{name}.{key}", "must be a non-empty text value")
+        return str(value).strip()
+
+    def secret(self, section: Mapping[str, Any], name: str, key: str) -> str:
+        var = ENV_VARS[f"{name}.{key}"]
+        value = self.environ.get(var)
+        if value:
+            return value
+        if section.get(key) in (None, ""):
+            raise self.error(f"{name}.{key}", f"is missing (set it in the file or in the environment variable {var})")
+        return self.string(section, name, key)
+
+    def url(self, section: Mapping[str, Any], name: str, key: str) -> str:
+        value = self.string(section, name, key)
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise self.error(f"{name}.{key}", f"must be an http(s) URL, not {value!r}")
+        return value
+
+    def path(self, section: Mapping[str, Any], name: str, key: str) -> str:
+        value = self.string(section, name, key)
+        if not value.startswith("/"):
+            raise self.error(f"{name}.{key}", f"must be a path starting with '/', not {value!r}")
+        return value
+
+    def mapping(self, section: Mapping[str, Any], name: str, key: str, *, required: bool = True) -> Mapping[str, Any]:
+        value = section.get(key)
+        if value is None:
+            if required:
+                raise self.error(f"{name}.{key}", "is missing")
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(f"{name}.{key}", "must be a mapping")
+        return value
+
+    def integer(self, section: Mapping[str, Any], name: str, key: str, *, default: int, minimum: int) -> int:
+        value = section.get(key, default)
+        if value is None:
+            value = default
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise self.error(f"{name}.{key}", f"must be a whole number, not {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.error(f"{name}.{key}", f"must be a whole number, not {value!r}") from None
+        if number < minimum:
+            raise self.error(f"{name}.{key}", f"must be at least {minimum}, not {number}")
+        return number
+
+    def number(self, section: Mapping[str, Any], name: str, key: str, *, default: float, minimum: float) -> float:
+        value = section.get(key, default)
+        if value is None:
+            value = default
+        if isinstance(value, bool):
+            raise self.error(f"{name}.{key}", f"must be a number, not {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise self.error(f"{name}.{key}", f"must be a number, not {value!r}") from None
+        if number < minimum:
+            raise self.error(f"{name}.{key}", f"must be at least {minimum}, not {number}")
+        return number
