@@ -1,0 +1,144 @@
+"""Command line: ``discharge_loans [--config FILE] [--dry-run] [--limit N]``.
+
+Parses options, loads the configuration and the two CSV files, prints the plan, runs the
+discharge and turns every error into a message. Exit status: 0 all done, 1 some items failed or
+the run stopped early (progress saved), 2 bad usage or configuration (nothing was done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import aiohttp  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from loan_discharge.alma import AlmaClient  # noqa: E402
+from loan_discharge.config import DEFAULT_CONFIG_FILE, ConfigError, DischargeConfig, load_config  # noqa: E402
+from loan_discharge.items import (  # noqa: E402
+    InputError,
+    ItemsTable,
+    Plan,
+    apply_results,
+    build_plan,
+    format_plan,
+    read_desks,
+    read_items,
+    write_items_atomic,
+)
+from loan_discharge.run import RunSummary, SlidingWindowLimiter, discharge, read_journal  # noqa: E402
+
+PROG = "discharge_loans"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Return (discharge) loans in bulk through Alma's scan-in API."
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG_FILE, help=f"YAML configuration (default: {DEFAULT_CONFIG_FILE})")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; send nothing")
+    parser.add_argument("--limit", type=_positive, metavar="N", help="process only the first N pending rows")
+    return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return int(text)
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        table = read_items(config.loans_data_file, config.location_type)
+        desks = read_desks(config.circ_desks_file)
+    except (ConfigError, InputError) as exc:
+        return _fail(str(exc))
+    journal_entries = read_journal(config.data_dir / "journal.jsonl")
+    merged = apply_results(table, journal_entries)
+    plan = build_plan(table, desks, config.location_type, args.limit)
+    print(format_plan(plan, config.loans_data_file, config.circ_desks_file))
+    if args.dry_run:
+        print("dry run: nothing was sent")
+        return 0
+    if not config.apikey:
+        return _fail(f"no API key: set apikey in {args.config} or the ALMA_API_KEY environment variable")
+    if not os.access(config.loans_data_file.parent, os.W_OK):
+        return _fail(
+            f"cannot write to {config.loans_data_file.parent}: the items file is rewritten with the "
+            "results, so it must be in a writable directory"
+        )
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create data_dir {config.data_dir}: {exc.strerror}")
+    if merged:
+        write_items_atomic(table)
+        print(f"merged {merged} results from {config.data_dir / 'journal.jsonl'} into {config.loans_data_file}")
+    if not plan.requests:
+        print("nothing to send")
+        return 1 if plan.problems else 0
+    summary = asyncio.run(_run(config, table, plan))
+    print(format_summary(summary, plan, config))
+    if summary.stop_reason or summary.failed_total or summary.not_processed or plan.problems:
+        return 1
+    return 0
+
+
+async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan) -> RunSummary:
+    bar = tqdm(total=len(plan.requests), unit="item", disable=not sys.stderr.isatty(), file=sys.stderr)
+    connector = aiohttp.TCPConnector(limit=config.concurrency)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = AlmaClient(config.base_url, config.apikey or "", session, request_timeout=config.request_timeout)
+            return await discharge(
+                plan.requests,
+                table,
+                client=client,
+                limiter=SlidingWindowLimiter(config.rate_limit),
+                data_dir=config.data_dir,
+                concurrency=config.concurrency,
+                batch_size=config.batch_size,
+                daily_quota_floor=config.daily_quota_floor,
+                echo=tqdm.write if not bar.disable else print,
+                on_item=lambda result: bar.update(1),
+            )
+    finally:
+        bar.close()
+
+
+def format_summary(summary: RunSummary, plan: Plan, config: DischargeConfig) -> str:
+    """The closing summary of a run."""
+    outcomes = ", ".join(f"{count} {outcome}" for outcome, count in summary.outcomes.most_common())
+    failed = ", ".join(f"{code}: {count}" for code, count in summary.failed.most_common())
+    lines = [
+        f"done: {summary.done}" + (f" ({outcomes})" if outcomes else ""),
+        f"failed: {summary.failed_total}" + (f" ({failed}); see the error column of {config.loans_data_file}" if failed else ""),
+        f"skipped: {len(plan.problems)} not sent (see the plan above), {plan.already_done} already done"
+        + (f", {plan.not_selected} left by --limit" if plan.not_selected else ""),
+        f"elapsed: {summary.elapsed:.1f} s, {summary.requests} requests, {summary.request_rate:.1f} requests/s, "
+        f"{summary.rate_limited} answered 429",
+    ]
+    if summary.stop_reason:
+        lines.append(
+            f"stopped early: {summary.stop_reason}. {summary.not_processed} items not finished; "
+            f"progress is saved in {config.loans_data_file}: run again to resume"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

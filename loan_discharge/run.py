@@ -1,0 +1,427 @@
+"""The discharge engine: rate-limited concurrent scan-ins, retries, journal, per-batch saves.
+
+``run_discharge`` takes everything it uses as arguments (the Alma client, the rate limiter, the
+journal, a per-batch callback, the sleep function and random source), so tests drive it against
+the simulator with fast clocks. ``discharge`` wires it to the files under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loan_discharge.alma import (
+    OUTCOME_NOT_ON_LOAN,
+    OUTCOME_RETURNED,
+    OUTCOME_STILL_ON_LOAN,
+    AlmaClient,
+    AlmaDailyQuotaExceeded,
+    AlmaError,
+    AlmaNoAnswer,
+    AlmaNotSent,
+    AlmaRateLimited,
+    AlmaServerError,
+    AlmaUnauthorized,
+    scan_outcome,
+)
+from loan_discharge.items import ItemsTable, ScanRequest, apply_results, write_items_atomic
+
+__all__ = [
+    "SlidingWindowLimiter",
+    "RetryPolicy",
+    "ItemResult",
+    "RunSummary",
+    "Journal",
+    "read_journal",
+    "run_discharge",
+    "discharge",
+    "next_batch_number",
+]
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class SlidingWindowLimiter:
+    """At most ``rate`` acquisitions in any window of ``period + margin`` seconds.
+
+    aiolimiter's AsyncLimiter(rate, 1) is a leaky bucket: from empty it lets ``rate`` through at
+    once and then one every 1/rate s, so the first second can see almost 2 x rate starts, and so can
+    any second after a pause (a 429 backoff empties the bucket). Alma counts a sliding second, so
+    this limiter remembers the last ``rate`` start times instead. ``margin`` absorbs the jitter
+    between our start time and Alma's arrival time (a request that leaves late arrives late).
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        period: float = 1.0,
+        *,
+        margin: float = 0.01,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rate < 1:
+            raise ValueError("rate must be at least 1")
+        self.rate = rate
+        self.window = period + margin
+        self._clock = clock
+        self._sleep = sleep
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until one more start fits in the window, then record it."""
+        async with self._lock:  # FIFO: waiters start in the order they asked
+            while True:
+                now = self._clock()
+                while self._starts and self._starts[0] <= now - self.window:
+                    self._starts.popleft()
+                if len(self._starts) < self.rate:
+                    self._starts.append(now)
+                    return
+                await self._sleep(self._starts[0] + self.window - now)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often to try again, and how long to wait (exponential backoff with full jitter)."""
+
+    max_attempts: int = 3  # sends of one item that may have been applied (timeout, 5xx)
+    max_rate_limited: int = 12  # 429s of one item before it is recorded as failed
+    max_not_sent: int = 5  # connection failures before sending
+    backoff_base: float = 0.5
+    backoff_cap: float = 20.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """Seconds to wait after the *failures*-th failure of one item."""
+        return rng.uniform(0.5, 1.0) * min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
+
+
+@dataclass
+class ItemResult:
+    """What happened to one item."""
+
+    request: ScanRequest
+    done: bool
+    outcome: str
+    error: str = ""
+    error_code: str | None = None
+    attempts: int = 0
+    responses: list[dict[str, Any]] = field(default_factory=list)
+
+    def journal_entry(self) -> dict[str, Any]:
+        """The line journalled for this item."""
+        return {
+            "item_pid": self.request.item_pid,
+            "done": self.done,
+            "outcome": self.outcome,
+            "error": self.error,
+            "attempts": self.attempts,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+@dataclass
+class RunSummary:
+    """Totals of one run."""
+
+    planned: int = 0
+    done: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    rate_limited: int = 0
+    not_processed: int = 0
+    elapsed: float = 0.0
+    stop_reason: str | None = None
+
+    @property
+    def failed_total(self) -> int:
+        """Items that were tried and failed."""
+        return sum(self.failed.values())
+
+    @property
+    def request_rate(self) -> float:
+        """Requests started per second over the run."""
+        return self.requests / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class Journal:
+    """Append-only JSON lines, one per completed item.
+
+    Each line is one ``os.write`` on an O_APPEND descriptor: once it returns, the line is in the
+    operating system's hands and survives ``kill -9`` of this process. ``sync()`` (after every
+    batch) fsyncs it against power loss; an item lost that way is only sent again, which is harmless.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Write one entry as a line."""
+        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+
+    def sync(self) -> None:
+        """Flush the journal to disk."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Sync and close."""
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's entries; a torn last line (process killed mid-write) is ignored."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "item_pid" in entry:
+            entries.append(entry)
+    return entries
+
+
+def next_batch_number(data_dir: Path) -> int:
+    """First batch number not yet used by a results_batch-N.json in *data_dir* (earlier runs are kept)."""
+    numbers = [
+        int(m.group(1))
+        for p in data_dir.glob("results_batch-*.json")
+        if (m := re.fullmatch(r"results_batch-(\d+)\.json", p.name))
+    ]
+    return max(numbers, default=0) + 1
+
+
+def _raw(error_or_response: Any) -> dict[str, Any]:
+    if isinstance(error_or_response, AlmaError):
+        return {"url": error_or_response.url, "status": error_or_response.status, "response": error_or_response.response}
+    return {"url": error_or_response.url, "status": error_or_response.status, "response": error_or_response.item}
+
+
+async def run_discharge(
+    requests: Sequence[ScanRequest],
+    *,
+    client: AlmaClient,
+    limiter: Any,
+    concurrency: int,
+    batch_size: int,
+    on_item: Callable[[ItemResult], None],
+    on_batch: Callable[[int, list[ItemResult]], None],
+    daily_quota_floor: int = 0,
+    retry: RetryPolicy | None = None,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunSummary:
+    """Scan in every request; call *on_item* as each completes and *on_batch* as each batch completes.
+
+    *limiter* is an async context manager entered before every request (one request start each).
+    Stops starting new items on DAILY_THRESHOLD, an unaccepted key, or X-Exl-Api-Remaining below
+    *daily_quota_floor*; items in flight finish and are saved.
+    """
+    retry = retry or RetryPolicy()
+    rng = rng or random.Random()
+    summary = RunSummary(planned=len(requests))
+    stop = asyncio.Event()
+    batches: dict[int, list[ItemResult]] = {}
+    remaining_in_batch = Counter(i // batch_size for i in range(len(requests)))
+    next_index = 0
+
+    def request_stop(reason: str) -> None:
+        if not stop.is_set():
+            summary.stop_reason = reason
+            stop.set()
+
+    async def send(request: ScanRequest) -> ItemResult | None:
+        attempts = uncertain = rate_limited = not_sent = 0
+        responses: list[dict[str, Any]] = []
+
+        def failed(exc: AlmaError, note: str = "") -> ItemResult:
+            return ItemResult(request, False, "error", f"{exc.code}: {exc.message}{note}", exc.code, attempts, responses)
+
+        while True:
+            if stop.is_set() and (attempts == 0 or uncertain == 0):
+                # Never sent, or only rejected before being applied: leave it for the next run.
+                return None if attempts == 0 else ItemResult(
+                    request, False, "", f"not finished: {summary.stop_reason}", None, attempts, responses
+                )
+            if stop.is_set():
+                return ItemResult(
+                    request, False, "error", f"not finished ({summary.stop_reason}); it may have been returned",
+                    "STOPPED", attempts, responses,
+                )
+            async with limiter:
+                attempts += 1
+                summary.requests += 1
+            try:
+                response = await client.scan_in(
+                    request.mms_id, request.holding_id, request.item_pid,
+                    library=request.library, circ_desk=request.circ_desk,
+                )
+            except AlmaRateLimited as exc:
+                responses.append(_raw(exc))
+                summary.rate_limited += 1
+                rate_limited += 1
+                if rate_limited > retry.max_rate_limited:
+                    return failed(exc, f" ({rate_limited} times)")
+                await sleep(retry.delay(rate_limited, rng))
+                continue
+            except AlmaNotSent as exc:
+                responses.append(_raw(exc))
+                not_sent += 1
+                if not_sent > retry.max_not_sent:
+                    return failed(exc)
+                await sleep(retry.delay(not_sent, rng))
+                continue
+            except (AlmaNoAnswer, AlmaServerError) as exc:
+                responses.append(_raw(exc))
+                uncertain += 1
+                if uncertain >= retry.max_attempts:
+                    return failed(exc, f" (after {attempts} attempts)")
+                # A second scan-in of a returned item is harmless (register_in_house_use=false).
+                await sleep(retry.delay(uncertain, rng))
+                continue
+            except AlmaDailyQuotaExceeded as exc:
+                responses.append(_raw(exc))
+                request_stop(f"Alma's daily API quota is used up ({exc.code}); run again after midnight GMT")
+                return ItemResult(request, False, "", f"{exc.code}: {exc.message}", exc.code, attempts, responses)
+            except AlmaUnauthorized as exc:
+                responses.append(_raw(exc))
+                request_stop(f"Alma refused the API key ({exc.code}: {exc.message}); check apikey / ALMA_API_KEY")
+                return failed(exc)
+            except AlmaError as exc:
+                responses.append(_raw(exc))
+                return failed(exc)
+            responses.append(_raw(response))
+            if response.remaining is not None and response.remaining < daily_quota_floor:
+                request_stop(
+                    f"X-Exl-Api-Remaining is {response.remaining}, below daily_quota_floor {daily_quota_floor}"
+                )
+            outcome = scan_outcome(response.item)
+            if outcome == OUTCOME_STILL_ON_LOAN:
+                return ItemResult(
+                    request, False, "error", "still on loan after the scan-in", "STILL_ON_LOAN", attempts, responses
+                )
+            if outcome == OUTCOME_RETURNED and request.known_not_on_loan:
+                outcome = OUTCOME_NOT_ON_LOAN
+            return ItemResult(request, True, outcome, "", None, attempts, responses)
+
+    def finish(index: int, result: ItemResult | None) -> None:
+        batch = index // batch_size
+        if result is None:
+            summary.not_processed += 1
+        else:
+            if result.done:
+                summary.done += 1
+                summary.outcomes[result.outcome] += 1
+            elif result.error_code and result.outcome == "error":
+                summary.failed[result.error_code] += 1
+            else:
+                summary.not_processed += 1
+            batches.setdefault(batch, []).append(result)
+            on_item(result)
+        remaining_in_batch[batch] -= 1
+        if remaining_in_batch[batch] == 0 and batch in batches:
+            on_batch(batch, batches.pop(batch))
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(requests):
+            index = next_index
+            next_index += 1
+            result = None if stop.is_set() else await send(requests[index])
+            finish(index, result)
+
+    started = clock()
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(requests))))))
+    finally:
+        summary.elapsed = clock() - started
+        for batch in sorted(batches):  # batches cut short by an error or a stop
+            on_batch(batch, batches.pop(batch))
+    return summary
+
+
+def _batch_snippet(number: int, results: Iterable[ItemResult]) -> str:
+    results = list(results)
+    outcomes = Counter(r.outcome for r in results if r.done)
+    failures = Counter(r.error_code for r in results if not r.done and r.outcome == "error")
+    parts = [f"{count} {outcome}" for outcome, count in outcomes.most_common()]
+    if failures:
+        parts.append("failed: " + ", ".join(f"{code} x{count}" for code, count in failures.most_common()))
+    return f"batch {number}: {len(results)} items: " + ("; ".join(parts) or "nothing finished")
+
+
+async def discharge(
+    requests: Sequence[ScanRequest],
+    table: ItemsTable,
+    *,
+    client: AlmaClient,
+    limiter: Any,
+    data_dir: Path,
+    concurrency: int,
+    batch_size: int,
+    daily_quota_floor: int = 0,
+    retry: RetryPolicy | None = None,
+    echo: Callable[[str], None] = print,
+    on_item: Callable[[ItemResult], None] | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> RunSummary:
+    """Run the scan-ins, journalling each item to data_dir/journal.jsonl and rewriting the items file per batch."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(data_dir / "journal.jsonl")
+    first_batch = next_batch_number(data_dir)
+
+    def item_done(result: ItemResult) -> None:
+        journal.append(result.journal_entry())
+        if on_item is not None:
+            on_item(result)
+
+    def batch_done(batch: int, results: list[ItemResult]) -> None:
+        number = first_batch + batch
+        raw = [dict(item_pid=r.request.item_pid, attempt=i + 1, **resp) for r in results for i, resp in enumerate(r.responses)]
+        (data_dir / f"results_batch-{number}.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
+        apply_results(table, (r.journal_entry() for r in results))
+        write_items_atomic(table)
+        journal.sync()
+        echo(_batch_snippet(number, results))
+
+    try:
+        return await run_discharge(
+            requests,
+            client=client,
+            limiter=limiter,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            on_item=item_done,
+            on_batch=batch_done,
+            daily_quota_floor=daily_quota_floor,
+            retry=retry,
+            sleep=sleep,
+        )
+    finally:
+        journal.close()
