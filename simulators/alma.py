@@ -12,8 +12,10 @@ Request pipeline (in this order, for every request):
    request has no effect, does not use the daily quota and does not occupy the window.
 3. API key: `Authorization: apikey KEY` header, else the `apikey=` query parameter. Missing or
    unknown -> `UNAUTHORIZED` "API-key not defined or not configured to allow this API." with
-   HTTP `state.unauthorized_status` (default 400; *unverified*: no public source showed the
-   real status).
+   HTTP `state.unauthorized_status`, default 400. Not confirmed by Ex Libris' docs; public client
+   test suites that replay recorded Alma answers use 400 with this body, and that recorded XML
+   body has no `trackingId`, so neither has ours. (One third-party integration guide says an
+   unknown key gets 403 `INVALID_REQUEST` instead; the contract says UNAUTHORIZED, so we follow it.)
 4. Daily quota: one counter for the whole simulator (`daily_quota`), decremented by every
    request that passed 1-3. When it is 0 -> `DAILY_THRESHOLD` with HTTP `daily_status`
    (default 429; *unverified*). `X-Exl-Api-Remaining` (calls left) and `X-Request-ID` are on
@@ -27,8 +29,9 @@ XML are a plain element-per-key rendering (approximate: the clients use JSON).
 
 Scan-in (`POST /almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}?op=scan`), checks
 in this order, each an HTTP 400 Alma error body:
-- `op` missing or not `scan` -> `40166410` "The parameter op is invalid. Received: X."
-  (code and wording *unverified*: patterned on 40166411).
+- `op` missing or not `scan` -> `40166410` "The parameter op is invalid. Received: X. Valid
+  options are: [scan]." (40166410 and "The parameter P is invalid. ... Valid options are: [..]"
+  are what public Alma clients parse; the exact middle part is *unverified*).
 - `library` missing -> `40166410` "The parameter library is invalid. Received: ." and neither
   `circ_desk` nor `department` -> "... circ_desk is invalid ..." (*unverified*, same pattern).
 - non-numeric mms_id -> `402203` "Input parameters mmsId X is not valid."
@@ -273,12 +276,14 @@ def _template(name: str) -> dict[str, Any]:
 def error_body(
     code: str,
     message: str,
-    tracking_id: str,
+    tracking_id: str | None,
     single_object: bool = False,
     exists_as_string: bool = False,
 ) -> dict[str, Any]:
     """The Alma JSON error body, optionally with the two quirks seen in the wild."""
-    error = {"errorCode": code, "errorMessage": message, "trackingId": tracking_id}
+    error = {"errorCode": code, "errorMessage": message}
+    if tracking_id is not None:
+        error["trackingId"] = tracking_id
     return {
         "errorsExist": "true" if exists_as_string else True,
         "errorList": {"error": error if single_object else [error]},
@@ -286,14 +291,15 @@ def error_body(
     }
 
 
-def error_xml(code: str, message: str, tracking_id: str) -> str:
+def error_xml(code: str, message: str, tracking_id: str | None) -> str:
     """The Alma XML error body (`web_service_result`)."""
+    tracking = "" if tracking_id is None else f"<trackingId>{escape(tracking_id)}</trackingId>"
     return (
         '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
         '<web_service_result xmlns="http://com/exlibris/urm/general/xmlbeans">'
         "<errorsExist>true</errorsExist><errorList><error>"
         f"<errorCode>{escape(code)}</errorCode><errorMessage>{escape(message)}</errorMessage>"
-        f"<trackingId>{escape(tracking_id)}</trackingId>"
+        f"{tracking}"
         "</error></errorList></web_service_result>"
     )
 
@@ -394,8 +400,11 @@ def user_body(user: AlmaUser) -> dict[str, Any]:
 # --- the domain: scan-in and user lookup ------------------------------------------------------
 
 
-def _bad_parameter(name: str, received: str) -> AlmaAPIError:
-    return AlmaAPIError(400, "40166410", f"The parameter {name} is invalid. Received: {received}.")
+def _bad_parameter(name: str, received: str, valid: str = "") -> AlmaAPIError:
+    options = f" Valid options are: [{valid}]." if valid else ""
+    return AlmaAPIError(
+        400, "40166410", f"The parameter {name} is invalid. Received: {received}.{options}"
+    )
 
 
 def check_scan_in(
@@ -404,7 +413,7 @@ def check_scan_in(
     """Validate a scan-in request exactly as Alma does; return the item or raise AlmaAPIError."""
     op = query.get("op", "")
     if op != "scan":
-        raise _bad_parameter("op", op)
+        raise _bad_parameter("op", op, "scan")
     library = query.get("library", "")
     if not library:
         raise _bad_parameter("library", library)
@@ -489,7 +498,8 @@ def _api_key(request: web.Request) -> str | None:
 def _error_response(
     state: AlmaState, request: web.Request, error: AlmaAPIError, shape: str | None = None
 ) -> web.Response:
-    tracking_id = state.tracking_id()
+    # The gateway's UNAUTHORIZED answer carries no trackingId (as recorded from live Alma).
+    tracking_id = None if error.code == "UNAUTHORIZED" else state.tracking_id()
     if _wants_json(request):
         body = error_body(
             error.code,
