@@ -42,9 +42,14 @@ Unverified (no public source; chosen here and kept simple):
 - which of grant type and credentials is checked first (grant type here);
 - the seat rows' other fields (they repeat the booking's fields; only ``id`` differs).
 
+- the body of a server error: the injected ``500`` answers text/html
+  ``<html><body><h1>500 Internal Server Error</h1></body></html>`` (a web server's page, not JSON).
+
 Test hooks: ``expire_tokens()``, ``requests`` (one dict per request received), ``count(prefix)``,
 ``latency=(min, max)`` seconds slept per request, ``clock`` (epoch seconds) and ``today`` to pin
-time. Standalone: ``python -m simulators.libcal --port N [--bookings-json FILE] [--latency 0.2-0.2]``.
+time, ``inject_failure(endpoint, kind, count)`` with endpoint ``token`` | ``bookings`` | ``booking``
+and kind ``500`` | ``timeout`` (no answer for ``hang_seconds``, then the connection drops) |
+``disconnect`` (the connection closes at once). Standalone: ``python -m simulators.libcal --port N [--bookings-json FILE] [--latency 0.2-0.2]``.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ from typing import Any
 
 from aiohttp import web
 
+from simulators._common import parse_latency as common_parse_latency
+from simulators._common import sleep_latency
+
 SCOPE = "cal_r ev_r ms_r rm_r sp_r sp_w h_r"
 CANCELLED_STATUSES = (
     "Cancelled by User",
@@ -77,6 +85,9 @@ STATUSES = (
     "Mediated Denied",
     *CANCELLED_STATUSES,
 )
+ENDPOINTS = ("token", "bookings", "booking")
+FAILURE_KINDS = ("500", "timeout", "disconnect")
+SERVER_ERROR_PAGE = "<html><body><h1>500 Internal Server Error</h1></body></html>"
 MAX_LIMIT = 500
 MAX_DAYS = 365
 DEFAULT_LIMIT = 20
@@ -109,6 +120,7 @@ class LibCalState:
         timezone: tzinfo | None = None,
         today: date | None = None,
         ignore_past_dates: bool = True,
+        hang_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client_id = client_id
@@ -121,7 +133,9 @@ class LibCalState:
         self.timezone = timezone or _default_timezone()
         self.today = today
         self.ignore_past_dates = ignore_past_dates
+        self.hang_seconds = hang_seconds
         self.clock = clock
+        self.failures: dict[str, list[str]] = {}
         self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
         self.revoked: set[str] = set()
         self.bookings: list[dict[str, Any]] = []  # one dict per row, in insertion order
@@ -210,6 +224,19 @@ class LibCalState:
     def expire_tokens(self) -> None:
         """Make every token issued so far answer 401."""
         self.revoked.update(self.tokens)
+
+    def inject_failure(self, endpoint: str, kind: str, count: int = 1) -> None:
+        """Make the next ``count`` calls of ``endpoint`` fail with ``kind``."""
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"unknown failure kind {kind!r} (known: {', '.join(FAILURE_KINDS)})")
+        self.failures.setdefault(endpoint, []).extend([kind] * count)
+
+    def take_failure(self, endpoint: str) -> str | None:
+        """The next injected failure for ``endpoint``, consuming it, or None."""
+        queue = self.failures.get(endpoint)
+        return queue.pop(0) if queue else None
 
     def count(self, path_prefix: str = "") -> int:
         """Number of requests received whose path starts with ``path_prefix``."""
@@ -441,9 +468,29 @@ async def space_booking(request: web.Request) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _endpoint(request: web.Request) -> str | None:
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else ""
+    if name.endswith("/oauth/token"):
+        return "token"
+    if name.endswith("/space/bookings"):
+        return "bookings"
+    if "/space/booking/" in name:
+        return "booking"
+    return None
+
+
+async def _drop_connection(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer; the client sees a disconnect."""
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp discards whatever is written to a closed transport; this only ends the handler.
+    return web.Response(status=500)
+
+
 @web.middleware
 async def _log_and_delay(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every request and sleep the configured latency before answering."""
+    """Record every request, sleep the configured latency and apply injected failures."""
     state = request.app[STATE]
     entry: dict[str, Any] = {
         "method": request.method,
@@ -453,9 +500,19 @@ async def _log_and_delay(request: web.Request, handler: Handler) -> web.StreamRe
         "time": time.monotonic(),
     }
     state.requests.append(entry)
-    low, high = state.latency
-    if high > 0:
-        await asyncio.sleep(state.random.uniform(low, high))
+    await sleep_latency(state.random, state.latency)
+    endpoint = _endpoint(request)
+    failure = state.take_failure(endpoint) if endpoint else None
+    if failure:
+        entry["failure"] = failure
+    if failure == "500":
+        entry["status"] = 500
+        return web.Response(status=500, text=SERVER_ERROR_PAGE, content_type="text/html")
+    if failure == "disconnect":
+        return await _drop_connection(request)
+    if failure == "timeout":
+        await asyncio.sleep(state.hang_seconds)
+        return await _drop_connection(request)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -477,17 +534,11 @@ def create_app(state: LibCalState | None = None) -> web.Application:
 
 
 def parse_latency(text: str) -> tuple[float, float]:
-    """Parse ``MIN-MAX`` (or a single number) seconds into a (min, max) pair."""
-    low, _, high = text.partition("-")
+    """Parse ``MIN-MAX`` (or a single number) seconds for ``--latency``."""
     try:
-        pair = (float(low), float(high or low))
+        return common_parse_latency(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
-    if pair[0] < 0 or pair[1] < pair[0]:
-        raise argparse.ArgumentTypeError(
-            f"latency must be MIN-MAX with 0 <= MIN <= MAX, got {text!r}"
-        )
-    return pair
 
 
 def load_bookings(state: LibCalState, path: str) -> int:

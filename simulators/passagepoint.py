@@ -62,6 +62,9 @@ from typing import Any
 
 from aiohttp import web
 
+from simulators._common import parse_latency as common_parse_latency
+from simulators._common import sleep_latency
+
 BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
 FAILURE_KINDS = ("500", "timeout", "timeout_after_apply", "disconnect")
@@ -81,7 +84,7 @@ class PassagePointState:
         wrap_byuniqueid: bool = False,
         seed: int | None = 1,
         duplicate_status: int = 400,
-        hang_seconds: float = 30.0,
+        hang_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.username = username
@@ -348,9 +351,7 @@ async def _log_delay_and_fail(request: web.Request, handler: Handler) -> web.Str
         "time": time.monotonic(),
     }
     state.requests.append(entry)
-    low, high = state.latency
-    if high > 0:
-        await asyncio.sleep(state.random.uniform(low, high))
+    await sleep_latency(state.random, state.latency)
     endpoint = ENDPOINT_BY_PATH.get(request.path)
     failure = state.take_failure(endpoint) if endpoint else None
     if failure:
@@ -386,17 +387,11 @@ def create_app(state: PassagePointState | None = None) -> web.Application:
 
 
 def parse_latency(text: str) -> tuple[float, float]:
-    """Parse ``MIN-MAX`` (or a single number) seconds into a (min, max) pair."""
-    low, _, high = text.partition("-")
+    """Parse ``MIN-MAX`` (or a single number) seconds for ``--latency``."""
     try:
-        pair = (float(low), float(high or low))
+        return common_parse_latency(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
-    if pair[0] < 0 or pair[1] < pair[0]:
-        raise argparse.ArgumentTypeError(
-            f"latency must be MIN-MAX with 0 <= MIN <= MAX, got {text!r}"
-        )
-    return pair
 
 
 async def serve(app: web.Application, host: str, port: int) -> None:

@@ -397,6 +397,58 @@ async def test_latency_is_applied_without_changing_answers(aiohttp_client):
 
 
 @pytest.mark.parametrize(
+    ("endpoint", "path"),
+    [("bookings", "/1.1/space/bookings"), ("booking", "/api/1.1/space/booking/cs_a")],
+)
+async def test_injected_500_is_an_html_page_then_recovers(client, state, endpoint, path):
+    """An injected 500 answers a text/html error page once; the next call answers normally."""
+    headers = await bearer(client)
+    state.inject_failure(endpoint, "500")
+    response = await client.get(path, headers=headers)
+    assert response.status == 500
+    assert response.content_type == "text/html"
+    assert await response.text() == "<html><body><h1>500 Internal Server Error</h1></body></html>"
+    assert (await client.get(path, headers=headers)).status == 200
+    assert state.requests[-2]["failure"] == "500"
+
+
+async def test_injected_token_failures(client, state):
+    """The token endpoint can fail too: a disconnect, then a 500, then a token."""
+    state.inject_failure("token", "disconnect")
+    state.inject_failure("token", "500")
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await client.post("/1.1/oauth/token", data=CREDENTIALS)
+    assert (await client.post("/1.1/oauth/token", data=CREDENTIALS)).status == 500
+    assert (await client.post("/1.1/oauth/token", data=CREDENTIALS)).status == 200
+
+
+async def test_injected_timeout_withholds_the_answer(aiohttp_client):
+    """An injected timeout answers nothing before the client gives up."""
+    state = make_state(hang_seconds=60)
+    client = await aiohttp_client(create_app(state))
+    headers = await bearer(client)
+    state.inject_failure("bookings", "timeout", count=1)
+    with pytest.raises(TimeoutError):
+        await client.get(
+            "/1.1/space/bookings", headers=headers, timeout=aiohttp.ClientTimeout(total=0.1)
+        )
+    assert (await client.get("/1.1/space/bookings", headers=headers)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kind", "message"),
+    [
+        ("updates", "500", "unknown endpoint 'updates'"),
+        ("token", "429", "unknown failure kind '429'"),
+    ],
+)
+def test_inject_failure_rejects_unknown_names(endpoint, kind, message):
+    """inject_failure names what it knows when given something else."""
+    with pytest.raises(ValueError, match=message):
+        make_state().inject_failure(endpoint, kind)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"status": "Booked"}, "unknown LibCal status 'Booked'"),

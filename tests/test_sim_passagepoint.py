@@ -38,7 +38,7 @@ class FakeClock:
 
 @pytest.fixture
 def state() -> PassagePointState:
-    return PassagePointState(hang_seconds=0.5)
+    return PassagePointState(hang_seconds=60)
 
 
 @pytest.fixture
