@@ -178,6 +178,8 @@ class LibCalState:
         if created is None:
             created = (datetime.fromisoformat(from_date) - timedelta(days=2)).isoformat()
         check_in_code = check_in_code or self._check_in_code()
+        if cancelled is None and status in CANCELLED_STATUSES:
+            cancelled = self._now().replace(microsecond=0).isoformat()
         rows = []
         for _ in range(max(1, seats)):
             row: dict[str, Any] = {

@@ -282,6 +282,15 @@ async def test_cancelled_rows_carry_status_and_timestamp(client, state, status):
         assert stamp[-6] in "+-" and stamp[-3] == ":"
 
 
+async def test_booking_added_cancelled_gets_timestamp(client, state):
+    """A booking added with a cancelled status carries a ``cancelled`` timestamp too."""
+    add(state, "cs_born_cancelled", status="Cancelled by System")
+    add(state, "cs_given", status="Cancelled", cancelled="2026-11-20T09:00:00-05:00")
+    rows = await (await client.get("/1.1/space/bookings", headers=await bearer(client))).json()
+    assert rows[0]["cancelled"].startswith("20")
+    assert rows[1]["cancelled"] == "2026-11-20T09:00:00-05:00"
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
