@@ -7,7 +7,7 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class SlidingWindowCounter:
@@ -32,11 +32,15 @@ class SlidingWindowCounter:
         return True
 
 
-async def sleep_latency(rng: random.Random, latency: tuple[float, float]) -> None:
+async def sleep_latency(
+    rng: random.Random,
+    latency: tuple[float, float],
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> None:
     """Sleep a uniform random time within the (min, max) latency, if any."""
     low, high = latency
     if high > 0:
-        await asyncio.sleep(rng.uniform(low, high))
+        await sleep(rng.uniform(low, high))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

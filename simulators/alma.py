@@ -41,8 +41,12 @@ in this order, each an HTTP 400 Alma error body:
 - (library, circ_desk) not added with `add_desk` -> `state.desk_error_code` (default `401872`,
   *unverified*) "Circulation desk DESK is not valid for library LIB.". If no desk was ever
   added, every desk is accepted. `department` scans skip the desk check.
-Outcome of an applied scan (the loan, if any, is returned in every case):
-- desk library != owning library (temp_library if set, else library) -> in transit:
+Outcome of an applied scan (the loan, if any, is returned in every case; `state.scans` gets
+(item_pid, library, circ_desk or department, register_in_house_use)):
+- `department` given (no `circ_desk`) and `done` not "true" -> work order: `base_status` 0,
+  `process_type` WORK_ORDER_DEPARTMENT "In Process" (desc *unverified*), "Item's destination
+  is: DEPT. ..."; state "work_order". With `done=true` the item moves on as below.
+- else desk library != owning library (temp_library if set, else library) -> in transit:
   `base_status` 0 "Item not in place", `process_type` TRANSIT "Transit", `additional_info`
   "Item's destination is: LIB. ..." (exact transit wording *unverified*); state "in_transit".
 - else item "requested" (on loan with a hold request waiting) -> hold shelf: `base_status` 0,
@@ -66,12 +70,17 @@ order by requests that passed the gateway checks (optionally only scans of `item
 - "502_text": HTTP 502 `text/plain` gateway body. "503_html": HTTP 503 HTML page.
 - "timeout": sleeps `state.timeout_sleep` seconds (default 60) then answers 504 text/plain.
 - "disconnect": closes the connection without any answer.
-- "429": the real PER_SECOND_THRESHOLD 429 (never applied).
+- "429": the real PER_SECOND_THRESHOLD 429 (never applied, uses no quota, no latency).
 - "single_error_object" / "errors_exist_string": the request is answered with its own Alma
   error if it has one, else with a generic 400 `INTERNAL_SERVER_ERROR`-style error (and not
   applied), shaped with `error` as one object / `errorsExist` as the string "true".
 `applied=True` (scan-ins only, not "429"/shape kinds) runs the scan first and then fails: the
 realistic case of a 5xx or timeout after Alma did the work. Default False: nothing happens.
+An injected failure (other than "429") uses one call of the daily quota, like any answered call.
+
+Other paths and methods get aiohttp's plain 404/405 (after the gateway checks); what real Alma
+answers there is *unverified* and no client should depend on it. `reset_daily_quota()` plays
+midnight GMT.
 """
 
 from __future__ import annotations
@@ -107,7 +116,7 @@ FAILURE_KINDS = (
     "429",
 )
 SHAPE_KINDS = ("single_error_object", "errors_exist_string")
-ITEM_STATES = ("loan", "in_place", "requested", "in_transit", "hold_shelf")
+ITEM_STATES = ("loan", "in_place", "requested", "in_transit", "hold_shelf", "work_order")
 ON_LOAN_STATES = ("loan", "requested")
 
 PER_SECOND_MESSAGE = "HTTP requests are more than allowed per second"
@@ -148,6 +157,7 @@ class AlmaItem:
     status: str = "loan"
     in_house_uses: int = 0
     request_pending: bool = False
+    work_order_department: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ITEM_STATES:
@@ -197,6 +207,7 @@ class AlmaState:
     desk_error_code: str = "401872"
     timeout_sleep: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep  # latency sleeps (tests record)
 
     def __post_init__(self) -> None:
         self.items: dict[str, AlmaItem] = {}
@@ -232,6 +243,10 @@ class AlmaState:
         if applied and kind in ("429", *SHAPE_KINDS):
             raise ValueError(f"a {kind!r} failure is never applied: drop applied=True")
         self._failures.append(_Failure(kind, count, item_pid, applied))
+
+    def reset_daily_quota(self) -> None:
+        """Midnight GMT: the daily quota is whole again."""
+        self.remaining = self.daily_quota
 
     def count(self, path_prefix: str = "/almaws/v1") -> int:
         """Number of requests received under `path_prefix`, whatever their status."""
@@ -354,6 +369,12 @@ def _item_state_fields(item: AlmaItem) -> tuple[dict, dict, str]:
     tail = ". Request/Process Type: . Requester: . Requester ID: . Place in Queue: 0"
     if item.status in ON_LOAN_STATES:
         return not_in_place, {"value": "LOAN", "desc": "Loan"}, ""
+    if item.status == "work_order":
+        return (
+            not_in_place,
+            {"value": "WORK_ORDER_DEPARTMENT", "desc": "In Process"},
+            f"Item's destination is: {item.work_order_department}{tail}",
+        )
     if item.status == "in_transit":
         return (
             not_in_place,
@@ -444,18 +465,24 @@ def check_scan_in(
 def apply_scan_in(state: AlmaState, item: AlmaItem, query: dict[str, str]) -> AlmaItem:
     """Move a validated item to its post-scan state and record the scan."""
     library = query["library"]
-    circ_desk = query.get("circ_desk") or query.get("department", "")
+    circ_desk = query.get("circ_desk", "")
+    department = "" if circ_desk else query.get("department", "")
+    done = query.get("done", "false").lower() == "true"
     register = query.get("register_in_house_use", "true").lower() != "false"
     if item.status not in ON_LOAN_STATES and register:
         item.in_house_uses += 1
-    if library != item.owning_library:
+    item.work_order_department = None
+    if department and not done:
+        item.status = "work_order"
+        item.work_order_department = department
+    elif library != item.owning_library:
         item.status = "in_transit"
     elif item.request_pending:
         item.status = "hold_shelf"
         item.request_pending = False
     else:
         item.status = "in_place"
-    state.scans.append((item.item_pid, library, circ_desk, register))
+    state.scans.append((item.item_pid, library, circ_desk or department, register))
     return item
 
 
@@ -543,17 +570,25 @@ async def alma_gateway(request: web.Request, handler: Handler) -> web.StreamResp
         "api_key": _api_key(request),
     }
     state.requests.append(entry)
-    response = await _through_gateway(state, request, handler, entry)
-    if response is not None:
-        response.headers["X-Exl-Api-Remaining"] = str(state.remaining)
-        response.headers["X-Request-ID"] = state.request_id()
-        entry["status"] = response.status
+    try:
+        response = await _through_gateway(state, request, handler, entry)
+    except web.HTTPException as exc:  # unknown path or method: aiohttp's own 404/405
+        _stamp(state, entry, exc)
+        raise
+    _stamp(state, entry, response)
     return response
+
+
+def _stamp(state: AlmaState, entry: dict[str, Any], response: web.StreamResponse) -> None:
+    """Add Alma's quota and request-id headers, and log the status."""
+    response.headers["X-Exl-Api-Remaining"] = str(state.remaining)
+    response.headers["X-Request-ID"] = state.request_id()
+    entry["status"] = response.status
 
 
 async def _through_gateway(
     state: AlmaState, request: web.Request, handler: Handler, entry: dict[str, Any]
-) -> web.StreamResponse | None:
+) -> web.StreamResponse:
     if not state.window.admit():
         return _error_response(state, request, _per_second_error())
     if entry["api_key"] not in state.api_keys:
@@ -562,9 +597,11 @@ async def _through_gateway(
     if state.remaining <= 0:
         error = AlmaAPIError(state.daily_status, "DAILY_THRESHOLD", DAILY_MESSAGE)
         return _error_response(state, request, error)
-    state.remaining -= 1
-    await sleep_latency(state.rng, state.latency)
     failure = state.take_failure(request.match_info.get("item_pid"))
+    if failure is not None and failure.kind == "429":
+        return _error_response(state, request, _per_second_error())  # a gateway rejection
+    state.remaining -= 1
+    await sleep_latency(state.rng, state.latency, state.sleep)
     if failure is None:
         try:
             return await handler(request)
@@ -575,7 +612,7 @@ async def _through_gateway(
 
 async def _inject(
     state: AlmaState, request: web.Request, handler: Handler, failure: _Failure
-) -> web.StreamResponse | None:
+) -> web.StreamResponse:
     """Answer with an injected failure, running the real handler first if it was `applied`."""
     if failure.kind in SHAPE_KINDS:
         try:
@@ -584,8 +621,6 @@ async def _inject(
         except AlmaAPIError as real_error:
             error = real_error
         return _error_response(state, request, error, shape=failure.kind)
-    if failure.kind == "429":
-        return _error_response(state, request, _per_second_error())
     if failure.applied and "item_pid" in request.match_info:
         try:
             await handler(request)

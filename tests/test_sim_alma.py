@@ -910,3 +910,96 @@ def test_standalone_refuses_unreadable_seed_file(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("alma simulator: cannot load seed files: [Errno 2]")
+
+
+# --- work orders, latency, quota reset, unknown paths ---------------------------------------------
+
+
+async def test_department_scan_puts_the_item_in_a_work_order(client, state):
+    """department without done=true: process_type WORK_ORDER_DEPARTMENT, loan returned."""
+    response = await client.post(
+        scan_path(LOANED.item_pid),
+        params={"op": "scan", "library": "MAIN", "department": "BINDERY"},
+        headers=JSON_HEADERS,
+    )
+    body = await response.json()
+    assert body["item_data"]["process_type"] == {
+        "value": "WORK_ORDER_DEPARTMENT",
+        "desc": "In Process",
+    }
+    assert body["item_data"]["base_status"] == NOT_IN_PLACE
+    assert body["additional_info"].startswith("Item's destination is: BINDERY.")
+    assert state.items[LOANED.item_pid].status == "work_order"
+    assert state.scans == [(LOANED.item_pid, "MAIN", "BINDERY", True)]
+
+
+async def test_department_scan_done_moves_the_item_on(client, state):
+    """done=true finishes the work order: the item goes back in place."""
+    params = {"op": "scan", "library": "MAIN", "department": "BINDERY"}
+    await client.post(scan_path(LOANED.item_pid), params=params, headers=JSON_HEADERS)
+    response = await client.post(
+        scan_path(LOANED.item_pid), params={**params, "done": "true"}, headers=JSON_HEADERS
+    )
+    assert (await response.json())["item_data"]["base_status"] == IN_PLACE
+    assert state.items[LOANED.item_pid].status == "in_place"
+    assert state.items[LOANED.item_pid].work_order_department is None
+
+
+async def test_latency_is_drawn_within_the_configured_range(aiohttp_client):
+    """Every answered request sleeps a uniform random time within (min, max)."""
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    state = AlmaState(latency=(0.3, 0.8), sleep=record)
+    client = await aiohttp_client(create_app(state))
+    for _ in range(20):
+        await client.get("/almaws/v1/users/nobody", headers=JSON_HEADERS)
+    assert len(slept) == 20
+    assert all(0.3 <= seconds <= 0.8 for seconds in slept)
+    assert len(set(slept)) > 1
+
+
+async def test_same_seed_gives_the_same_latencies(aiohttp_client):
+    """The seed makes runs repeatable."""
+    runs = []
+    for _ in range(2):
+        slept: list[float] = []
+
+        async def record(seconds: float, slept=slept) -> None:
+            slept.append(seconds)
+
+        client = await aiohttp_client(create_app(AlmaState(latency=(0, 1), seed=7, sleep=record)))
+        for _ in range(3):
+            await client.get("/almaws/v1/users/x", headers=JSON_HEADERS)
+        runs.append(slept)
+    assert runs[0] == runs[1]
+
+
+async def test_injected_429_uses_no_quota(client, state):
+    """A forced 429 is a gateway rejection: X-Exl-Api-Remaining does not move."""
+    state.inject_failure("429")
+    response = await client.get("/almaws/v1/users/G12345678", headers=JSON_HEADERS)
+    assert response.status == 429
+    assert response.headers["X-Exl-Api-Remaining"] == "1000"
+
+
+async def test_reset_daily_quota_lets_calls_through_again(aiohttp_client):
+    """After midnight GMT (reset_daily_quota) the quota is whole again."""
+    state = AlmaState(daily_quota=1)
+    client = await aiohttp_client(create_app(state))
+    await client.get("/almaws/v1/users/x", headers=JSON_HEADERS)
+    assert (await client.get("/almaws/v1/users/x", headers=JSON_HEADERS)).status == 429
+    state.reset_daily_quota()
+    response = await client.get("/almaws/v1/users/x", headers=JSON_HEADERS)
+    assert response.status == 400  # user not found: the call went through
+    assert response.headers["X-Exl-Api-Remaining"] == "0"
+
+
+async def test_unknown_path_is_logged_with_its_status(client, state):
+    """Paths the simulator does not serve answer 404 and still appear in the request log."""
+    response = await client.get("/almaws/v1/items", headers=JSON_HEADERS)
+    assert response.status == 404
+    assert "X-Exl-Api-Remaining" in response.headers
+    assert state.requests[-1]["status"] == 404
