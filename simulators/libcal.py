@@ -40,8 +40,7 @@ Unverified (no public source; chosen here and kept simple):
 - ``days`` outside 0-365 or not an integer -> 400 text/plain ``invalid "days" value``; ``limit``
   outside 1-500 or not an integer -> 400 text/plain ``invalid "limit" value``;
 - which of grant type and credentials is checked first (grant type here);
-- the seat rows' other fields (they repeat the booking's fields; only ``id`` differs).
-
+- the seat rows' other fields (they repeat the booking's fields; only ``id`` differs);
 - the body of a server error: the injected ``500`` answers text/html
   ``<html><body><h1>500 Internal Server Error</h1></body></html>`` (a web server's page, not JSON).
 
@@ -49,7 +48,16 @@ Test hooks: ``expire_tokens()``, ``requests`` (one dict per request received), `
 ``latency=(min, max)`` seconds slept per request, ``clock`` (epoch seconds) and ``today`` to pin
 time, ``inject_failure(endpoint, kind, count)`` with endpoint ``token`` | ``bookings`` | ``booking``
 and kind ``500`` | ``timeout`` (no answer for ``hang_seconds``, then the connection drops) |
-``disconnect`` (the connection closes at once). Standalone: ``python -m simulators.libcal --port N [--bookings-json FILE] [--latency 0.2-0.2]``.
+``disconnect`` (the connection closes at once).
+
+Not simulated: ``GET /1.1/space/bookings/updates`` and the ``check_in_status``/``internal_notes``/
+``include_remote`` parameters (accepted and ignored); no rate limit (none is documented).
+
+Standalone: ``python -m simulators.libcal --port N [--bookings-json FILE] [--latency 0.2-0.2]``
+binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL. ``FILE`` is a JSON list
+of ``add_booking`` keyword objects, e.g. ``{"book_id": "cs_1", "lid": 8827, "from_date": "...",
+"to_date": "...", "primary_id": "G1", "seats": 2}``; an extra ``"cancel": "Cancelled by User"``
+cancels that booking after adding it.
 """
 
 from __future__ import annotations
@@ -579,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulators.libcal", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8082, help="0 picks a free port")
     parser.add_argument("--bookings-json", help="JSON list of add_booking keyword objects")
     parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX seconds")
