@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
@@ -28,6 +29,7 @@ from loan_discharge.items import (  # noqa: E402
     apply_results,
     build_plan,
     format_plan,
+    mark_problems,
     read_desks,
     read_items,
     write_items_atomic,
@@ -67,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         desks = read_desks(config.circ_desks_file)
     except (ConfigError, InputError) as exc:
         return _fail(str(exc))
-    journal_entries = read_journal(config.data_dir / "journal.jsonl")
+    journal_path = config.data_dir / "journal.jsonl"
+    journal_entries = read_journal(journal_path)
     merged = apply_results(table, journal_entries)
     plan = build_plan(table, desks, config.location_type, args.limit)
     print(format_plan(plan, config.loans_data_file, config.circ_desks_file))
@@ -85,9 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return _fail(f"cannot create data_dir {config.data_dir}: {exc.strerror}")
-    if merged:
-        write_items_atomic(table)
-        print(f"merged {merged} results from {config.data_dir / 'journal.jsonl'} into {config.loans_data_file}")
+    mark_problems(table, plan)
+    write_items_atomic(table)
+    if journal_entries:
+        # Merged and saved: set the journal aside so a later export with the same items starts clean.
+        kept = config.data_dir / f"journal-merged-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+        os.replace(journal_path, kept)
+        print(f"merged {merged} journalled results into {config.loans_data_file} (journal kept as {kept.name})")
     if not plan.requests:
         print("nothing to send")
         return 1 if plan.problems else 0

@@ -26,6 +26,7 @@ __all__ = [
     "read_desks",
     "build_plan",
     "apply_results",
+    "mark_problems",
     "write_items_atomic",
     "format_plan",
     "normalise_header",
@@ -367,6 +368,14 @@ def _id_problem(table: ItemsTable, row: int) -> str | None:
         if not _valid_id(value):
             return f"{label} '{value}' is not an Alma id (digits only): export the report without number formatting"
     return None
+
+
+def mark_problems(table: ItemsTable, plan: Plan) -> None:
+    """Write each refused row's reason into its error column, so the file says why it was not sent."""
+    for problem in plan.problems:
+        row = problem.line - 2
+        table.set(row, "done", "False")
+        table.set(row, "error", f"not sent: {problem.reason}")
 
 
 def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) -> int:

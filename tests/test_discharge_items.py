@@ -1,0 +1,260 @@
+"""loan_discharge.items: reading Analytics exports, desk resolution, the plan, results and rewrites."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loan_discharge.items import (
+    InputError,
+    apply_results,
+    build_plan,
+    format_plan,
+    mark_problems,
+    normalise_header,
+    read_desks,
+    read_items,
+    write_items_atomic,
+)
+
+HEADER = "MMS Id,Holding Id,Physical Item Id,Library Code,Location Code,Temporary Location Code,Temporary Physical Location In Use,Barcode"
+ROWS = [
+    # mms, holding, item, library, location, temp location, temp in use, barcode
+    "9912345678901234561,2212345678901234561,2312345678901234561,MAIN,stacks,,No,3900001",
+    "9912345678901234562,2212345678901234562,2312345678901234562,MAIN,stacks,reserve,Yes,3900002",
+    "9912345678901234563,2212345678901234563,2312345678901234563,LAW,stacks,,No,3900003",
+    "9912345678901234564,2212345678901234564,2312345678901234564,LAW,basement,,No,3900004",
+]
+DESKS = "location_code,circ_desk,library_code\nstacks,MAIN_DESK,MAIN\nstacks,LAW_DESK,LAW\nreserve,RES_DESK,\n"
+
+
+def items_file(tmp_path: Path, rows: list[str] = ROWS, header: str = HEADER, name: str = "items.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def desks_file(tmp_path: Path, text: str = DESKS) -> Path:
+    path = tmp_path / "desks.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("\ufeffMMS Id", "mms id"),
+        ("  Physical   Item ID ", "physical item id"),
+        ("mms_id", "mms id"),
+        ("Library Code (Active)", "library code (active)"),
+    ],
+)
+def test_normalise_header(header: str, expected: str) -> None:
+    """Byte-order mark, case, runs of spaces and underscores do not matter."""
+    assert normalise_header(header) == expected
+
+
+@given(st.text(alphabet=st.sampled_from("abcXYZ _\t\ufeff"), max_size=30))
+def test_normalise_header_is_idempotent(header: str) -> None:
+    """Normalising twice changes nothing, and the result has no blanks at the ends."""
+    once = normalise_header(header)
+    assert normalise_header(once) == once
+    assert once == once.strip()
+
+
+def test_bom_and_snake_case_headers_and_big_ids_round_trip(tmp_path: Path) -> None:
+    """A BOM, snake_case headers (the original tool's output) and 19-digit ids survive read and rewrite exactly."""
+    header = "\ufeffmms_id,holding_id,item_id,library_code,location_code,Extra Column"
+    row = "9912345678901234567,2212345678901234567,2312345678901234567,MAIN,stacks,keep me"
+    path = tmp_path / "items.csv"
+    path.write_bytes(("\n".join([header, row]) + "\n").encode("utf-8"))
+    table = read_items(path, "perm")
+    assert table.get(0, "item_pid") == "2312345678901234567"
+    write_items_atomic(table)
+    text = path.read_bytes().decode("utf-8-sig")
+    assert text.splitlines() == [
+        "mms_id,holding_id,item_id,library_code,location_code,Extra Column,done,outcome,error,attempts",
+        row + ",,,,",
+    ]
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+def test_utf16_tab_separated_export(tmp_path: Path) -> None:
+    """Scheduled exports in UTF-16 with tabs are read, and written back the same way."""
+    path = tmp_path / "items.tsv"
+    path.write_text("\n".join([HEADER.replace(",", "\t"), ROWS[0].replace(",", "\t")]) + "\n", encoding="utf-16")
+    table = read_items(path)
+    assert table.delimiter == "\t"
+    assert table.get(0, "mms_id") == "9912345678901234561"
+    write_items_atomic(table)
+    assert path.read_text(encoding="utf-16").splitlines()[0].endswith("\tdone\toutcome\terror\tattempts")
+
+
+@pytest.mark.parametrize(
+    ("location_type", "drop", "missing"),
+    [
+        ("perm", "MMS Id", "'MMS Id'"),
+        ("perm", "Physical Item Id", "'Physical Item Id (or Item Id)'"),
+        ("auto", "Location Code", "'Location Code'"),
+        ("temp", "Temporary Location Code", "'Temporary Location Code'"),
+    ],
+)
+def test_missing_column_is_refused_by_name(tmp_path: Path, location_type: str, drop: str, missing: str) -> None:
+    """A missing column is named, with the columns that were found."""
+    columns = HEADER.split(",")
+    index = columns.index(drop)
+    header = ",".join(c for i, c in enumerate(columns) if i != index)
+    rows = [",".join(c for i, c in enumerate(r.split(",")) if i != index) for r in ROWS]
+    path = items_file(tmp_path, rows, header)
+    with pytest.raises(InputError) as caught:
+        read_items(path, location_type)
+    message = str(caught.value)
+    assert message.startswith(f"items file {path}: column {missing} not found (found: {header.replace(',', ', ')})")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    """A missing items file names the path and what to check."""
+    with pytest.raises(InputError) as caught:
+        read_items(tmp_path / "gone.csv")
+    assert str(caught.value) == f"items file {tmp_path / 'gone.csv'} not found: check the path in the configuration"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("location,desk_code\nstacks,D\n", "column 'circ_desk' not found (found: location, desk_code)"),
+        ("location_code,circ_desk\nstacks,\n", "line 2: empty circ_desk: fill it in or delete the line"),
+        (
+            "location_code,circ_desk\nstacks,A\nstacks,B\n",
+            "line 3: location 'stacks' is mapped twice (also on line 2, to a different desk): keep one, or add a library_code column",
+        ),
+    ],
+)
+def test_bad_desks_file(tmp_path: Path, text: str, message: str) -> None:
+    """Desks file problems are refused with the line and the fix."""
+    path = desks_file(tmp_path, text)
+    with pytest.raises(InputError) as caught:
+        read_desks(path)
+    assert str(caught.value).startswith(f"desks file {path}")
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("location_type", "expected"),
+    [
+        # auto: row 2 is in its temporary location (reserve), the others in their permanent one
+        ("auto", [("MAIN", "MAIN_DESK"), ("MAIN", "RES_DESK"), ("LAW", "LAW_DESK")]),
+        ("perm", [("MAIN", "MAIN_DESK"), ("MAIN", "MAIN_DESK"), ("LAW", "LAW_DESK")]),
+    ],
+)
+def test_desk_resolution(tmp_path: Path, location_type: str, expected: list[tuple[str, str]]) -> None:
+    """Library-specific desk rows win; auto takes the temporary location only where one is in use."""
+    table = read_items(items_file(tmp_path), location_type)
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), location_type)
+    assert [(r.library, r.circ_desk) for r in plan.requests] == expected
+    assert [(p.line, p.reason) for p in plan.problems] == [
+        (5, "no circulation desk mapped for location 'basement' in library 'LAW'")
+    ]
+
+
+def test_temp_location_type_refuses_rows_without_temporary_location(tmp_path: Path) -> None:
+    """With location_type temp (the original tool's mode), rows with no temporary location are listed, not sent."""
+    table = read_items(items_file(tmp_path), "temp")
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), "temp")
+    assert [r.item_pid for r in plan.requests] == ["2312345678901234562"]
+    assert [p.line for p in plan.problems] == [2, 4, 5]
+    assert {p.reason for p in plan.problems} == {"empty Temporary Location Code (location_type is temp)"}
+
+
+def test_mixed_bad_rows_are_listed_never_dropped(tmp_path: Path) -> None:
+    """Missing ids, Excel-mangled ids, duplicates and done rows are each accounted for."""
+    rows = [
+        ROWS[0],
+        ",2212345678901234562,2312345678901234562,MAIN,stacks,,No,",
+        "9.91234567890123E+18,2212345678901234563,2312345678901234563,MAIN,stacks,,No,",
+        ROWS[0],  # the same item again
+        "9912345678901234565,2212345678901234565,2312345678901234565,MAIN,stacks,,No,",
+    ]
+    header = HEADER + ",done"
+    rows = [r + ("," if i != 4 else ",True") for i, r in enumerate(rows)]
+    table = read_items(items_file(tmp_path, rows, header))
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), "auto")
+    assert [r.item_pid for r in plan.requests] == ["2312345678901234561"]
+    assert plan.already_done == 1
+    assert [(p.line, p.reason) for p in plan.problems] == [
+        (3, "missing MMS Id"),
+        (4, "MMS Id '9.91234567890123E+18' is not an Alma id (digits only): export the report without number formatting"),
+        (5, "same Physical Item Id as line 2: the item is sent once"),
+    ]
+    text = format_plan(plan, Path("items.csv"), Path("desks.csv"))
+    assert text.splitlines()[0] == "items file items.csv: 5 rows, 1 already done, 1 to send, 3 not sent"
+    assert "  missing MMS Id (1 item); lines 3" in text
+
+
+def test_unmapped_location_message_names_the_desks_file(tmp_path: Path) -> None:
+    """The plan groups unmapped rows and says which file to add the location to."""
+    table = read_items(items_file(tmp_path))
+    plan = build_plan(table, read_desks(desks_file(tmp_path, "location_code,circ_desk\nreserve,RES\n")), "auto")
+    text = format_plan(plan, Path("items.csv"), Path("desks.csv"))
+    assert (
+        "  no circulation desk mapped for location 'stacks' in library 'MAIN' (1 item): add it to desks.csv; lines 2"
+        in text.splitlines()
+    )
+    assert (
+        "  no circulation desk mapped for location 'stacks' in library 'LAW' (1 item): add it to desks.csv; lines 4"
+        in text.splitlines()
+    )
+
+
+def test_limit_takes_the_first_pending_rows(tmp_path: Path) -> None:
+    """--limit N keeps the first N sendable rows and counts the rest as left for later."""
+    table = read_items(items_file(tmp_path))
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), "auto", limit=2)
+    assert [r.row for r in plan.requests] == [0, 1]
+    assert plan.not_selected == 1
+
+
+def test_process_type_column_marks_items_not_on_loan(tmp_path: Path) -> None:
+    """With Analytics' Process Type column, a row not on loan is known before sending; blank means unknown."""
+    rows = [ROWS[0] + ",Loan", ROWS[1] + ",None", ROWS[2] + ",", ROWS[3].replace("basement", "stacks") + ",Transit"]
+    table = read_items(items_file(tmp_path, rows, HEADER + ",Process Type"))
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), "auto")
+    assert [r.known_not_on_loan for r in plan.requests] == [False, True, False, True]
+
+
+def test_results_apply_and_a_failure_never_undoes_a_return(tmp_path: Path) -> None:
+    """Journal entries fill done/outcome/error/attempts; a later failure of a done item is ignored."""
+    table = read_items(items_file(tmp_path))
+    changed = apply_results(table, [
+        {"item_pid": "2312345678901234561", "done": True, "outcome": "in transit", "error": "", "attempts": 2},
+        {"item_pid": "2312345678901234561", "done": False, "outcome": "error", "error": "HTTP 500: x", "attempts": 1},
+        {"item_pid": "2312345678901234563", "done": False, "outcome": "error", "error": "401872: bad desk", "attempts": 1},
+        {"item_pid": "999", "done": True},
+    ])
+    assert changed == 2
+    assert table.rows[0][-4:] == ["True", "in transit", "", "2"]
+    assert table.rows[2][-4:] == ["False", "error", "401872: bad desk", "1"]
+
+
+def test_problems_are_written_into_the_error_column(tmp_path: Path) -> None:
+    """A row that is not sent says why in the file itself."""
+    table = read_items(items_file(tmp_path))
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), "auto")
+    mark_problems(table, plan)
+    assert table.rows[3][-4:] == ["False", "", "not sent: no circulation desk mapped for location 'basement' in library 'LAW'", ""]
+
+
+def test_atomic_rewrite_leaves_no_temporary_file_and_replaces_inode(tmp_path: Path) -> None:
+    """The rewrite goes through a temporary file renamed over the original."""
+    path = items_file(tmp_path)
+    before = os.stat(path).st_ino
+    table = read_items(path)
+    table.set(0, "done", "True")
+    write_items_atomic(table)
+    assert os.stat(path).st_ino != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.csv"]
+    assert read_items(path).is_done(0)

@@ -1,0 +1,79 @@
+"""SlidingWindowLimiter under a fake clock: never more than `rate` starts in any second, and no slower."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from loan_discharge.run import SlidingWindowLimiter
+
+
+class FakeClock:
+    """A monotonic clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+async def starts_of(limiter: SlidingWindowLimiter, clock: FakeClock, tasks: int, each: int) -> list[float]:
+    starts: list[float] = []
+
+    async def worker() -> None:
+        for _ in range(each):
+            async with limiter:
+                starts.append(clock())
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return starts
+
+
+def max_in_any_second(starts: list[float]) -> int:
+    starts = sorted(starts)
+    best = 0
+    for i, start in enumerate(starts):
+        best = max(best, sum(1 for s in starts[i:] if s < start + 1.0))
+    return best
+
+
+@pytest.mark.parametrize(("rate", "tasks"), [(25, 30), (25, 1), (5, 50), (200, 240)])
+async def test_never_more_than_rate_in_any_second(rate: int, tasks: int) -> None:
+    """Initial burst plus steady flow stays within `rate` per sliding second (AsyncLimiter(rate, 1) does not)."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(rate, clock=clock, sleep=clock.sleep)
+    starts = await starts_of(limiter, clock, tasks, each=max(1, rate * 4 // tasks))
+    assert max_in_any_second(starts) == rate
+
+
+async def test_sustains_the_rate() -> None:
+    """120 starts at 25/s span 4 windows of 1.01 s of fake time: the limiter is no slower than it must be."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(25, clock=clock, sleep=clock.sleep)
+    starts = await starts_of(limiter, clock, tasks=30, each=4)
+    assert len(starts) == 120
+    assert max(starts) - min(starts) == pytest.approx(4 * 1.01)
+
+
+async def test_a_pause_does_not_allow_a_double_burst() -> None:
+    """After an idle stretch only `rate` may start at once, and the next ones wait for the window."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(10, clock=clock, sleep=clock.sleep)
+    first = await starts_of(limiter, clock, tasks=10, each=1)
+    clock.now += 0.5
+    second = await starts_of(limiter, clock, tasks=10, each=1)
+    assert max_in_any_second(first + second) == 10
+    assert min(second) == pytest.approx(min(first) + 1.01)
+
+
+def test_rate_must_be_positive() -> None:
+    """A zero rate is a programming error, refused at construction."""
+    with pytest.raises(ValueError, match="rate must be at least 1"):
+        SlidingWindowLimiter(0)
