@@ -1,0 +1,214 @@
+"""Command line: ``python -m libcal_passagepoint run|status|purge``; options only, logic elsewhere.
+
+Exit status: 0 all good, 1 some booking failed (the pass finished), 2 bad usage or configuration
+(nothing was done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from .cache import Cache, CacheError
+from .config import Config, ConfigError, load_config
+from .libcal import LibCalAuthError
+from .passagepoint import PassagePointAuthError
+from .runner import CacheBusy, cache_lock, default_cache_path, run_passes
+from .sync import PassResult
+
+__all__ = ["main", "parse_duration"]
+
+log = logging.getLogger("libcal_passagepoint")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' or a plain number of seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 30d, 12h, 90m or 45s")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: use YYYY-MM-DD") from None
+
+
+def _days(text: str) -> int:
+    if not text.isdigit() or int(text) > 365:
+        raise argparse.ArgumentTypeError(f"invalid --days {text!r}: use a whole number from 0 to 365")
+    return int(text)
+
+
+def _every(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("--every must be more than 0 seconds")
+    return seconds
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help="configuration file (default: config.yml)")
+    common.add_argument("--cache", default=argparse.SUPPRESS, metavar="PATH", help="SQLite cache file (default: LCPP.cache_path)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+    parser = argparse.ArgumentParser(
+        prog="libcal-passagepoint", parents=[common],
+        description="Pre-register patrons who booked a LibCal space as PassagePoint visitors.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", parents=[common], help="run one pass (or one every N seconds)")
+    run.add_argument("--every", type=_every, nargs="?", const=0.0, metavar="SECONDS",
+                     help="repeat every SECONDS (default: LCPP.interval) until SIGINT/SIGTERM")
+    run.add_argument("--date", type=_date, help="first day to fetch, YYYY-MM-DD (default: LibCal's today)")
+    run.add_argument("--days", type=_days, default=0, metavar="N", help="also fetch the N following days (0-365)")
+    run.add_argument("--dry-run", action="store_true", help="fetch and plan; write nothing to PassagePoint or the cache")
+    commands.add_parser("status", parents=[common], help="cache counts and the last pass's result")
+    purge = commands.add_parser("purge", parents=[common], help="drop bookings that ended long ago")
+    purge.add_argument("--older-than", type=parse_duration, required=True, metavar="AGE", help="e.g. 30d")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    else:
+        handler.setFormatter(_JsonFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return 2 if exc.code else 0
+    options: dict[str, Any] = vars(args)
+    _setup_logging(options.get("verbose", False))
+    config_path = options.get("config", "config.yml")
+    cache_override = options.get("cache")
+
+    config: Config | None = None
+    if args.command == "run" or cache_override is None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            return _fail(str(exc))
+    cache_path = default_cache_path(config, cache_override)
+    try:
+        cache = Cache(cache_path)
+    except CacheError as exc:
+        return _fail(str(exc))
+    with cache:
+        if args.command == "status":
+            return _status(cache)
+        if args.command == "purge":
+            bookings, passes = cache.purge(older_than=args.older_than)
+            print(f"purged {bookings} booking(s) and {passes} pass record(s) older than {_age(args.older_than)}")
+            return 0
+        assert config is not None
+        every = None if args.every is None else (args.every or float(config.interval))
+        try:
+            with cache_lock(cache_path):
+                result = asyncio.run(run_passes(
+                    config, cache, every=every, date=args.date, days=args.days, dry_run=args.dry_run,
+                    on_result=_print_result,
+                ))
+        except CacheBusy as exc:
+            return _fail(str(exc))
+        except (LibCalAuthError, PassagePointAuthError) as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return 0
+    if every is not None:
+        return 0
+    return result.exit_status
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _print_result(result: PassResult) -> None:
+    if result.dry_run:
+        print(f"dry run: {result.fetched} booking(s) fetched, {len(result.planned)} to register, skipped {_skips(result)}")
+        for plan in result.planned:
+            print(f"  would {plan.action} {plan.book_id} ({plan.patron}, primary id {plan.primary_id or '-'}) "
+                  f"at {plan.destination} from {plan.start}")
+        return
+    print(
+        f"pass: {result.fetched} booking(s) fetched, {len(result.registered)} registered, "
+        f"{len(result.failed)} failed, {len(result.uncertain)} uncertain, "
+        f"{len(result.cancelled_after_registration)} cancelled after registration; skipped {_skips(result)}"
+        + ("; interrupted" if result.interrupted else "")
+    )
+
+
+def _skips(result: PassResult) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(result.skipped.items())) or "none"
+
+
+def _status(cache: Cache) -> int:
+    counts = cache.counts()
+    print(f"cache {cache.path} (schema {cache.schema_version})")
+    print("bookings: " + ", ".join(f"{counts[k]} {k}" for k in ("registered", "failed", "uncertain", "intent", "cancelled")))
+    print(f"cancelled after registration: {counts['cancelled_after_registration']}; patrons: {counts['patrons']}")
+    last = cache.last_pass()
+    if last is None:
+        print("last pass: none yet")
+    else:
+        summary = last["summary"]
+        when = datetime.fromtimestamp(last["finished_at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        print(
+            f"last pass: {when}, exit status {last['exit_status']}: {summary.get('fetched', 0)} fetched, "
+            f"{summary.get('registered', 0)} registered, {summary.get('failed', 0)} failed, "
+            f"{summary.get('uncertain', 0)} uncertain"
+        )
+        for error in summary.get("location_errors", []):
+            print(f"  location error: {error}")
+    now = time.time()
+    for row in cache.in_state("uncertain"):
+        print(f"uncertain {row['book_id']} ({row['patron']}): {row['reason']}")
+    for row in cache.in_state("failed"):
+        wait = max(0, int((row["next_retry_at"] or now) - now))
+        print(f"failed {row['book_id']} ({row['patron']}), {row['attempts']} attempt(s), retry in {wait}s: {row['reason']}")
+    for row in cache.in_state("registered"):
+        if row["cancelled_at"]:
+            print(f"cancelled after registration {row['book_id']} ({row['patron']}): "
+                  f"remove pre-registration {row['prereg_id']} in PassagePoint")
+    return 0

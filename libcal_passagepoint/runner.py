@@ -1,0 +1,143 @@
+"""Wires the configured clients together and runs one pass, or one every N seconds until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+
+from .alerts import EmailAlerts
+from .alma import AlmaClient
+from .cache import Cache
+from .config import Config
+from .libcal import LibCalClient
+from .passagepoint import PassagePointClient
+from .sync import PassResult, run_pass
+
+__all__ = ["CacheBusy", "Clients", "cache_lock", "default_cache_path", "open_clients", "run_passes"]
+
+log = logging.getLogger("libcal_passagepoint")
+
+
+class CacheBusy(Exception):
+    """Another run holds the cache's lock."""
+
+
+@dataclass
+class Clients:
+    """The three service clients sharing one HTTP session."""
+
+    libcal: LibCalClient
+    alma: AlmaClient
+    passagepoint: PassagePointClient
+
+
+@contextlib.asynccontextmanager
+async def open_clients(config: Config, *, limiter: AsyncLimiter | None = None) -> AsyncIterator[Clients]:
+    """Clients for the configured services; the session is closed on exit."""
+    limiter = limiter or AsyncLimiter(config.alma.rate_per_second, 1)
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        pp = config.passagepoint
+        yield Clients(
+            libcal=LibCalClient(
+                session, token_url=config.libcal.credentials_endpt, bookings_url=config.libcal.bookings_endpt,
+                client_id=config.libcal.client_id, client_secret=config.libcal.client_secret, timeout=config.timeout,
+            ),
+            alma=AlmaClient(
+                session, users_url=config.alma.users_endpt, api_keys=config.alma.apikeys,
+                limiter=limiter, timeout=config.timeout,
+            ),
+            passagepoint=PassagePointClient(
+                session, api_root=pp.pp_api_root, username=pp.username, password=pp.password,
+                login_endpt=pp.login_endpt, uniqueId_endpt=pp.uniqueId_endpt,
+                create_visitor_endpt=pp.create_visitor_endpt, create_prereg_endpt=pp.create_prereg_endpt,
+                get_destinations_endpt=pp.get_destinations_endpt, timeout=config.timeout,
+            ),
+        )
+
+
+@contextlib.contextmanager
+def cache_lock(cache_path: str) -> Iterator[None]:
+    """Hold an exclusive lock beside the cache file so two runs never overlap."""
+    path = f"{cache_path}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheBusy(f"another libcal_passagepoint run is using {cache_path} (lock {path} is held)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def run_passes(
+    config: Config,
+    cache: Cache,
+    *,
+    every: float | None = None,
+    date: str | None = None,
+    days: int = 0,
+    dry_run: bool = False,
+    stop: asyncio.Event | None = None,
+    on_result: Callable[[PassResult], None] | None = None,
+    install_signal_handlers: bool = True,
+) -> PassResult:
+    """One pass, or one every *every* seconds until SIGINT/SIGTERM (or *stop*); returns the last result."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    if install_signal_handlers:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, _stopper(stop, signum))
+                installed.append(signum)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+    alerts = None
+    if config.email is not None and not dry_run:
+        alerts = EmailAlerts(config.email, cache, interval=every or config.interval, timeout=config.timeout)
+    try:
+        async with open_clients(config) as clients:
+            while True:
+                result = await run_pass(
+                    config, libcal=clients.libcal, alma=clients.alma, passagepoint=clients.passagepoint,
+                    cache=cache, date=date, days=days, dry_run=dry_run, stop=stop, alerts=alerts,
+                )
+                if on_result is not None:
+                    on_result(result)
+                if every is None or stop.is_set():
+                    return result
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=every)
+                if stop.is_set():
+                    return result
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+
+
+def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
+    def handler() -> None:
+        log.warning("%s received: finishing the current booking(s), then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    return handler
+
+
+def default_cache_path(config: Config | None, override: str | None) -> str:
+    """--cache, else LCPP.cache_path from the configuration, else the default file name."""
+    if override:
+        return override
+    if config is not None:
+        return os.path.expanduser(config.cache_path)
+    return "lcpp_cache.sqlite3"
