@@ -570,7 +570,7 @@ def load_bookings(state: LibCalState, path: str) -> int:
 
 async def serve(app: web.Application, host: str, port: int) -> None:
     """Serve ``app`` until cancelled, printing its base URL once listening."""
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

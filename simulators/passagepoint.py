@@ -44,7 +44,9 @@ kind ``500`` (JSON 500 body, nothing applied), ``timeout`` (nothing applied; the
 ``hang_seconds`` then drops the connection), ``timeout_after_apply`` (the call takes effect, then
 the answer is withheld the same way: a lost response), ``disconnect`` (connection closed at once,
 nothing applied); ``requests`` and ``count(prefix)``; ``latency=(min, max)``; ``clock``.
-Standalone: ``python -m simulators.passagepoint --port N [--destinations "LibCal Gelman,LibCal Eckles"]``.
+Standalone: ``python -m simulators.passagepoint --port N [--destinations "LibCal Gelman,LibCal Eckles"]
+[--visitors-json FILE]`` binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL;
+``FILE`` is a JSON list of ``add_visitor`` keyword objects (``{"unique_id": "2222...", ...}``).
 """
 
 from __future__ import annotations
@@ -394,6 +396,20 @@ def parse_latency(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
 
 
+def load_visitors(state: PassagePointState, path: str) -> int:
+    """Add the visitors of a JSON file (a list of ``add_visitor`` keyword objects); return how many."""
+    with open(path, encoding="utf-8") as handle:
+        visitors = json.load(handle)
+    if not isinstance(visitors, list):
+        raise ValueError(f"{path}: expected a JSON list of visitors, got {type(visitors).__name__}")
+    for number, visitor in enumerate(visitors, start=1):
+        try:
+            state.add_visitor(**visitor)
+        except TypeError as exc:
+            raise ValueError(f"{path}: visitor #{number}: {exc}") from exc
+    return len(visitors)
+
+
 async def serve(app: web.Application, host: str, port: int) -> None:
     """Serve ``app`` until cancelled, printing its base URL once listening."""
     runner = web.AppRunner(app, shutdown_timeout=1.0)
@@ -413,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulators.passagepoint", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=2444, help="0 picks a free port")
     parser.add_argument(
         "--destinations",
@@ -428,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "--wrap-byuniqueid", action="store_true", help='answer byUniqueId as {"data": [...]}'
     )
     parser.add_argument("--duplicate-status", type=int, default=400)
+    parser.add_argument("--visitors-json", help="JSON list of add_visitor keyword objects")
     args = parser.parse_args(argv)
     state = PassagePointState(
         username=args.username,
@@ -438,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
         wrap_byuniqueid=args.wrap_byuniqueid,
         duplicate_status=args.duplicate_status,
     )
+    if args.visitors_json:
+        try:
+            load_visitors(state, args.visitors_json)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         asyncio.run(serve(create_app(state), args.host, args.port))
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from simulators.passagepoint import PassagePointState, create_app
+from simulators.passagepoint import PassagePointState, create_app, load_visitors
 
 BASE = "/pp/api/v2"
 LOGIN = {"username": "svc", "password": "pw"}
@@ -464,8 +464,10 @@ def test_ids_are_unique_and_15_digits():
 # -- standalone -----------------------------------------------------------------------------
 
 
-async def test_standalone_serves_on_loopback_with_destinations():
+async def test_standalone_serves_on_loopback_with_destinations(tmp_path):
     """``python -m simulators.passagepoint`` prints its URL and serves the given destinations."""
+    visitors = tmp_path / "visitors.json"
+    visitors.write_text(json.dumps([{"unique_id": "5555", "first_name": "Grace"}]))
     process = subprocess.Popen(
         [
             sys.executable,
@@ -475,6 +477,8 @@ async def test_standalone_serves_on_loopback_with_destinations():
             "0",
             "--destinations",
             "LibCal Gelman, LibCal VSTC",
+            "--visitors-json",
+            str(visitors),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -502,7 +506,12 @@ async def test_standalone_serves_on_loopback_with_destinations():
                 f"{base}{BASE}/visit/getDestinations", headers=headers
             ) as response:
                 names = [entry["name"] for entry in (await response.json())["data"]]
+            async with session.get(
+                f"{base}{BASE}/person/byUniqueId", params={"uniqueId": "5555"}, headers=headers
+            ) as response:
+                seeded = await response.json()
         assert names == ["LibCal Gelman", "LibCal VSTC"]
+        assert [visitor["firstName"] for visitor in seeded] == ["Grace"]
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -523,3 +532,35 @@ def test_standalone_bad_latency_is_usage_error():
     assert result.stderr.endswith(
         "error: argument --latency: latency must look like 0.2-0.5, got 'fast'\n"
     )
+
+
+def test_standalone_bad_visitors_file_exits_2(tmp_path):
+    """A visitors file with an unknown field is a usage error naming the file and entry."""
+    path = tmp_path / "visitors.json"
+    path.write_text(json.dumps([{"unique_id": "1"}, {"barcode": "2"}]))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulators.passagepoint",
+            "--port",
+            "0",
+            "--visitors-json",
+            str(path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {path}: visitor #2: ")
+    assert "'barcode'" in result.stderr
+
+
+def test_load_visitors_rejects_non_list(tmp_path):
+    """A visitors file must hold a JSON list."""
+    path = tmp_path / "visitors.json"
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="expected a JSON list of visitors, got dict"):
+        load_visitors(PassagePointState(), str(path))
