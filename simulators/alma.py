@@ -244,6 +244,12 @@ class AlmaState:
             raise ValueError(f"a {kind!r} failure is never applied: drop applied=True")
         self._failures.append(_Failure(kind, count, item_pid, applied))
 
+    def admit(self) -> bool:
+        """Count one request start in the sliding second, or refuse it (limit and clock are live)."""
+        self.window.limit = self.per_second_limit
+        self.window.clock = self.clock
+        return self.window.admit()
+
     def reset_daily_quota(self) -> None:
         """Midnight GMT: the daily quota is whole again."""
         self.remaining = self.daily_quota
@@ -589,7 +595,7 @@ def _stamp(state: AlmaState, entry: dict[str, Any], response: web.StreamResponse
 async def _through_gateway(
     state: AlmaState, request: web.Request, handler: Handler, entry: dict[str, Any]
 ) -> web.StreamResponse:
-    if not state.window.admit():
+    if not state.admit():
         return _error_response(state, request, _per_second_error())
     if entry["api_key"] not in state.api_keys:
         error = AlmaAPIError(state.unauthorized_status, "UNAUTHORIZED", UNAUTHORIZED_MESSAGE)

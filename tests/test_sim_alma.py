@@ -1003,3 +1003,14 @@ async def test_unknown_path_is_logged_with_its_status(client, state):
     assert response.status == 404
     assert "X-Exl-Api-Remaining" in response.headers
     assert state.requests[-1]["status"] == 404
+
+
+async def test_per_second_limit_can_be_changed_on_a_running_state(client, state):
+    """Lowering state.per_second_limit takes effect on the next request."""
+    state.clock = lambda: 5.0  # every request in the same instant
+    state.per_second_limit = 2
+    statuses = [
+        (await client.get("/almaws/v1/users/G12345678", headers=JSON_HEADERS)).status
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
