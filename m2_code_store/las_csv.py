@@ -1,0 +1,250 @@
+"""Read a LAS "Export Item Barcodes → Barcodes by CUS/DATE" CSV into validated records.
+
+Columns are found by header name (case, spacing, underscores and a byte-order mark do not
+matter), never by position. Values are trimmed. A row is skipped, with its line number and the
+reason, when its barcode is blank or outside the barcode alphabet, its customer code is missing
+(and it has no Delete date), it has the wrong number of fields, or a date does not parse. Dates
+may be ISO (``2024-05-01``) or US (``05/01/2024``, ``5/1/2024``); a blank Delete date means the
+item is present.
+
+A barcode that appears more than once: **the last row in the file wins**. LAS lists events in
+date order, so a later Delete date removes an item accessioned earlier in the file, and a later
+re-accession restores an item deleted earlier. Skipped rows do not take part.
+
+Line numbers count the header as line 1 and one line per CSV record, which is the physical line
+number unless a quoted value spans lines.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+BARCODE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+BARCODE_RE = re.compile(BARCODE_PATTERN)
+MAX_BARCODE_LENGTH = 64
+CUSTOMER_CODE_PATTERN = r"^[A-Za-z0-9._-]{1,32}$"
+
+COLUMNS = {  # our name -> the LAS header
+    "barcode": "Item barcode",
+    "customer_code": "Customer code",
+    "delete_date": "Delete date",
+    "accession_date": "Accession date",
+}
+REQUIRED = ("barcode", "customer_code", "delete_date")
+DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y")
+
+
+class ExportError(Exception):
+    """The file as a whole cannot be loaded (unreadable, not CSV, a required column missing)."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A skipped row: its line number and why."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass
+class ParsedExport:
+    """The valid rows of an export, in file order, and the rows that were skipped."""
+
+    barcodes: pa.Array  # string
+    customer_codes: pa.Array  # string; "" on delete rows
+    is_delete: np.ndarray  # bool
+    rows_read: int
+    bad_rows: list[BadRow] = field(default_factory=list)
+    blank_lines: int = 0
+
+    @property
+    def upserts(self) -> int:
+        return int(len(self.is_delete) - self.is_delete.sum())
+
+    @property
+    def deletes(self) -> int:
+        return int(self.is_delete.sum())
+
+
+def normalise_header(name: str) -> str:
+    """Header name folded for matching: no BOM, case-folded, single spaces, ``_`` as space."""
+    return " ".join(name.replace("\ufeff", "").replace("_", " ").split()).casefold()
+
+
+def _decode(raw: bytes, path: Path) -> tuple[bytes, str]:
+    """UTF-8 bytes of the file (UTF-16 exports transcoded) and its delimiter."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raw = raw.decode("utf-16").encode("utf-8")
+    elif raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    first_line = raw[: raw.find(b"\n")] if b"\n" in raw[:65536] else raw[:65536]
+    delimiter = "\t" if b"\t" in first_line and b"," not in first_line else ","
+    try:
+        first_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from exc
+    return raw, delimiter
+
+
+def _column_indexes(header: list[str], path: Path) -> dict[str, int]:
+    found = {normalise_header(name): i for i, name in reversed(list(enumerate(header)))}
+    indexes = {}
+    for ours, theirs in COLUMNS.items():
+        index = found.get(normalise_header(theirs))
+        if index is not None:
+            indexes[ours] = index
+    missing = [COLUMNS[name] for name in REQUIRED if name not in indexes]
+    if missing:
+        shown = ", ".join(repr(h.strip()) for h in header) or "nothing"
+        names = " and ".join(repr(m) for m in missing)
+        raise ExportError(
+            f"column {names} not found in {path.name} (found: {shown}): is this the LAS "
+            "'Barcodes by CUS/DATE' export?"
+        )
+    return indexes
+
+
+def _valid_dates(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The distinct non-blank values of a date column that parse in one of DATE_FORMATS."""
+    valid = []
+    for value in pc.unique(values).to_pylist():
+        if not value:
+            continue
+        for fmt in DATE_FORMATS:
+            try:
+                datetime.strptime(value, fmt)
+            except ValueError:
+                continue
+            valid.append(value)
+            break
+    return pa.array(valid, type=pa.string())
+
+
+def read_export(path: str | Path) -> ParsedExport:
+    """Parse and validate a LAS export; raise ExportError if the file cannot be used at all."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ExportError(f"{path} not found") from None
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror}") from exc
+    raw, delimiter = _decode(raw, path)
+    end = raw.find(b"\n")
+    header_line = (raw[:end] if end >= 0 else raw).decode("utf-8").rstrip("\r")
+    if not header_line.strip():
+        raise ExportError(f"{path} is empty or has no header line")
+    header = next(csv.reader([header_line], delimiter=delimiter))
+    indexes = _column_indexes(header, path)
+
+    names = [f"c{i}" for i in range(len(header))]
+    invalid: list[tuple[int, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        invalid.append((row.number, f"wrong number of fields ({row.actual_columns}, expected {row.expected_columns})"))
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(raw),
+            read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=names, block_size=max(1 << 20, len(raw) + 1)),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                include_columns=[names[i] for i in indexes.values()],
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise ExportError(f"{path} could not be read as CSV: {exc}") from exc
+
+    def column(name: str) -> pa.Array:
+        return pc.utf8_trim_whitespace(table[names[indexes[name]]]).combine_chunks()
+
+    barcodes = column("barcode")
+    codes = column("customer_code")
+    deleted = column("delete_date")
+    accession = column("accession_date") if "accession_date" in indexes else None
+
+    total_records = table.num_rows + len(invalid)
+    if invalid:
+        invalid_lines = np.fromiter((n for n, _ in invalid), dtype=np.int64, count=len(invalid))
+        lines = np.setdiff1d(np.arange(2, total_records + 2, dtype=np.int64), invalid_lines, assume_unique=True)
+    else:
+        lines = np.arange(2, total_records + 2, dtype=np.int64)
+
+    blank_barcode = pc.equal(pc.binary_length(barcodes), 0)
+    blank_line = pc.and_(blank_barcode, pc.and_(pc.equal(pc.binary_length(codes), 0), pc.equal(pc.binary_length(deleted), 0)))
+    if accession is not None:
+        blank_line = pc.and_(blank_line, pc.equal(pc.binary_length(accession), 0))
+    is_delete = pc.greater(pc.binary_length(deleted), 0)
+
+    problems: list[tuple[pa.Array, object]] = [
+        (blank_barcode, "blank barcode"),
+        (pc.and_(pc.invert(blank_barcode), pc.invert(pc.match_substring_regex(barcodes, BARCODE_PATTERN))),
+         lambda i: _barcode_problem(barcodes[i].as_py())),
+        (pc.and_(pc.invert(is_delete), pc.equal(pc.binary_length(codes), 0)), "missing customer code"),
+        (pc.and_(pc.greater(pc.binary_length(codes), 0), pc.invert(pc.match_substring_regex(codes, CUSTOMER_CODE_PATTERN))),
+         lambda i: f"customer code {codes[i].as_py()!r} is not 1-32 letters, digits, '.', '_' or '-'"),
+        (pc.and_(is_delete, pc.invert(pc.is_in(deleted, value_set=_valid_dates(deleted)))),
+         lambda i: f"unparseable Delete date {deleted[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)"),
+    ]
+    if accession is not None:
+        problems.append((
+            pc.and_(pc.greater(pc.binary_length(accession), 0), pc.invert(pc.is_in(accession, value_set=_valid_dates(accession)))),
+            lambda i: f"unparseable Accession date {accession[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)",
+        ))
+
+    blank_np = blank_line.to_numpy(zero_copy_only=False)
+    bad_mask = np.zeros(table.num_rows, dtype=bool)
+    reasons: dict[int, str] = {}
+    for mask, reason in problems:
+        mask_np = mask.to_numpy(zero_copy_only=False) & ~blank_np
+        for i in np.flatnonzero(mask_np & ~bad_mask):
+            reasons[int(i)] = reason if isinstance(reason, str) else reason(int(i))
+        bad_mask |= mask_np
+
+    bad_rows = [BadRow(n, reason) for n, reason in invalid]
+    bad_rows += [BadRow(int(lines[i]), reason) for i, reason in reasons.items()]
+    bad_rows.sort(key=lambda bad: bad.line)
+
+    keep = ~(bad_mask | blank_np)
+    keep_arrow = pa.array(keep)
+    delete_np = is_delete.to_numpy(zero_copy_only=False)[keep]
+    return ParsedExport(
+        barcodes=pc.filter(barcodes, keep_arrow),
+        customer_codes=pc.if_else(pa.array(delete_np), pa.scalar("", pa.string()), pc.filter(codes, keep_arrow)),
+        is_delete=delete_np,
+        rows_read=total_records - int(blank_np.sum()),
+        bad_rows=bad_rows,
+        blank_lines=int(blank_np.sum()),
+    )
+
+
+def _barcode_problem(barcode: str) -> str:
+    if len(barcode) > MAX_BARCODE_LENGTH:
+        return f"barcode {barcode[:20]!r}… is longer than {MAX_BARCODE_LENGTH} characters"
+    return f"barcode {barcode!r} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"
+
+
+def duplicate_count(parsed: ParsedExport) -> int:
+    """How many valid rows repeat a barcode seen earlier in the file (the later row wins)."""
+    return len(parsed.barcodes) - pc.count_distinct(parsed.barcodes).as_py()
+
+

@@ -1,0 +1,143 @@
+"""The key layout of the customer code store, and reading it.
+
+Layout (every command touches one key, so it works on Redis Cluster as it is):
+
+- ``m2:meta`` (hash): ``gen`` (the live generation), ``buckets`` (its bucket count, a power of
+  two), ``count`` (records in it), ``loaded_at``, ``source``.
+- ``m2:{gen}:{bucket:x}`` (hash): barcode → customer code for the barcodes whose
+  ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 64 barcodes per bucket keeps each hash in
+  Redis' compact listpack encoding: about 16 bytes a record instead of about 85 for a plain key.
+- ``m2:gen-seq`` (counter) hands out generation numbers; ``m2:retired`` (set of ``gen:buckets``)
+  lists generations to delete; ``m2:lock`` (string with a TTL) keeps two loaders apart.
+
+``--replace`` fills a new generation while readers keep using the old one, then switches
+``m2:meta`` in one HSET: a reader sees the old data set or the new one, never a mix. The old
+generation is deleted after a grace period longer than a reader's cached view of ``m2:meta``.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+PREFIX = "m2"
+META_TTL = 1.0  # seconds a reader trusts its copy of m2:meta
+TARGET_PER_BUCKET = 64
+MIN_BUCKETS = 1024
+
+
+def bucket_of(barcode: str, buckets: int) -> int:
+    """The bucket that holds *barcode* in a generation of *buckets* buckets."""
+    return zlib.crc32(barcode.encode()) & (buckets - 1)
+
+
+def buckets_for(records: int) -> int:
+    """A power-of-two bucket count giving about TARGET_PER_BUCKET records per bucket."""
+    wanted = max(MIN_BUCKETS, -(-records // TARGET_PER_BUCKET))
+    return 1 << (wanted - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Key names; *prefix* lets tests and side-by-side stores share one Redis."""
+
+    prefix: str = PREFIX
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:gen-seq"
+
+    @property
+    def retired(self) -> str:
+        return f"{self.prefix}:retired"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.prefix}:lock"
+
+    def bucket_key(self, gen: int, bucket: int) -> str:
+        return f"{self.prefix}:{gen}:{bucket:x}"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The live data set: its number, bucket count and record count."""
+
+    gen: int
+    buckets: int
+    count: int
+    loaded_at: str = ""
+
+
+def read_generation(client: redis.Redis, layout: Layout = Layout()) -> Generation | None:
+    """The live generation from ``m2:meta``, or None for an empty store."""
+    gen, buckets, count, loaded_at = client.hmget(layout.meta, "gen", "buckets", "count", "loaded_at")
+    if gen is None or buckets is None:
+        return None
+    return Generation(int(gen), int(buckets), int(count or 0), _text(loaded_at))
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class CodeStore:
+    """Reads barcode → customer code; caches ``m2:meta`` for META_TTL seconds."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        layout: Layout = Layout(),
+        *,
+        meta_ttl: float = META_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.layout = layout
+        self.meta_ttl = meta_ttl
+        self.clock = clock
+        self._generation: Generation | None = None
+        self._fetched_at = float("-inf")
+
+    def generation(self) -> Generation | None:
+        """The live generation, re-read from Redis at most every *meta_ttl* seconds."""
+        now = self.clock()
+        if now - self._fetched_at >= self.meta_ttl:
+            self._generation = read_generation(self.client, self.layout)
+            self._fetched_at = now
+        return self._generation
+
+    def lookup(self, barcodes: Sequence[str]) -> list[str | None]:
+        """Customer codes for *barcodes*, in order; None where a barcode is unknown."""
+        generation = self.generation()
+        if generation is None or not barcodes:
+            return [None] * len(barcodes)
+        by_key: dict[str, list[int]] = {}
+        for index, barcode in enumerate(barcodes):
+            key = self.layout.bucket_key(generation.gen, bucket_of(barcode, generation.buckets))
+            by_key.setdefault(key, []).append(index)
+        pipe = self.client.pipeline(transaction=False)
+        for key, indexes in by_key.items():
+            pipe.hmget(key, [barcodes[i] for i in indexes])
+        codes: list[str | None] = [None] * len(barcodes)
+        for indexes, values in zip(by_key.values(), pipe.execute(), strict=True):
+            for i, value in zip(indexes, values, strict=True):
+                codes[i] = _text(value) if value is not None else None
+        return codes
+
+    def stats(self) -> dict:
+        """Record count and generation of the live data set (read fresh, not cached)."""
+        generation = read_generation(self.client, self.layout)
+        if generation is None:
+            return {"records": 0, "generation": None, "loadedAt": None}
+        return {"records": generation.count, "generation": generation.gen, "loadedAt": generation.loaded_at or None}
