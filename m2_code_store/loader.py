@@ -110,7 +110,7 @@ def load(
     client: redis.Redis,
     parsed: ParsedExport,
     *,
-    layout: Layout = Layout(),
+    layout: Layout | None = None,
     replace: bool = False,
     force: bool = False,
     max_shrink: float = DEFAULT_MAX_SHRINK,
@@ -120,6 +120,7 @@ def load(
     sleep: Callable[[float], None] = time.sleep,
 ) -> LoadResult:
     """Apply *parsed* to the store behind *client*; see the module docstring of store.py for the layout."""
+    layout = layout or Layout()
     lock = Lock(client, layout)
     lock.acquire()
     try:
