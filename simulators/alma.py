@@ -702,44 +702,88 @@ def create_app(state: AlmaState | None = None) -> web.Application:
 # --- seeding from files ------------------------------------------------------------------------
 
 
-def read_export(path: Path) -> list[dict[str, str]]:
-    """Rows of an Analytics-style export: UTF-8 (with or without BOM) CSV or UTF-16 TSV."""
+def read_export(path: Path, required: dict[str, tuple[str, ...]]) -> list[dict[str, str]]:
+    """Rows of an Analytics-style export (UTF-8 with or without BOM CSV, or UTF-16 TSV).
+
+    Each row is keyed by the names of `required` (name -> accepted headers, compared without
+    case, BOM or underscores); a missing column raises ValueError naming the file and the fix.
+    """
     raw = path.read_bytes()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = raw.decode("utf-16")
-    else:
-        text = raw.decode("utf-8-sig")
+    text = (
+        raw.decode("utf-16")
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+        else raw.decode("utf-8-sig")
+    )
     first_line = text.split("\n", 1)[0]
-    delimiter = "\t" if "\t" in first_line else ","
-    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+    reader = csv.reader(io.StringIO(text), delimiter="\t" if "\t" in first_line else ",")
+    header = next(reader, [])
+    positions = {_normalise(name): index for index, name in enumerate(header)}
+    columns: dict[str, int | None] = {}
+    for name, accepted in required.items():
+        found = [positions[_normalise(a)] for a in accepted if a and _normalise(a) in positions]
+        optional = accepted[-1] == ""
+        if not found and not optional:
+            raise ValueError(
+                f"column {accepted[0]!r} not found in {path.name} (found: {', '.join(header)})"
+            )
+        columns[name] = found[0] if found else None
+    return [
+        {
+            name: (row[index].strip() if index is not None and index < len(row) else "")
+            for name, index in columns.items()
+        }
+        for row in reader
+        if any(cell.strip() for cell in row)
+    ]
 
 
-def _column(row: dict[str, str], *names: str) -> str:
-    for name in names:
-        if row.get(name):
-            return row[name].strip()
-    return ""
+def _normalise(header: str) -> str:
+    return " ".join(header.replace("\ufeff", "").replace("_", " ").split()).lower()
+
+
+# name -> accepted headers; a trailing "" marks the column optional.
+ITEM_COLUMNS = {
+    "mms_id": ("MMS Id",),
+    "holding_id": ("Holding Id",),
+    "item_pid": ("Physical Item Id", "Item Id"),
+    "barcode": ("Barcode", ""),
+    "library": ("Library Code (Active)", "Library Code"),
+    "location": ("Location Code",),
+    "temp_in_use": ("Temporary Physical Location In Use", ""),
+    "temp_library": ("Temporary Library Code (Active)", "Temporary Library Code", ""),
+    "temp_location": ("Temporary Location Code", ""),
+}
+DESK_COLUMNS = {
+    "location_code": ("location_code",),
+    "circ_desk": ("circ_desk",),
+    "library_code": ("library_code", ""),
+}
+USER_COLUMNS = {
+    "primary_id": ("primary_id",),
+    "barcode": ("barcode",),
+    "user_group": ("user_group",),
+    "user_group_desc": ("user_group_desc", ""),
+    "first_name": ("first_name", ""),
+    "last_name": ("last_name", ""),
+    "email": ("email", ""),
+}
 
 
 def load_items(state: AlmaState, path: Path) -> int:
-    """Seed on-loan items from an Analytics export; return how many were added."""
-    rows = read_export(path)
+    """Seed items from an Analytics export, every row on loan; return how many were added."""
+    rows = read_export(path, ITEM_COLUMNS)
     for row in rows:
-        temp_in_use = _column(row, "Temporary Physical Location In Use").lower() == "yes"
+        in_temp = row["temp_in_use"].lower() == "yes"
         state.add_item(
             AlmaItem(
-                mms_id=_column(row, "MMS Id"),
-                holding_id=_column(row, "Holding Id"),
-                item_pid=_column(row, "Physical Item Id", "Item Id"),
-                barcode=_column(row, "Barcode"),
-                library=_column(row, "Library Code (Active)", "Library Code"),
-                location=_column(row, "Location Code"),
-                temp_library=_column(row, "Temporary Library Code (Active)") or None
-                if temp_in_use
-                else None,
-                temp_location=_column(row, "Temporary Location Code") or None
-                if temp_in_use
-                else None,
+                mms_id=row["mms_id"],
+                holding_id=row["holding_id"],
+                item_pid=row["item_pid"],
+                barcode=row["barcode"],
+                library=row["library"],
+                location=row["location"],
+                temp_library=(row["temp_library"] or None) if in_temp else None,
+                temp_location=(row["temp_location"] or None) if in_temp else None,
                 status="loan",
             )
         )
@@ -747,35 +791,37 @@ def load_items(state: AlmaState, path: Path) -> int:
 
 
 def load_desks(state: AlmaState, path: Path) -> int:
-    """Declare desks from location_code,circ_desk[,library_code]; return how many were added."""
+    """Declare desks from location_code,circ_desk[,library_code]; return how many were added.
+
+    Without library_code a desk is declared in the library of every seeded item shelved at that
+    location (its permanent library for `location`, its temporary one for `temp_location`).
+    """
     before = len(state.desks)
-    for row in read_export(path):
-        circ_desk = _column(row, "circ_desk")
-        library = _column(row, "library_code")
-        location = _column(row, "location_code")
-        if library:
-            state.add_desk(library, circ_desk)
+    for row in read_export(path, DESK_COLUMNS):
+        if row["library_code"]:
+            state.add_desk(row["library_code"], row["circ_desk"])
             continue
         for item in state.items.values():
-            if item.location == location or item.temp_location == location:
-                state.add_desk(item.owning_library, circ_desk)
+            if item.location == row["location_code"]:
+                state.add_desk(item.library, row["circ_desk"])
+            if item.temp_location == row["location_code"]:
+                state.add_desk(item.owning_library, row["circ_desk"])
     return len(state.desks) - before
 
 
 def load_users(state: AlmaState, path: Path, api_key: str) -> int:
     """Seed users (primary_id,barcode,user_group,first_name,last_name,email) under `api_key`."""
-    rows = read_export(path)
+    rows = read_export(path, USER_COLUMNS)
     for row in rows:
-        group = _column(row, "user_group")
         state.add_user(
             AlmaUser(
-                primary_id=_column(row, "primary_id"),
-                barcode=_column(row, "barcode"),
-                user_group=group,
-                user_group_desc=_column(row, "user_group_desc") or group,
-                first_name=_column(row, "first_name"),
-                last_name=_column(row, "last_name"),
-                email=_column(row, "email"),
+                primary_id=row["primary_id"],
+                barcode=row["barcode"],
+                user_group=row["user_group"],
+                user_group_desc=row["user_group_desc"] or row["user_group"],
+                first_name=row["first_name"],
+                last_name=row["last_name"],
+                email=row["email"],
                 api_key=api_key,
             )
         )

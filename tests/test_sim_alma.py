@@ -804,7 +804,7 @@ def test_load_desks_and_users(tmp_path):
     desks = tmp_path / "desks.csv"
     desks.write_text("location_code,circ_desk\nstacks,DESK1\nreserve,RES\n", encoding="utf-8")
     load_desks(state, desks)
-    assert state.desks == {("MAIN", "DESK1"), ("ANNEX", "DESK1"), ("ANNEX", "RES")}
+    assert state.desks == {("MAIN", "DESK1"), ("ANNEX", "RES")}
     users = tmp_path / "users.csv"
     users.write_text(
         "primary_id,barcode,user_group,first_name,last_name,email\n"
@@ -1014,3 +1014,65 @@ async def test_per_second_limit_can_be_changed_on_a_running_state(client, state)
         for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    ("loader", "text", "message"),
+    [
+        (
+            load_items,
+            "Holding Id,Physical Item Id,Library Code,Location Code\n1,2,MAIN,stacks\n",
+            "column 'MMS Id' not found in seed.csv (found: Holding Id, Physical Item Id, "
+            "Library Code, Location Code)",
+        ),
+        (
+            load_desks,
+            "location,desk\nstacks,DESK1\n",
+            "column 'location_code' not found in seed.csv (found: location, desk)",
+        ),
+        (
+            lambda state, path: load_users(state, path, KEY),
+            "primary_id,user_group\nG1,STAFF\n",
+            "column 'barcode' not found in seed.csv (found: primary_id, user_group)",
+        ),
+    ],
+    ids=["items", "desks", "users"],
+)
+def test_seed_file_missing_a_column_names_it(tmp_path, loader, text, message):
+    """A seed file without a needed column fails with the column, the file and what it has."""
+    path = tmp_path / "seed.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as exc_info:
+        loader(AlmaState(), path)
+    assert str(exc_info.value) == message
+
+
+def test_seed_headers_match_without_case_or_underscores(tmp_path):
+    """'mms_id' / 'LOCATION CODE' style headers are read like the Analytics ones."""
+    path = tmp_path / "items.csv"
+    path.write_text(
+        "mms_id,holding_id,item_id,LIBRARY CODE,location_code\n991,221,231,MAIN,stacks\n\n",
+        encoding="utf-8",
+    )
+    state = AlmaState()
+    assert load_items(state, path) == 1
+    assert state.items["231"].library == "MAIN"
+    assert state.items["231"].barcode == ""
+
+
+def test_standalone_refuses_seed_file_without_needed_column(tmp_path):
+    """A desks file without circ_desk is a usage error (exit 2) naming the column."""
+    desks = tmp_path / "desks.csv"
+    desks.write_text("location_code,desk\nstacks,D\n", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.alma", "--desks-csv", str(desks)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "alma simulator: cannot load seed files: column 'circ_desk' not found in desks.csv "
+        "(found: location_code, desk)\n"
+    )
