@@ -1,0 +1,221 @@
+"""loan_discharge.run against the Alma simulator: outcomes, retries, 429 storm, quota stops, files, secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from loan_discharge.alma import AlmaClient
+from loan_discharge.items import ItemsTable, build_plan, read_desks, read_items
+from loan_discharge.run import (
+    RetryPolicy,
+    RunSummary,
+    SlidingWindowLimiter,
+    discharge,
+    read_journal,
+)
+from simulators.alma import AlmaItem, AlmaState, create_app
+
+KEY = "sim-secret-key-1234"
+FAST = RetryPolicy(backoff_base=0.01, backoff_cap=0.05)
+HEADER = "MMS Id,Holding Id,Physical Item Id,Library Code,Location Code,Barcode,Process Type"
+
+
+def pid(kind: str, n: int) -> str:
+    return f"{kind}{n:011d}6421"
+
+
+def seed(tmp_path: Path, state: AlmaState, specs: list[tuple[str, str, str]]) -> ItemsTable:
+    """Items (status, owning library, Analytics process type) in the simulator and in items.csv."""
+    rows = [HEADER]
+    for n, (status, library, process_type) in enumerate(specs):
+        state.add_item(AlmaItem(
+            mms_id=pid("99", n), holding_id=pid("22", n), item_pid=pid("23", n), barcode=f"3900{n}",
+            library=library, location="stacks", status=status,
+        ))
+        rows.append(f"{pid('99', n)},{pid('22', n)},{pid('23', n)},MAIN,stacks,3900{n},{process_type}")
+    (tmp_path / "items.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "desks.csv").write_text("location_code,circ_desk\nstacks,DEFAULT_CIRC_DESK\n", encoding="utf-8")
+    state.add_desk("MAIN", "DEFAULT_CIRC_DESK")
+    return read_items(tmp_path / "items.csv")
+
+
+async def run(
+    aiohttp_server: Any, state: AlmaState, table: ItemsTable, tmp_path: Path, *,
+    rate: int = 1000, batch_size: int = 10, floor: int = 0, timeout: float = 5.0, retry: RetryPolicy = FAST,
+    key: str = KEY, lines: list[str] | None = None,
+) -> RunSummary:
+    server = await aiohttp_server(create_app(state))
+    plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
+    async with aiohttp.ClientSession() as session:
+        client = AlmaClient(str(server.make_url("")).rstrip("/"), key, session, request_timeout=timeout)
+        return await discharge(
+            plan.requests, table, client=client, limiter=SlidingWindowLimiter(rate), data_dir=tmp_path / "data",
+            concurrency=20, batch_size=batch_size, daily_quota_floor=floor, retry=retry,
+            echo=(lines.append if lines is not None else lambda _: None),
+        )
+
+
+def status_columns(path: Path) -> list[list[str]]:
+    table = read_items(path)
+    return [row[-4:] for row in table.rows]
+
+
+def all_text_under(path: Path) -> str:
+    return "".join(p.read_text(encoding="utf-8", errors="replace") for p in path.rglob("*") if p.is_file())
+
+
+async def test_outcomes_files_and_no_key_anywhere(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Each item state gives its outcome; the CSV, journal and raw batches record it; the key is in no file."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [
+        ("loan", "MAIN", "Loan"),        # returned and in place
+        ("requested", "MAIN", "Loan"),   # hold shelf
+        ("loan", "LAW", "Loan"),         # owned elsewhere: in transit
+        ("in_place", "MAIN", "None"),    # Analytics says not on loan
+    ])
+    lines: list[str] = []
+    summary = await run(aiohttp_server, state, table, tmp_path, batch_size=3, lines=lines)
+    assert summary.done == 4 and summary.failed_total == 0
+    assert status_columns(tmp_path / "items.csv") == [
+        ["True", "returned and in place", "", "1"],
+        ["True", "on hold shelf", "", "1"],
+        ["True", "in transit", "", "1"],
+        ["True", "not on loan", "", "1"],
+    ]
+    assert [s[0] for s in state.scans] == [pid("23", n) for n in range(4)]
+    assert all(register is False for *_, register in state.scans)
+    assert state.items[pid("23", 3)].in_house_uses == 0  # register_in_house_use=false was honoured
+    journal = read_journal(tmp_path / "data" / "journal.jsonl")
+    assert sorted(e["item_pid"] for e in journal) == [pid("23", n) for n in range(4)]
+    raw = json.loads((tmp_path / "data" / "results_batch-1.json").read_text())
+    assert len(raw) == 3 and {"url", "status", "response"} <= set(raw[0])
+    assert raw[0]["url"].endswith("?op=scan&library=MAIN&circ_desk=DEFAULT_CIRC_DESK&register_in_house_use=false")
+    assert len(json.loads((tmp_path / "data" / "results_batch-2.json").read_text())) == 1
+    assert lines == [
+        "batch 1: 3 items: 1 returned and in place; 1 on hold shelf; 1 in transit",
+        "batch 2: 1 items: 1 not on loan",
+    ]
+    assert KEY not in all_text_under(tmp_path)
+
+
+async def test_429_storm_is_ridden_out(aiohttp_server: Any, tmp_path: Path) -> None:
+    """40 injected 429s: every item is still returned, each scanned exactly once, attempts recorded."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 12)
+    state.inject_failure("429", count=40)
+    summary = await run(aiohttp_server, state, table, tmp_path)
+    assert summary.done == 12 and summary.failed_total == 0
+    assert summary.rate_limited == 40 and summary.requests == 52
+    assert sorted(s[0] for s in state.scans) == [pid("23", n) for n in range(12)]
+    attempts = [int(row[3]) for row in status_columns(tmp_path / "items.csv")]
+    assert sum(attempts) == 52
+
+
+async def test_endless_429_fails_the_item_after_the_bound(aiohttp_server: Any, tmp_path: Path) -> None:
+    """An item refused more often than max_rate_limited is recorded as failed; the run goes on."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 2)
+    state.inject_failure("429", count=100, item_pid=pid("23", 0))
+    summary = await run(aiohttp_server, state, table, tmp_path, retry=RetryPolicy(max_rate_limited=3, backoff_base=0.001))
+    assert summary.failed == {"PER_SECOND_THRESHOLD": 1} and summary.done == 1
+    assert status_columns(tmp_path / "items.csv")[0] == [
+        "False", "error", "PER_SECOND_THRESHOLD: HTTP requests are more than allowed per second (4 times)", "4",
+    ]
+
+
+async def test_per_second_threshold_is_never_crossed(aiohttp_server: Any, tmp_path: Path) -> None:
+    """With the limiter at the simulator's threshold, 120 scan-ins see no 429 at all."""
+    state = AlmaState(per_second_limit=60, latency=(0.0, 0.02), api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 120)
+    summary = await run(aiohttp_server, state, table, tmp_path, rate=60, batch_size=50)
+    assert summary.done == 120
+    assert [r["status"] for r in state.requests].count(429) == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "applied", "scans_of_item"),
+    [("500", False, 1), ("500", True, 2), ("502_text", False, 1), ("503_html", True, 2),
+     ("disconnect", False, 1), ("timeout", True, 2)],
+)
+async def test_5xx_timeouts_and_drops_are_retried_and_counted(
+    aiohttp_server: Any, tmp_path: Path, kind: str, applied: bool, scans_of_item: int
+) -> None:
+    """One failure after sending: retried once (a second scan-in is harmless), attempts 2, the item done."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY}, timeout_sleep=1.0)
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 3)
+    state.inject_failure(kind, item_pid=pid("23", 1), applied=applied)
+    summary = await run(aiohttp_server, state, table, tmp_path, timeout=0.3)
+    assert summary.done == 3
+    assert status_columns(tmp_path / "items.csv")[1] == ["True", "returned and in place", "", "2"]
+    assert [s[0] for s in state.scans].count(pid("23", 1)) == scans_of_item
+
+
+async def test_retries_are_bounded(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Three 5xx in a row: the item fails with the last error and 3 attempts; the others are done."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 3)
+    state.inject_failure("502_text", count=3, item_pid=pid("23", 2))
+    summary = await run(aiohttp_server, state, table, tmp_path)
+    assert summary.done == 2 and summary.failed == {"HTTP 502": 1}
+    done, outcome, error, attempts = status_columns(tmp_path / "items.csv")[2]
+    assert (done, outcome, attempts) == ("False", "error", "3")
+    assert error.startswith("HTTP 502: ") and error.endswith("(after 3 attempts)")
+
+
+async def test_alma_errors_are_recorded_per_row_and_the_run_goes_on(aiohttp_server: Any, tmp_path: Path) -> None:
+    """A wrong desk, an unknown item and a single-object error body each land in their row's error column."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 4)
+    del state.items[pid("23", 1)]
+    state.inject_failure("single_error_object", item_pid=pid("23", 2))
+    table.rows[3][3] = "LAW"  # the desk is then sent for library LAW, which has no such desk
+    (tmp_path / "desks.csv").write_text(
+        "location_code,circ_desk,library_code\nstacks,DEFAULT_CIRC_DESK,MAIN\nstacks,DEFAULT_CIRC_DESK,LAW\n"
+    )
+    summary = await run(aiohttp_server, state, table, tmp_path)
+    assert summary.done == 1
+    assert summary.failed == {"40166411": 1, "401872": 1, "INTERNAL_SERVER_ERROR": 1}
+    rows = status_columns(tmp_path / "items.csv")
+    assert rows[1] == ["False", "error", f"40166411: The parameter item_pid is invalid. Received: {pid('23', 1)}.", "1"]
+    assert rows[2] == ["False", "error", "INTERNAL_SERVER_ERROR: INTERNAL_SERVER_ERROR", "1"]
+    assert rows[3] == ["False", "error", "401872: Circulation desk DEFAULT_CIRC_DESK is not valid for library LAW.", "1"]
+
+
+async def test_daily_threshold_stops_cleanly(aiohttp_server: Any, tmp_path: Path) -> None:
+    """When the daily quota runs out, the run stops, what was done is saved, the rest is left for later."""
+    state = AlmaState(per_second_limit=1000, daily_quota=15, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 40)
+    summary = await run(aiohttp_server, state, table, tmp_path, rate=5000)
+    assert summary.stop_reason == "Alma's daily API quota is used up (DAILY_THRESHOLD); run again after midnight GMT"
+    assert summary.done == 15 and summary.failed_total == 0
+    assert summary.not_processed == 25
+    rows = status_columns(tmp_path / "items.csv")
+    assert sum(r[0] == "True" for r in rows) == 15 == len(state.scans)
+    assert all(r[1] == "" for r in rows if r[0] != "True")
+
+
+async def test_quota_floor_stops_before_the_quota_is_gone(aiohttp_server: Any, tmp_path: Path) -> None:
+    """X-Exl-Api-Remaining below daily_quota_floor stops the run; in-flight items still finish and are saved."""
+    state = AlmaState(per_second_limit=1000, daily_quota=100, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 60)
+    summary = await run(aiohttp_server, state, table, tmp_path, floor=90)
+    assert summary.stop_reason is not None and summary.stop_reason.startswith("X-Exl-Api-Remaining is ")
+    assert summary.stop_reason.endswith("below daily_quota_floor 90")
+    assert 11 <= summary.done < 60
+    assert sum(r[0] == "True" for r in status_columns(tmp_path / "items.csv")) == summary.done == len(state.scans)
+
+
+async def test_refused_key_stops_the_run(aiohttp_server: Any, tmp_path: Path) -> None:
+    """An API key Alma does not accept stops the run after the requests already in flight."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 50)
+    summary = await run(aiohttp_server, state, table, tmp_path, key="wrong-key")
+    assert summary.stop_reason is not None and "Alma refused the API key (UNAUTHORIZED" in summary.stop_reason
+    assert summary.done == 0 and summary.failed["UNAUTHORIZED"] <= 20
+    assert summary.failed["UNAUTHORIZED"] + summary.not_processed == 50
+    assert "wrong-key" not in all_text_under(tmp_path)
