@@ -191,8 +191,10 @@ class Cache:
                 reason=None, next_retry_at=None, reported=0,
             )
 
-    def record_failure(self, book: dict[str, Any], *, reason: str, retry_base: int, retry_max: int) -> bool:
-        """Store a failure and its next retry time (doubling backoff); True if it must be reported."""
+    def record_failure(
+        self, book: dict[str, Any], *, reason: str, retry_base: int, retry_max: int, now: float | None = None
+    ) -> bool:
+        """Store a failure and its next retry time (doubling backoff from *now*); True if it must be reported."""
         with self.transaction() as conn:
             previous = conn.execute(
                 "SELECT attempts, reason, reported FROM bookings WHERE book_id = ?", (book["book_id"],)
@@ -202,7 +204,7 @@ class Cache:
             report = previous is None or previous["reason"] != reason or not previous["reported"]
             self._upsert(
                 conn, book, state="failed", reason=reason, attempts=attempts,
-                next_retry_at=self._clock() + delay, reported=0 if report else 1,
+                next_retry_at=(self._clock() if now is None else now) + delay, reported=0 if report else 1,
             )
         return report
 

@@ -155,11 +155,11 @@ async def _fetch(config: Config, libcal: LibCalClient, result: PassResult, date:
 
     fetched: list[tuple[Booking, Location]] = []
     seen: set[str] = set()
-    for batch in await asyncio.gather(*(one(location) for location in config.libcal.locations)):
-        for booking, location in batch:
+    for location in config.libcal.locations:  # sequential: a few requests, and a stable order
+        for booking, where in await one(location):
             if booking.book_id not in seen:
                 seen.add(booking.book_id)
-                fetched.append((booking, location))
+                fetched.append((booking, where))
     return fetched
 
 
@@ -243,7 +243,7 @@ async def run_pass(
     result.attempted = len(todo)
     if todo:
         await _register(config, todo, alma=alma, passagepoint=passagepoint, cache=cache, result=result,
-                        stop=stop, concurrency=concurrency, on_prereg_created=on_prereg_created)
+                        stop=stop, concurrency=concurrency, on_prereg_created=on_prereg_created, now=now)
 
     for row in cache.unreported_cancellations():
         result.cancelled_after_registration.append(row["book_id"])
@@ -263,6 +263,7 @@ async def _register(
     stop: asyncio.Event,
     concurrency: int,
     on_prereg_created: Callable[[str, int], None] | None,
+    now: float,
 ) -> None:
     pattern = re.compile(config.primary_id_pattern)
     pp_slots = asyncio.Semaphore(max(1, concurrency))
@@ -271,7 +272,7 @@ async def _register(
     destinations_checked: dict[str, str | None] = {}
 
     def fail(work: _Work, reason: str, kind: str) -> None:
-        if cache.record_failure(work.row, reason=reason, retry_base=config.retry_base, retry_max=config.retry_max):
+        if cache.record_failure(work.row, reason=reason, retry_base=config.retry_base, retry_max=config.retry_max, now=now):
             result.failed.append(Failure(work.booking.book_id, work.booking.patron, reason, kind))
         else:
             result.failed.append(Failure(work.booking.book_id, work.booking.patron, reason, "repeat"))

@@ -1,0 +1,258 @@
+"""End-to-end sync passes against the LibCal, Alma and PassagePoint simulators."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import pytest
+import test_lcpp_fixtures
+from test_lcpp_fixtures import DAY, ECKLES, GELMAN, Sims
+
+from libcal_passagepoint.sync import Failure
+
+sims = test_lcpp_fixtures.sims  # the shared fixture
+
+
+async def test_first_pass_registers_each_booking_once_with_exact_payloads(sims: Sims) -> None:
+    """Visitor fields come from LibCal + Alma; the prereg carries epoch-second strings and the mapped destination."""
+    pid1, barcode1 = sims.add_patron(1)
+    pid2, barcode2 = sims.add_patron(2, zone="zone-two-key", group="FAC", desc="Faculty")
+    sims.add_booking("cs_a", pid1, first_name="Ada", last_name="Lovelace", email="ada@example.edu", seats=3)
+    sims.add_booking("cs_b", pid2, lid=ECKLES, first_name="Grace", last_name="Hopper", email="grace@example.edu")
+    result = await sims.run()
+    assert sorted(result.registered) == ["cs_a", "cs_b"]
+    assert result.failed == [] and result.exit_status == 0
+    visitors = {v["uniqueId"]: v for v in sims.pp.visitors.values()}
+    assert visitors[barcode1]["category"] == "Student"  # user_mapping by group description
+    assert visitors[barcode2]["category"] == "Faculty"
+    assert visitors[barcode1]["mobilePhoneNo"] == pid1
+    assert (visitors[barcode1]["firstName"], visitors[barcode1]["lastName"], visitors[barcode1]["email"]) == (
+        "Ada", "Lovelace", "ada@example.edu")
+    start = str(int(datetime.fromisoformat(f"{DAY}T13:15:00-05:00").timestamp()))
+    end = str(int(datetime.fromisoformat(f"{DAY}T15:15:00-05:00").timestamp()))
+    preregs = {p["destination"]: p for p in sims.pp.preregs}
+    assert len(sims.pp.preregs) == 2  # three seat rows of cs_a are one booking
+    assert preregs["LibCal Gelman"]["startTime"] == start and preregs["LibCal Gelman"]["endTime"] == end
+    assert preregs["LibCal Gelman"]["visitorId"] == str(visitors[barcode1]["id"])
+    assert preregs["LibCal Eckles"]["visitorId"] == str(visitors[barcode2]["id"])
+    with sims.cache() as cache:
+        assert cache.counts()["registered"] == 2
+        assert {cache.booking(b)["prereg_id"] for b in ("cs_a", "cs_b")} == {p["id"] for p in sims.pp.preregs}
+
+
+async def test_second_pass_with_nothing_new_sends_only_libcal_requests(sims: Sims) -> None:
+    """Idempotent: the steady-state pass talks to LibCal only; zero requests to Alma and PassagePoint."""
+    for n in range(1, 6):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, lid=GELMAN if n % 2 else ECKLES)
+    first = await sims.run()
+    assert len(first.registered) == 5
+    libcal_before, alma_before, pp_before = sims.counts()
+    second = await sims.run()
+    libcal_after, alma_after, pp_after = sims.counts()
+    assert second.registered == [] and second.exit_status == 0
+    assert second.skipped == {"registered": 5}
+    assert (alma_after - alma_before, pp_after - pp_before) == (0, 0)
+    assert libcal_after - libcal_before == 3  # one token + one page per location
+    assert len(sims.pp.preregs) == 5
+
+
+async def test_a_returning_patron_needs_no_alma_or_visitor_call(sims: Sims) -> None:
+    """A patron already known from an earlier booking only needs createPreReg."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    await sims.run()
+    sims.add_booking("cs_2", pid, hour=16)
+    alma_before = sims.alma.count("/almaws")
+    await sims.run()
+    assert sims.alma.count("/almaws") == alma_before
+    assert sims.pp.count("/pp/api/v2/person") == 1
+    assert len(sims.pp.preregs) == 2
+
+
+async def test_booking_without_primary_id_fails_alone_is_reported_once_and_retried_on_backoff(sims: Sims) -> None:
+    """A booking with no id among valid ones: the others register, it is stored failed with a reason and retry time."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_ok", pid)
+    sims.add_booking("cs_noid", None, first_name="No", last_name="Id")
+    sims.add_booking("cs_bad", "G1 2; DROP", first_name="Bad", last_name="Id", hour=16)
+    now = time.time()
+    first = await sims.run(now=now)
+    assert first.registered == ["cs_ok"]
+    assert first.exit_status == 1
+    assert sorted(first.failed, key=lambda f: f.book_id) == [
+        Failure("cs_bad", "Bad Id", "primary id 'G1 2; DROP' (answer to q12505) is malformed", "bad_primary_id"),
+        Failure("cs_noid", "No Id", "no primary id: the LibCal booking has no answer to q12505", "bad_primary_id"),
+    ]
+    with sims.cache() as cache:
+        row = cache.booking("cs_noid")
+        assert row["state"] == "failed" and row["attempts"] == 1 and row["reported"] == 1
+        assert abs(row["next_retry_at"] - (now + 300)) < 5
+    # Before next_retry_at: not retried, nothing reported, exit 0.
+    second = await sims.run(now=now + 60)
+    assert second.failed == [] and second.skipped["waiting_retry"] == 2 and second.exit_status == 0
+    # After it: retried, still failing with the same reason -> counted, not reported again; backoff doubles.
+    third = await sims.run(now=now + 400)
+    assert {f.kind for f in third.failed} == {"repeat"} and third.exit_status == 1
+    with sims.cache() as cache:
+        row = cache.booking("cs_noid")
+        assert row["attempts"] == 2 and row["reported"] == 1
+        assert row["next_retry_at"] == pytest.approx(now + 400 + 600)
+
+
+async def test_user_not_found_in_any_zone_and_alma_second_zone(sims: Sims) -> None:
+    """Each key is tried in turn (401861 moves on); a user no zone knows fails only that booking."""
+    pid, _ = sims.add_patron(2, zone="zone-two-key")
+    sims.add_booking("cs_zone2", pid)
+    sims.add_booking("cs_ghost", "G99999999", hour=16)
+    result = await sims.run()
+    assert result.registered == ["cs_zone2"]
+    assert result.failed == [Failure("cs_ghost", "Ada Lovelace", "Alma user G99999999 not found (tried 2 institution zones)", "AlmaUserNotFound")]
+    keys = [r["api_key"] for r in sims.alma.requests if r["path"].endswith("G99999999")]
+    assert keys == ["zone-one-key", "zone-two-key"]
+
+
+async def test_token_expiry_mid_pass_on_passagepoint_and_libcal(sims: Sims) -> None:
+    """PassagePoint 401 mid-pass: log in again and retry once; LibCal 401: one fresh token, one retry."""
+    for n in range(1, 4):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=10 + n)
+    expired: list[str] = []
+
+    def expire_after_first(book_id: str, prereg_id: int) -> None:
+        if not expired:
+            sims.pp.expire_tokens()
+            expired.append(book_id)
+
+    result = await sims.run(concurrency=1, on_prereg_created=expire_after_first)
+    assert sorted(result.registered) == ["cs_1", "cs_2", "cs_3"]
+    logins = [r for r in sims.pp.requests if r["path"].endswith("/auth/login")]
+    assert len(logins) == 2
+    assert [r["status"] for r in sims.pp.requests].count(401) == 1
+    # LibCal: every token expires when the second location's bookings are asked for, mid-pass.
+    sims.add_booking("cs_4", "G00000001", lid=ECKLES, hour=17)
+    sims.libcal.requests = _ExpireOnNthBookings(sims, 2)
+    second = await sims.run(concurrency=1)
+    assert second.registered == ["cs_4"] and second.location_errors == []
+    paths = [(r["path"].rsplit("/", 1)[-1], r["status"]) for r in sims.libcal.requests]
+    assert paths == [("token", 200), ("bookings", 200), ("bookings", 401), ("token", 200), ("bookings", 200)]
+
+
+class _ExpireOnNthBookings(list):
+    """A request log that revokes every LibCal token when the n-th bookings request arrives."""
+
+    def __init__(self, sims: Sims, n: int) -> None:
+        super().__init__()
+        self.sims, self.n, self.seen = sims, n, 0
+
+    def append(self, entry: dict) -> None:
+        super().append(entry)
+        if entry["path"].endswith("/space/bookings"):
+            self.seen += 1
+            if self.seen == self.n:
+                self.sims.libcal.expire_tokens()
+
+
+async def test_visitor_already_in_passagepoint_is_looked_up_by_unique_id(sims: Sims) -> None:
+    """createVisitor's ALREADY_EXIST_UNIQUE_ID leads to byUniqueId, and that visitor gets the prereg."""
+    pid, barcode = sims.add_patron(1)
+    existing = sims.pp.add_visitor(unique_id=barcode)
+    sims.add_booking("cs_1", pid)
+    result = await sims.run()
+    assert result.registered == ["cs_1"]
+    assert sims.pp.preregs[0]["visitorId"] == str(existing)
+    assert len(sims.pp.visitors) == 1
+
+
+async def test_passagepoint_error_fails_the_booking_and_the_next_due_pass_registers_it(sims: Sims) -> None:
+    """createVisitor answering 500 fails that booking only; after the backoff it is retried and registered."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.pp.inject_failure("createVisitor", "500")
+    now = time.time()
+    first = await sims.run(now=now)
+    assert first.registered == [] and first.failed[0].kind == "passagepoint"
+    assert first.failed[0].reason.startswith("PassagePoint visitor for barcode 22222000000001: PassagePoint createVisitor answered HTTP 500")
+    second = await sims.run(now=now + 301)
+    assert second.registered == ["cs_1"] and second.exit_status == 0
+    with sims.cache() as cache:
+        assert cache.booking("cs_1")["state"] == "registered"
+        assert cache.booking("cs_1")["reason"] is None
+
+
+async def test_lost_prereg_answer_is_uncertain_and_never_recreated(sims: Sims) -> None:
+    """createPreReg applied but its answer lost: the booking is 'uncertain', reported, and not re-created."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.pp.hang_seconds = 3.0
+    sims.pp.inject_failure("createPreReg", "timeout_after_apply")
+    config = sims.with_config(timeout=0.5)
+    first = await sims.run(config=config)
+    assert first.registered == [] and [f.book_id for f in first.uncertain] == ["cs_1"]
+    assert first.exit_status == 1
+    assert len(sims.pp.preregs) == 1
+    second = await sims.run()
+    assert second.skipped == {"uncertain": 1} and second.uncertain == []
+    assert len(sims.pp.preregs) == 1
+
+
+async def test_cancelled_after_registration_is_reported_once(sims: Sims) -> None:
+    """A booking cancelled in LibCal after its prereg exists is reported (once) and kept for `status`."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.add_booking("cs_2", None, status="Cancelled by User", cancelled=f"{DAY}T08:00:00-05:00")
+    first = await sims.run()
+    assert first.registered == ["cs_1"] and first.failed == []  # a cancelled unknown booking is skipped
+    sims.libcal.cancel("cs_1")
+    second = await sims.run()
+    assert second.cancelled_after_registration == ["cs_1"]
+    third = await sims.run()
+    assert third.cancelled_after_registration == []
+    with sims.cache() as cache:
+        assert cache.counts()["cancelled_after_registration"] == 1
+
+
+async def test_statuses_not_configured_are_not_registered(sims: Sims) -> None:
+    """Only Confirmed and Mediated Approved (the default) are registered; tentative ones wait."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_ok", pid, status="Mediated Approved")
+    sims.add_booking("cs_wait", pid, status="Mediated Tentative", hour=16)
+    result = await sims.run()
+    assert result.registered == ["cs_ok"] and result.skipped == {"status": 1}
+
+
+async def test_unknown_destination_fails_bookings_of_that_location(sims: Sims) -> None:
+    """A mapped destination missing in PassagePoint fails its bookings with a message saying what to fix."""
+    sims.pp.destinations.remove("LibCal Eckles")
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_g", pid)
+    sims.add_booking("cs_e", pid, lid=ECKLES, hour=16)
+    result = await sims.run()
+    assert result.registered == ["cs_g"]
+    assert result.failed[0].reason == (
+        "destination 'LibCal Eckles' (PassagePoint.location_mapping for LibCal location 9911) does not "
+        "exist in PassagePoint: create it there or fix the mapping"
+    )
+
+
+async def test_dry_run_writes_nothing(sims: Sims) -> None:
+    """--dry-run fetches and plans; no request to Alma or PassagePoint and no cache rows."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    result = await sims.run(dry_run=True)
+    assert [(p.book_id, p.action, p.destination) for p in result.planned] == [("cs_1", "register", "LibCal Gelman")]
+    assert sims.counts()[1:] == (0, 0)
+    with sims.cache() as cache:
+        assert cache.counts()["registered"] == 0 and cache.last_pass() is None
+
+
+async def test_libcal_location_failure_does_not_stop_the_other_location(sims: Sims) -> None:
+    """One location's fetch failing (HTTP 500) is reported; the other location is still synced."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_e", pid, lid=ECKLES)
+    sims.libcal.inject_failure("bookings", "500")
+    result = await sims.run(concurrency=1)
+    assert result.registered == ["cs_e"]
+    assert len(result.location_errors) == 1 and result.exit_status == 1
+    assert "LibCal answered HTTP 500" in result.location_errors[0]
