@@ -54,7 +54,8 @@ Outcome of an applied scan (the loan, if any, is returned in every case; `state.
   "hold_shelf". A requested item sent in transit keeps its request and goes to the hold shelf
   when scanned at its own library.
 - else -> in place: `base_status` 1 "Item in place", `process_type` {"value": "", "desc": null},
-  "Item's destination is: Reshelve to LOCATION. ..."; state "in_place".
+  "Item's destination is: Reshelve to LOCATION. ..." (Alma puts the location's description
+  there; the simulator's descriptions are the codes); state "in_place".
 `register_in_house_use` is true unless the parameter is the string "false" (any case); a scan of
 an item that was not on loan ("loan"/"requested") with it true adds one to `item.in_house_uses`.
 
@@ -398,7 +399,7 @@ def _item_state_fields(item: AlmaItem) -> tuple[dict, dict, str]:
     return (
         {"value": "1", "desc": "Item in place"},
         {"value": "", "desc": None},
-        f"Item's destination is: Reshelve to {location} {item.owning_library}{tail}",
+        f"Item's destination is: Reshelve to {location}{tail}",  # the location's desc
     )
 
 

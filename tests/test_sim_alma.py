@@ -130,7 +130,7 @@ def only_error(body: dict) -> dict:
 # --- scan-in outcomes --------------------------------------------------------------------------
 
 RESHELVE = (
-    "Item's destination is: Reshelve to stacks MAIN. Request/Process Type: . Requester: . "
+    "Item's destination is: Reshelve to stacks. Request/Process Type: . Requester: . "
     "Requester ID: . Place in Queue: 0"
 )
 HOLD_SHELF = (
@@ -237,7 +237,7 @@ async def test_item_in_temporary_location_belongs_to_its_temporary_library(clien
     assert body["item_data"]["base_status"] == IN_PLACE
     assert body["holding_data"]["in_temp_location"] is True
     assert body["holding_data"]["temp_library"]["value"] == "ANNEX"
-    assert body["additional_info"].startswith("Item's destination is: Reshelve to reserve ANNEX.")
+    assert body["additional_info"].startswith("Item's destination is: Reshelve to reserve.")
     assert state.items["231000000401234"].status == "in_place"
 
 
