@@ -79,6 +79,15 @@ order by requests that passed the gateway checks (optionally only scans of `item
 realistic case of a 5xx or timeout after Alma did the work. Default False: nothing happens.
 An injected failure (other than "429") uses one call of the daily quota, like any answered call.
 
+Standalone: `python -m simulators.alma --host 127.0.0.1 --port 8081 --rate-limit 25
+--daily-quota 100000 --latency 0.3-0.8 --api-key KEY [--api-key KEY2] [--items-csv EXPORT]
+[--desks-csv desks.csv] [--users-csv users.csv]` prints "Alma simulator listening on
+http://HOST:PORT (...)" once bound (`--port 0` picks a free port). `--items-csv` takes an
+Analytics export (real headers, UTF-8 with or without BOM, or UTF-16 TSV) and seeds every row
+on loan; `--desks-csv` has location_code,circ_desk[,library_code]; users (primary_id,barcode,
+user_group[,user_group_desc],first_name,last_name,email) belong to the first --api-key. A seed
+file that cannot be read or lacks a column: message on stderr, exit 2.
+
 Other paths and methods get aiohttp's plain 404/405 (after the gateway checks); what real Alma
 answers there is *unverified* and no client should depend on it. `reset_daily_quota()` plays
 midnight GMT.
@@ -93,6 +102,7 @@ import csv
 import io
 import json
 import random
+import signal
 import string
 import sys
 import time
@@ -842,7 +852,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--daily-quota", type=int, default=100_000)
     parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX s")
     parser.add_argument(
-        "--api-key", action="append", dest="api_keys", help="accepted key (repeatable)"
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        help="accepted key, one institution zone each (repeatable; default test-key)",
+    )
+    parser.add_argument(
+        "--daily-status", type=int, default=429, help="HTTP status of DAILY_THRESHOLD (unverified)"
     )
     parser.add_argument("--items-csv", type=Path, help="Analytics export of on-loan items")
     parser.add_argument("--desks-csv", type=Path, help="location_code,circ_desk[,library_code]")
@@ -858,6 +874,7 @@ def build_state(args: argparse.Namespace) -> AlmaState:
         per_second_limit=args.rate_limit,
         daily_quota=args.daily_quota,
         latency=args.latency,
+        daily_status=args.daily_status,
         api_keys=set(api_keys),
         seed=args.seed,
     )
@@ -886,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(state: AlmaState, host: str, port: int) -> None:
-    """Listen on host:port (0 = any free port), print the base URL, and serve forever."""
+    """Listen on host:port (0 = any free port), print the base URL, serve until SIGTERM/SIGINT."""
     runner = web.AppRunner(create_app(state))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -897,8 +914,11 @@ async def serve(state: AlmaState, host: str, port: int) -> None:
         f"({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)",
         flush=True,
     )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
 

@@ -875,7 +875,8 @@ def standalone(tmp_path) -> Iterator[tuple[str, subprocess.Popen]]:
         line = process.stdout.readline()
         yield line, process
     finally:
-        process.terminate()
+        if process.poll() is None:
+            process.terminate()
         process.wait(timeout=10)
         process.stdout.close()
         process.stderr.close()
@@ -897,6 +898,8 @@ async def test_standalone_entry_point(standalone):
         async with session.get(base + "/almaws/v1/users/2220001") as response:
             assert (await response.json())["primary_id"] == "G1"
     assert process.poll() is None
+    process.terminate()
+    assert process.wait(timeout=10) == 0  # SIGTERM is a clean stop
 
 
 def test_standalone_refuses_unreadable_seed_file(tmp_path):
