@@ -1,0 +1,108 @@
+"""Alert e-mail against a real SMTP server on loopback (aiosmtpd): one message per kind per interval."""
+
+from __future__ import annotations
+
+import email
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import test_lcpp_fixtures
+from aiosmtpd.controller import Controller
+from test_lcpp_fixtures import Sims
+
+from libcal_passagepoint.alerts import EmailAlerts
+from libcal_passagepoint.cache import Cache
+from libcal_passagepoint.config import EmailConfig
+
+sims = test_lcpp_fixtures.sims  # the shared fixture
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list[email.message.Message] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+        self.messages.append(email.message_from_bytes(envelope.content))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+
+def _text(message: email.message.Message) -> str:
+    return message.get_payload(decode=True).decode("utf-8")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[_Inbox, int]]:
+    """A real SMTP server on 127.0.0.1 collecting every message."""
+    inbox = _Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_failures_are_mailed_once_per_kind_per_interval(sims: Sims, smtp: tuple[_Inbox, int]) -> None:
+    """Two failed bookings -> one message naming both; a new failure within the interval -> no message; after it -> one."""
+    inbox, port = smtp
+    email_config = EmailConfig(
+        from_email="lcpp@example.edu", to_email=("desk@example.edu", "it@example.edu"),
+        smtp_host="127.0.0.1", smtp_port=port, starttls=False, from_username=None, from_password=None,
+    )
+    config = replace(sims.config, email=email_config)
+    clock = _Clock(time.time())
+    cache = Cache(sims.config.cache_path, clock=clock)
+    alerts = EmailAlerts(email_config, cache, interval=300)
+    sims.add_booking("cs_noid", None, first_name="No", last_name="Id")
+    sims.add_booking("cs_ghost", "G99999999", first_name="Gus", last_name="Ghost", hour=16)
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 1
+    message = inbox.messages[0]
+    assert message["Subject"] == "[LibCal-PassagePoint] 2 LibCal booking(s) could not be pre-registered"
+    assert inbox.envelopes[0] == ("lcpp@example.edu", ["desk@example.edu", "it@example.edu"])
+    body = _text(message)
+    assert "cs_noid (No Id): no primary id: the LibCal booking has no answer to q12505" in body
+    assert "cs_ghost (Gus Ghost): Alma user G99999999 not found (tried 2 institution zones)" in body
+
+    clock.now += 60
+    sims.add_booking("cs_new", None, first_name="New", last_name="Failure", hour=18)
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 1  # same kind within the interval: throttled
+
+    clock.now += 300
+    sims.add_booking("cs_later", None, first_name="Later", last_name="Failure", hour=19)
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 2
+    assert "cs_later (Later Failure)" in _text(inbox.messages[1])
+    assert "cs_noid" not in _text(inbox.messages[1])  # reported once, not on every interval
+    cache.close()
+
+
+async def test_unreachable_smtp_server_is_logged_not_raised(sims: Sims, caplog: pytest.LogCaptureFixture) -> None:
+    """An alert that cannot be sent never breaks the pass."""
+    port = _free_port()  # nothing listens there
+    email_config = EmailConfig(from_email="a@example.edu", to_email=("b@example.edu",), smtp_host="127.0.0.1",
+                               smtp_port=port, starttls=False)
+    with Cache(sims.config.cache_path) as cache:
+        await EmailAlerts(email_config, cache, interval=300, timeout=2).notify("booking_failed", "subject", ["line"])
+        assert cache.alert_due("booking_failed", interval=300)
+    assert f"could not send the alert e-mail via 127.0.0.1:{port}" in caplog.text
