@@ -27,6 +27,11 @@ Format: JSON when `Accept` contains `application/json` or `format=json`; otherwi
 defaults to XML. Error bodies in XML are the real `<web_service_result>` shape; success bodies in
 XML are a plain element-per-key rendering (approximate: the clients use JSON).
 
+Item states (`state.items[pid].status`): seeded as "loan", "in_place" or "requested" (on loan,
+with a hold request waiting); scans move them to "in_place", "in_transit", "hold_shelf" or
+"work_order". The 200 body is the recorded example item (shared/reference/examples) with this
+item's ids, barcode, library, location, temporary location and post-scan state filled in.
+
 Scan-in (`POST /almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}?op=scan`), checks
 in this order, each an HTTP 400 Alma error body:
 - `op` missing or not `scan` -> `40166410` "The parameter op is invalid. Received: X. Valid
@@ -87,6 +92,10 @@ Analytics export (real headers, UTF-8 with or without BOM, or UTF-16 TSV) and se
 on loan; `--desks-csv` has location_code,circ_desk[,library_code]; users (primary_id,barcode,
 user_group[,user_group_desc],first_name,last_name,email) belong to the first --api-key. A seed
 file that cannot be read or lacks a column: message on stderr, exit 2.
+
+Also *unverified* (no public source found): the wording of the DAILY_THRESHOLD message, whether
+PER_SECOND_THRESHOLD bodies carry a trackingId (ours do), the 500 body's `INTERNAL_SERVER_ERROR`
+code, and the exact 502/503/504 gateway texts (the contract only says "text/plain or HTML").
 
 Other paths and methods get aiohttp's plain 404/405 (after the gateway checks); what real Alma
 answers there is *unverified* and no client should depend on it. `reset_daily_quota()` plays
