@@ -441,6 +441,19 @@ async def test_bad_key_is_unauthorized(client, state, headers):
     assert response.headers["X-Exl-Api-Remaining"] == "1000"
 
 
+async def test_unauthorized_in_xml_has_no_tracking_id(client):
+    """The XML UNAUTHORIZED answer is the recorded web_service_result, without trackingId."""
+    response = await client.get("/almaws/v1/users/G12345678", headers={"Accept": "application/xml"})
+    assert response.status == 400
+    text = await response.text()
+    assert "<errorCode>UNAUTHORIZED</errorCode>" in text
+    assert (
+        "<errorMessage>API-key not defined or not configured to allow this API.</errorMessage>"
+        in text
+    )
+    assert "trackingId" not in text
+
+
 async def test_api_key_query_parameter_is_accepted(client):
     """apikey= in the query string authenticates too."""
     response = await client.get(
@@ -714,7 +727,7 @@ def test_inject_failure_rejects_nonsense(kind, applied, message):
 # --- request log -----------------------------------------------------------------------------------
 
 
-async def test_request_log_records_every_request(client, state, aiohttp_client):
+async def test_request_log_records_every_request(client, state):
     """state.requests holds method, path, query, status, time and key of each request."""
     await scan(client, LOANED.item_pid)
     await client.get("/almaws/v1/users/G12345678", headers={"Accept": "application/json"})
