@@ -1,0 +1,254 @@
+"""The discharge_loans command: plan, dry run, exit statuses, messages, resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loan_discharge.discharge_loans import main
+from loan_discharge.items import read_items
+from loan_discharge.run import read_journal
+from loan_discharge.sim_thread import SimulatorThread
+from simulators.alma import AlmaItem, AlmaState
+
+KEY = "cli-secret-key-5678"
+REPO = Path(__file__).resolve().parent.parent
+HEADER = "\ufeffMMS Id,Holding Id,Physical Item Id,Library Code,Location Code,Temporary Location Code,Temporary Physical Location In Use"
+
+
+def pid(kind: str, n: int) -> str:
+    return f"{kind}{n:011d}6421"
+
+
+def write_inputs(tmp_path: Path, state: AlmaState, count: int, *, unmapped: int = 0) -> None:
+    """count on-loan items in MAIN/stacks (the last `unmapped` in an unmapped location) and the desks file."""
+    rows = [HEADER]
+    for n in range(count):
+        location = "attic" if n >= count - unmapped else "stacks"
+        state.add_item(AlmaItem(pid("99", n), pid("22", n), pid("23", n), f"39{n}", "MAIN", location))
+        rows.append(f"{pid('99', n)},{pid('22', n)},{pid('23', n)},MAIN,{location},,No")
+    (tmp_path / "items.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "desks.csv").write_text("location_code,circ_desk\nstacks,DEFAULT_CIRC_DESK\n", encoding="utf-8")
+
+
+def write_config(tmp_path: Path, base_url: str, extra: str = "") -> Path:
+    path = tmp_path / "loan_discharge_config.yml"
+    path.write_text(
+        f"loans_data_file: items.csv\ncirc_desks_file: desks.csv\ndata_dir: data\nbase_url: {base_url}\n{extra}",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def state() -> AlmaState:
+    return AlmaState(per_second_limit=200, api_keys={KEY})
+
+
+@pytest.fixture
+def sim(state: AlmaState) -> Iterator[SimulatorThread]:
+    with SimulatorThread(state) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALMA_API_KEY", KEY)
+
+
+def test_full_run_then_resume_sends_nothing(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clean run exits 0 with a summary; a second run finds every row done and sends nothing."""
+    write_inputs(tmp_path, state, 30)
+    config = write_config(tmp_path, sim.base_url, "batch_size: 20\n")
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"items file {tmp_path / 'items.csv'}: 30 rows, 0 already done, 30 to send, 0 not sent"
+    assert "batch 1: 20 items: 20 returned and in place" in lines
+    assert "batch 2: 10 items: 10 returned and in place" in lines
+    assert "done: 30 (30 returned and in place)" in lines
+    assert "failed: 0" in lines
+    assert "skipped: 0 not sent (see the plan above), 0 already done" in lines
+    assert any(re.fullmatch(r"elapsed: \d+\.\d s, 30 requests, \d+\.\d requests/s, 0 answered 429", line) for line in lines)
+    assert len(state.scans) == 30
+    assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
+
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 30 rows, 30 already done, 0 to send, 0 not sent"
+    assert "nothing to send" in out
+    assert len(state.requests) == 30
+    assert KEY not in out
+    assert not any(KEY in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_dry_run_sends_nothing_and_writes_nothing(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run prints counts per desk and every problem, with no request and no file change."""
+    write_inputs(tmp_path, state, 5, unmapped=2)
+    config = write_config(tmp_path, sim.base_url)
+    before = (tmp_path / "items.csv").read_bytes()
+    assert main(["--config", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"items file {tmp_path / 'items.csv'}: 5 rows, 0 already done, 3 to send, 2 not sent",
+        "scan-ins per library / circulation desk:",
+        "  MAIN         DEFAULT_CIRC_DESK    3",
+        "rows that will not be sent:",
+        f"  no circulation desk mapped for location 'attic' in library 'MAIN' (2 items): add it to {tmp_path / 'desks.csv'}; lines 5, 6",
+        "dry run: nothing was sent",
+    ]
+    assert state.requests == []
+    assert (tmp_path / "items.csv").read_bytes() == before
+    assert not (tmp_path / "data").exists()
+
+
+def test_unmapped_rows_make_exit_1_and_are_explained_in_the_file(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows never sent are not 'all done': exit 1, and their error column says why."""
+    write_inputs(tmp_path, state, 4, unmapped=1)
+    assert main(["--config", str(write_config(tmp_path, sim.base_url))]) == 1
+    assert "skipped: 1 not sent (see the plan above), 0 already done" in capsys.readouterr().out
+    last = read_items(tmp_path / "items.csv").rows[-1]
+    assert last[-4:] == ["False", "", "not sent: no circulation desk mapped for location 'attic' in library 'MAIN'", ""]
+    assert len(state.scans) == 3
+
+
+def test_limit_then_the_rest(tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]) -> None:
+    """--limit 4 sends the first four pending rows; the next run sends the remaining ones."""
+    write_inputs(tmp_path, state, 10)
+    config = write_config(tmp_path, sim.base_url)
+    assert main(["--config", str(config), "--limit", "4"]) == 0
+    assert "skipped: 0 not sent (see the plan above), 0 already done, 6 left by --limit" in capsys.readouterr().out
+    assert [s[0] for s in state.scans] == [pid("23", n) for n in range(4)]
+    assert main(["--config", str(config)]) == 0
+    assert sorted(s[0] for s in state.scans) == [pid("23", n) for n in range(10)]
+
+
+def test_original_tool_configuration_runs(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration of the original tool (apikey in the file, location_type temp) runs unchanged, from its directory."""
+    monkeypatch.delenv("ALMA_API_KEY")
+    state.add_item(AlmaItem(pid("99", 1), pid("22", 1), pid("23", 1), "391", "MAIN", "stacks", "MAIN", "reserve"))
+    (tmp_path / "loans.csv").write_text(
+        "MMS Id,Holding Id,Item Id,Library Code,Location Code,Temporary Location Code\n"
+        f"{pid('99', 1)},{pid('22', 1)},{pid('23', 1)},MAIN,stacks,reserve\n"
+    )
+    (tmp_path / "desks.csv").write_text("location_code,circ_desk\nreserve,RESERVES_DESK\n")
+    (tmp_path / "loan_discharge_config.yml").write_text(
+        f"apikey: {KEY}\nloans_data_file: ./loans.csv\ncirc_desks_file: ./desks.csv\ndata_dir: ./data\n"
+        f"location_type: temp\nbase_url: {sim.base_url}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    assert state.scans == [(pid("23", 1), "MAIN", "RESERVES_DESK", False)]
+    assert read_items(tmp_path / "loans.csv").rows[0][-4:] == ["True", "returned and in place", "", "1"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("no-config", "configuration file {tmp}/missing.yml not found: create it (see the template in the README) or pass --config PATH"),
+        ("bad-location-type", "{tmp}/loan_discharge_config.yml: location_type is 'both': use one of auto, temp, perm"),
+        ("missing-column", "items file {tmp}/items.csv: column 'Holding Id' not found (found: MMS Id, Physical Item Id, Library Code, Location Code); export the Analytics report with that column"),
+        ("no-key", "no API key: set apikey in {tmp}/loan_discharge_config.yml or the ALMA_API_KEY environment variable"),
+        ("no-desks", "desks file {tmp}/desks.csv not found: check the path in the configuration"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_message_and_sends_nothing(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], setup: str, message: str,
+) -> None:
+    """Every configuration or input problem: exit 2, one actionable line on stderr, no request."""
+    write_inputs(tmp_path, state, 3)
+    config = write_config(tmp_path, sim.base_url)
+    argv = ["--config", str(config)]
+    if setup == "no-config":
+        argv = ["--config", str(tmp_path / "missing.yml")]
+    elif setup == "bad-location-type":
+        config.write_text(config.read_text() + "location_type: both\n")
+    elif setup == "missing-column":
+        (tmp_path / "items.csv").write_text(f"MMS Id,Physical Item Id,Library Code,Location Code\n{pid('99', 0)},{pid('23', 0)},MAIN,stacks\n")
+    elif setup == "no-key":
+        monkeypatch.delenv("ALMA_API_KEY")
+    elif setup == "no-desks":
+        (tmp_path / "desks.csv").unlink()
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"discharge_loans: {message.format(tmp=tmp_path)}\n"
+    assert state.requests == []
+
+
+def test_bad_limit_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--limit 0 is refused by the parser with exit 2."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--limit", "0"])
+    assert caught.value.code == 2
+    assert "--limit: must be a whole number >= 1, not '0'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, str(REPO / "loan_discharge" / "discharge_loans.py")],
+        [sys.executable, "-m", "loan_discharge"],
+        [str(Path(sys.executable).parent / "discharge_loans")],
+    ],
+    ids=["file", "module", "console-script"],
+)
+def test_three_ways_to_run(tmp_path: Path, state: AlmaState, command: list[str]) -> None:
+    """The file, the module and the console script all run (a dry run here, from another directory)."""
+    write_inputs(tmp_path, state, 2)
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    result = subprocess.run([*command, "--config", str(config), "--dry-run"], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("dry run: nothing was sent\n")
+
+
+def test_kill_9_mid_run_loses_nothing_and_resends_only_what_was_in_flight(tmp_path: Path) -> None:
+    """kill -9 during a run, then run again: every journalled item stays done and is never sent again."""
+    state = AlmaState(per_second_limit=40, latency=(0.1, 0.3), api_keys={KEY})
+    write_inputs(tmp_path, state, 80)
+    with SimulatorThread(state) as sim:
+        config = write_config(tmp_path, sim.base_url, "rate_limit: 40\nbatch_size: 1000\n")
+        command = [sys.executable, "-m", "loan_discharge", "--config", str(config)]
+        env = {**os.environ, "ALMA_API_KEY": KEY}
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        journal = tmp_path / "data" / "journal.jsonl"
+        deadline = time.monotonic() + 30
+        while len(read_journal(journal)) < 25 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL
+        journalled = {e["item_pid"] for e in read_journal(journal) if e["done"]}
+        time.sleep(0.5)  # let the simulator finish reading what the killed process had already sent
+        sent_before = set(sim.call(lambda: [r["path"].rsplit("/", 1)[-1] for r in state.requests]))
+        assert 25 <= len(journalled) < 80
+        # The batch is 1000 items, so the CSV itself was never rewritten with results: only the journal has them.
+        assert not any(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
+
+        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert f"{len(journalled)} already done" in second.stdout.splitlines()[0]
+        scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
+
+    assert set(scans) == {pid("23", n) for n in range(80)}
+    assert all(scans[item] == 1 for item in journalled)
+    resent = {item for item, count in scans.items() if count > 1}
+    in_flight = sent_before - journalled
+    assert resent <= in_flight
+    assert len(in_flight) <= 48  # at most the concurrency (ceil(40 * 1.2))
+    assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
