@@ -56,8 +56,9 @@ Outcome of an applied scan (the loan, if any, is returned in every case; `state.
   "Item's destination is: LIB. ..." (exact transit wording *unverified*); state "in_transit".
 - else item "requested" (on loan with a hold request waiting) -> hold shelf: `base_status` 0,
   `process_type` HOLDSHELF "Hold Shelf", "Item's destination is: On Hold Shelf. ..."; state
-  "hold_shelf". A requested item sent in transit keeps its request and goes to the hold shelf
-  when scanned at its own library.
+  "hold_shelf"; `item_data.requested` stays true (the simulator has no checkout, so the item
+  stays requested: scanning it again leaves it on the hold shelf). A requested item sent in
+  transit keeps its request and goes to the hold shelf when scanned at its own library.
 - else -> in place: `base_status` 1 "Item in place", `process_type` {"value": "", "desc": null},
   "Item's destination is: Reshelve to LOCATION. ..." (Alma puts the location's description
   there; the simulator's descriptions are the codes); state "in_place".
@@ -503,9 +504,8 @@ def apply_scan_in(state: AlmaState, item: AlmaItem, query: dict[str, str]) -> Al
         item.work_order_department = department
     elif library != item.owning_library:
         item.status = "in_transit"
-    elif item.request_pending:
+    elif item.request_pending:  # the request stays until the requester borrows the item
         item.status = "hold_shelf"
-        item.request_pending = False
     else:
         item.status = "in_place"
     state.scans.append((item.item_pid, library, circ_desk or department, register))

@@ -225,6 +225,7 @@ async def test_scan_in_body_is_the_real_item_object(client):
     assert item["library"] == {"value": "MAIN", "desc": "MAIN"}
     assert item["location"] == {"value": "stacks", "desc": "stacks"}
     assert item["physical_material_type"] == {"value": "BOOK", "desc": "Book"}
+    assert item["requested"] is False
     assert body["link"].endswith(scan_path(LOANED.item_pid))
     assert response.headers["X-Exl-Api-Remaining"] == "999"
     assert response.headers["X-Request-ID"]
@@ -247,8 +248,11 @@ async def test_requested_item_in_transit_reaches_hold_shelf_at_home(client, stat
     assert first["item_data"]["process_type"] == TRANSIT
     second = await (await scan(client, "231000000301234")).json()
     assert second["item_data"]["process_type"] == HOLDSHELF
+    assert second["item_data"]["requested"] is True
     assert state.items["231000000301234"].status == "hold_shelf"
     assert state.items["231000000301234"].in_house_uses == 1  # the second scan: not on loan
+    third = await (await scan(client, "231000000301234")).json()
+    assert third["item_data"]["process_type"] == HOLDSHELF  # still waiting for its requester
 
 
 async def test_scan_in_by_department_skips_the_desk_check(client, state):
