@@ -1,0 +1,184 @@
+"""The command line as a user runs it: real processes, exit statuses, messages, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import test_lcpp_fixtures
+from test_lcpp_fixtures import DAY, Sims, write_config
+
+from libcal_passagepoint.cache import Cache
+from libcal_passagepoint.cli import main, parse_duration
+
+sims = test_lcpp_fixtures.sims  # the shared fixture
+
+
+async def _cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libcal_passagepoint", *args, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_run_exit_status_0_then_status_and_purge(sims: Sims) -> None:
+    """`run` registers and exits 0; `status` shows counts and the last pass; `purge` drops old bookings."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    code, out, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 0, err
+    assert out.startswith("pass: 1 booking(s) fetched, 1 registered, 0 failed, 0 uncertain")
+    logs = [json.loads(line) for line in err.splitlines()]  # not a terminal: one JSON object per line
+    assert any(entry["message"].startswith("registered booking cs_1 (Ada Lovelace)") for entry in logs)
+    assert all("pw" != entry["message"] and "1234567c7be467e51fc47157abcdefg" not in entry["message"] for entry in logs)
+
+    code, out, _ = await _cli("status", "--config", str(sims.config_path))
+    assert code == 0
+    assert "bookings: 1 registered, 0 failed, 0 uncertain, 0 intent, 0 cancelled" in out
+    assert "exit status 0: 1 fetched, 1 registered, 0 failed, 0 uncertain" in out
+
+    code, out, _ = await _cli("purge", "--older-than", "30d", "--config", str(sims.config_path))
+    assert (code, out.strip()) == (0, "purged 0 booking(s) and 0 pass record(s) older than 30d")
+
+
+async def test_run_exits_1_when_a_booking_failed_and_status_lists_it(sims: Sims) -> None:
+    """A failed booking: the pass finishes, exit status 1; `status` names the booking and the reason."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_ok", pid)
+    sims.add_booking("cs_noid", None, first_name="No", last_name="Id", hour=16)
+    code, out, _ = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 1
+    assert "1 registered, 1 failed" in out
+    code, out, _ = await _cli("status", "--cache", sims.config.cache_path)
+    assert code == 0
+    assert "failed cs_noid (No Id), 1 attempt(s), retry in " in out
+    assert out.rstrip().endswith("no primary id: the LibCal booking has no answer to q12505")
+
+
+async def test_dry_run_prints_the_plan_and_writes_nothing(sims: Sims) -> None:
+    """--dry-run lists what it would register; PassagePoint sees no request and the cache stays empty."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    code, out, _ = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 0
+    assert "dry run: 1 booking(s) fetched, 1 to register" in out
+    assert "would register cs_1 (Ada Lovelace, primary id G00000001) at LibCal Gelman from 2030-01-15T13:15:00-05:00" in out
+    assert sims.pp.count("") == 0
+    with Cache(sims.config.cache_path) as cache:
+        assert cache.counts()["registered"] == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_every_stops_cleanly_on_signal_after_the_current_bookings(sims: Sims, signum: int) -> None:
+    """`run --every N`: SIGINT/SIGTERM mid-pass finish the bookings in flight, leave no open intent, exit 0."""
+    sims.pp.latency = (0.2, 0.2)
+    for n in range(1, 31):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n:02d}", pid, hour=6 + n % 12)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libcal_passagepoint", "run", "--every", "60",
+        "--config", str(sims.config_path), "--date", DAY,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    for _ in range(600):
+        if sims.pp.preregs:
+            break
+        await asyncio.sleep(0.01)
+    assert sims.pp.preregs, "the pass never created a pre-registration"
+    process.send_signal(signum)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert f"{signal.Signals(signum).name} received: finishing the current booking(s), then exiting" in err.decode()
+    assert "interrupted" in out.decode()
+    with Cache(sims.config.cache_path) as cache:
+        counts = cache.counts()
+    assert counts["intent"] == 0
+    assert counts["registered"] == len(sims.pp.preregs) < 30
+
+
+def _bad(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("    9911: LibCal Eckles\n", ""),
+         "PassagePoint.location_mapping has no destination for LibCal location 9911 (Virginia Science & "
+         "Technology Campus Library): add '9911: <PassagePoint destination name>'"),
+        (lambda t: t.replace("  primary_id_field: q12505\n", ""), "LibCal.primary_id_field is missing"),
+        (lambda t: t.replace("  interval: 300", "  interval: soon"), "LCPP.interval must be a whole number, not 'soon'"),
+        (lambda t: t.replace("http://127.0.0.1:1/1.1/oauth/token", "booking.example.edu/1.1/oauth/token"),
+         "LibCal.credentials_endpt must be an http(s) URL, not 'booking.example.edu/1.1/oauth/token'"),
+        (lambda t: t.replace("  password: pw\n", ""),
+         "PassagePoint.password is missing (set it in the file or in the environment variable PASSAGEPOINT_PASSWORD)"),
+        (lambda t: t.replace("  apikeys:\n    - zone-one-key\n    - zone-two-key\n", "  apikeys: []\n"),
+         "Alma.apikeys must be a list of Alma API keys, one per institution zone (or set ALMA_API_KEYS)"),
+        (lambda t: t.replace("  login_endpt: /pp/api/v2/auth/login", "  login_endpt: pp/api/v2/auth/login"),
+         "PassagePoint.login_endpt must be a path starting with '/', not 'pp/api/v2/auth/login'"),
+        (lambda t: t.replace("LibCal:\n", "LibCalendar:\n"), "LibCal section is missing"),
+    ],
+    ids=["no-destination", "no-primary-id-field", "bad-interval", "bad-url", "no-password", "no-apikeys", "bad-path", "no-libcal"],
+)
+def test_bad_configuration_is_refused_with_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, message: str) -> None:
+    """Nothing is done; the message names the key to fix."""
+    text = write_config(tmp_path / "base.yml", libcal="http://127.0.0.1:1", alma="http://127.0.0.1:1", pp="http://127.0.0.1:1").read_text()
+    assert edit(text) != text, "the edit must change the file"
+    path = _bad(tmp_path / "config.yml", edit(text))
+    env = {k: v for k, v in os.environ.items() if k not in ("PASSAGEPOINT_PASSWORD", "ALMA_API_KEYS")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "environ", env)
+        assert main(["run", "--config", path]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {path}: {message}"
+    assert not (tmp_path / "lcpp_cache.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--date", "22/11/2026"], "invalid date '22/11/2026': use YYYY-MM-DD"),
+        (["run", "--days", "400"], "invalid --days '400': use a whole number from 0 to 365"),
+        (["purge", "--older-than", "soon"], "invalid duration 'soon': use e.g. 30d, 12h, 90m or 45s"),
+        (["purge"], "the following arguments are required: --older-than"),
+        ([], "the following arguments are required: command"),
+    ],
+)
+def test_bad_usage_exits_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad options: exit status 2 and argparse's message."""
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default config.yml is looked for in the working directory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert main(["run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: configuration file config.yml not found: create it (see the template in the README) or pass --config PATH"
+    )
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45s", 45), ("2w", 14 * 86400), ("600", 600)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    """Durations for purge --older-than and run --every."""
+    assert parse_duration(text) == seconds
+
+
+async def test_bad_libcal_credentials_exit_2(sims: Sims) -> None:
+    """LibCal refusing the client secret is a configuration problem: exit 2 with the keys to check."""
+    sims.libcal.client_secret = "rotated"
+    code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: LibCal refused the client credentials (HTTP 400: The client credentials are invalid): "
+        "check LibCal.client_id and LibCal.client_secret"
+    )
