@@ -1,0 +1,128 @@
+"""The lookup API: barcode → M2 customer code, as JSON.
+
+``create_app`` builds a plain WSGI app (any WSGI server runs it; ``m2-code-store serve`` uses a
+production one). Every answer, errors included, is the contract's envelope
+``{"statusCode": S, "body": {...}}`` with HTTP status S; no path answers with an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from m2_code_store.barcodes import BarcodeError, parse_barcodes
+from m2_code_store.config import StoreTarget, connect, resolve_target
+from m2_code_store.store import CodeStore
+
+log = logging.getLogger(__name__)
+bp = Blueprint("m2", __name__)
+
+UNAVAILABLE = "the customer code store is not answering; try again shortly"
+
+
+class APIError(Exception):
+    """An error answered as the contract's failure envelope."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        # "error" repeats "message": some deployed releases used that key and clients read it.
+        return {"statusCode": self.status, "body": {"status": self.status, "message": self.message, "error": self.message}}
+
+
+def envelope(payload: dict[str, Any], status: int) -> Response:
+    """A JSON response (orjson: the API's hot path)."""
+    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+
+def store() -> CodeStore:
+    return current_app.extensions["m2_store"]
+
+
+@bp.get("/api/v0.1/m2-customer-code")
+@bp.get("/api/v0.1/m2-customer-codes")
+def customer_codes() -> Response:
+    """Look up the customer code of every barcode in ``barcodes``."""
+    try:
+        barcodes = parse_barcodes(request.args.getlist("barcodes"), limit=current_app.config["M2_MAX_BARCODES"])
+    except BarcodeError as exc:
+        raise APIError(400, str(exc)) from exc
+    try:
+        codes = store().lookup(barcodes)
+    except redis.exceptions.RedisError as exc:
+        log.warning("store lookup failed: %s", type(exc).__name__)
+        raise APIError(503, UNAVAILABLE) from exc
+    data = [{"barcode": b, "m2CustomerCode": c} for b, c in zip(barcodes, codes, strict=True)]
+    return envelope({"statusCode": 200, "body": {"status": 200, "data": data}}, 200)
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Whether the store answers, and how many records it holds."""
+    try:
+        stats = store().stats()
+    except redis.exceptions.RedisError as exc:
+        log.warning("health check failed: %s", type(exc).__name__)
+        return envelope({"status": "unavailable", "store": "down", "message": UNAVAILABLE}, 503)
+    return envelope({"status": "ok", "store": "up", **stats}, 200)
+
+
+@bp.get("/api/v0.1/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI description of this API."""
+    return Response(current_app.extensions["m2_openapi"], mimetype="application/json")
+
+
+def handle_api_error(error: APIError) -> Response:
+    return envelope(error.to_dict(), error.status)
+
+
+def handle_http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    return envelope(APIError(status, error.description or error.name).to_dict(), status)
+
+
+def handle_unexpected(error: Exception) -> Response:
+    log.exception("unexpected error")
+    return envelope(APIError(500, "internal error; the service log has the details").to_dict(), 500)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the API. ``test_config`` may set REDIS_CLIENT (a ready client) or STORE_TARGET."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        M2_MAX_BARCODES=int(os.environ.get("M2_MAX_BARCODES") or 1000),
+        M2_REDIS_TIMEOUT=0.25,  # per attempt; connect + one retry stays well inside 1 s
+        REDIS_CLIENT=None,
+        STORE_TARGET=None,
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    init_store(app)
+    app.register_blueprint(bp)
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(Exception, handle_unexpected)
+    return app
+
+
+def init_store(app: Flask) -> None:
+    """Create the Redis client and the store for *app* (no connection is made yet)."""
+    client = app.config["REDIS_CLIENT"]
+    if client is None:
+        target: StoreTarget = app.config["STORE_TARGET"] or resolve_target()
+        timeout = float(app.config["M2_REDIS_TIMEOUT"])
+        client = connect(target, timeout=timeout, retries=1, health_check_interval=0)
+    app.extensions["m2_store"] = CodeStore(client)
+    app.extensions["m2_openapi"] = (Path(__file__).parent / "openapi.json").read_bytes()

@@ -1,0 +1,63 @@
+"""Parse the ``barcodes`` query parameter of the lookup API."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+from m2_code_store.las_csv import MAX_BARCODE_LENGTH
+
+BARCODE_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class BarcodeError(ValueError):
+    """The ``barcodes`` parameter is missing or malformed; the message says how."""
+
+
+def _split_value(value: str) -> list[str]:
+    """One parameter value: ``1234,5678``, ``[1234, "5678"]`` or JSON ``["1234", 5678]``."""
+    text = value.strip()
+    if text.startswith("[") or text.endswith("]"):
+        if not (text.startswith("[") and text.endswith("]")):
+            raise BarcodeError(f"barcodes value {_short(text)} has an unbalanced bracket")
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            for item in items:
+                if isinstance(item, bool) or not isinstance(item, (str, int)):
+                    raise BarcodeError(f"barcodes list holds {json.dumps(item)}: each barcode must be a string or a whole number")
+            return [str(item).strip() for item in items]
+        text = text[1:-1]  # a bracketed list that is not JSON: [1234, abc]
+        return [part.strip().strip("'\"").strip() for part in text.split(",")] if text.strip() else []
+    return [part.strip() for part in text.split(",")]
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def parse_barcodes(values: Iterable[str], *, limit: int) -> list[str]:
+    """Barcodes from every ``barcodes`` parameter value, in order, each once."""
+    values = list(values)
+    if not values:
+        raise BarcodeError("query parameter 'barcodes' is missing: add ?barcodes=1234,5678")
+    barcodes: list[str] = []
+    for value in values:
+        barcodes.extend(_split_value(value))
+    if not barcodes or all(not b for b in barcodes):
+        raise BarcodeError("query parameter 'barcodes' is empty: give one or more barcodes, e.g. ?barcodes=1234,5678")
+    seen: dict[str, None] = {}
+    for position, barcode in enumerate(barcodes, start=1):
+        if not barcode:
+            raise BarcodeError(f"barcode {position} of {len(barcodes)} is empty (two commas in a row, or a trailing comma?)")
+        if len(barcode) > MAX_BARCODE_LENGTH:
+            raise BarcodeError(f"barcode {_short(barcode)} is longer than {MAX_BARCODE_LENGTH} characters")
+        if not BARCODE_RE.fullmatch(barcode):
+            raise BarcodeError(f"barcode {_short(barcode)} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'")
+        seen.setdefault(barcode)
+    if len(seen) > limit:
+        raise BarcodeError(f"too many barcodes: {len(seen)} given, at most {limit} per request; split the request")
+    return list(seen)

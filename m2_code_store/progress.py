@@ -1,0 +1,39 @@
+"""Progress output: a bar on a terminal, a plain line every tenth otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Counts rows sent; draws to *stream* (stderr by default)."""
+
+    def __init__(self, total: int, *, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.bar = None
+        self._next_line = 0.1
+        if self.enabled and self.stream.isatty():
+            self.bar = tqdm(total=total, unit="rows", unit_scale=True, file=self.stream, desc="loading")
+
+    def update(self, done: int) -> None:
+        """Record that *done* rows (cumulative) have been sent."""
+        step, self.done = done - self.done, done
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step)
+        elif done / self.total >= self._next_line or done == self.total:
+            print(f"loading: {done:,} of {self.total:,} rows sent ({done / self.total:.0%})", file=self.stream)
+            while self._next_line <= done / self.total:
+                self._next_line += 0.1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,147 @@
+"""Load a LAS barcode export into the customer code store.
+
+    write_csv_to_redis FILE.csv [BATCHSIZE] [--replace [--force]] [--dry-run]
+
+Exit status: 0 every row loaded; 1 the load finished but rows were skipped (or the connection
+failed part-way: what was written stays, re-running is safe); 2 nothing was done (bad usage, a
+file that cannot be used, no store, a refused --replace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: python m2_code_store/write_csv_to_redis.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
+
+from m2_code_store.config import connect, resolve_target
+from m2_code_store.embedded import EmbeddedServerError
+from m2_code_store.las_csv import BadRow, ExportError, ParsedExport, duplicate_count, read_export
+from m2_code_store.loader import DEFAULT_MAX_SHRINK, LoadError, load
+from m2_code_store.progress import Progress
+from toolconfig import ConfigError
+
+SHOWN_BAD_ROWS = 20
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="write_csv_to_redis",
+        description="Load a LAS 'Barcodes by CUS/DATE' export (Item barcode, Accession date, "
+        "Customer code, Delete date) into the M2 customer code store.",
+        epilog="The store is REDIS_URL, else REDIS_ENDPOINT_ENCRYPTED (KMS), else the embedded local Redis.",
+    )
+    parser.add_argument("csv_file", type=Path, help="the LAS export (CSV, UTF-8)")
+    parser.add_argument(
+        "batch_size", nargs="?", type=int, default=100,
+        help="accepted for compatibility with the original loader (default 100); the loader sizes "
+        "its own network batches, so speed does not depend on it",
+    )
+    parser.add_argument("--replace", action="store_true",
+                        help="make the file the complete new data set, switched atomically; barcodes not in it stop resolving")
+    parser.add_argument("--force", action="store_true", help="with --replace: replace even if many records would go")
+    parser.add_argument("--max-shrink", type=float, default=DEFAULT_MAX_SHRINK, metavar="SHARE",
+                        help=f"with --replace: refuse when the new data set is smaller by more than this share (default {DEFAULT_MAX_SHRINK})")
+    parser.add_argument("--dry-run", action="store_true", help="parse and validate the whole file; never connect to Redis")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"BATCHSIZE must be a positive whole number (got {args.batch_size})")
+    if not 0 <= args.max_shrink <= 1:
+        parser.error(f"--max-shrink must be between 0 and 1 (got {args.max_shrink})")
+    if args.force and not args.replace:
+        parser.error("--force only makes sense with --replace")
+    return args
+
+
+def report_bad_rows(bad_rows: list[BadRow], csv_file: Path) -> None:
+    """Print the first skipped rows; write them all next to the file when there are more."""
+    for bad in bad_rows[:SHOWN_BAD_ROWS]:
+        print(f"skipped {csv_file.name} {bad}", file=sys.stderr)
+    if len(bad_rows) > SHOWN_BAD_ROWS:
+        listing = csv_file.with_name(csv_file.name + ".skipped.txt")
+        try:
+            listing.write_text("".join(f"{bad}\n" for bad in bad_rows), encoding="utf-8")
+            where = f"all {len(bad_rows):,} are listed in {listing}"
+        except OSError as exc:
+            where = f"could not write the full list to {listing}: {exc.strerror}"
+        print(f"… and {len(bad_rows) - SHOWN_BAD_ROWS:,} more skipped rows: {where}", file=sys.stderr)
+
+
+def summary(parsed: ParsedExport, seconds: float, *, written: int, removed: int | None, records: int | None) -> str:
+    """The closing line of every run."""
+    rate = parsed.rows_read / seconds if seconds > 0 else 0
+    removed_text = "" if removed is None else f" ({removed:,} removed from the store)"
+    records_text = "" if records is None else f"; {records:,} records in the store"
+    return (
+        f"read {parsed.rows_read:,} rows: {written:,} written, {parsed.deletes:,} deleted{removed_text}, "
+        f"{len(parsed.bad_rows):,} skipped{records_text}; {seconds:.2f} s, {rate:,.0f} rows/s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the loader; returns the exit status."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        parsed = read_export(args.csv_file)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report_bad_rows(parsed.bad_rows, args.csv_file)
+    status = 1 if parsed.bad_rows else 0
+
+    if args.dry_run:
+        duplicates = duplicate_count(parsed)
+        print(
+            f"dry run, nothing written: {parsed.upserts:,} rows would be written and {parsed.deletes:,} "
+            f"deleted{' as the complete new data set (--replace)' if args.replace else ''}; "
+            f"{duplicates:,} rows repeat a barcode (the last row wins)"
+        )
+        print(summary(parsed, time.perf_counter() - started, written=0, removed=None, records=None))
+        return status
+
+    try:
+        target = resolve_target()
+        client = connect(target, timeout=30)
+        client.ping()
+    except (ConfigError, EmbeddedServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except redis.exceptions.RedisError as exc:
+        print(f"error: cannot reach {target.shown}: {exc}. Nothing was written.", file=sys.stderr)
+        return 2
+
+    progress = Progress(len(parsed.barcodes), enabled=not args.quiet)
+    try:
+        result = load(client, parsed, replace=args.replace, force=args.force, max_shrink=args.max_shrink,
+                      source=args.csv_file.name, progress=progress.update)
+    except LoadError as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except redis.exceptions.RedisError as exc:
+        progress.close()
+        done = progress.done
+        if args.replace:
+            what = "the replacement was not switched in; the store still holds the previous data set"
+        else:
+            what = f"about {done:,} rows were sent before it failed and are stored"
+        print(f"error: Redis failed during the load ({type(exc).__name__}: {exc}): {what}. "
+              "Re-running the same command is safe.", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    progress.close()
+    print(summary(parsed, time.perf_counter() - started, written=parsed.upserts, removed=result.removed,
+                  records=result.records))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
