@@ -1,0 +1,114 @@
+"""Configuration: the original app's config.yml loads unchanged; secrets from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_lcpp_fixtures import write_config
+
+from libcal_passagepoint.config import ConfigError, Location, load_config
+
+BASES = {"libcal": "https://booking.library.example.edu", "alma": "https://api-na.hosted.exlibrisgroup.com", "pp": "https://pp.example.edu:2444"}
+
+
+def test_original_config_loads_unchanged(tmp_path: Path) -> None:
+    """Every section and key of the original app's file is read with its meaning."""
+    config = load_config(write_config(tmp_path / "config.yml", **BASES), environ={})
+    assert config.interval == 300
+    assert config.libcal.client_id == "1234"
+    assert config.libcal.client_secret == "1234567c7be467e51fc47157abcdefg"
+    assert config.libcal.credentials_endpt == "https://booking.library.example.edu/1.1/oauth/token"
+    assert config.libcal.bookings_endpt == "https://booking.library.example.edu/1.1/space/bookings"
+    assert config.libcal.primary_id_field == "q12505"
+    assert config.libcal.locations == (
+        Location(8827, "Gelman Library Study Spaces", "LibCal Gelman"),
+        Location(9911, "Virginia Science & Technology Campus Library", "LibCal Eckles"),
+    )
+    assert config.libcal.statuses == ("Confirmed", "Mediated Approved")
+    assert config.alma.apikeys == ("zone-one-key", "zone-two-key")
+    assert config.alma.users_endpt == "https://api-na.hosted.exlibrisgroup.com/almaws/v1/users"
+    pp = config.passagepoint
+    assert (pp.username, pp.password, pp.pp_api_root) == ("svc", "pw", "https://pp.example.edu:2444")
+    assert (pp.login_endpt, pp.uniqueId_endpt, pp.create_visitor_endpt, pp.create_prereg_endpt, pp.get_destinations_endpt) == (
+        "/pp/api/v2/auth/login", "/pp/api/v2/person/byUniqueId", "/pp/api/v2/person/createVisitor",
+        "/pp/api/v2/visit/createPreReg", "/pp/api/v2/visit/getDestinations",
+    )
+    assert pp.user_mapping == {"Undergraduate": "Student", "Faculty": "Faculty"}
+    assert config.email is None
+    assert config.reconcile == "report"
+
+
+def test_original_emails_section_and_single_apikey(tmp_path: Path) -> None:
+    """The app's Emails section (SMTP alerts) and its first version's single Alma `apikey` are understood."""
+    path = write_config(tmp_path / "config.yml", **BASES, extra=(
+        "Emails:\n  from_email: lcpp@example.edu\n  from_username: lcpp\n  from_password: mailpw\n"
+        "  smtp_host: smtp.example.edu\n  to_email: desk@example.edu\n"
+    ))
+    path.write_text(path.read_text().replace("  apikeys:\n    - zone-one-key\n    - zone-two-key\n", "  apikey: only-key\n"))
+    config = load_config(path, environ={})
+    assert config.alma.apikeys == ("only-key",)
+    assert config.email is not None
+    assert (config.email.from_email, config.email.to_email, config.email.smtp_host, config.email.smtp_port) == (
+        "lcpp@example.edu", ("desk@example.edu",), "smtp.example.edu", 587)
+    assert (config.email.from_username, config.email.from_password, config.email.starttls) == ("lcpp", "mailpw", True)
+
+
+def test_secrets_from_environment_override_the_file(tmp_path: Path) -> None:
+    """LIBCAL_CLIENT_SECRET, PASSAGEPOINT_PASSWORD, ALMA_API_KEYS (comma-separated), SMTP_PASSWORD."""
+    path = write_config(tmp_path / "config.yml", **BASES, extra=(
+        "Emails:\n  from_email: a@example.edu\n  smtp_host: smtp.example.edu\n  to_email: [b@example.edu]\n"
+    ))
+    environ = {
+        "LIBCAL_CLIENT_SECRET": "env-secret", "PASSAGEPOINT_PASSWORD": "env-pw",
+        "ALMA_API_KEYS": "k1, k2,k3", "SMTP_PASSWORD": "env-mail", "LIBCAL_CLIENT_ID": "",
+    }
+    config = load_config(path, environ=environ)
+    assert config.libcal.client_secret == "env-secret"
+    assert config.libcal.client_id == "1234"  # an empty variable counts as unset
+    assert config.passagepoint.password == "env-pw"
+    assert config.alma.apikeys == ("k1", "k2", "k3")
+    assert config.email is not None and config.email.from_password == "env-mail"
+
+
+def test_secret_only_in_environment(tmp_path: Path) -> None:
+    """A secret may be left out of the file entirely when its variable is set."""
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(path.read_text().replace("  client_secret: 1234567c7be467e51fc47157abcdefg\n", ""))
+    assert load_config(path, environ={"LIBCAL_CLIENT_SECRET": "s"}).libcal.client_secret == "s"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={})
+    assert str(excinfo.value) == (
+        f"{path}: LibCal.client_secret is missing (set it in the file or in the environment variable LIBCAL_CLIENT_SECRET)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lcpp", "message"),
+    [
+        ("  reconcile: sometimes\n", "LCPP.reconcile must be one of report, recreate, not 'sometimes'"),
+        ("  primary_id_pattern: '[a-'\n", "LCPP.primary_id_pattern is not a valid regular expression: unterminated character set at position 0"),
+        ("  interval: 0\n", "LCPP.interval must be at least 1, not 0"),
+        ("  check_destinations: maybe\n", "LCPP.check_destinations must be true or false"),
+    ],
+)
+def test_optional_settings_are_validated(tmp_path: Path, lcpp: str, message: str) -> None:
+    """The tool's own optional LCPP keys are checked like the rest."""
+    path = write_config(tmp_path / "config.yml", **BASES, lcpp=lcpp)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={})
+    assert str(excinfo.value) == f"{path}: {message}"
+
+
+def test_location_mapping_keys_may_be_strings(tmp_path: Path) -> None:
+    """YAML may quote the location ids in location_mapping; they still match the numeric ids."""
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(path.read_text().replace("    8827: LibCal Gelman", "    '8827': LibCal Gelman"))
+    assert load_config(path, environ={}).location(8827).destination == "LibCal Gelman"
+
+
+def test_example_config_in_the_package_is_valid() -> None:
+    """libcal_passagepoint/config.example.yml loads (it is what the README tells people to copy)."""
+    path = Path(__file__).parent.parent / "libcal_passagepoint" / "config.example.yml"
+    config = load_config(path, environ={})
+    assert [location.id for location in config.libcal.locations] == [8827, 9911]
