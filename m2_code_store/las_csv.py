@@ -109,9 +109,10 @@ def _column_indexes(header: list[str], path: Path) -> dict[str, int]:
     missing = [COLUMNS[name] for name in REQUIRED if name not in indexes]
     if missing:
         shown = ", ".join(repr(h.strip()) for h in header) or "nothing"
-        names = " and ".join(repr(m) for m in missing)
+        quoted = [repr(m) for m in missing]
+        names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
         raise ExportError(
-            f"column {names} not found in {path.name} (found: {shown}): is this the LAS "
+            f"column{'s' if len(missing) > 1 else ''} {names} not found in {path.name} (found: {shown}): is this the LAS "
             "'Barcodes by CUS/DATE' export?"
         )
     return indexes
@@ -172,6 +173,8 @@ def read_export(path: str | Path) -> ParsedExport:
             ),
         )
     except pa.ArrowInvalid as exc:
+        if "UTF8" in str(exc):
+            raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from exc
         raise ExportError(f"{path} could not be read as CSV: {exc}") from exc
 
     def column(name: str) -> pa.Array:

@@ -1,0 +1,161 @@
+"""Reading LAS exports: columns by name, trimming, bad rows with line numbers, dates, duplicates."""
+
+from __future__ import annotations
+
+import codecs
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from m2_code_store.bulk import crc32_array
+from m2_code_store.las_csv import ExportError, duplicate_count, read_export
+
+HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
+
+
+def write(tmp_path, text: str, name: str = "items.csv", encoding: str = "utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def rows(parsed) -> list[tuple[str, str, bool]]:
+    return list(zip(parsed.barcodes.to_pylist(), parsed.customer_codes.to_pylist(), parsed.is_delete.tolist(), strict=True))
+
+
+def test_columns_are_found_by_name_in_any_order_case_and_spacing(tmp_path):
+    path = write(tmp_path, "\ufeff  customer CODE ,DELETE_DATE, item  Barcode ,accession date\nNX,,111,2024-01-01\n")
+    assert rows(read_export(path)) == [("111", "NX", False)]
+
+
+def test_values_are_trimmed(tmp_path):
+    path = write(tmp_path, HEADER + "  111 , 2024-01-01 ,  NX  ,   \n")
+    assert rows(read_export(path)) == [("111", "NX", False)]
+
+
+def test_missing_column_is_refused_naming_it(tmp_path):
+    path = write(tmp_path, "Item barcode,Accession date,Delete date\n111,2024-01-01,\n")
+    with pytest.raises(ExportError) as info:
+        read_export(path)
+    assert str(info.value) == (
+        "column 'Customer code' not found in items.csv (found: 'Item barcode', 'Accession date', "
+        "'Delete date'): is this the LAS 'Barcodes by CUS/DATE' export?"
+    )
+
+
+def test_accession_date_column_is_optional(tmp_path):
+    path = write(tmp_path, "Item barcode,Customer code,Delete date\n111,NX,\n")
+    assert rows(read_export(path)) == [("111", "NX", False)]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (",2024-01-01,NX,", "blank barcode"),
+        ("111,2024-01-01,,", "missing customer code"),
+        ("111,2024-01-01,NX", "wrong number of fields (3, expected 4)"),
+        ("111,2024-01-01,NX,,extra", "wrong number of fields (5, expected 4)"),
+        ("111,2024-13-01,NX,", "unparseable Accession date '2024-13-01' (expected YYYY-MM-DD or MM/DD/YYYY)"),
+        ("111,2024-01-01,NX,2024-02-30", "unparseable Delete date '2024-02-30' (expected YYYY-MM-DD or MM/DD/YYYY)"),
+        ("111,2024-01-01,NX,yesterday", "unparseable Delete date 'yesterday' (expected YYYY-MM-DD or MM/DD/YYYY)"),
+        ("11 1,2024-01-01,NX,", "barcode '11 1' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
+        ("1" * 65 + ",2024-01-01,NX,", "barcode '11111111111111111111'… is longer than 64 characters"),
+        ("111,2024-01-01,N X,", "customer code 'N X' is not 1-32 letters, digits, '.', '_' or '-'"),
+    ],
+)
+def test_bad_row_is_skipped_with_line_number_and_reason(tmp_path, line, reason):
+    path = write(tmp_path, HEADER + "100,2024-01-01,NA,\n" + line + "\n200,2024-01-01,NB,\n")
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [f"line 3: {reason}"]
+    assert rows(parsed) == [("100", "NA", False), ("200", "NB", False)]
+    assert parsed.rows_read == 3
+
+
+def test_line_numbers_stay_right_after_short_rows_and_blank_lines(tmp_path):
+    text = HEADER + "1,2024-01-01,NA,\n\n2,2024-01-01\n3,2024-01-01,,\n\n4,2024-01-01,NB,\n5,x,NB,\n"
+    parsed = read_export(write(tmp_path, text))
+    assert [str(b) for b in parsed.bad_rows] == [
+        "line 4: wrong number of fields (2, expected 4)",
+        "line 5: missing customer code",
+        "line 8: unparseable Accession date 'x' (expected YYYY-MM-DD or MM/DD/YYYY)",
+    ]
+    assert parsed.barcodes.to_pylist() == ["1", "4"]
+    assert parsed.blank_lines == 2
+
+
+@pytest.mark.parametrize("date", ["2024-05-01", "05/01/2024", "5/1/2024", "12/31/1999"])
+def test_iso_and_us_dates_are_accepted(tmp_path, date):
+    parsed = read_export(write(tmp_path, HEADER + f"111,{date},,{date}\n"))
+    assert parsed.bad_rows == []
+    assert rows(parsed) == [("111", "", True)]
+
+
+def test_delete_row_needs_no_customer_code(tmp_path):
+    parsed = read_export(write(tmp_path, HEADER + "111,2024-01-01,,2025-01-01\n222,2024-01-01,NX,2025-01-01\n"))
+    assert rows(parsed) == [("111", "", True), ("222", "", True)]
+    assert (parsed.upserts, parsed.deletes) == (0, 2)
+
+
+def test_duplicates_are_counted_and_kept_in_file_order(tmp_path):
+    parsed = read_export(write(tmp_path, HEADER + "1,,NA,\n1,,NB,\n2,,NA,\n1,,,2024-01-01\n"))
+    assert rows(parsed) == [("1", "NA", False), ("1", "NB", False), ("2", "NA", False), ("1", "", True)]
+    assert duplicate_count(parsed) == 2
+
+
+def test_utf16_tab_separated_export_is_read(tmp_path):
+    text = "Item barcode\tAccession date\tCustomer code\tDelete date\r\n111\t2024-01-01\tNX\t\r\n"
+    path = tmp_path / "items.csv"
+    path.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    assert rows(read_export(path)) == [("111", "NX", False)]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty or has no header line"),
+        (b"\xfa\xfb garbage\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
+        (HEADER.encode() + b"1,2024-01-01,N\xe9,\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
+    ],
+)
+def test_unusable_file_is_refused(tmp_path, content, message):
+    path = tmp_path / "items.csv"
+    path.write_bytes(content)
+    with pytest.raises(ExportError, match=message):
+        read_export(path)
+
+
+def test_several_missing_columns_are_all_named(tmp_path):
+    with pytest.raises(ExportError, match=r"^columns 'Item barcode', 'Customer code' and 'Delete date' not found in items.csv"):
+        read_export(write(tmp_path, "a,b\n1,2\n"))
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(ExportError, match=r"items.csv not found"):
+        read_export(tmp_path / "items.csv")
+
+
+barcode_text = st.text(alphabet="ABCXYZabcxyz0123456789._-", min_size=1, max_size=64)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(barcode_text, st.sampled_from(["NA", "NX", "QQ1"]), st.booleans()), min_size=1, max_size=40))
+def test_any_valid_export_round_trips(tmp_path_factory, records):
+    """Property: every valid row comes back, in order, with its code and kind."""
+    path = tmp_path_factory.mktemp("prop") / "items.csv"
+    lines = [f"{b},2024-01-01,{'' if d else c},{'2025-01-01' if d else ''}" for b, c, d in records]
+    path.write_text(HEADER + "\n".join(lines) + "\n")
+    parsed = read_export(path)
+    assert parsed.bad_rows == []
+    assert rows(parsed) == [(b, "" if d else c, d) for b, c, d in records]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=80), max_size=30))
+def test_vectorised_crc32_equals_zlib(values):
+    """The loader's bucket function is the reader's (zlib.crc32) for any UTF-8 string."""
+    expected = np.array([zlib.crc32(v.encode()) for v in values], dtype=np.uint32)
+    assert crc32_array(pa.array(values, type=pa.string())).tolist() == expected.tolist()

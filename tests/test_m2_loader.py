@@ -1,0 +1,162 @@
+"""Loading into a real Redis: upserts, deletes, last row wins, --replace, the lock."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from bench.gen_las_export import write_export
+from m2_code_store.bulk import BulkWriteError
+from m2_code_store.las_csv import read_export
+from m2_code_store.loader import ReplaceRefused, StoreBusy, clean_retired, load
+from m2_code_store.store import CodeStore, Layout, read_generation
+
+HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
+
+
+def export(tmp_path, body: str, name: str = "items.csv"):
+    path = tmp_path / name
+    path.write_text(HEADER + body)
+    return read_export(path)
+
+
+def store_of(client) -> CodeStore:
+    return CodeStore(client, meta_ttl=0)
+
+
+def test_incremental_load_upserts_and_deletes(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n2,,NB,\n3,,NC,\n"))
+    result = load(redis_client, export(tmp_path, "2,,NX,\n3,,,2024-05-01\n4,,ND,\n", "next.csv"))
+    assert store_of(redis_client).lookup(["1", "2", "3", "4"]) == ["NA", "NX", None, "ND"]
+    assert (result.added, result.removed, result.records, result.previous_records) == (1, 1, 3, 3)
+
+
+def test_last_row_for_a_barcode_wins(tmp_path, redis_client):
+    body = "1,,NA,\n1,,NB,\n2,,NA,\n2,,,2024-01-01\n3,,,2024-01-01\n3,,NC,\n"
+    result = load(redis_client, export(tmp_path, body))
+    assert store_of(redis_client).lookup(["1", "2", "3"]) == ["NB", None, "NC"]
+    assert result.records == 2
+
+
+def test_deleting_an_unknown_barcode_changes_nothing(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n"))
+    result = load(redis_client, export(tmp_path, "9,,,2024-01-01\n", "d.csv"))
+    assert (result.removed, result.records) == (0, 1)
+
+
+def test_200000_row_load_is_complete_and_compact(tmp_path, redis_client):
+    path = write_export(tmp_path / "big.csv", 200_000, delete_share=0.02)
+    parsed = read_export(path)
+    result = load(redis_client, parsed)
+    assert result.records == parsed.upserts
+    barcodes = parsed.barcodes.to_pylist()
+    codes = parsed.customer_codes.to_pylist()
+    sample = list(range(0, 200_000, 997))
+    looked_up = store_of(redis_client).lookup([barcodes[i] for i in sample])
+    assert looked_up == [codes[i] or None for i in sample]
+    generation = read_generation(redis_client)
+    assert generation.count == parsed.upserts
+    # every bucket key stays in Redis' compact encoding
+    key = Layout().bucket_key(generation.gen, 0)
+    assert redis_client.object("encoding", key) in ("ziplist", "listpack")
+
+
+def test_replace_makes_the_file_the_whole_data_set(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(100))))
+    before = read_generation(redis_client)
+    result = load(redis_client, export(tmp_path, "".join(f"{i},,NB,\n" for i in range(5, 100)), "r.csv"),
+                  replace=True, grace=0)
+    assert store_of(redis_client).lookup(["1", "5", "99"]) == [None, "NB", "NB"]
+    assert (result.records, result.previous_records) == (95, 100)
+    assert result.generation != before.gen
+    assert redis_client.keys(f"m2:{before.gen}:*") == []  # the old generation is gone
+
+
+def test_replace_that_shrinks_too_much_is_refused_and_changes_nothing(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(100))))
+    keys_before = sorted(redis_client.keys("m2:*"))
+    with pytest.raises(ReplaceRefused) as info:
+        load(redis_client, export(tmp_path, "1,,NB,\n", "short.csv"), replace=True, grace=0)
+    assert str(info.value) == (
+        "refusing to replace: the file holds 1 records but the store holds 100 (99% fewer, more than the "
+        "10% allowed). Is the export truncated? Nothing was changed. Re-run with --force to replace anyway."
+    )
+    assert sorted(redis_client.keys("m2:*")) == keys_before
+    assert store_of(redis_client).lookup(["1", "50"]) == ["NA", "NA"]
+
+
+def test_replace_with_force_goes_through(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(100))))
+    load(redis_client, export(tmp_path, "1,,NB,\n", "short.csv"), replace=True, force=True, grace=0)
+    assert store_of(redis_client).lookup(["1", "50"]) == ["NB", None]
+
+
+def test_readers_see_old_or_new_data_set_never_a_mix_during_replace(tmp_path, redis_url):
+    """Concurrent lookups during --replace: each answer is wholly the old or wholly the new data."""
+    loader_client = redis.Redis.from_url(redis_url)
+    old = export(tmp_path, "".join(f"{i},,OLD,\n" for i in range(30_000)), "old.csv")
+    new = export(tmp_path, "".join(f"{i},,NEW,\n" for i in range(30_000)), "new.csv")
+    load(loader_client, old)
+    probe = [str(i) for i in range(0, 30_000, 150)]
+    seen: list[set] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        client = redis.Redis.from_url(redis_url)
+        store = CodeStore(client)  # the API's own cache of m2:meta (1 s)
+        try:
+            while not stop.is_set():
+                seen.append(set(store.lookup(probe)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(2):
+            load(loader_client, new, replace=True)
+            load(loader_client, old, replace=True)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    assert seen and all(answer in ({"OLD"}, {"NEW"}) for answer in seen), {frozenset(a) for a in seen}
+    assert {"NEW"} in seen and {"OLD"} in seen
+
+
+def test_second_loader_is_refused_while_one_holds_the_lock(tmp_path, redis_client):
+    redis_client.set(Layout().lock, "otherhost:123:abcd", px=60_000)
+    with pytest.raises(StoreBusy, match=r"another load is running \(lock held by otherhost:123:abcd\)"):
+        load(redis_client, export(tmp_path, "1,,NA,\n"))
+    assert redis_client.exists("m2:meta") == 0
+
+
+def test_generation_left_by_a_crashed_replace_is_cleaned_but_never_the_live_one(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n"))
+    live = read_generation(redis_client)
+    redis_client.hset(Layout().bucket_key(99, 3), "x", "NX")
+    redis_client.sadd(Layout().retired, "99:1024", f"{live.gen}:{live.buckets}")
+    assert clean_retired(redis_client, Layout(), live) == 1
+    assert redis_client.keys("m2:99:*") == []
+    assert store_of(redis_client).lookup(["1"]) == ["NA"]
+    assert redis_client.smembers(Layout().retired) == set()
+
+
+def test_redis_refusing_a_command_is_reported(tmp_path, redis_client):
+    parsed = export(tmp_path, "1,,NA,\n")
+    load(redis_client, parsed)
+    live = read_generation(redis_client)
+    # make the barcode's bucket key the wrong type
+    for bucket in range(live.buckets):
+        redis_client.delete(Layout().bucket_key(live.gen, bucket))
+    from m2_code_store.store import bucket_of
+
+    redis_client.set(Layout().bucket_key(live.gen, bucket_of("1", live.buckets)), "oops")
+    with pytest.raises(BulkWriteError, match="Redis refused 1 command\\(s\\): WRONGTYPE"):
+        load(redis_client, parsed)
+    assert not redis_client.exists(Layout().lock)  # the lock is released even so
