@@ -22,7 +22,7 @@ from .libcal import LibCalClient
 from .passagepoint import PassagePointClient
 from .sync import PassResult, run_pass
 
-__all__ = ["CacheBusy", "Clients", "cache_lock", "default_cache_path", "open_clients", "run_passes"]
+__all__ = ["alma_limiter", "CacheBusy", "Clients", "cache_lock", "default_cache_path", "open_clients", "run_passes"]
 
 log = logging.getLogger("libcal_passagepoint")
 
@@ -40,10 +40,20 @@ class Clients:
     passagepoint: PassagePointClient
 
 
+def alma_limiter(rate_per_second: float) -> AsyncLimiter:
+    """A limiter keeping Alma calls under *rate_per_second* in ANY one-second window.
+
+    A bucket of capacity 1 admits at most 1 + drain-rate calls per sliding second, so it drains
+    at rate - 2 (one call of slack for arrival jitter) rather than letting a full burst through.
+    """
+    drain = rate_per_second - 2 if rate_per_second > 4 else rate_per_second / 2
+    return AsyncLimiter(1, 1.0 / drain)
+
+
 @contextlib.asynccontextmanager
 async def open_clients(config: Config, *, limiter: AsyncLimiter | None = None) -> AsyncIterator[Clients]:
     """Clients for the configured services; the session is closed on exit."""
-    limiter = limiter or AsyncLimiter(config.alma.rate_per_second, 1)
+    limiter = limiter or alma_limiter(config.alma.rate_per_second)
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
         pp = config.passagepoint
