@@ -51,13 +51,15 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class SlidingWindowLimiter:
-    """At most ``rate`` acquisitions in any window of ``period + margin`` seconds.
+    """At most ``rate`` acquisitions in any window of ``period + margin`` s, and none closer than period/rate.
 
     aiolimiter's AsyncLimiter(rate, 1) is a leaky bucket: from empty it lets ``rate`` through at
     once and then one every 1/rate s, so the first second can see almost 2 x rate starts, and so can
     any second after a pause (a 429 backoff empties the bucket). Alma counts a sliding second, so
-    this limiter remembers the last ``rate`` start times instead. ``margin`` absorbs the jitter
-    between our start time and Alma's arrival time (a request that leaves late arrives late).
+    this limiter remembers the last ``rate`` start times instead. Starts are also spaced evenly
+    (``smooth``): a burst of ``rate`` requests leaves together but reaches Alma spread out, and the
+    next second's requests could then land in the same window. ``margin`` absorbs the remaining
+    jitter between our start time and Alma's arrival time.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SlidingWindowLimiter:
         period: float = 1.0,
         *,
         margin: float = 0.01,
+        smooth: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -73,9 +76,11 @@ class SlidingWindowLimiter:
             raise ValueError("rate must be at least 1")
         self.rate = rate
         self.window = period + margin
+        self.interval = period / rate if smooth else 0.0
         self._clock = clock
         self._sleep = sleep
         self._starts: deque[float] = deque()
+        self._next_start = 0.0
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
@@ -85,10 +90,17 @@ class SlidingWindowLimiter:
                 now = self._clock()
                 while self._starts and self._starts[0] <= now - self.window:
                     self._starts.popleft()
-                if len(self._starts) < self.rate:
+                wait = self._next_start - now if self._starts else 0.0
+                if len(self._starts) >= self.rate:
+                    wait = max(wait, self._starts[0] + self.window - now)
+                if wait <= 0:
+                    # Pace from the schedule, not from the last actual start: a sleep that
+                    # overshoots by a millisecond must not slow every later start down.
+                    base = max(self._next_start, now - self.interval / 2) if self._starts else now
+                    self._next_start = base + self.interval
                     self._starts.append(now)
                     return
-                await self._sleep(self._starts[0] + self.window - now)
+                await self._sleep(wait)
 
     async def __aenter__(self) -> None:
         await self.acquire()

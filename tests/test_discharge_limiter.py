@@ -53,24 +53,55 @@ async def test_never_more_than_rate_in_any_second(rate: int, tasks: int) -> None
     assert max_in_any_second(starts) == rate
 
 
+@pytest.mark.parametrize(("rate", "tasks"), [(25, 30), (200, 240)])
+async def test_starts_are_evenly_spaced(rate: int, tasks: int) -> None:
+    """No burst: consecutive starts are at least 1/rate apart, so arrival jitter cannot bunch them."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(rate, clock=clock, sleep=clock.sleep)
+    starts = sorted(await starts_of(limiter, clock, tasks, each=2))
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 1 / rate - 1e-9
+
+
 async def test_sustains_the_rate() -> None:
-    """120 starts at 25/s span 4 windows of 1.01 s of fake time: the limiter is no slower than it must be."""
+    """120 starts at 25/s: 25 every 1.01 s of fake time, i.e. 99% of the limit, never less."""
     clock = FakeClock()
     limiter = SlidingWindowLimiter(25, clock=clock, sleep=clock.sleep)
     starts = await starts_of(limiter, clock, tasks=30, each=4)
     assert len(starts) == 120
-    assert max(starts) - min(starts) == pytest.approx(4 * 1.01)
+    assert max(starts) - min(starts) == pytest.approx(4 * 1.01 + 19 * 0.04)
+
+
+async def test_sleep_overshoot_does_not_accumulate() -> None:
+    """Real sleeps wake a little late; pacing follows the schedule, so 1 ms late per sleep costs ~1 ms in all."""
+    clock = FakeClock()
+
+    async def late_sleep(seconds: float) -> None:
+        await clock.sleep(seconds + 0.001)
+
+    limiter = SlidingWindowLimiter(25, margin=0.0, clock=clock, sleep=late_sleep)
+    starts = sorted(await starts_of(limiter, clock, tasks=30, each=1))[:25]
+    assert max_in_any_second(starts) <= 25
+    assert starts[-1] - starts[0] == pytest.approx(24 * 0.04, abs=0.002)
 
 
 async def test_a_pause_does_not_allow_a_double_burst() -> None:
-    """After an idle stretch only `rate` may start at once, and the next ones wait for the window."""
+    """After an idle stretch the window still holds: never more than `rate` in any second."""
     clock = FakeClock()
     limiter = SlidingWindowLimiter(10, clock=clock, sleep=clock.sleep)
     first = await starts_of(limiter, clock, tasks=10, each=1)
     clock.now += 0.5
-    second = await starts_of(limiter, clock, tasks=10, each=1)
+    second = await starts_of(limiter, clock, tasks=10, each=2)
     assert max_in_any_second(first + second) == 10
-    assert min(second) == pytest.approx(min(first) + 1.01)
+
+
+async def test_unsmoothed_allows_a_burst_of_rate_but_no_more() -> None:
+    """smooth=False: `rate` start at once, the next waits for the window (period + margin)."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(10, smooth=False, clock=clock, sleep=clock.sleep)
+    starts = sorted(await starts_of(limiter, clock, tasks=11, each=1))
+    assert starts[:10] == [1000.0] * 10
+    assert starts[10] == pytest.approx(1001.01)
 
 
 def test_rate_must_be_positive() -> None:
