@@ -1,0 +1,193 @@
+"""The lookup API: barcodes parsing, the envelope, 400s, 503 against a dead store, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from m2_code_store.api import create_app
+from m2_code_store.config import StoreTarget
+from m2_code_store.embedded import RedisServer, free_port
+from m2_code_store.las_csv import read_export
+from m2_code_store.loader import load
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
+PATHS = ["/api/v0.1/m2-customer-code", "/api/v0.1/m2-customer-codes"]
+
+
+def fill(client: redis.Redis, tmp_path: Path, body: str) -> None:
+    path = tmp_path / "items.csv"
+    path.write_text(HEADER + body)
+    load(client, read_export(path))
+
+
+@pytest.fixture
+def app(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    fill(client, tmp_path, "1234,,NX,\n5678,,NA,\n33433077906331,,QQ,\n")
+    return create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})
+
+
+@pytest.fixture
+def http(app):
+    return app.test_client()
+
+
+def data_of(response) -> list[dict]:
+    body = response.get_json()
+    assert body["statusCode"] == response.status_code == body["body"]["status"]
+    return body["body"]["data"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "query",
+    [
+        "barcodes=1234,5678,999",
+        "barcodes=[1234,5678,999]",
+        "barcodes=[1234, \"5678\", \"999\"]",
+        "barcodes=[\"1234\",\"5678\",\"999\"]",
+        "barcodes=1234&barcodes=5678&barcodes=999",
+        "barcodes=1234,5678&barcodes=999",
+        "barcodes=%201234%20,5678,999",
+        "barcodes=1234,5678,1234,999",
+    ],
+)
+def test_every_barcodes_form_answers_in_request_order(http, path, query):
+    response = http.get(f"{path}?{query}")
+    assert response.status_code == 200
+    assert response.json == {"statusCode": 200, "body": {"status": 200, "data": [
+        {"barcode": "1234", "m2CustomerCode": "NX"},
+        {"barcode": "5678", "m2CustomerCode": "NA"},
+        {"barcode": "999", "m2CustomerCode": None},
+    ]}}
+
+
+def test_unknown_barcodes_only_still_200(http):
+    response = http.get("/api/v0.1/m2-customer-codes?barcodes=1,2")
+    assert data_of(response) == [{"barcode": "1", "m2CustomerCode": None}, {"barcode": "2", "m2CustomerCode": None}]
+
+
+def test_fourteen_digit_barcode_as_json_number_keeps_every_digit(http):
+    response = http.get("/api/v0.1/m2-customer-code?barcodes=[33433077906331]")
+    assert data_of(response) == [{"barcode": "33433077906331", "m2CustomerCode": "QQ"}]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("", "query parameter 'barcodes' is missing: add ?barcodes=1234,5678"),
+        ("barcodes=", "query parameter 'barcodes' is empty: give one or more barcodes, e.g. ?barcodes=1234,5678"),
+        ("barcodes=[]", "query parameter 'barcodes' is empty: give one or more barcodes, e.g. ?barcodes=1234,5678"),
+        ("barcodes=1,,2", "barcode 2 of 3 is empty (two commas in a row, or a trailing comma?)"),
+        ("barcodes=[1,2", "barcodes value '[1,2' has an unbalanced bracket"),
+        ("barcodes=[1.5]", "barcodes list holds 1.5: each barcode must be a string or a whole number"),
+        ("barcodes=[null]", "barcodes list holds null: each barcode must be a string or a whole number"),
+        ("barcodes=12%2034", "barcode '12 34' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
+        ("barcodes=12%3Cscript%3E", "barcode '12<script>' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
+        ("barcodes=" + "9" * 65, "barcode '" + "9" * 40 + "…' is longer than 64 characters"),
+        ("barcodes=" + ",".join(str(i) for i in range(1001)), "too many barcodes: 1001 given, at most 1000 per request; split the request"),
+    ],
+)
+def test_bad_requests_get_400_with_a_message_that_names_the_problem(http, query, message):
+    response = http.get(f"/api/v0.1/m2-customer-codes?{query}")
+    assert response.status_code == 400
+    assert response.json == {"statusCode": 400, "body": {"status": 400, "message": message, "error": message}}
+
+
+def test_a_thousand_barcodes_are_answered(http):
+    barcodes = [str(100000 + i) for i in range(1000)]
+    response = http.get("/api/v0.1/m2-customer-codes?barcodes=" + ",".join(barcodes))
+    assert [row["barcode"] for row in data_of(response)] == barcodes
+
+
+def test_unknown_path_and_method_answer_json(http):
+    assert http.get("/nope").json["statusCode"] == 404
+    response = http.post("/api/v0.1/m2-customer-codes?barcodes=1")
+    assert response.status_code == 405 and response.json["body"]["status"] == 405
+
+
+def test_health_reports_store_and_record_count(http):
+    response = http.get("/health")
+    assert response.status_code == 200
+    assert response.json["store"] == "up" and response.json["records"] == 3
+
+
+def test_openapi_describes_both_paths(http):
+    spec = http.get("/api/v0.1/openapi.json").json
+    assert spec["openapi"].startswith("3.")
+    assert set(PATHS) <= set(spec["paths"])
+
+
+def test_store_down_gives_503_within_a_second_and_recovers_without_restart(tmp_path):
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis").start(persist=True)
+    try:
+        fill(redis.Redis(port=server.port), tmp_path, "1234,,NX,\n")
+        app = create_app({"STORE_TARGET": StoreTarget(server.url, "REDIS_URL")})
+        http = app.test_client()
+        assert data_of(http.get("/api/v0.1/m2-customer-codes?barcodes=1234")) == [{"barcode": "1234", "m2CustomerCode": "NX"}]
+        server.stop()
+        for path in ("/api/v0.1/m2-customer-codes?barcodes=1234", "/health"):
+            started = time.monotonic()
+            response = http.get(path)
+            assert time.monotonic() - started < 1.0
+            assert response.status_code == 503
+        assert http.get("/api/v0.1/m2-customer-codes?barcodes=1234").json == {"statusCode": 503, "body": {
+            "status": 503,
+            "message": "the customer code store is not answering; try again shortly",
+            "error": "the customer code store is not answering; try again shortly"}}
+        server.start(persist=True)
+        assert data_of(http.get("/api/v0.1/m2-customer-codes?barcodes=1234")) == [{"barcode": "1234", "m2CustomerCode": "NX"}]
+        assert http.get("/health").json["store"] == "up"
+    finally:
+        server.stop()
+
+
+def test_store_that_accepts_but_never_answers_gives_503_within_a_second():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        http = create_app({"STORE_TARGET": StoreTarget(f"redis://127.0.0.1:{port}/0", "REDIS_URL")}).test_client()
+        started = time.monotonic()
+        response = http.get("/api/v0.1/m2-customer-codes?barcodes=1234")
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503
+
+
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_serve_runs_the_app_under_a_production_server(server, redis_url, tmp_path):
+    fill(redis.Redis.from_url(redis_url), tmp_path, "1234,,NX,\n")
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "m2_code_store", "serve", "--port", str(port), "--workers", "1", "--server", server],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v0.1/m2-customer-codes?barcodes=" + ",".join(["1234"] + [str(i) for i in range(999)])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    body = json.load(response)
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise AssertionError(process.stderr.read().decode() if process.poll() is not None else "server did not start") from None
+                time.sleep(0.2)
+        assert body["body"]["data"][0] == {"barcode": "1234", "m2CustomerCode": "NX"}
+        assert len(body["body"]["data"]) == 1000
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -1,0 +1,138 @@
+"""write_csv_to_redis as users run it: exit statuses, messages, summary, dry run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from m2_code_store.store import CodeStore
+from m2_code_store.write_csv_to_redis import main
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
+SUMMARY = re.compile(
+    r"^read (?P<read>[\d,]+) rows: (?P<written>[\d,]+) written, (?P<deleted>[\d,]+) deleted \((?P<removed>[\d,]+) removed "
+    r"from the store\), (?P<skipped>[\d,]+) skipped; (?P<records>[\d,]+) records in the store; [\d.]+ s, [\d,]+ rows/s$"
+)
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text(HEADER + "1,2024-01-01,NA,\n2,2024-01-01,NB,\n3,2024-01-01,,2024-03-01\n")
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch, redis_url):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("REDIS_ENDPOINT_ENCRYPTED", raising=False)
+
+
+def test_load_prints_summary_and_exits_0(csv_file, env, redis_client, capsys):
+    assert main([str(csv_file), "10000", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip()
+    match = SUMMARY.match(out)
+    assert match, out
+    assert match.group("read", "written", "deleted", "removed", "skipped", "records") == ("3", "2", "1", "0", "0", "2")
+    assert CodeStore(redis_client).lookup(["1", "2", "3"]) == ["NA", "NB", None]
+
+
+def test_skipped_rows_are_listed_and_exit_status_is_1(tmp_path, env, redis_client, capsys):
+    path = tmp_path / "items.csv"
+    path.write_text(HEADER + "1,2024-01-01,NA,\n,2024-01-01,NB,\n4,2024-01-01\n5,2024-01-01,NC,\n")
+    assert main([str(path), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "skipped items.csv line 3: blank barcode",
+        "skipped items.csv line 4: wrong number of fields (2, expected 4)",
+    ]
+    assert SUMMARY.match(captured.out.strip()).group("written", "skipped") == ("2", "2")
+    assert CodeStore(redis_client).lookup(["1", "5"]) == ["NA", "NC"]
+
+
+def test_many_skipped_rows_are_written_to_a_listing(tmp_path, env, capsys):
+    path = tmp_path / "items.csv"
+    path.write_text(HEADER + "".join(",2024-01-01,NB,\n" for _ in range(25)))
+    assert main([str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"… and 5 more skipped rows: all 25 are listed in {path}.skipped.txt" in err
+    assert (tmp_path / "items.csv.skipped.txt").read_text().splitlines()[-1] == "line 26: blank barcode"
+
+
+def test_missing_column_is_refused_before_anything_is_written(tmp_path, env, redis_client, capsys):
+    path = tmp_path / "items.csv"
+    path.write_text("Item barcode,Customer code\n1,NA\n")
+    assert main([str(path)]) == 2
+    assert capsys.readouterr().err == (
+        "error: column 'Delete date' not found in items.csv (found: 'Item barcode', 'Customer code'): "
+        "is this the LAS 'Barcodes by CUS/DATE' export?\n"
+    )
+    assert redis_client.keys("*") == []
+
+
+def test_dry_run_never_connects(csv_file, monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there: a connect would fail
+    assert main([str(csv_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "dry run, nothing written: 2 rows would be written and 1 deleted; 0 rows repeat a barcode (the last row wins)"
+    assert out[1].startswith("read 3 rows: 0 written, 1 deleted, 0 skipped; ")
+
+
+def test_unreachable_store_is_reported_without_the_password(csv_file, monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    assert main([str(csv_file), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach redis://:***@127.0.0.1:1/0: ")
+    assert err.rstrip().endswith("Nothing was written.")
+    assert "hunter2" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["x.csv", "0"], "BATCHSIZE must be a positive whole number (got 0)"),
+        (["x.csv", "ten"], "argument batch_size: invalid int value: 'ten'"),
+        (["x.csv", "--force"], "--force only makes sense with --replace"),
+        (["x.csv", "--replace", "--max-shrink", "2"], "--max-shrink must be between 0 and 1 (got 2.0)"),
+    ],
+)
+def test_bad_usage_exits_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_refused_replace_exits_2_and_keeps_the_data(tmp_path, env, redis_client, capsys):
+    big = tmp_path / "big.csv"
+    big.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(50)))
+    assert main([str(big), "--quiet"]) == 0
+    small = tmp_path / "small.csv"
+    small.write_text(HEADER + "1,2024-01-01,NB,\n")
+    assert main([str(small), "--replace", "--quiet"]) == 2
+    assert "Re-run with --force to replace anyway." in capsys.readouterr().err
+    assert CodeStore(redis_client).lookup(["1", "49"]) == ["NA", "NA"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "m2_code_store/write_csv_to_redis.py"],
+        [sys.executable, "-m", "m2_code_store.write_csv_to_redis"],
+        [str(Path(sys.executable).parent / "write_csv_to_redis")],
+        [sys.executable, "-m", "m2_code_store", "load"],
+    ],
+    ids=["file", "module", "console-script", "m2-code-store-load"],
+)
+def test_every_documented_way_to_run_the_loader_works(command, csv_file, redis_url):
+    env = {**os.environ, "REDIS_URL": redis_url}
+    done = subprocess.run([*command, str(csv_file), "10000"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert SUMMARY.match(done.stdout.strip())
+    assert "loading: 3 of 3 rows sent (100%)" in done.stderr  # plain progress lines when not on a terminal
