@@ -120,6 +120,7 @@ class Config:
     retry_base: int = 300
     retry_max: int = 6 * 3600
     check_destinations: bool = True
+    concurrency: int = 8
 
     def location(self, lid: int) -> Location | None:
         """The configured location with LibCal id *lid*, if any."""
@@ -245,6 +246,7 @@ def parse_config(
         retry_base=reader.integer(lcpp, "LCPP", "retry_base", default=300, minimum=1),
         retry_max=reader.integer(lcpp, "LCPP", "retry_max", default=6 * 3600, minimum=1),
         check_destinations=check,
+        concurrency=reader.integer(lcpp, "LCPP", "concurrency", default=8, minimum=1),
     )
 
 

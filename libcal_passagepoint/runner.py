@@ -122,6 +122,7 @@ async def run_passes(
                 result = await run_pass(
                     config, libcal=clients.libcal, alma=clients.alma, passagepoint=clients.passagepoint,
                     cache=cache, date=date, days=days, dry_run=dry_run, stop=stop, alerts=alerts,
+                    concurrency=config.concurrency,
                 )
                 if on_result is not None:
                     on_result(result)
