@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo demo-m2 bench bench-m2 clean
+.PHONY: install lint test demo demo-m2 demo-discharge bench bench-m2 bench-discharge clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +23,22 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-demo: demo-m2
+demo: demo-m2 demo-discharge
 
 demo-m2: $(STAMP)
 	$(PY) demo/m2_demo.py
 
-bench: bench-m2
+bench: bench-m2 bench-discharge
 
 bench-m2: $(STAMP)
 	$(PY) bench/bench_m2_loader.py
 	$(PY) bench/bench_m2_api.py
+
+demo-discharge: $(STAMP)
+	$(PY) demo/discharge_demo.py
+
+bench-discharge: $(STAMP)
+	$(PY) bench/bench_discharge.py
 
 clean:
 	rm -rf $(VENV) .m2-data .pytest_cache
