@@ -90,11 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"cannot create data_dir {config.data_dir}: {exc.strerror}")
     mark_problems(table, plan)
     write_items_atomic(table)
-    if journal_entries:
-        # Merged and saved: set the journal aside so a later export with the same items starts clean.
+    # Merged and saved: the journal's content is in the items file now. Set it aside, so that a
+    # later export listing the same items (next semester) is not taken as already done.
+    if merged:
         kept = config.data_dir / f"journal-merged-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
         os.replace(journal_path, kept)
-        print(f"merged {merged} journalled results into {config.loans_data_file} (journal kept as {kept.name})")
+        print(f"recovered {merged} results from the journal of an interrupted run (journal kept as {kept.name})")
+    elif journal_entries:
+        journal_path.unlink()
     if not plan.requests:
         print("nothing to send")
         return 1 if plan.problems else 0

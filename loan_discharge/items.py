@@ -379,7 +379,7 @@ def mark_problems(table: ItemsTable, plan: Plan) -> None:
 
 
 def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) -> int:
-    """Write journal/result entries (item_pid, done, outcome, error, attempts) into the table; return rows changed."""
+    """Write journal/result entries (item_pid, done, outcome, error, attempts) into the table; return rows that changed."""
     rows_of_item: dict[str, list[int]] = {}
     for row in range(len(table.rows)):
         rows_of_item.setdefault(table.get(row, "item_pid"), []).append(row)
@@ -388,11 +388,16 @@ def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) ->
         for row in rows_of_item.get(str(entry.get("item_pid", "")), []):
             if table.is_done(row) and not entry.get("done"):
                 continue  # a later failure never undoes a recorded return
-            table.set(row, "done", "True" if entry.get("done") else "False")
-            table.set(row, "outcome", str(entry.get("outcome") or ""))
-            table.set(row, "error", str(entry.get("error") or ""))
-            table.set(row, "attempts", str(entry.get("attempts") or ""))
-            changed += 1
+            values = {
+                "done": "True" if entry.get("done") else "False",
+                "outcome": str(entry.get("outcome") or ""),
+                "error": str(entry.get("error") or ""),
+                "attempts": str(entry.get("attempts") or ""),
+            }
+            if any(table.get(row, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    table.set(row, name, value)
+                changed += 1
             break  # duplicates of an item stay as they are: only the first row was sent
     return changed
 

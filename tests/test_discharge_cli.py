@@ -243,6 +243,7 @@ def test_kill_9_mid_run_loses_nothing_and_resends_only_what_was_in_flight(tmp_pa
         second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         assert second.returncode == 0, second.stdout + second.stderr
         assert f"{len(journalled)} already done" in second.stdout.splitlines()[0]
+        assert f"recovered {len(journalled)} results from the journal of an interrupted run" in second.stdout
         scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
 
     assert set(scans) == {pid("23", n) for n in range(80)}
