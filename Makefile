@@ -23,12 +23,12 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-demo: demo-m2 demo-discharge
+demo: demo-m2 demo-discharge demo-passagepoint
 
 demo-m2: $(STAMP)
 	$(PY) demo/m2_demo.py
 
-bench: bench-m2 bench-discharge
+bench: bench-m2 bench-discharge bench-lcpp
 
 bench-m2: $(STAMP)
 	$(PY) bench/bench_m2_loader.py
@@ -39,6 +39,12 @@ demo-discharge: $(STAMP)
 
 bench-discharge: $(STAMP)
 	$(PY) bench/bench_discharge.py
+
+demo-passagepoint: $(STAMP)
+	$(PY) demo/passagepoint_demo.py
+
+bench-lcpp: $(STAMP)
+	$(PY) bench/bench_lcpp.py
 
 clean:
 	rm -rf $(VENV) .m2-data .pytest_cache

@@ -231,12 +231,16 @@ async def run_pass(
         todo.append(_Work(booking, location, _book_row(booking, location)))
 
     if dry_run:
+        pattern = re.compile(config.primary_id_pattern)
         for work in todo:
-            row = cached.get(work.booking.book_id)
+            action = "retry" if work.booking.book_id in cached else "register"
+            if work.booking.primary_id is None:
+                action = "fail (no primary id)"
+            elif not pattern.fullmatch(work.booking.primary_id):
+                action = "fail (malformed primary id)"
             result.planned.append(PlannedBooking(
                 work.booking.book_id, work.booking.patron, work.booking.primary_id,
-                work.booking.start.isoformat(), work.location.destination,
-                "retry" if row else "register",
+                work.booking.start.isoformat(), work.location.destination, action,
             ))
         return result
 
