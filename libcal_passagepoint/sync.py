@@ -376,11 +376,15 @@ async def _register(
             result.registered.append(booking.book_id)
             log.info("registered booking %s (%s) as pre-registration %s", booking.book_id, booking.patron, prereg_id)
 
+    fatal: list[Exception] = []
+
     async def guarded(work: _Work) -> None:
         try:
             await process(work)
-        except (PassagePointAuthError, LibCalAuthError):
-            raise
+        except (PassagePointAuthError, LibCalAuthError) as exc:
+            # Credentials refused: no booking can succeed. Let the ones in flight finish, start no more.
+            fatal.append(exc)
+            stop.set()
         except Exception as exc:  # bad data must never stop the pass
             log.exception("unexpected error on booking %s", work.booking.book_id)
             fail(work, f"unexpected error: {exc!r}", "unexpected")
@@ -390,6 +394,8 @@ async def _register(
     finally:
         for task in [*users.values(), *visitors.values()]:
             task.cancel()
+    if fatal:
+        raise fatal[0]
 
 
 async def _report(config: Config, cache: Cache, result: PassResult, alerts: Alerts | None) -> None:

@@ -9,6 +9,7 @@ import pytest
 import test_lcpp_fixtures
 from test_lcpp_fixtures import DAY, ECKLES, GELMAN, Sims
 
+from libcal_passagepoint.passagepoint import PassagePointAuthError
 from libcal_passagepoint.sync import Failure
 
 sims = test_lcpp_fixtures.sims  # the shared fixture
@@ -256,3 +257,15 @@ async def test_libcal_location_failure_does_not_stop_the_other_location(sims: Si
     assert result.registered == ["cs_e"]
     assert len(result.location_errors) == 1 and result.exit_status == 1
     assert "LibCal answered HTTP 500" in result.location_errors[0]
+
+
+async def test_refused_passagepoint_login_stops_the_pass_with_the_keys_to_check(sims: Sims) -> None:
+    """Wrong PassagePoint credentials: no booking can succeed, so the pass raises (the CLI exits 2)."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.pp.password = "rotated"
+    with pytest.raises(PassagePointAuthError) as excinfo:
+        await sims.run()
+    assert str(excinfo.value).endswith("check PassagePoint.username and PassagePoint.password")
+    with sims.cache() as cache:
+        assert cache.counts()["failed"] == 0 and cache.counts()["registered"] == 0
