@@ -34,7 +34,13 @@ from loan_discharge.items import (  # noqa: E402
     read_items,
     write_items_atomic,
 )
-from loan_discharge.run import RunSummary, SlidingWindowLimiter, discharge, read_journal  # noqa: E402
+from loan_discharge.run import (  # noqa: E402
+    RetryPolicy,
+    RunSummary,
+    SlidingWindowLimiter,
+    discharge,
+    read_journal,
+)
 
 PROG = "discharge_loans"
 
@@ -101,7 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not plan.requests:
         print("nothing to send")
         return 1 if plan.problems else 0
-    summary = asyncio.run(_run(config, table, plan))
+    try:
+        summary = asyncio.run(_run(config, table, plan))
+    except KeyboardInterrupt:
+        print(f"interrupted: finished items are saved in {config.loans_data_file}; run again to resume", file=sys.stderr)
+        return 1
     print(format_summary(summary, plan, config))
     if summary.stop_reason or summary.failed_total or summary.not_processed or plan.problems:
         return 1
@@ -123,6 +133,7 @@ async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan) -> RunSum
                 concurrency=config.concurrency,
                 batch_size=config.batch_size,
                 daily_quota_floor=config.daily_quota_floor,
+                retry=RetryPolicy(max_attempts=config.max_attempts),
                 echo=tqdm.write if not bar.disable else print,
                 on_item=lambda result: bar.update(1),
             )

@@ -93,6 +93,26 @@ def test_full_run_then_resume_sends_nothing(
     assert not any(KEY in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
 
 
+def test_quota_stop_exits_1_and_the_next_run_resumes(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DAILY_THRESHOLD mid-run: exit 1 with a message saying progress is saved; the next run does the rest."""
+    write_inputs(tmp_path, state, 12)
+    state.remaining = 5
+    config = write_config(tmp_path, sim.base_url)
+    assert main(["--config", str(config)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "done: 5 (5 returned and in place)" in lines
+    assert lines[-1] == (
+        "stopped early: Alma's daily API quota is used up (DAILY_THRESHOLD); run again after midnight GMT. "
+        f"7 items not finished; progress is saved in {tmp_path / 'items.csv'}: run again to resume"
+    )
+    sim.call(setattr, state, "remaining", 100)
+    assert main(["--config", str(config)]) == 0
+    assert "5 already done, 7 to send" in capsys.readouterr().out
+    assert sorted(s[0] for s in state.scans) == [pid("23", n) for n in range(12)]
+
+
 def test_dry_run_sends_nothing_and_writes_nothing(
     tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
