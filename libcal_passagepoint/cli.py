@@ -166,7 +166,9 @@ def _age(seconds: float) -> str:
 
 def _print_result(result: PassResult) -> None:
     if result.dry_run:
-        print(f"dry run: {result.fetched} booking(s) fetched, {len(result.planned)} to register, skipped {_skips(result)}")
+        failing = sum(plan.action.startswith("fail") for plan in result.planned)
+        print(f"dry run: {result.fetched} booking(s) fetched, {len(result.planned) - failing} to register, "
+              f"{failing} would fail, skipped {_skips(result)}")
         for plan in result.planned:
             print(f"  would {plan.action} {plan.book_id} ({plan.patron}, primary id {plan.primary_id or '-'}) "
                   f"at {plan.destination} from {plan.start}")

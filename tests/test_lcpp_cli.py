@@ -15,6 +15,7 @@ from test_lcpp_fixtures import DAY, Sims, write_config
 
 from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.cli import main, parse_duration
+from libcal_passagepoint.runner import cache_lock
 
 sims = test_lcpp_fixtures.sims  # the shared fixture
 
@@ -68,7 +69,7 @@ async def test_dry_run_prints_the_plan_and_writes_nothing(sims: Sims) -> None:
     sims.add_booking("cs_1", pid)
     code, out, _ = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", DAY)
     assert code == 0
-    assert "dry run: 1 booking(s) fetched, 1 to register" in out
+    assert "dry run: 1 booking(s) fetched, 1 to register, 0 would fail" in out
     assert "would register cs_1 (Ada Lovelace, primary id G00000001) at LibCal Gelman from 2030-01-15T13:15:00-05:00" in out
     assert sims.pp.count("") == 0
     with Cache(sims.config.cache_path) as cache:
@@ -182,3 +183,15 @@ async def test_bad_libcal_credentials_exit_2(sims: Sims) -> None:
         "error: LibCal refused the client credentials (HTTP 400: The client credentials are invalid): "
         "check LibCal.client_id and LibCal.client_secret"
     )
+
+
+async def test_a_second_run_on_the_same_cache_is_refused(sims: Sims, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs never overlap on one cache: the second exits 2 and says which lock is held."""
+    with cache_lock(sims.config.cache_path):
+        code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: another libcal_passagepoint run is using {sims.config.cache_path} "
+        f"(lock {sims.config.cache_path}.lock is held)"
+    )
+    assert sims.libcal.count("") == 0
