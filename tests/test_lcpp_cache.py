@@ -1,0 +1,117 @@
+"""The SQLite cache on a real file: schema version, WAL, backoff, purge, alert throttling."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from libcal_passagepoint.cache import SCHEMA_VERSION, Cache, CacheError
+
+DAY = 86400.0
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _book(book_id: str, end_time: float) -> dict:
+    return {"book_id": book_id, "lid": 8827, "primary_id": "G1", "patron": "Ada Lovelace",
+            "start_time": int(end_time - 3600), "end_time": int(end_time), "destination": "LibCal Gelman"}
+
+
+def test_new_file_has_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    """A fresh cache is created at SCHEMA_VERSION with WAL journaling; reopening keeps it."""
+    path = tmp_path / "c.sqlite3"
+    with Cache(path) as cache:
+        assert cache.schema_version == SCHEMA_VERSION == 1
+        assert cache.journal_mode == "wal"
+    with Cache(path) as cache:
+        assert cache.schema_version == 1
+
+
+def test_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
+    """A cache written by a newer version of the tool is not touched."""
+    path = tmp_path / "c.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    with pytest.raises(CacheError) as excinfo:
+        Cache(path)
+    assert str(excinfo.value) == (
+        f"cache file {path} has schema version 7, newer than this tool's 1: upgrade the tool or point --cache at another file"
+    )
+
+
+def test_not_a_database_is_refused(tmp_path: Path) -> None:
+    """A file that is not SQLite gives a CacheError naming it."""
+    path = tmp_path / "c.sqlite3"
+    path.write_text("hello, this is not a database" * 100)
+    with pytest.raises(CacheError, match=f"^cannot use cache file {path}: file is not a database$"):
+        Cache(path)
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 300), (2, 600), (3, 1200), (7, 19200), (8, 6 * 3600), (12, 6 * 3600)])
+def test_failure_backoff_doubles_up_to_the_cap(tmp_path: Path, attempt: int, delay: int) -> None:
+    """next_retry_at = now + retry_base * 2^(attempt-1), capped at retry_max."""
+    clock = _Clock(1_000_000.0)
+    with Cache(tmp_path / "c.sqlite3", clock=clock) as cache:
+        for _ in range(attempt):
+            cache.record_failure(_book("cs_1", 2e9), reason="r", retry_base=300, retry_max=6 * 3600)
+        row = cache.booking("cs_1")
+        assert (row["attempts"], row["next_retry_at"] - clock.now) == (attempt, delay)
+
+
+def test_failure_is_reported_again_only_when_its_reason_changes(tmp_path: Path) -> None:
+    """record_failure says whether to report: the first time, and when the reason changes."""
+    with Cache(tmp_path / "c.sqlite3") as cache:
+        book = _book("cs_1", 2e9)
+        assert cache.record_failure(book, reason="a", retry_base=1, retry_max=10) is True
+        cache.mark_reported(["cs_1"])
+        assert cache.record_failure(book, reason="a", retry_base=1, retry_max=10) is False
+        assert cache.record_failure(book, reason="b", retry_base=1, retry_max=10) is True
+
+
+def test_registered_clears_the_failure(tmp_path: Path) -> None:
+    """A booking that succeeds after failing has no reason or retry time left."""
+    with Cache(tmp_path / "c.sqlite3") as cache:
+        book = _book("cs_1", 2e9)
+        cache.record_failure(book, reason="a", retry_base=1, retry_max=10)
+        cache.record_intent(book, visitor_id=5, user=("G1", "2222", "UGRD"))
+        assert cache.booking("cs_1")["state"] == "intent"
+        assert cache.user("G1")["visitor_id"] == 5
+        cache.record_registered(book, visitor_id=5, prereg_id=9)
+        row = cache.booking("cs_1")
+        assert (row["state"], row["prereg_id"], row["reason"], row["next_retry_at"]) == ("registered", 9, None, None)
+
+
+def test_purge_drops_bookings_that_ended_before_the_cutoff(tmp_path: Path) -> None:
+    """purge --older-than 30d removes bookings that ended over 30 days ago and old pass records."""
+    clock = _Clock(100 * DAY)
+    with Cache(tmp_path / "c.sqlite3", clock=clock) as cache:
+        cache.record_registered(_book("cs_old", 60 * DAY), visitor_id=1, prereg_id=1)
+        cache.record_registered(_book("cs_recent", 120 * DAY), visitor_id=1, prereg_id=2)
+        cache.finish_pass(cache.start_pass(), exit_status=0, summary={})
+        clock.now = 100 * DAY + 31 * DAY
+        cache.finish_pass(cache.start_pass(), exit_status=0, summary={})
+        assert cache.purge(older_than=30 * DAY) == (1, 1)  # cutoff: day 101
+        assert cache.booking("cs_old") is None and cache.booking("cs_recent") is not None
+        assert cache.last_pass() is not None
+
+
+def test_alert_throttle_per_kind(tmp_path: Path) -> None:
+    """An alert kind is due again only after the interval; other kinds are independent."""
+    clock = _Clock(1000.0)
+    with Cache(tmp_path / "c.sqlite3", clock=clock) as cache:
+        assert cache.alert_due("booking_failed", interval=300)
+        cache.alert_sent("booking_failed")
+        clock.now += 299
+        assert not cache.alert_due("booking_failed", interval=300)
+        assert cache.alert_due("prereg_uncertain", interval=300)
+        clock.now += 1
+        assert cache.alert_due("booking_failed", interval=300)
