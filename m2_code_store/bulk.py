@@ -13,7 +13,10 @@ Inside a bucket, consecutive rows of the same kind become one ``HSET key f v f v
 
 from __future__ import annotations
 
-from collections import deque
+import queue
+import select
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +29,7 @@ from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
 
 CHUNK_BYTES = 1 << 20
-SLICE_ROWS_MIN = 500_000  # a slice per ~32 rows a bucket: fewer, fuller commands
+SLICE_ROWS_MIN = 250_000  # with at least ~16 rows a bucket per slice: full commands
 
 
 def _crc_table() -> np.ndarray:
@@ -110,55 +113,93 @@ def _protocol(barcodes: pa.Array, codes: pa.Array, deletes: np.ndarray) -> pa.Ar
     return pc.if_else(pa.array(deletes), pc.binary_join_element_wise(*bulk(barcodes), ""), field_value)
 
 
-class _Stream:
-    """Commands out in ~1 MiB writes; replies read one write behind."""
+def _slice_protocol(prefix: str, gen: int, buckets: int, barcodes: pa.Array, codes: pa.Array, deletes: np.ndarray) -> tuple[memoryview, np.ndarray]:
+    """The Redis protocol for one slice as one buffer, and the kind (True = HDEL) of each command."""
+    bucket = bucket_numbers(barcodes, buckets)
+    if deletes.any() and not deletes.all() and _kinds_commute(barcodes, deletes):
+        # No barcode is both set and deleted in this slice: sets may go before deletes in a
+        # bucket, one HSET and one HDEL per bucket instead of a command per alternation.
+        sort_key = (bucket.astype(np.uint32) << 1) | deletes
+        sort_key = sort_key.astype(np.uint16) if buckets <= 1 << 15 else sort_key
+    else:
+        sort_key = bucket
+    order = np.argsort(sort_key, kind="stable")
+    bucket = bucket[order]
+    deletes = deletes[order]
+    take = pa.array(order)
+    pieces = _protocol(pc.take(barcodes, take), pc.take(codes, take), deletes)
 
-    def __init__(self, connection, result: WriteResult) -> None:
-        self.connection = connection
-        self.result = result
-        self.parts: list = []
-        self.size = 0
-        self.unsent: list[bool] = []  # kinds of buffered commands (True = HDEL)
-        self.in_flight: deque[list[bool]] = deque()  # kinds per sent write, replies unread
+    # A run: consecutive records with the same bucket and kind, sent as one command whose
+    # header goes in front of the run's first record.
+    is_start = np.ones(len(bucket), dtype=bool)
+    is_start[1:] = (bucket[1:] != bucket[:-1]) | (deletes[1:] != deletes[:-1])
+    starts = np.flatnonzero(is_start)
+    run_kinds = deletes[starts]
+    run_lengths = np.diff(np.append(starts, len(bucket)))
+    keys = pc.binary_join_element_wise(
+        pa.scalar(f"{prefix}:{gen}:"), pc.cast(pa.array(bucket[starts]), pa.string()), ""
+    )
+    headers = pc.binary_join_element_wise(
+        pa.scalar("*"), pc.cast(pa.array(2 + run_lengths * np.where(run_kinds, 1, 2)), pa.string()),
+        pc.if_else(pa.array(run_kinds), pa.scalar("\r\n$4\r\nHDEL\r\n$"), pa.scalar("\r\n$4\r\nHSET\r\n$")),
+        pc.cast(pc.binary_length(keys), pa.string()), pa.scalar("\r\n"), keys, pa.scalar("\r\n"), "",
+    )
+    run_of_row = np.cumsum(is_start) - 1
+    row_headers = pc.if_else(pa.array(is_start), pc.take(headers, pa.array(run_of_row)), pa.scalar(""))
+    protocol = pc.binary_join_element_wise(row_headers, pieces, "")
+    offsets, _ = _string_buffers(protocol)
+    data = memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]
+    return data, run_kinds
 
-    def command(self, header: bytes, body: memoryview, is_delete: bool) -> None:
-        self.parts.append(header)
-        self.parts.append(body)
-        self.size += len(header) + len(body)
-        self.unsent.append(is_delete)
-        if self.size >= CHUNK_BYTES:
-            self.flush()
 
-    def flush(self) -> None:
-        if self.parts:
-            self.connection.send_packed_command([b"".join(self.parts)], check_health=False)
-            self.in_flight.append(self.unsent)
-            self.parts, self.size, self.unsent = [], 0, []
-        while len(self.in_flight) > 1:
-            self._read(self.in_flight.popleft())
+class _Sender(threading.Thread):
+    """Sends buffers in order on a socket, so the next slice is built while Redis reads this one."""
 
-    def finish(self) -> None:
-        self.flush()
-        while self.in_flight:
-            self._read(self.in_flight.popleft())
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(name="m2-bulk-sender", daemon=True)
+        self.sock = sock
+        self.queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
 
-    def _read(self, kinds: list[bool]) -> None:
-        errors = []
-        result = self.result
-        read = self.connection.read_response
-        for is_delete in kinds:
-            try:
-                reply = read()
-            except redis.exceptions.ResponseError as exc:
-                errors.append(str(exc))
-                continue
-            result.commands += 1
-            if is_delete:
-                result.removed += reply
-            else:
-                result.added += reply
-        if errors:
-            raise BulkWriteError(f"Redis refused {len(errors)} command(s): {errors[0]}")
+    def run(self) -> None:
+        try:
+            while (buffer := self.queue.get()) is not None:
+                for start in range(0, len(buffer), CHUNK_BYTES):
+                    self.sock.sendall(buffer[start:start + CHUNK_BYTES])
+        except BaseException as exc:
+            self.error = exc
+            while self.queue.get() is not None:  # let the producer finish
+                pass
+
+
+class _Receiver(threading.Thread):
+    """Reads the replies (one line each: ``:n`` or ``-ERR …``) until *expected* have come."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(name="m2-bulk-receiver", daemon=True)
+        self.sock = sock
+        self.chunks: list[bytes] = []
+        self.lines = 0
+        self.expected: int | None = None
+        self.more = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while self.expected is None or self.lines < self.expected:
+                if self.expected is None:
+                    if not select.select([self.sock], [], [], 0.05)[0]:
+                        continue
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise redis.exceptions.ConnectionError("Redis closed the connection during the load")
+                self.chunks.append(chunk)
+                self.lines += chunk.count(b"\n")
+        except BaseException as exc:
+            self.error = exc
+
+    def replies(self) -> list[bytes]:
+        return b"".join(self.chunks).split(b"\r\n")[:-1]
 
 
 def write_generation(
@@ -174,55 +215,69 @@ def write_generation(
     """Apply *parsed* (upserts and deletes, in file order) to generation *gen* of *buckets* buckets."""
     result = WriteResult()
     total = len(parsed.barcodes)
-    slice_rows = slice_rows or max(SLICE_ROWS_MIN, buckets * 32)
+    if total == 0:
+        return result
+    slice_rows = slice_rows or max(SLICE_ROWS_MIN, buckets * 16)
     connection = client.connection_pool.get_connection()
-    stream = _Stream(connection, result)
+    # The raw socket of redis-py's connection (handshake, TLS, AUTH and SELECT already done):
+    # replies are counted in bulk instead of parsed one call at a time.
+    sock = connection._sock
+    connection_ok = False
+    sender, receiver = _Sender(sock), _Receiver(sock)
+    kinds: list[np.ndarray] = []
     try:
-        for first in range(0, total, slice_rows):
-            last = min(first + slice_rows, total)
-            _write_slice(stream, layout, gen, buckets, parsed, first, last)
-            if progress:
-                progress(last)
-        stream.finish()
-    except BaseException:
-        connection.disconnect()  # replies may be unread: never hand this connection back mid-stream
-        raise
+        sender.start()
+        receiver.start()
+        try:
+            for first in range(0, total, slice_rows):
+                last = min(first + slice_rows, total)
+                data, run_kinds = _slice_protocol(
+                    layout.prefix, gen, buckets, parsed.barcodes.slice(first, last - first),
+                    parsed.customer_codes.slice(first, last - first), parsed.is_delete[first:last],
+                )
+                kinds.append(run_kinds)
+                sender.queue.put(data)
+                if sender.error:
+                    break
+                if progress:
+                    progress(last)
+        finally:
+            sender.queue.put(None)
+            sender.join()
+        if sender.error:
+            raise _as_redis_error(sender.error)
+        receiver.expected = sum(len(k) for k in kinds)
+        receiver.join(timeout=None)
+        if receiver.error:
+            raise _as_redis_error(receiver.error)
+        _tally(receiver.replies(), np.concatenate(kinds), result)
+        connection_ok = True
     finally:
+        if not connection_ok:
+            receiver.expected = 0  # stop the receiver if it still waits
+            connection.disconnect()  # replies may be unread: never hand this connection back mid-stream
         client.connection_pool.release(connection)
     return result
 
 
-def _write_slice(stream: _Stream, layout: Layout, gen: int, buckets: int, parsed: ParsedExport, first: int, last: int) -> None:
-    barcodes = parsed.barcodes.slice(first, last - first)
-    bucket = bucket_numbers(barcodes, buckets)
-    deletes = parsed.is_delete[first:last]
-    if deletes.any() and not deletes.all() and _kinds_commute(barcodes, deletes):
-        # No barcode is both set and deleted in this slice: sets may go before deletes in a
-        # bucket, one HSET and one HDEL per bucket instead of a command per alternation.
-        sort_key = (bucket.astype(np.uint32) << 1) | deletes
-        sort_key = sort_key.astype(np.uint16) if buckets <= 1 << 15 else sort_key
-    else:
-        sort_key = bucket
-    order = np.argsort(sort_key, kind="stable")
-    bucket = bucket[order]
-    deletes = deletes[order]
-    take = pa.array(order)
-    pieces = _protocol(pc.take(barcodes, take), pc.take(parsed.customer_codes.slice(first, last - first), take), deletes)
-    offsets, _ = _string_buffers(pieces)
-    data = memoryview(pieces.buffers()[2])
+def _as_redis_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, redis.exceptions.RedisError):
+        return exc
+    if isinstance(exc, socket.timeout):
+        return redis.exceptions.TimeoutError(f"Redis did not answer in time during the load: {exc}")
+    if isinstance(exc, OSError):
+        return redis.exceptions.ConnectionError(f"the connection to Redis failed during the load: {exc}")
+    return exc
 
-    # A run: consecutive records with the same bucket and the same kind (set / delete).
-    change = np.flatnonzero((bucket[1:] != bucket[:-1]) | (deletes[1:] != deletes[:-1])) + 1
-    starts = np.concatenate(([0], change))
-    ends = np.concatenate((change, [len(bucket)]))
-    prefix = layout.prefix
-    for start, end, b, is_delete, begin, stop in zip(
-        starts.tolist(), ends.tolist(), bucket[starts].tolist(), deletes[starts].tolist(),
-        offsets[starts].tolist(), offsets[ends].tolist(), strict=True,
-    ):
-        key = f"{prefix}:{gen}:{b:x}"
-        if is_delete:
-            header = f"*{2 + end - start}\r\n$4\r\nHDEL\r\n${len(key)}\r\n{key}\r\n"
-        else:
-            header = f"*{2 + 2 * (end - start)}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-        stream.command(header.encode(), data[begin:stop], is_delete)
+
+def _tally(replies: list[bytes], kinds: np.ndarray, result: WriteResult) -> None:
+    """Add integer replies to *result* by command kind; raise on error replies."""
+    errors = [r[1:].decode(errors="replace") for r in replies if r.startswith(b"-")]
+    if errors:
+        raise BulkWriteError(f"Redis refused {len(errors)} command(s): {errors[0]}")
+    if len(replies) != len(kinds):
+        raise BulkWriteError(f"expected {len(kinds)} replies from Redis, got {len(replies)}")
+    values = np.array([int(r[1:]) for r in replies], dtype=np.int64)
+    result.commands += len(values)
+    result.removed += int(values[kinds].sum())
+    result.added += int(values[~kinds].sum())

@@ -4,7 +4,7 @@ Layout (every command touches one key, so it works on Redis Cluster as it is):
 
 - ``m2:meta`` (hash): ``gen`` (the live generation), ``buckets`` (its bucket count, a power of
   two), ``count`` (records in it), ``loaded_at``, ``source``.
-- ``m2:{gen}:{bucket:x}`` (hash): barcode → customer code for the barcodes whose
+- ``m2:{gen}:{bucket}`` (hash): barcode → customer code for the barcodes whose
   ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 64 barcodes per bucket keeps each hash in
   Redis' compact listpack encoding: about 16 bytes a record instead of about 85 for a plain key.
 - ``m2:gen-seq`` (counter) hands out generation numbers; ``m2:retired`` (set of ``gen:buckets``)
@@ -64,7 +64,7 @@ class Layout:
         return f"{self.prefix}:lock"
 
     def bucket_key(self, gen: int, bucket: int) -> str:
-        return f"{self.prefix}:{gen}:{bucket:x}"
+        return f"{self.prefix}:{gen}:{bucket}"
 
 
 @dataclass(frozen=True)
