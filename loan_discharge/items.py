@@ -57,8 +57,6 @@ DISPLAY_NAMES = {
     "library_code": "Library Code",
     "location_code": "Location Code",
     "temp_location_code": "Temporary Location Code",
-    "location_code_desk": "location_code",
-    "circ_desk": "circ_desk",
 }
 STATUS_COLUMNS = ("done", "outcome", "error", "attempts")
 DESK_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -276,12 +276,13 @@ async def run_discharge(
             return ItemResult(request, False, "error", f"{exc.code}: {exc.message}{note}", exc.code, attempts, responses)
 
         while True:
-            if stop.is_set() and (attempts == 0 or uncertain == 0):
-                # Never sent, or only rejected before being applied: leave it for the next run.
-                return None if attempts == 0 else ItemResult(
-                    request, False, "", f"not finished: {summary.stop_reason}", None, attempts, responses
-                )
             if stop.is_set():
+                if attempts == 0:
+                    return None  # never sent: left for the next run
+                if uncertain == 0:  # only rejected (429, not sent): nothing was applied
+                    return ItemResult(
+                        request, False, "", f"not finished: {summary.stop_reason}", None, attempts, responses
+                    )
                 return ItemResult(
                     request, False, "error", f"not finished ({summary.stop_reason}); it may have been returned",
                     "STOPPED", attempts, responses,
