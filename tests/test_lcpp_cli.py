@@ -76,7 +76,7 @@ async def test_dry_run_prints_the_plan_and_writes_nothing(sims: Sims) -> None:
         assert cache.counts()["registered"] == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_every_stops_cleanly_on_signal_after_the_current_bookings(sims: Sims, signum: int) -> None:
     """`run --every N`: SIGINT/SIGTERM mid-pass finish the bookings in flight, leave no open intent, exit 0."""
     sims.pp.latency = (0.2, 0.2)
