@@ -193,7 +193,7 @@ class AlmaClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 transient += 1
                 if transient > 1:
-                    raise AlmaUnavailable(f"Alma users API unreachable for {primary_id}: {exc!r}") from exc
+                    raise AlmaUnavailable(f"Alma users API unreachable for {primary_id}: {str(exc) or type(exc).__name__}") from exc
                 continue
             errors = parse_alma_errors(text) if status != 200 else []
             codes = {code for code, _ in errors}

@@ -78,6 +78,10 @@ class Booking:
         return f"{self.first_name} {self.last_name}".strip() or self.email or "unknown patron"
 
 
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def _parse_time(value: Any, book_id: str, key: str) -> datetime:
     try:
         moment = datetime.fromisoformat(str(value))
@@ -166,7 +170,7 @@ class LibCalClient:
                 text = await resp.text()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise LibCalUnavailable(f"LibCal token endpoint {self._token_url} unreachable: {exc!r}") from exc
+            raise LibCalUnavailable(f"LibCal token endpoint {self._token_url} unreachable: {_describe(exc)}") from exc
         if status >= 500:
             raise LibCalUnavailable(f"LibCal token endpoint answered HTTP {status}: {text[:200]}")
         try:
@@ -208,7 +212,7 @@ class LibCalClient:
                     text = await resp.text()
                     status = resp.status
             except (TimeoutError, aiohttp.ClientError) as exc:
-                raise LibCalUnavailable(f"LibCal bookings request failed: {exc!r}") from exc
+                raise LibCalUnavailable(f"LibCal bookings request failed: {_describe(exc)}") from exc
             if status == 401 and attempt == 1:
                 token = await self._token_value(force=True, stale=token)
                 continue

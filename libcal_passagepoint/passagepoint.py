@@ -132,7 +132,7 @@ class PassagePointClient:
                 status = resp.status
                 text = await resp.text()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise PassagePointUnavailable(f"PassagePoint login at {self._url('login')} failed: {exc!r}", maybe_applied=False) from exc
+            raise PassagePointUnavailable(f"PassagePoint login at {self._url('login')} failed: {str(exc) or type(exc).__name__}", maybe_applied=False) from exc
         if status >= 500:
             raise PassagePointUnavailable(f"PassagePoint login answered HTTP {status}: {text[:200]}", maybe_applied=False)
         try:

@@ -137,6 +137,7 @@ def test_bad_configuration_is_refused_with_exit_2_naming_the_key(tmp_path: Path,
     env = {k: v for k, v in os.environ.items() if k not in ("PASSAGEPOINT_PASSWORD", "ALMA_API_KEYS")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "environ", env)
+        patch.chdir(tmp_path)  # the default cache path is relative: nothing may be written
         assert main(["run", "--config", path]) == 2
     assert capsys.readouterr().err.strip() == f"error: {path}: {message}"
     assert not (tmp_path / "lcpp_cache.sqlite3").exists()
