@@ -18,6 +18,7 @@ from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
 LOCK_TTL_MS = 60_000
 DEFAULT_MAX_SHRINK = 0.10
+CROWDED_PER_BUCKET = 96  # Redis keeps a hash compact up to 128 entries (hash-max-*-entries)
 REPLACE_GRACE = 3.0  # > store.META_TTL plus a slow request: readers are done with the old generation
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -46,6 +47,12 @@ class LoadResult:
     removed: int  # barcodes a Delete date removed
     records: int  # records in the live data set afterwards
     previous_records: int
+    buckets: int = 0
+
+    @property
+    def crowded(self) -> bool:
+        """True when buckets hold so many records on average that some leave the compact encoding."""
+        return bool(self.buckets) and self.records / self.buckets > CROWDED_PER_BUCKET
 
 
 class Lock:
@@ -150,7 +157,7 @@ def _incremental(client, parsed, layout, live, source, progress) -> LoadResult:
     pipe.hincrby(layout.meta, "count", written.added - written.removed)
     pipe.hset(layout.meta, mapping={"loaded_at": _now(), "source": source})
     records = int(pipe.execute()[0])
-    return LoadResult("incremental", live.gen, written.added, written.removed, records, live.count)
+    return LoadResult("incremental", live.gen, written.added, written.removed, records, live.count, live.buckets)
 
 
 def _replace(client, parsed, layout, live, force, max_shrink, grace, source, progress, sleep) -> LoadResult:
@@ -179,4 +186,4 @@ def _replace(client, parsed, layout, live, force, max_shrink, grace, source, pro
         sleep(grace)  # readers that read m2:meta just before the switch finish on the old generation
         delete_generation(client, layout, live.gen, live.buckets)
         client.srem(layout.retired, old)
-    return LoadResult("replace", gen, written.added, written.removed, records, previous)
+    return LoadResult("replace", gen, written.added, written.removed, records, previous, buckets)

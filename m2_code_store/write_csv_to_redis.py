@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         client.close()
     progress.close()
+    if result.crowded:
+        print(f"note: the store now averages {result.records / result.buckets:.0f} records a bucket, so some "
+              "buckets use more memory per record; load a full export with --replace to spread them again",
+              file=sys.stderr)
     print(summary(parsed, time.perf_counter() - started, written=parsed.upserts, removed=result.removed,
                   records=result.records))
     return status

@@ -136,3 +136,15 @@ def test_every_documented_way_to_run_the_loader_works(command, csv_file, redis_u
     assert done.returncode == 0, done.stderr
     assert SUMMARY.match(done.stdout.strip())
     assert "loading: 3 of 3 rows sent (100%)" in done.stderr  # plain progress lines when not on a terminal
+
+
+def test_outgrown_buckets_are_noted_with_what_to_do(tmp_path, env, redis_client, capsys):
+    first = tmp_path / "first.csv"
+    first.write_text(HEADER + "1,2024-01-01,NA,\n")
+    assert main([str(first), "--quiet"]) == 0  # a new store: 1024 buckets
+    grown = tmp_path / "grown.csv"
+    grown.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(100_000, 200_000)))
+    assert main([str(grown), "--quiet"]) == 0
+    assert "load a full export with --replace to spread them again" in capsys.readouterr().err
+    assert main([str(grown), "--replace", "--force", "--quiet"]) == 0
+    assert "spread them again" not in capsys.readouterr().err
