@@ -192,25 +192,26 @@ def read_export(path: str | Path) -> ParsedExport:
     else:
         lines = np.arange(2, total_records + 2, dtype=np.int64)
 
-    blank_barcode = pc.equal(pc.binary_length(barcodes), 0)
-    blank_line = pc.and_(blank_barcode, pc.and_(pc.equal(pc.binary_length(codes), 0), pc.equal(pc.binary_length(deleted), 0)))
+    zero = pa.scalar(0, pa.int32())
+    blank_barcode = pc.equal(pc.binary_length(barcodes), zero)
+    blank_line = pc.and_(blank_barcode, pc.and_(pc.equal(pc.binary_length(codes), zero), pc.equal(pc.binary_length(deleted), zero)))
     if accession is not None:
-        blank_line = pc.and_(blank_line, pc.equal(pc.binary_length(accession), 0))
-    is_delete = pc.greater(pc.binary_length(deleted), 0)
+        blank_line = pc.and_(blank_line, pc.equal(pc.binary_length(accession), zero))
+    is_delete = pc.greater(pc.binary_length(deleted), zero)
 
     problems: list[tuple[pa.Array, object]] = [
         (blank_barcode, "blank barcode"),
         (pc.and_(pc.invert(blank_barcode), _not_matching(barcodes, BARCODE_PATTERN, MAX_BARCODE_LENGTH)),
          lambda i: _barcode_problem(barcodes[i].as_py())),
-        (pc.and_(pc.invert(is_delete), pc.equal(pc.binary_length(codes), 0)), "missing customer code"),
-        (pc.and_(pc.greater(pc.binary_length(codes), 0), _not_matching(codes, CUSTOMER_CODE_PATTERN, 32)),
+        (pc.and_(pc.invert(is_delete), pc.equal(pc.binary_length(codes), zero)), "missing customer code"),
+        (pc.and_(pc.greater(pc.binary_length(codes), zero), _not_matching(codes, CUSTOMER_CODE_PATTERN, 32)),
          lambda i: f"customer code {codes[i].as_py()!r} is not 1-32 letters, digits, '.', '_' or '-'"),
         (pc.and_(is_delete, pc.invert(pc.is_in(deleted, value_set=_valid_dates(deleted)))),
          lambda i: f"unparseable Delete date {deleted[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)"),
     ]
     if accession is not None:
         problems.append((
-            pc.and_(pc.greater(pc.binary_length(accession), 0), pc.invert(pc.is_in(accession, value_set=_valid_dates(accession)))),
+            pc.and_(pc.greater(pc.binary_length(accession), zero), pc.invert(pc.is_in(accession, value_set=_valid_dates(accession)))),
             lambda i: f"unparseable Accession date {accession[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)",
         ))
 
@@ -242,7 +243,7 @@ def read_export(path: str | Path) -> ParsedExport:
 
 def _not_matching(values: pa.Array, pattern: str, max_length: int) -> pa.Array:
     """Mask of values that do not match *pattern*; the regex runs only where a cheap check fails."""
-    plain = pc.and_(pc.ascii_is_alnum(values), pc.less_equal(pc.binary_length(values), max_length))
+    plain = pc.and_(pc.ascii_is_alnum(values), pc.less_equal(pc.binary_length(values), pa.scalar(max_length, pa.int32())))
     suspects = np.flatnonzero(~plain.to_numpy(zero_copy_only=False))
     result = np.zeros(len(values), dtype=bool)
     if len(suspects):
