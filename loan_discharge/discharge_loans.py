@@ -38,6 +38,7 @@ from loan_discharge.run import (  # noqa: E402
     RetryPolicy,
     RunSummary,
     SlidingWindowLimiter,
+    by_count,
     discharge,
     read_journal,
 )
@@ -143,8 +144,8 @@ async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan) -> RunSum
 
 def format_summary(summary: RunSummary, plan: Plan, config: DischargeConfig) -> str:
     """The closing summary of a run."""
-    outcomes = ", ".join(f"{count} {outcome}" for outcome, count in summary.outcomes.most_common())
-    failed = ", ".join(f"{code}: {count}" for code, count in summary.failed.most_common())
+    outcomes = ", ".join(f"{count} {outcome}" for outcome, count in by_count(summary.outcomes))
+    failed = ", ".join(f"{code}: {count}" for code, count in by_count(summary.failed))
     lines = [
         f"done: {summary.done}" + (f" ({outcomes})" if outcomes else ""),
         f"failed: {summary.failed_total}" + (f" ({failed}); see the error column of {config.loans_data_file}" if failed else ""),

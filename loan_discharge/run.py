@@ -379,13 +379,18 @@ async def run_discharge(
     return summary
 
 
+def by_count(counter: Counter[Any]) -> list[tuple[Any, int]]:
+    """Counter items, largest first, ties by name: the same order whatever order items completed in."""
+    return sorted(counter.items(), key=lambda pair: (-pair[1], str(pair[0])))
+
+
 def _batch_snippet(number: int, results: Iterable[ItemResult]) -> str:
     results = list(results)
     outcomes = Counter(r.outcome for r in results if r.done)
     failures = Counter(r.error_code for r in results if not r.done and r.outcome == "error")
-    parts = [f"{count} {outcome}" for outcome, count in outcomes.most_common()]
+    parts = [f"{count} {outcome}" for outcome, count in by_count(outcomes)]
     if failures:
-        parts.append("failed: " + ", ".join(f"{code} x{count}" for code, count in failures.most_common()))
+        parts.append("failed: " + ", ".join(f"{code} x{count}" for code, count in by_count(failures)))
     return f"batch {number}: {len(results)} items: " + ("; ".join(parts) or "nothing finished")
 
 
