@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "Cache", "CacheError"]
@@ -81,18 +82,43 @@ class CacheError(Exception):
 class Cache:
     """A SQLite file holding the sync's state; ``clock`` gives epoch seconds."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Any = time.time) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, clock: Any = time.time, read_only: bool = False) -> None:
         self.path = str(path)
         self._clock = clock
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            if read_only:
+                self._db = self._connect_read_only()
+            else:
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"cannot use cache file {self.path}: {exc}") from exc
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """For --dry-run: read an existing file without writing to it; no file -> an empty cache in memory."""
+        db = None
+        if os.path.exists(self.path):
+            db = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                db.close()
+                raise CacheError(
+                    f"cache file {self.path} has schema version {version}, newer than this tool's "
+                    f"{SCHEMA_VERSION}: upgrade the tool or point --cache at another file"
+                )
+            if version < SCHEMA_VERSION:  # empty or older: read what a fresh cache would hold
+                db.close()
+                db = None
+        if db is None:
+            db = sqlite3.connect(":memory:", isolation_level=None)
+        db.row_factory = sqlite3.Row
+        self._db = db
+        self._migrate()
+        return db
 
     def close(self) -> None:
         """Close the connection."""

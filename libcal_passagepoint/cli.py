@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -127,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             return _fail(str(exc))
     cache_path = default_cache_path(config, cache_override)
+    dry_run = args.command == "run" and args.dry_run
     try:
-        cache = Cache(cache_path)
+        cache = Cache(cache_path, read_only=dry_run)  # a dry run writes nothing, not even a new file
     except CacheError as exc:
         return _fail(str(exc))
     with cache:
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert config is not None
         every = None if args.every is None else (args.every or float(config.interval))
         try:
-            with cache_lock(cache_path):
+            with contextlib.nullcontext() if dry_run else cache_lock(cache_path):
                 result = asyncio.run(run_passes(
                     config, cache, every=every, date=args.date, days=args.days, dry_run=args.dry_run,
                     on_result=_print_result,

@@ -76,6 +76,28 @@ async def test_dry_run_prints_the_plan_and_writes_nothing(sims: Sims) -> None:
         assert cache.counts()["registered"] == 0
 
 
+async def test_dry_run_creates_no_cache_file_and_leaves_an_existing_one_unchanged(sims: Sims) -> None:
+    """--dry-run writes nothing to the cache: no file (nor lock) is created, an existing file is only read."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    cache_path = Path(sims.config.cache_path)
+    code, out, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 0, err
+    assert "dry run: 1 booking(s) fetched, 1 to register, 0 would fail" in out
+    assert not cache_path.exists() and not Path(f"{cache_path}.lock").exists()
+
+    code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 0, err
+    before = cache_path.read_bytes()
+    sims.add_booking("cs_2", pid, hour=16)
+    code, out, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 0, err
+    assert "dry run: 2 booking(s) fetched, 1 to register, 0 would fail, skipped 1 registered" in out
+    assert cache_path.read_bytes() == before
+    with Cache(cache_path) as cache:
+        assert cache.booking("cs_2") is None
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_every_stops_cleanly_on_signal_after_the_current_bookings(sims: Sims, signum: int) -> None:
     """`run --every N`: SIGINT/SIGTERM mid-pass finish the bookings in flight, leave no open intent, exit 0."""
