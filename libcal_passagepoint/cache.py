@@ -10,7 +10,7 @@ booking's row moves through these states::
                 not re-created automatically unless the configuration says ``reconcile: recreate``
     cancelled   cancelled in LibCal before it was registered: nothing to do
 
-A registered booking later cancelled in LibCal keeps ``registered`` and gets ``cancelled_at`` set.
+A registered (or uncertain) booking later cancelled in LibCal keeps its state and gets ``cancelled_at`` set.
 Exceptions: :class:`CacheError` (the file cannot be used; the message says why).
 """
 
@@ -262,9 +262,10 @@ class Cache:
             conn.executemany(f"UPDATE bookings SET {column} = 1 WHERE book_id = ?", [(b,) for b in book_ids])
 
     def unreported_cancellations(self) -> list[sqlite3.Row]:
-        """Registered bookings cancelled in LibCal that have not been reported yet."""
+        """Registered (or maybe registered: uncertain) bookings cancelled in LibCal, not reported yet."""
         return list(self._db.execute(
-            "SELECT * FROM bookings WHERE state = 'registered' AND cancelled_at IS NOT NULL AND cancel_reported = 0"
+            "SELECT * FROM bookings WHERE state IN ('registered', 'uncertain') AND cancelled_at IS NOT NULL "
+            "AND cancel_reported = 0"
         ))
 
     # -- users ---------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ class Cache:
         for row in self._db.execute("SELECT state, COUNT(*) AS n FROM bookings GROUP BY state"):
             counts[row["state"]] = row["n"]
         counts["cancelled_after_registration"] = self._db.execute(
-            "SELECT COUNT(*) FROM bookings WHERE state = 'registered' AND cancelled_at IS NOT NULL"
+            "SELECT COUNT(*) FROM bookings WHERE state IN ('registered', 'uncertain') AND cancelled_at IS NOT NULL"
         ).fetchone()[0]
         counts["patrons"] = self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
         return counts

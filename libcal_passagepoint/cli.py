@@ -23,7 +23,7 @@ from .config import Config, ConfigError, load_config
 from .libcal import LibCalAuthError
 from .passagepoint import PassagePointAuthError
 from .runner import CacheBusy, cache_lock, default_cache_path, run_passes
-from .sync import PassResult
+from .sync import PassResult, cancellation_advice
 
 __all__ = ["main", "parse_duration"]
 
@@ -207,7 +207,10 @@ def _status(cache: Cache) -> int:
             print(f"  location error: {error}")
     now = time.time()
     for row in cache.in_state("uncertain"):
-        print(f"uncertain {row['book_id']} ({row['patron']}): {row['reason']}")
+        if row["cancelled_at"]:  # its old reason says to create it by hand: no longer true
+            print(f"uncertain {row['book_id']} ({row['patron']}) {cancellation_advice(row)}")
+        else:
+            print(f"uncertain {row['book_id']} ({row['patron']}): {row['reason']}")
     for row in cache.in_state("failed"):
         wait = max(0, int((row["next_retry_at"] or now) - now))
         print(f"failed {row['book_id']} ({row['patron']}), {row['attempts']} attempt(s), retry in {wait}s: {row['reason']}")

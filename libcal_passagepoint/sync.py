@@ -31,7 +31,7 @@ from .passagepoint import (
     PassagePointUnavailable,
 )
 
-__all__ = ["Alerts", "Failure", "PassResult", "PlannedBooking", "run_pass"]
+__all__ = ["Alerts", "Failure", "PassResult", "PlannedBooking", "cancellation_advice", "run_pass"]
 
 log = logging.getLogger("libcal_passagepoint")
 
@@ -119,6 +119,16 @@ def _book_row(booking: Booking, location: Location) -> dict[str, Any]:
 
 def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cancellation_advice(row: Any) -> str:
+    """What to do about a booking cancelled in LibCal after its pre-registration was (maybe) created."""
+    if row["prereg_id"] is not None:
+        return (f"was cancelled in LibCal after pre-registration {row['prereg_id']} was created: remove it in "
+                "PassagePoint by hand (no API to delete it is known)")
+    return (f"was cancelled in LibCal while its pre-registration is uncertain: if PassagePoint has a pre-registration "
+            f"of visitor {row['visitor_id']} at {row['destination']} from {_when(row['start_time'])}, remove it by "
+            "hand (do not create one)")
 
 
 def category_for(user: AlmaUser, mapping: dict[str, str], default: str) -> str:
@@ -408,10 +418,7 @@ async def _report(config: Config, cache: Cache, result: PassResult, alerts: Aler
         log.error("booking %s (%s) is uncertain: %s", failure.book_id, failure.patron, failure.reason)
     cancelled = [cache.booking(book_id) for book_id in result.cancelled_after_registration]
     for row in cancelled:
-        log.warning(
-            "booking %s (%s) was cancelled in LibCal after pre-registration %s was created: remove it in "
-            "PassagePoint by hand (no API to delete it is known)", row["book_id"], row["patron"], row["prereg_id"],
-        )
+        log.warning("booking %s (%s) %s", row["book_id"], row["patron"], cancellation_advice(row))
     if alerts is not None:
         if new_failures:
             await alerts.notify(
@@ -426,7 +433,7 @@ async def _report(config: Config, cache: Cache, result: PassResult, alerts: Aler
         if cancelled:
             await alerts.notify(
                 "booking_cancelled", f"{len(cancelled)} pre-registered booking(s) were cancelled in LibCal",
-                [f"{r['book_id']} ({r['patron']}): pre-registration {r['prereg_id']} should be removed in PassagePoint" for r in cancelled],
+                [f"{r['book_id']} ({r['patron']}): {cancellation_advice(r)}" for r in cancelled],
             )
         if result.location_errors:
             await alerts.notify("libcal_error", "LibCal bookings could not be fetched", list(result.location_errors))

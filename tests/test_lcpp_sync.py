@@ -9,6 +9,7 @@ import pytest
 import test_lcpp_fixtures
 from test_lcpp_fixtures import DAY, ECKLES, GELMAN, Sims
 
+from libcal_passagepoint.cli import main
 from libcal_passagepoint.passagepoint import PassagePointAuthError
 from libcal_passagepoint.sync import Failure
 
@@ -212,6 +213,37 @@ async def test_cancelled_after_registration_is_reported_once(sims: Sims) -> None
     assert third.cancelled_after_registration == []
     with sims.cache() as cache:
         assert cache.counts()["cancelled_after_registration"] == 1
+
+
+async def test_uncertain_booking_cancelled_in_libcal_is_reported_not_left_for_creation(
+    sims: Sims, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """createPreReg's answer was lost (the prereg exists), then the patron cancels: reported once, and
+    `status` says to remove it if it exists, no longer to create it by hand."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.pp.hang_seconds = 2.0
+    sims.pp.inject_failure("createPreReg", "timeout_after_apply")
+    first = await sims.run(config=sims.with_config(timeout=0.5))
+    assert [f.book_id for f in first.uncertain] == ["cs_1"] and len(sims.pp.preregs) == 1
+    sims.libcal.cancel("cs_1")
+    second = await sims.run()
+    assert second.cancelled_after_registration == ["cs_1"]
+    third = await sims.run()
+    assert third.cancelled_after_registration == []
+    with sims.cache() as cache:
+        assert cache.counts()["cancelled_after_registration"] == 1
+    capsys.readouterr()
+    assert main(["status", "--cache", sims.config.cache_path]) == 0
+    out = capsys.readouterr().out
+    visitor = sims.pp.preregs[0]["visitorId"]
+    assert "cancelled after registration: 1;" in out
+    assert (
+        "uncertain cs_1 (Ada Lovelace) was cancelled in LibCal while its pre-registration is uncertain: if "
+        f"PassagePoint has a pre-registration of visitor "
+        f"{visitor} at LibCal Gelman from 2030-01-15 18:15 UTC, remove it by hand (do not create one)"
+    ) in out
+    assert "create it by hand" not in out and "it may have been created" not in out
 
 
 async def test_statuses_not_configured_are_not_registered(sims: Sims) -> None:
