@@ -10,7 +10,9 @@ file that cannot be used, no store, a refused --replace).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,10 +86,27 @@ def summary(parsed: ParsedExport, seconds: float, *, written: int, removed: int 
     )
 
 
+def _import_pandas_meanwhile() -> None:
+    """Start importing pandas in the background while the file is read.
+
+    pyarrow imports pandas (0.2-0.3 s) the first time it converts a Python value, only to check
+    for pandas types; reading the CSV releases the GIL, so the two overlap.
+    """
+
+    def load() -> None:
+        try:
+            importlib.import_module("pandas")
+        except ImportError:
+            pass
+
+    threading.Thread(target=load, name="import-pandas", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the loader; returns the exit status."""
     args = parse_args(argv)
     started = time.perf_counter()
+    _import_pandas_meanwhile()
     try:
         parsed = read_export(args.csv_file)
     except ExportError as exc:
