@@ -116,7 +116,9 @@ class PassagePointClient:
             "createPreReg": create_prereg_endpt,
             "getDestinations": get_destinations_endpt,
         }
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A connect phase that runs out (unreachable host, no free connection) must end before the
+        # total does, so that it is told apart from a request sent whose answer never came.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout / 2)
         self._clock = clock
         self._token: str | None = None
         self._token_expires: float | None = None
@@ -176,6 +178,11 @@ class PassagePointClient:
                     text = await resp.text()
             except aiohttp.ClientConnectorError as exc:
                 raise PassagePointUnavailable(f"PassagePoint {name}: cannot connect: {exc}", maybe_applied=False) from exc
+            except aiohttp.ConnectionTimeoutError as exc:  # nothing was sent
+                raise PassagePointUnavailable(
+                    f"PassagePoint {name}: cannot connect: no connection to {self._root} within {self._timeout.connect:g} s",
+                    maybe_applied=False,
+                ) from exc
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise PassagePointUnavailable(f"PassagePoint {name}: no answer ({type(exc).__name__})", maybe_applied=True) from exc
             if status == 401 and attempt == 1:

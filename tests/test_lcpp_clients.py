@@ -362,6 +362,28 @@ async def test_pp_unreachable_server_was_not_applied(session: aiohttp.ClientSess
     assert excinfo.value.maybe_applied is False
 
 
+async def test_pp_connect_timeout_was_not_applied(aiohttp_server: Any) -> None:
+    """No connection could be made in time (host unreachable, pool exhausted): createPreReg was never sent,
+    so maybe_applied is False (a retry is safe), unlike a timeout waiting for the answer."""
+    state = PassagePointState(hang_seconds=3)
+    visitor = state.add_visitor(unique_id="1")
+    root = str((await aiohttp_server(create_pp_app(state))).make_url("")).rstrip("/")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one_connection:
+        paths = {"login_endpt": "/pp/api/v2/auth/login", "create_prereg_endpt": "/pp/api/v2/visit/createPreReg",
+                 "get_destinations_endpt": "/pp/api/v2/visit/getDestinations"}
+        holder = PassagePointClient(one_connection, api_root=root, username="svc", password="pw", timeout=5, **paths)
+        client = PassagePointClient(one_connection, api_root=root, username="svc", password="pw", timeout=1, **paths)
+        await client.get_destinations()
+        state.inject_failure("getDestinations", "timeout")
+        hanging = asyncio.ensure_future(holder.get_destinations())  # holds the only connection for 3 s
+        await asyncio.sleep(0.2)
+        with pytest.raises(PassagePointUnavailable) as excinfo:
+            await client.create_prereg(start=1, end=2, visitor_id=visitor, destination="LibCal Gelman")
+        hanging.cancel()
+    assert excinfo.value.maybe_applied is False
+    assert state.preregs == [] and state.count("/pp/api/v2/visit/createPreReg") == 0
+
+
 async def test_pp_destinations(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
     """getDestinations' names are read from the answer."""
     client = await _pp(aiohttp_server, session, PassagePointState(destinations=["LibCal Gelman", "LibCal Eckles"]))
