@@ -1,8 +1,11 @@
 """Optional alert e-mail over SMTP: at most one message per kind of failure per interval.
 
 The time of the last message of each kind is kept in the cache, so the limit holds across cron runs
-as well as within ``run --every``. A message that cannot be sent is logged, never raised: alerting
-must not break a pass. Exceptions: none escape; SMTP errors are logged as warnings.
+as well as within ``run --every``. Lines the limit holds back (or that a failing mail server could
+not take) are kept in the cache too and go out with the next message of their kind, or on their own
+(``flush``) once the interval has passed: nothing is dropped. A message that cannot be sent is
+logged, never raised: alerting must not break a pass. Exceptions: none escape; SMTP errors are
+logged as warnings.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ __all__ = ["EmailAlerts", "build_message"]
 log = logging.getLogger("libcal_passagepoint")
 
 
-def build_message(config: EmailConfig, subject: str, lines: list[str]) -> EmailMessage:
-    """The alert e-mail for *subject* with one line per affected booking."""
+def build_message(config: EmailConfig, subject: str, lines: list[str], held: list[str] | None = None) -> EmailMessage:
+    """The alert e-mail for *subject* with one line per affected booking, then the lines held back before."""
     message = EmailMessage()
     message["From"] = config.from_email
     message["To"] = ", ".join(config.to_email)
     message["Subject"] = f"[LibCal-PassagePoint] {subject}"
-    message.set_content("\n".join([subject + ":", "", *lines, "", "Run `python -m libcal_passagepoint status` for details."]))
+    body = [subject + ":", "", *lines]
+    if held:
+        body += ["", "Held back by the alert limit since the last message:", "", *held]
+    message.set_content("\n".join([*body, "", "Run `python -m libcal_passagepoint status` for details."]))
     return message
 
 
@@ -51,14 +57,29 @@ class EmailAlerts:
             smtp.send_message(message)
 
     async def notify(self, kind: str, subject: str, lines: list[str]) -> None:
-        """Send one message unless one of this kind went out within the interval."""
+        """Send one message (with the lines held for this kind) unless one went out within the interval."""
         if not self._cache.alert_due(kind, interval=self._interval):
-            log.info("alert %r not e-mailed: one was sent less than %ss ago", kind, int(self._interval))
+            log.info("alert %r held: one was sent less than %ss ago; it goes out with the next one", kind, int(self._interval))
+            self._cache.hold_alert(kind, subject, lines)
             return
-        message = build_message(self._config, subject, lines)
+        held = self._cache.held_alerts().get(kind, ([], []))[1]
+        if not await self._deliver(build_message(self._config, subject, lines, held)):
+            self._cache.hold_alert(kind, subject, lines)
+            return
+        self._cache.alert_sent(kind)
+
+    async def flush(self) -> None:
+        """Send the held lines of every kind whose interval has passed (called once per pass)."""
+        for kind, (subjects, lines) in self._cache.held_alerts().items():
+            if self._cache.alert_due(kind, interval=self._interval):
+                subject = "Held back by the alert limit: " + "; ".join(subjects)
+                if await self._deliver(build_message(self._config, subject, lines)):
+                    self._cache.alert_sent(kind)
+
+    async def _deliver(self, message: EmailMessage) -> bool:
         try:
             await asyncio.to_thread(self._send, message)
         except (OSError, smtplib.SMTPException) as exc:
             log.warning("could not send the alert e-mail via %s:%s: %s", self._config.smtp_host, self._config.smtp_port, exc)
-            return
-        self._cache.alert_sent(kind)
+            return False
+        return True

@@ -27,7 +27,7 @@ from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "Cache", "CacheError"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -72,6 +72,17 @@ _MIGRATIONS: dict[int, str] = {
         sent_at REAL NOT NULL
     );
     """,
+    # Alert lines held back by the one-message-per-kind-per-interval limit, sent with the next message.
+    2: """
+    CREATE TABLE alerts_held (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        line TEXT NOT NULL,
+        held_at REAL NOT NULL
+    );
+    CREATE INDEX alerts_held_kind ON alerts_held (kind);
+    """,
 }
 
 
@@ -110,9 +121,12 @@ class Cache:
                     f"cache file {self.path} has schema version {version}, newer than this tool's "
                     f"{SCHEMA_VERSION}: upgrade the tool or point --cache at another file"
                 )
-            if version < SCHEMA_VERSION:  # empty or older: read what a fresh cache would hold
+            if version == 0:  # an empty file: read what a fresh cache would hold
                 db.close()
                 db = None
+            elif version < SCHEMA_VERSION:  # older: its bookings and users are all a dry run reads
+                db.row_factory = sqlite3.Row
+                return db
         if db is None:
             db = sqlite3.connect(":memory:", isolation_level=None)
         db.row_factory = sqlite3.Row
@@ -334,12 +348,32 @@ class Cache:
         return row is None or self._clock() - row["sent_at"] >= interval
 
     def alert_sent(self, kind: str) -> None:
-        """Remember when an alert of this kind was sent."""
+        """Remember when an alert of this kind was sent; the lines held for it went with it."""
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO alerts (kind, sent_at) VALUES (?, ?) ON CONFLICT (kind) DO UPDATE SET sent_at = excluded.sent_at",
                 (kind, self._clock()),
             )
+            conn.execute("DELETE FROM alerts_held WHERE kind = ?", (kind,))
+
+    def hold_alert(self, kind: str, subject: str, lines: Iterable[str]) -> None:
+        """Keep alert lines that could not be sent yet (limit reached, or the mail server failed)."""
+        now = self._clock()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO alerts_held (kind, subject, line, held_at) VALUES (?, ?, ?, ?)",
+                [(kind, subject, line, now) for line in lines],
+            )
+
+    def held_alerts(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Held alert lines by kind: (subjects in order, without repeats; lines in order)."""
+        held: dict[str, tuple[list[str], list[str]]] = {}
+        for row in self._db.execute("SELECT kind, subject, line FROM alerts_held ORDER BY id"):
+            subjects, lines = held.setdefault(row["kind"], ([], []))
+            if row["subject"] not in subjects:
+                subjects.append(row["subject"])
+            lines.append(row["line"])
+        return held
 
     def purge(self, *, older_than: float) -> tuple[int, int]:
         """Drop bookings that ended, and passes that started, more than *older_than* seconds ago."""

@@ -42,6 +42,9 @@ class Alerts(Protocol):
     async def notify(self, kind: str, subject: str, lines: list[str]) -> None:
         """Send one message of this kind (the implementation decides about throttling)."""
 
+    async def flush(self) -> None:
+        """Send what throttling held back, where it may go out now (once per pass, after notify)."""
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -437,5 +440,6 @@ async def _report(config: Config, cache: Cache, result: PassResult, alerts: Aler
             )
         if result.location_errors:
             await alerts.notify("libcal_error", "LibCal bookings could not be fetched", list(result.location_errors))
+        await alerts.flush()
     cache.mark_reported([f.book_id for f in new_failures] + [f.book_id for f in result.uncertain])
     cache.mark_reported(result.cancelled_after_registration, cancellation=True)

@@ -97,6 +97,65 @@ async def test_failures_are_mailed_once_per_kind_per_interval(sims: Sims, smtp: 
     cache.close()
 
 
+async def test_throttled_failures_are_held_and_sent_later_not_dropped(sims: Sims, smtp: tuple[_Inbox, int]) -> None:
+    """A failure whose alert falls within the interval (a cron pass finishing a little sooner than the last
+    one) is not lost: it is held, and mailed once the interval has passed, even if nothing new failed."""
+    inbox, port = smtp
+    email_config = EmailConfig(from_email="lcpp@example.edu", to_email=("desk@example.edu",), smtp_host="127.0.0.1",
+                               smtp_port=port, starttls=False)
+    config = replace(sims.config, email=email_config)
+    clock = _Clock(time.time())
+    cache = Cache(sims.config.cache_path, clock=clock)
+    alerts = EmailAlerts(email_config, cache, interval=300)
+    sims.add_booking("cs_first", None, first_name="First", last_name="Failure")
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 1
+
+    clock.now += 299
+    sims.add_booking("cs_held", None, first_name="Held", last_name="Back", hour=16)
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 1  # throttled: held, not sent
+
+    clock.now += 301  # nothing new fails in this pass
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 2
+    assert " ".join(inbox.messages[1]["Subject"].split()) == (  # a long subject is folded
+        "[LibCal-PassagePoint] Held back by the alert limit: 1 LibCal booking(s) could not be pre-registered")
+    body = _text(inbox.messages[1])
+    assert "cs_held (Held Back): no primary id: the LibCal booking has no answer to q12505" in body
+    assert "cs_first" not in body
+
+    clock.now += 301
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 2  # sent once
+    cache.close()
+
+
+async def test_held_failures_go_out_with_the_next_message_of_their_kind(sims: Sims, smtp: tuple[_Inbox, int]) -> None:
+    """When a new failure of the same kind is mailed, the held ones are in the same message."""
+    inbox, port = smtp
+    email_config = EmailConfig(from_email="lcpp@example.edu", to_email=("desk@example.edu",), smtp_host="127.0.0.1",
+                               smtp_port=port, starttls=False)
+    config = replace(sims.config, email=email_config)
+    clock = _Clock(time.time())
+    cache = Cache(sims.config.cache_path, clock=clock)
+    alerts = EmailAlerts(email_config, cache, interval=300)
+    sims.add_booking("cs_first", None, first_name="First", last_name="Failure")
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    clock.now += 100
+    sims.add_booking("cs_held", None, first_name="Held", last_name="Back", hour=16)
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    clock.now += 250
+    sims.add_booking("cs_new", None, first_name="New", last_name="One", hour=18)
+    await sims.run(cache, config=config, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 2
+    assert inbox.messages[1]["Subject"] == "[LibCal-PassagePoint] 1 LibCal booking(s) could not be pre-registered"
+    body = _text(inbox.messages[1])
+    assert "cs_new (New One)" in body and "cs_held (Held Back)" in body and "cs_first" not in body
+    assert body.index("cs_new") < body.index("Held back by the alert limit since the last message:") < body.index("cs_held")
+    cache.close()
+
+
 async def test_unreachable_smtp_server_is_logged_not_raised(sims: Sims, caplog: pytest.LogCaptureFixture) -> None:
     """An alert that cannot be sent never breaks the pass."""
     port = _free_port()  # nothing listens there

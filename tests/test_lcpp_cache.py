@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from libcal_passagepoint.cache import SCHEMA_VERSION, Cache, CacheError
+from libcal_passagepoint.cache import _MIGRATIONS, SCHEMA_VERSION, Cache, CacheError
 
 DAY = 86400.0
 
@@ -29,10 +29,27 @@ def test_new_file_has_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
     """A fresh cache is created at SCHEMA_VERSION with WAL journaling; reopening keeps it."""
     path = tmp_path / "c.sqlite3"
     with Cache(path) as cache:
-        assert cache.schema_version == SCHEMA_VERSION == 1
+        assert cache.schema_version == SCHEMA_VERSION == 2
         assert cache.journal_mode == "wal"
     with Cache(path) as cache:
-        assert cache.schema_version == 1
+        assert cache.schema_version == 2
+
+
+def test_a_version_1_cache_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    """A cache written before held alerts existed (schema 1) gets the new table; its bookings stay."""
+    path = tmp_path / "c.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[1] + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO bookings (book_id, lid, start_time, end_time, state, created_at, updated_at) "
+               "VALUES ('cs_1', 8827, 1, 2, 'registered', 0, 0)")
+    db.commit()
+    db.close()
+    with Cache(path, read_only=True) as cache:  # a dry run reads the old file as it is
+        assert cache.schema_version == 1 and cache.booking("cs_1")["state"] == "registered"
+    with Cache(path) as cache:
+        assert cache.schema_version == 2 and cache.booking("cs_1")["state"] == "registered"
+        cache.hold_alert("booking_failed", "subject", ["line"])
+        assert cache.held_alerts() == {"booking_failed": (["subject"], ["line"])}
 
 
 def test_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
@@ -44,7 +61,7 @@ def test_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(CacheError) as excinfo:
         Cache(path)
     assert str(excinfo.value) == (
-        f"cache file {path} has schema version 7, newer than this tool's 1: upgrade the tool or point --cache at another file"
+        f"cache file {path} has schema version 7, newer than this tool's 2: upgrade the tool or point --cache at another file"
     )
 
 
