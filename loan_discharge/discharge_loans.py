@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: finished items are saved in {config.loans_data_file}; run again to resume", file=sys.stderr)
         return 1
+    # The run ended and every result is in the items file: its journal must not be merged into
+    # the next export (the same items, borrowed again, would be taken as already done).
+    journal_path.unlink(missing_ok=True)
     print(format_summary(summary, plan, config))
     if summary.stop_reason or summary.failed_total or summary.not_processed or plan.problems:
         return 1

@@ -273,3 +273,27 @@ def test_kill_9_mid_run_loses_nothing_and_resends_only_what_was_in_flight(tmp_pa
     assert resent <= in_flight
     assert len(in_flight) <= 48  # at most the concurrency (ceil(40 * 1.2))
     assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
+
+
+def test_a_new_export_after_a_finished_run_is_sent_again(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a run that finished, its journal is not taken for the next export: the same items, on loan again, are sent."""
+    write_inputs(tmp_path, state, 3)
+    export = (tmp_path / "items.csv").read_bytes()
+    config = write_config(tmp_path, sim.base_url)
+    assert main(["--config", str(config)]) == 0
+    assert not (tmp_path / "data" / "journal.jsonl").exists()
+
+    def loan_again() -> None:
+        for item in state.items.values():
+            item.status = "loan"
+
+    sim.call(loan_again)  # next semester: the same items are borrowed again and exported anew
+    (tmp_path / "items.csv").write_bytes(export)
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 3 rows, 0 already done, 3 to send, 0 not sent"
+    assert "recovered" not in out
+    assert Counter(s[0] for s in state.scans) == {pid("23", n): 2 for n in range(3)}
