@@ -288,6 +288,8 @@ async def run_discharge(
                     "STOPPED", attempts, responses,
                 )
             async with limiter:
+                if stop.is_set():
+                    continue  # the run stopped while this item waited for its start: not sent
                 attempts += 1
                 summary.requests += 1
             try:

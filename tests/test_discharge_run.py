@@ -223,3 +223,14 @@ async def test_refused_key_stops_the_run(aiohttp_server: Any, tmp_path: Path) ->
     assert summary.done == 0 and summary.failed["UNAUTHORIZED"] <= 20
     assert summary.failed["UNAUTHORIZED"] + summary.not_processed == 50
     assert "wrong-key" not in all_text_under(tmp_path)
+
+
+async def test_no_request_leaves_after_the_stop(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Items still waiting for the limiter when the run stops are not sent: one refused key, one request."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 4)
+    summary = await run(aiohttp_server, state, table, tmp_path, rate=5, key="wrong-key")
+    assert summary.stop_reason is not None and "Alma refused the API key" in summary.stop_reason
+    assert len(state.requests) == 1 == summary.requests
+    assert summary.failed == {"UNAUTHORIZED": 1} and summary.not_processed == 3
+    assert [row[:3] for row in status_columns(tmp_path / "items.csv")[1:]] == [["", "", ""]] * 3
