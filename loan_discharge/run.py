@@ -184,6 +184,9 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # A torn last line (a write cut short) would otherwise swallow the first new entry.
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            os.write(self._fd, b"\n")
 
     def append(self, entry: dict[str, Any]) -> None:
         """Write one entry as a line."""

@@ -12,6 +12,7 @@ import pytest
 from loan_discharge.alma import AlmaClient
 from loan_discharge.items import ItemsTable, build_plan, read_desks, read_items
 from loan_discharge.run import (
+    Journal,
     RetryPolicy,
     RunSummary,
     SlidingWindowLimiter,
@@ -234,3 +235,13 @@ async def test_no_request_leaves_after_the_stop(aiohttp_server: Any, tmp_path: P
     assert len(state.requests) == 1 == summary.requests
     assert summary.failed == {"UNAUTHORIZED": 1} and summary.not_processed == 3
     assert [row[:3] for row in status_columns(tmp_path / "items.csv")[1:]] == [["", "", ""]] * 3
+
+
+def test_journal_after_a_torn_last_line_keeps_the_next_entry(tmp_path: Path) -> None:
+    """A journal ending in half a line (a write cut short) does not swallow the first entry appended after it."""
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b'{"item_pid":"23000000000016421","done":true}\n{"item_pid":"230000')
+    journal = Journal(path)
+    journal.append({"item_pid": "23000000000026421", "done": True})
+    journal.close()
+    assert [e["item_pid"] for e in read_journal(path)] == ["23000000000016421", "23000000000026421"]
