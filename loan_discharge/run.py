@@ -271,12 +271,20 @@ async def run_discharge(
             summary.stop_reason = reason
             stop.set()
 
+    def check_floor(remaining: int | None) -> None:
+        if remaining is not None and remaining < daily_quota_floor:
+            request_stop(f"X-Exl-Api-Remaining is {remaining}, below daily_quota_floor {daily_quota_floor}")
+
     async def send(request: ScanRequest) -> ItemResult | None:
         attempts = uncertain = rate_limited = not_sent = 0
         responses: list[dict[str, Any]] = []
 
         def failed(exc: AlmaError, note: str = "") -> ItemResult:
             return ItemResult(request, False, "error", f"{exc.code}: {exc.message}{note}", exc.code, attempts, responses)
+
+        def answered(exc: AlmaError) -> None:
+            responses.append(_raw(exc))
+            check_floor(exc.remaining)  # error answers use the daily quota too
 
         while True:
             if stop.is_set():
@@ -301,7 +309,7 @@ async def run_discharge(
                     library=request.library, circ_desk=request.circ_desk,
                 )
             except AlmaRateLimited as exc:
-                responses.append(_raw(exc))
+                answered(exc)
                 summary.rate_limited += 1
                 rate_limited += 1
                 if rate_limited > retry.max_rate_limited:
@@ -309,14 +317,14 @@ async def run_discharge(
                 await sleep(retry.delay(rate_limited, rng))
                 continue
             except AlmaNotSent as exc:
-                responses.append(_raw(exc))
+                answered(exc)
                 not_sent += 1
                 if not_sent > retry.max_not_sent:
                     return failed(exc)
                 await sleep(retry.delay(not_sent, rng))
                 continue
             except (AlmaNoAnswer, AlmaServerError) as exc:
-                responses.append(_raw(exc))
+                answered(exc)
                 uncertain += 1
                 if uncertain >= retry.max_attempts:
                     return failed(exc, f" (after {attempts} attempts)")
@@ -332,13 +340,10 @@ async def run_discharge(
                 request_stop(f"Alma refused the API key ({exc.code}: {exc.message}); check apikey / ALMA_API_KEY")
                 return failed(exc)
             except AlmaError as exc:
-                responses.append(_raw(exc))
+                answered(exc)
                 return failed(exc)
             responses.append(_raw(response))
-            if response.remaining is not None and response.remaining < daily_quota_floor:
-                request_stop(
-                    f"X-Exl-Api-Remaining is {response.remaining}, below daily_quota_floor {daily_quota_floor}"
-                )
+            check_floor(response.remaining)
             outcome = scan_outcome(response.item)
             if outcome == OUTCOME_STILL_ON_LOAN:
                 return ItemResult(

@@ -245,3 +245,13 @@ def test_journal_after_a_torn_last_line_keeps_the_next_entry(tmp_path: Path) -> 
     journal.append({"item_pid": "23000000000026421", "done": True})
     journal.close()
     assert [e["item_pid"] for e in read_journal(path)] == ["23000000000016421", "23000000000026421"]
+
+
+async def test_quota_floor_also_counts_error_answers(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Failing items use quota too: X-Exl-Api-Remaining on a 400 below the floor stops the run."""
+    state = AlmaState(per_second_limit=1000, daily_quota=100, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 60)
+    state.items.clear()  # every scan-in answers 400 40166411
+    summary = await run(aiohttp_server, state, table, tmp_path, floor=90)
+    assert summary.stop_reason is not None and summary.stop_reason.startswith("X-Exl-Api-Remaining is ")
+    assert 11 <= summary.failed["40166411"] == len(state.requests) < 60
