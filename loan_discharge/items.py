@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -411,6 +412,7 @@ def write_items_atomic(table: ItemsTable) -> None:
             writer.writerow(table.header)
             writer.writerows(table.rows)
             handle.flush()
+            os.fchmod(handle.fileno(), _mode_of(path))  # mkstemp makes it 0600
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
     except BaseException:
@@ -420,6 +422,13 @@ def write_items_atomic(table: ItemsTable) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _mode_of(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o644
 
 
 def _fsync_dir(directory: Path) -> None:

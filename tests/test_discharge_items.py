@@ -258,3 +258,12 @@ def test_atomic_rewrite_leaves_no_temporary_file_and_replaces_inode(tmp_path: Pa
     assert os.stat(path).st_ino != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.csv"]
     assert read_items(path).is_done(0)
+
+
+def test_atomic_rewrite_keeps_the_file_permissions(tmp_path: Path) -> None:
+    """The rewritten items file keeps its mode (a shared export stays readable by colleagues)."""
+    path = items_file(tmp_path)
+    os.chmod(path, 0o664)
+    table = read_items(path)
+    write_items_atomic(table)
+    assert os.stat(path).st_mode & 0o777 == 0o664
