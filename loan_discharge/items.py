@@ -87,6 +87,7 @@ class ItemsTable:
     columns: dict[str, int]
     encoding: str = "utf-8"
     delimiter: str = ","
+    lines: list[int] = field(default_factory=list)  # line in the file where each row starts
 
     def get(self, row: int, name: str) -> str:
         """The stripped cell of *row* in column *name*, or '' when the file has no such column."""
@@ -101,7 +102,7 @@ class ItemsTable:
 
     def line_number(self, row: int) -> int:
         """The line of *row* in the file as a person counts (header is line 1)."""
-        return row + 2
+        return self.lines[row] if self.lines else row + 2
 
     def is_done(self, row: int) -> bool:
         """Whether *row* is marked done (True/yes/1)."""
@@ -189,12 +190,20 @@ def _decode(path: Path, what: str) -> tuple[str, str]:
         ) from exc
 
 
-def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], str, str]:
+def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[int], str, str]:
+    """Header, non-blank rows, the file line where each row starts, encoding, delimiter."""
     text, encoding = _decode(path, what)
     first_line = text.split("\n", 1)[0]
     delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
-    rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)]
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    previous_line = 0
+    for row in reader:
+        if any(cell.strip() for cell in row):
+            rows.append(row)
+            lines.append(previous_line + 1)
+        previous_line = reader.line_num
     if not rows:
         raise InputError(f"{what} {path} is empty: it needs a header line and at least one row")
     header = [cell.replace("\ufeff", "").strip() for cell in rows[0]]
@@ -202,7 +211,7 @@ def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], str, 
     body = []
     for row in rows[1:]:
         body.append((row + [""] * width)[:width] if len(row) != width else row)
-    return header, body, encoding, delimiter
+    return header, body, lines[1:], encoding, delimiter
 
 
 def _find_columns(header: list[str], wanted: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
@@ -227,7 +236,7 @@ def required_item_columns(location_type: str) -> tuple[str, ...]:
 def read_items(path: str | os.PathLike[str], location_type: str = "auto") -> ItemsTable:
     """Read the items CSV, check its columns, add the status columns if missing."""
     path = Path(path)
-    header, rows, encoding, delimiter = _read_rows(path, "items file")
+    header, rows, lines, encoding, delimiter = _read_rows(path, "items file")
     columns = _find_columns(header, ITEM_COLUMNS)
     missing = [name for name in required_item_columns(location_type) if name not in columns]
     if missing:
@@ -243,13 +252,13 @@ def read_items(path: str | os.PathLike[str], location_type: str = "auto") -> Ite
             header.append(name)
             for row in rows:
                 row.append("")
-    return ItemsTable(path, header, rows, columns, encoding, delimiter)
+    return ItemsTable(path, header, rows, columns, encoding, delimiter, lines)
 
 
 def read_desks(path: str | os.PathLike[str]) -> DeskMap:
     """Read the desks CSV (location_code, circ_desk[, library_code]) into a DeskMap."""
     path = Path(path)
-    header, rows, _, _ = _read_rows(path, "desks file")
+    header, rows, lines, _, _ = _read_rows(path, "desks file")
     columns = _find_columns(header, DESK_COLUMNS)
     missing = [name for name in ("location_code", "circ_desk") if name not in columns]
     if missing:
@@ -259,7 +268,7 @@ def read_desks(path: str | os.PathLike[str]) -> DeskMap:
         )
     desks = DeskMap()
     seen: dict[tuple[str | None, str], int] = {}
-    for number, row in enumerate(rows, start=2):
+    for number, row in zip(lines, rows, strict=True):
         location = row[columns["location_code"]].strip()
         desk_code = row[columns["circ_desk"]].strip()
         library = row[columns["library_code"]].strip() if "library_code" in columns else ""
@@ -371,8 +380,9 @@ def _id_problem(table: ItemsTable, row: int) -> str | None:
 
 def mark_problems(table: ItemsTable, plan: Plan) -> None:
     """Write each refused row's reason into its error column, so the file says why it was not sent."""
+    row_of_line = {table.line_number(row): row for row in range(len(table.rows))}
     for problem in plan.problems:
-        row = problem.line - 2
+        row = row_of_line[problem.line]
         table.set(row, "done", "False")
         table.set(row, "error", f"not sent: {problem.reason}")
 

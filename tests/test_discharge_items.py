@@ -267,3 +267,29 @@ def test_atomic_rewrite_keeps_the_file_permissions(tmp_path: Path) -> None:
     table = read_items(path)
     write_items_atomic(table)
     assert os.stat(path).st_mode & 0o777 == 0o664
+
+
+def test_problem_lines_are_the_lines_of_the_file(tmp_path: Path) -> None:
+    """A blank line or a quoted cell over two lines does not shift the line numbers a person is told to look at."""
+    path = tmp_path / "items.csv"
+    path.write_text(
+        "MMS Id,Holding Id,Physical Item Id,Library Code,Location Code,Note\n"
+        '9900000000000016421,2200000000000016421,2300000000000016421,MAIN,stacks,"two\nlines"\n'
+        "\n"
+        "9900000000000026421,,2300000000000026421,MAIN,stacks,\n"
+        "9900000000000036421,2200000000000036421,2300000000000036421,MAIN,attic,\n",
+        encoding="utf-8",
+    )
+    table = read_items(path)
+    plan = build_plan(table, read_desks(desks_file(tmp_path)), "auto")
+    assert [(p.line, p.item_pid) for p in plan.problems] == [(5, "2300000000000026421"), (6, "2300000000000036421")]
+    mark_problems(table, plan)
+    assert [row[-2] for row in table.rows] == [
+        "", "not sent: missing Holding Id", "not sent: no circulation desk mapped for location 'attic' in library 'MAIN'",
+    ]
+
+
+def test_desks_file_lines_are_the_lines_of_the_file(tmp_path: Path) -> None:
+    """A desks-file message names the line as the file counts it, blank lines included."""
+    with pytest.raises(InputError, match=r"desks\.csv, line 4: empty circ_desk"):
+        read_desks(desks_file(tmp_path, "location_code,circ_desk\nstacks,D\n\nattic,\n"))
