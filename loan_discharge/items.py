@@ -190,7 +190,9 @@ def _decode(path: Path, what: str) -> tuple[str, str]:
         ) from exc
 
 
-def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[int], str, str]:
+def _read_rows(
+    path: Path, what: str, *, refuse_extra_cells: bool = False
+) -> tuple[list[str], list[list[str]], list[int], str, str]:
     """Header, non-blank rows, the file line where each row starts, encoding, delimiter."""
     text, encoding = _decode(path, what)
     first_line = text.split("\n", 1)[0]
@@ -209,7 +211,13 @@ def _read_rows(path: Path, what: str) -> tuple[list[str], list[list[str]], list[
     header = [cell.replace("\ufeff", "").strip() for cell in rows[0]]
     width = len(header)
     body = []
-    for row in rows[1:]:
+    for line, row in zip(lines[1:], rows[1:], strict=True):
+        if refuse_extra_cells and any(cell.strip() for cell in row[width:]):
+            # The file is rewritten with width columns: these cells would be lost.
+            raise InputError(
+                f"{what} {path}, line {line}: {len(row)} cells, but the header has {width}: "
+                "give the extra column a header or remove the extra cells"
+            )
         body.append((row + [""] * width)[:width] if len(row) != width else row)
     return header, body, lines[1:], encoding, delimiter
 
@@ -236,7 +244,7 @@ def required_item_columns(location_type: str) -> tuple[str, ...]:
 def read_items(path: str | os.PathLike[str], location_type: str = "auto") -> ItemsTable:
     """Read the items CSV, check its columns, add the status columns if missing."""
     path = Path(path)
-    header, rows, lines, encoding, delimiter = _read_rows(path, "items file")
+    header, rows, lines, encoding, delimiter = _read_rows(path, "items file", refuse_extra_cells=True)
     columns = _find_columns(header, ITEM_COLUMNS)
     missing = [name for name in required_item_columns(location_type) if name not in columns]
     if missing:

@@ -293,3 +293,14 @@ def test_desks_file_lines_are_the_lines_of_the_file(tmp_path: Path) -> None:
     """A desks-file message names the line as the file counts it, blank lines included."""
     with pytest.raises(InputError, match=r"desks\.csv, line 4: empty circ_desk"):
         read_desks(desks_file(tmp_path, "location_code,circ_desk\nstacks,D\n\nattic,\n"))
+
+
+def test_cells_beyond_the_header_are_refused_not_dropped(tmp_path: Path) -> None:
+    """The items file is rewritten, so a row with more non-empty cells than the header is refused (empty extras are fine)."""
+    path = items_file(tmp_path, rows=[ROWS[0] + ",,", ROWS[1] + ",,see note"])
+    with pytest.raises(InputError) as caught:
+        read_items(path)
+    assert str(caught.value) == (
+        f"items file {path}, line 3: 10 cells, but the header has 8: "
+        "give the extra column a header or remove the extra cells"
+    )
