@@ -216,7 +216,9 @@ class AlmaClient:
                 status = response.status
                 remaining = _remaining(response.headers)
         except aiohttp.ClientConnectorError as exc:
-            raise AlmaNotSent(f"cannot connect to {self.base_url}: {exc.os_error or exc}", url=shown_url) from exc
+            raise AlmaNotSent(
+                f"cannot connect to {self.base_url}: {exc.os_error or exc}", code="CANNOT_CONNECT", url=shown_url
+            ) from exc
         except TimeoutError as exc:
             raise AlmaNoAnswer("no answer within the timeout", code="TIMEOUT", url=shown_url) from exc
         except aiohttp.ClientError as exc:

@@ -112,9 +112,11 @@ async def test_error_shapes(
 
 
 async def test_connection_refused_is_not_sent(unused_tcp_port: int) -> None:
-    """Nothing listening: AlmaNotSent (safe to retry)."""
-    with pytest.raises(alma.AlmaNotSent):
+    """Nothing listening: AlmaNotSent (safe to retry), with a code and message a person can read."""
+    with pytest.raises(alma.AlmaNotSent) as caught:
         await scan(f"http://127.0.0.1:{unused_tcp_port}")
+    assert caught.value.code == "CANNOT_CONNECT"
+    assert caught.value.message.startswith(f"cannot connect to http://127.0.0.1:{unused_tcp_port}: ")
 
 
 async def test_timeout_is_no_answer(aiohttp_server: Any) -> None:
