@@ -54,8 +54,8 @@ class WriteResult:
     commands: int = 0
 
 
-class BulkWriteError(Exception):
-    """Redis refused a command during a bulk write (e.g. out of memory)."""
+class BulkWriteError(redis.exceptions.ResponseError):
+    """Redis refused commands during a bulk write (e.g. out of memory)."""
 
 
 def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import sys
 
 import redis
 
-from m2_code_store.config import connect, resolve_target
+from m2_code_store.config import connect, describe_error, resolve_target
 from m2_code_store.embedded import EmbeddedServerError, stop_local_server
 from m2_code_store.store import CodeStore
 from toolconfig import ConfigError
@@ -69,7 +69,7 @@ def stats(_: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except redis.exceptions.RedisError as exc:
-        print(f"error: cannot reach {target.shown}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach {target.shown}: {describe_error(exc, target)}", file=sys.stderr)
         return 2
     return 0
 

@@ -60,6 +60,15 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def describe_error(exc: BaseException, target: StoreTarget | None) -> str:
+    """A Redis error fit for a message: for a KMS-encrypted endpoint, without host or port."""
+    if target is not None and target.source == "REDIS_ENDPOINT_ENCRYPTED":
+        cause = exc.__cause__ or exc.__context__
+        reason = getattr(cause, "strerror", None) or type(cause or exc).__name__
+        return f"{type(exc).__name__} ({reason})"
+    return str(exc)
+
+
 def _check_url(url: str, name: str, *, secret: bool) -> str:
     parts = urlsplit(url)
     shown = "its value" if secret else redact_url(url)

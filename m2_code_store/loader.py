@@ -1,4 +1,15 @@
-"""Load a parsed LAS export into the store: incremental (default) or as a complete replacement."""
+"""Load a parsed LAS export into the store: incremental (default) or as a complete replacement.
+
+- Incremental: upserts and deletes go straight into the live generation. ``m2:meta`` is marked
+  ``dirty`` first and its record count is recounted from Redis at the end, so a load that dies
+  part-way (connection lost, out of memory, kill -9) leaves a count the next load repairs.
+- When the live generation would average more than CROWDED_PER_BUCKET records a bucket, an
+  incremental load rebuilds the whole data set into a new generation with more buckets (read,
+  merged with the file, written, switched atomically), so memory per record stays low.
+- Replace: the file is written into a new generation, compared with the live one, and switched
+  in one HSET. It is refused, and the new generation deleted, when more than ``max_shrink`` of
+  the live records are absent from the file, unless forced.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 
 from m2_code_store.bulk import write_generation
@@ -18,8 +32,9 @@ from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
 LOCK_TTL_MS = 60_000
 DEFAULT_MAX_SHRINK = 0.10
-CROWDED_PER_BUCKET = 96  # Redis keeps a hash compact up to 128 entries (hash-max-*-entries)
+CROWDED_PER_BUCKET = 96  # Redis keeps a hash compact up to 128 entries by default (hash-max-*-entries)
 REPLACE_GRACE = 3.0  # > store.META_TTL plus a slow request: readers are done with the old generation
+PIPELINE_BATCH = 5_000
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
@@ -43,16 +58,22 @@ class LoadResult:
 
     mode: str  # "incremental" or "replace"
     generation: int
-    added: int  # barcodes that were not in the store (or the new generation) before
-    removed: int  # barcodes a Delete date removed
+    added: int  # barcodes that were not in the store before
+    removed: int  # barcodes that were in the store and no longer are
     records: int  # records in the live data set afterwards
     previous_records: int
     buckets: int = 0
+    rebuilt: bool = False  # an incremental load that re-spread the data set over more buckets
 
-    @property
-    def crowded(self) -> bool:
-        """True when buckets hold so many records on average that some leave the compact encoding."""
-        return bool(self.buckets) and self.records / self.buckets > CROWDED_PER_BUCKET
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Lock:
@@ -61,19 +82,29 @@ class Lock:
     def __init__(self, client: redis.Redis, layout: Layout, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.key = layout.lock
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.host = socket.gethostname()
+        self.token = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.clock = clock
         self._refreshed = 0.0
 
     def acquire(self) -> None:
-        if not self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
-            holder = self.client.get(self.key)
-            holder = holder.decode() if isinstance(holder, bytes) else holder
-            raise StoreBusy(
-                f"another load is running (lock held by {holder}): wait for it to finish; a crashed "
-                f"loader's lock expires by itself within {LOCK_TTL_MS // 1000} seconds"
-            )
-        self._refreshed = self.clock()
+        """Take the lock; a lock left by a dead loader on this host is taken over at once."""
+        if self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
+            self._refreshed = self.clock()
+            return
+        holder = self.client.get(self.key)
+        holder = holder.decode() if isinstance(holder, bytes) else (holder or "")
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == self.host and pid.isdigit() and not _pid_alive(int(pid)):
+            self.client.eval(_RELEASE, 1, self.key, holder)
+            if self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
+                self._refreshed = self.clock()
+                return
+        raise StoreBusy(
+            f"another load is running (lock held by {holder}): wait for it to finish; a crashed "
+            f"loader's lock expires by itself within {LOCK_TTL_MS // 1000} seconds"
+        )
 
     def refresh(self) -> None:
         """Extend the lock, at most once every 5 seconds."""
@@ -85,13 +116,54 @@ class Lock:
         self.client.eval(_RELEASE, 1, self.key, self.token)
 
 
-def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int, batch: int = 10_000) -> None:
-    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), pipelined."""
-    for start in range(0, buckets, batch):
+def _batched(client: redis.Redis, layout: Layout, gen: int, buckets: int, command: str) -> list:
+    """Run ``command`` (one key, e.g. HLEN) on every bucket of a generation, pipelined; all replies."""
+    replies: list = []
+    for start in range(0, buckets, PIPELINE_BATCH):
         pipe = client.pipeline(transaction=False)
-        for bucket in range(start, min(start + batch, buckets)):
-            pipe.unlink(layout.bucket_key(gen, bucket))
-        pipe.execute()
+        for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
+            pipe.execute_command(command, layout.bucket_key(gen, bucket))
+        replies.extend(pipe.execute())
+    return replies
+
+
+def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> None:
+    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), pipelined."""
+    _batched(client, layout, gen, buckets, "UNLINK")
+
+
+def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> int:
+    """The exact number of records in a generation (HLEN of every bucket)."""
+    return int(sum(_batched(client, layout, gen, buckets, "HLEN")))
+
+
+def generation_barcodes(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> pa.Array:
+    """Every barcode stored in a generation."""
+    barcodes: list[bytes | str] = []
+    for fields in _batched(client, layout, gen, buckets, "HKEYS"):
+        barcodes.extend(fields)
+    return _strings(barcodes)
+
+
+def generation_records(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> tuple[pa.Array, pa.Array]:
+    """Every (barcode, customer code) of a generation, as two string arrays."""
+    barcodes: list[bytes | str] = []
+    codes: list[bytes | str] = []
+    for start in range(0, buckets, PIPELINE_BATCH):
+        pipe = client.pipeline(transaction=False)
+        for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
+            pipe.hgetall(layout.bucket_key(gen, bucket))
+        for fields in pipe.execute():
+            barcodes.extend(fields.keys())
+            codes.extend(fields.values())
+    return _strings(barcodes), _strings(codes)
+
+
+def _strings(values: list[bytes | str]) -> pa.Array:
+    """A string array from Redis replies (bytes, or str on a decoding client)."""
+    if values and isinstance(values[0], str):
+        return pa.array(values, type=pa.string())
+    return pc.cast(pa.array(values, type=pa.binary()), pa.string())
 
 
 def clean_retired(client: redis.Redis, layout: Layout, live: Generation | None) -> int:
@@ -100,12 +172,10 @@ def clean_retired(client: redis.Redis, layout: Layout, live: Generation | None) 
     for member in client.smembers(layout.retired):
         text = member.decode() if isinstance(member, bytes) else member
         gen, _, buckets = text.partition(":")
-        if live is not None and int(gen) == live.gen:
-            client.srem(layout.retired, member)
-            continue
-        delete_generation(client, layout, int(gen), int(buckets))
+        if live is None or int(gen) != live.gen:
+            delete_generation(client, layout, int(gen), int(buckets))
+            cleaned += 1
         client.srem(layout.retired, member)
-        cleaned += 1
     return cleaned
 
 
@@ -126,13 +196,15 @@ def load(
     progress: Callable[[int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> LoadResult:
-    """Apply *parsed* to the store behind *client*; see the module docstring of store.py for the layout."""
+    """Apply *parsed* to the store behind *client*; see store.py for the layout."""
     layout = layout or Layout()
     lock = Lock(client, layout)
     lock.acquire()
     try:
         live = read_generation(client, layout)
         clean_retired(client, layout, live)
+        if live is not None and live.dirty:  # an earlier load died part-way: repair the count
+            live = _recount(client, layout, live, source=None)
 
         def on_progress(rows: int) -> None:
             lock.refresh()
@@ -141,49 +213,110 @@ def load(
 
         if replace:
             return _replace(client, parsed, layout, live, force, max_shrink, grace, source, on_progress, sleep)
+        if live is not None and (live.count + parsed.upserts) / live.buckets > CROWDED_PER_BUCKET:
+            return _rebuild(client, parsed, layout, live, grace, source, on_progress, sleep)
         return _incremental(client, parsed, layout, live, source, on_progress)
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except redis.exceptions.RedisError:
+            pass  # the store is gone: the lock expires by itself; keep the original error
+
+
+def _recount(client, layout, live: Generation, *, source: str | None) -> Generation:
+    count = count_records(client, layout, live.gen, live.buckets)
+    fields = {"count": count, "dirty": 0}
+    if source is not None:
+        fields.update(loaded_at=_now(), source=source)
+    client.hset(layout.meta, mapping=fields)
+    return Generation(live.gen, live.buckets, count, live.loaded_at)
 
 
 def _incremental(client, parsed, layout, live, source, progress) -> LoadResult:
     if live is None:
         gen = int(client.incr(layout.seq))
         buckets = buckets_for(parsed.upserts)
-        client.hset(layout.meta, mapping={"gen": gen, "buckets": buckets, "count": 0, "loaded_at": _now(), "source": source})
+        client.hset(layout.meta, mapping={"gen": gen, "buckets": buckets, "count": 0, "dirty": 1,
+                                          "loaded_at": _now(), "source": source})
         live = Generation(gen, buckets, 0)
+    else:
+        client.hset(layout.meta, "dirty", 1)
     written = write_generation(client, layout, live.gen, live.buckets, parsed, progress=progress)
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(layout.meta, "count", written.added - written.removed)
-    pipe.hset(layout.meta, mapping={"loaded_at": _now(), "source": source})
-    records = int(pipe.execute()[0])
-    return LoadResult("incremental", live.gen, written.added, written.removed, records, live.count, live.buckets)
+    after = _recount(client, layout, live, source=source)
+    return LoadResult("incremental", live.gen, written.added, written.removed, after.count, live.count, live.buckets)
 
 
-def _replace(client, parsed, layout, live, force, max_shrink, grace, source, progress, sleep) -> LoadResult:
+def _write_new_generation(client, layout, parsed, progress) -> tuple[int, int, int]:
+    """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records).
+
+    On any failure the partial generation is deleted (or, if Redis is gone, left listed in
+    ``m2:retired`` for the next load to delete).
+    """
     gen = int(client.incr(layout.seq))
     buckets = buckets_for(parsed.upserts)
     marker = f"{gen}:{buckets}"
     client.sadd(layout.retired, marker)  # a crash before the switch leaves it to the next load to clean
-    written = write_generation(client, layout, gen, buckets, parsed, progress=progress)
-    records = written.added - written.removed
-    previous = live.count if live else 0
-    if previous and records < previous * (1 - max_shrink) and not force:
-        delete_generation(client, layout, gen, buckets)
-        client.srem(layout.retired, marker)
-        share = 1 - records / previous
-        raise ReplaceRefused(
-            f"refusing to replace: the file holds {records:,} records but the store holds {previous:,} "
-            f"({share:.0%} fewer, more than the {max_shrink:.0%} allowed). Is the export truncated? "
-            "Nothing was changed. Re-run with --force to replace anyway."
-        )
-    # The switch: one HSET, so a reader sees the old generation or the new one, never a mix.
-    client.hset(layout.meta, mapping={"gen": gen, "buckets": buckets, "count": records, "loaded_at": _now(), "source": source})
-    client.srem(layout.retired, marker)
+    try:
+        write_generation(client, layout, gen, buckets, parsed, progress=progress)
+        return gen, buckets, count_records(client, layout, gen, buckets)
+    except BaseException:
+        try:
+            delete_generation(client, layout, gen, buckets)
+            client.srem(layout.retired, marker)
+        except redis.exceptions.RedisError:
+            pass
+        raise
+
+
+def _switch(client, layout, live, gen, buckets, records, source, grace, sleep) -> None:
+    """Publish generation *gen* in one HSET, then delete the old one after *grace* seconds."""
+    # One HSET: a reader sees the old generation or the new one, never a mix.
+    client.hset(layout.meta, mapping={"gen": gen, "buckets": buckets, "count": records, "dirty": 0,
+                                      "loaded_at": _now(), "source": source})
+    client.srem(layout.retired, f"{gen}:{buckets}")
     if live is not None:
         old = f"{live.gen}:{live.buckets}"
         client.sadd(layout.retired, old)
         sleep(grace)  # readers that read m2:meta just before the switch finish on the old generation
         delete_generation(client, layout, live.gen, live.buckets)
         client.srem(layout.retired, old)
-    return LoadResult("replace", gen, written.added, written.removed, records, previous, buckets)
+
+
+def _replace(client, parsed, layout, live, force, max_shrink, grace, source, progress, sleep) -> LoadResult:
+    gen, buckets, records = _write_new_generation(client, layout, parsed, progress)
+    previous = live.count if live else 0
+    removed = added = records
+    if live is not None and previous:
+        old = generation_barcodes(client, layout, live.gen, live.buckets)
+        new = generation_barcodes(client, layout, gen, buckets)
+        kept = int(pc.sum(pc.is_in(old, value_set=new)).as_py() or 0)
+        removed, added = len(old) - kept, records - kept
+        if removed > previous * max_shrink and not force:
+            delete_generation(client, layout, gen, buckets)
+            client.srem(layout.retired, f"{gen}:{buckets}")
+            raise ReplaceRefused(
+                f"refusing to replace: {removed:,} of the {previous:,} records in the store "
+                f"({removed / previous:.0%}) are not in the file, more than the {max_shrink:.0%} allowed. "
+                "Is the export truncated, or the wrong one? Nothing was changed. "
+                "Re-run with --force to replace anyway."
+            )
+    elif live is None:
+        removed = 0
+    _switch(client, layout, live, gen, buckets, records, source, grace, sleep)
+    return LoadResult("replace", gen, added, removed if previous else 0, records, previous, buckets)
+
+
+def _rebuild(client, parsed, layout, live, grace, source, progress, sleep) -> LoadResult:
+    """Merge the live data set and the file into a new generation with more buckets."""
+    barcodes, codes = generation_records(client, layout, live.gen, live.buckets)
+    merged = ParsedExport(
+        barcodes=pa.concat_arrays([barcodes, parsed.barcodes.cast(pa.string())]),
+        customer_codes=pa.concat_arrays([codes, parsed.customer_codes.cast(pa.string())]),
+        is_delete=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
+        rows_read=parsed.rows_read,
+    )
+    gen, buckets, records = _write_new_generation(client, layout, merged, progress)
+    new = generation_barcodes(client, layout, gen, buckets)
+    kept = int(pc.sum(pc.is_in(barcodes, value_set=new)).as_py() or 0)
+    _switch(client, layout, live, gen, buckets, records, source, grace, sleep)
+    return LoadResult("incremental", gen, records - kept, len(barcodes) - kept, records, live.count, buckets, rebuilt=True)

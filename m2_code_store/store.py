@@ -3,7 +3,8 @@
 Layout (every command touches one key, so it works on Redis Cluster as it is):
 
 - ``m2:meta`` (hash): ``gen`` (the live generation), ``buckets`` (its bucket count, a power of
-  two), ``count`` (records in it), ``loaded_at``, ``source``.
+  two), ``count`` (records in it), ``dirty`` (1 while an incremental load runs: the count is
+  recounted when it ends, or by the next load if it died), ``loaded_at``, ``source``.
 - ``m2:{gen}:{bucket}`` (hash): barcode → customer code for the barcodes whose
   ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 64 barcodes per bucket keeps each hash in
   Redis' compact listpack encoding: about 16 bytes a record instead of about 85 for a plain key.
@@ -75,14 +76,15 @@ class Generation:
     buckets: int
     count: int
     loaded_at: str = ""
+    dirty: bool = False  # a load is running or died part-way: count may be off until recounted
 
 
 def read_generation(client: redis.Redis, layout: Layout = Layout()) -> Generation | None:
     """The live generation from ``m2:meta``, or None for an empty store."""
-    gen, buckets, count, loaded_at = client.hmget(layout.meta, "gen", "buckets", "count", "loaded_at")
+    gen, buckets, count, loaded_at, dirty = client.hmget(layout.meta, "gen", "buckets", "count", "loaded_at", "dirty")
     if gen is None or buckets is None:
         return None
-    return Generation(int(gen), int(buckets), int(count or 0), _text(loaded_at))
+    return Generation(int(gen), int(buckets), int(count or 0), _text(loaded_at), _text(dirty) == "1")
 
 
 def _text(value: bytes | str | None) -> str:

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file: python m2_code_store/write_csv_t
 
 import redis
 
-from m2_code_store.config import connect, resolve_target
+from m2_code_store.config import connect, describe_error, resolve_target
 from m2_code_store.embedded import EmbeddedServerError
 from m2_code_store.las_csv import BadRow, ExportError, ParsedExport, duplicate_count, read_export
 from m2_code_store.loader import DEFAULT_MAX_SHRINK, LoadError, load
@@ -75,13 +75,14 @@ def report_bad_rows(bad_rows: list[BadRow], csv_file: Path) -> None:
         print(f"… and {len(bad_rows) - SHOWN_BAD_ROWS:,} more skipped rows: {where}", file=sys.stderr)
 
 
-def summary(parsed: ParsedExport, seconds: float, *, written: int, removed: int | None, records: int | None) -> str:
-    """The closing line of every run."""
+def summary(parsed: ParsedExport, seconds: float, *, written: str, deleted: str, removed: int | None = None,
+            records: int | None = None) -> str:
+    """The closing line of every run that read the file."""
     rate = parsed.rows_read / seconds if seconds > 0 else 0
     removed_text = "" if removed is None else f" ({removed:,} removed from the store)"
     records_text = "" if records is None else f"; {records:,} records in the store"
     return (
-        f"read {parsed.rows_read:,} rows: {written:,} written, {parsed.deletes:,} deleted{removed_text}, "
+        f"read {parsed.rows_read:,} rows: {written} written, {deleted} deleted{removed_text}, "
         f"{len(parsed.bad_rows):,} skipped{records_text}; {seconds:.2f} s, {rate:,.0f} rows/s"
     )
 
@@ -115,16 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     report_bad_rows(parsed.bad_rows, args.csv_file)
     status = 1 if parsed.bad_rows else 0
 
+    def finish(written: str, deleted: str, removed: int | None = None, records: int | None = None) -> None:
+        print(summary(parsed, time.perf_counter() - started, written=written, deleted=deleted,
+                      removed=removed, records=records))
+
     if args.dry_run:
         duplicates = duplicate_count(parsed)
         print(
             f"dry run, nothing written: {parsed.upserts:,} rows would be written and {parsed.deletes:,} "
             f"deleted{' as the complete new data set (--replace)' if args.replace else ''}; "
-            f"{duplicates:,} rows repeat a barcode (the last row wins)"
+            f"{duplicates:,} rows repeat a barcode (the row with the latest date wins)"
         )
-        print(summary(parsed, time.perf_counter() - started, written=0, removed=None, records=None))
+        finish("0", "0")
         return status
 
+    target = None
     try:
         target = resolve_target()
         client = connect(target, timeout=30)
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except redis.exceptions.RedisError as exc:
-        print(f"error: cannot reach {target.shown}: {exc}. Nothing was written.", file=sys.stderr)
+        print(f"error: cannot reach {target.shown}: {describe_error(exc, target)}. Nothing was written.", file=sys.stderr)
         return 2
 
     progress = Progress(len(parsed.barcodes), enabled=not args.quiet)
@@ -143,26 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     except LoadError as exc:
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
+        finish("0", "0")
         return 2
     except redis.exceptions.RedisError as exc:
         progress.close()
-        done = progress.done
         if args.replace:
             what = "the replacement was not switched in; the store still holds the previous data set"
+            written = "0"
         else:
-            what = f"about {done:,} rows were sent before it failed and are stored"
-        print(f"error: Redis failed during the load ({type(exc).__name__}: {exc}): {what}. "
-              "Re-running the same command is safe.", file=sys.stderr)
+            what = (f"up to {progress.done:,} rows were sent before it failed; what Redis applied stays, "
+                    "and the next load recounts the records")
+            written = f"up to {progress.done:,}"
+        print(f"error: Redis failed during the load ({type(exc).__name__}: {describe_error(exc, target)}): "
+              f"{what}. Re-running the same command is safe.", file=sys.stderr)
+        finish(written, "0" if args.replace else "?")
         return 1
     finally:
         client.close()
     progress.close()
-    if result.crowded:
-        print(f"note: the store now averages {result.records / result.buckets:.0f} records a bucket, so some "
-              "buckets use more memory per record; load a full export with --replace to spread them again",
-              file=sys.stderr)
-    print(summary(parsed, time.perf_counter() - started, written=parsed.upserts, removed=result.removed,
-                  records=result.records))
+    if result.rebuilt:
+        print(f"note: the store had outgrown its buckets, so this load rebuilt it into {result.buckets:,} "
+              "buckets (memory per record stays low)", file=sys.stderr)
+    finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records)
     return status
 
 

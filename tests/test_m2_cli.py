@@ -80,8 +80,8 @@ def test_dry_run_never_connects(csv_file, monkeypatch, capsys):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there: a connect would fail
     assert main([str(csv_file), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "dry run, nothing written: 2 rows would be written and 1 deleted; 0 rows repeat a barcode (the last row wins)"
-    assert out[1].startswith("read 3 rows: 0 written, 1 deleted, 0 skipped; ")
+    assert out[0] == "dry run, nothing written: 2 rows would be written and 1 deleted; 0 rows repeat a barcode (the row with the latest date wins)"
+    assert out[1].startswith("read 3 rows: 0 written, 0 deleted, 0 skipped; ")
 
 
 def test_unreachable_store_is_reported_without_the_password(csv_file, monkeypatch, capsys):
@@ -138,13 +138,29 @@ def test_every_documented_way_to_run_the_loader_works(command, csv_file, redis_u
     assert "loading: 3 of 3 rows sent (100%)" in done.stderr  # plain progress lines when not on a terminal
 
 
-def test_outgrown_buckets_are_noted_with_what_to_do(tmp_path, env, redis_client, capsys):
+def test_outgrown_buckets_are_rebuilt_and_said_so(tmp_path, env, redis_client, capsys):
     first = tmp_path / "first.csv"
     first.write_text(HEADER + "1,2024-01-01,NA,\n")
     assert main([str(first), "--quiet"]) == 0  # a new store: 1024 buckets
     grown = tmp_path / "grown.csv"
     grown.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(100_000, 200_000)))
     assert main([str(grown), "--quiet"]) == 0
-    assert "load a full export with --replace to spread them again" in capsys.readouterr().err
-    assert main([str(grown), "--replace", "--force", "--quiet"]) == 0
-    assert "spread them again" not in capsys.readouterr().err
+    assert "note: the store had outgrown its buckets, so this load rebuilt it into 2,048 buckets" in capsys.readouterr().err
+    assert CodeStore(redis_client).lookup(["1", "150000"]) == ["NA", "NA"]
+
+
+def test_failed_load_reports_the_error_and_a_summary(tmp_path, env, redis_client, capsys):
+    redis_client.config_set("maxmemory", "1mb")
+    try:
+        big = tmp_path / "big.csv"
+        big.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(100_000, 160_000)))
+        assert main([str(big), "--quiet"]) == 1
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: Redis failed during the load (BulkWriteError: Redis refused ")
+    assert "OOM command not allowed" in captured.err
+    assert captured.err.rstrip().endswith("Re-running the same command is safe.")
+    assert captured.out.startswith("read 60,000 rows: up to 60,000 written, ? deleted, 0 skipped; ")
+    assert main([str(big), "--quiet"]) == 0
+    assert SUMMARY.match(capsys.readouterr().out.strip()).group("records") == "60,000"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -9,6 +12,7 @@ import redis
 
 from bench.gen_las_export import write_export
 from m2_code_store.bulk import BulkWriteError
+from m2_code_store.embedded import RedisServer, free_port
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import ReplaceRefused, StoreBusy, clean_retired, load
 from m2_code_store.store import CodeStore, Layout, read_generation
@@ -33,8 +37,9 @@ def test_incremental_load_upserts_and_deletes(tmp_path, redis_client):
     assert (result.added, result.removed, result.records, result.previous_records) == (1, 1, 3, 3)
 
 
-def test_last_row_for_a_barcode_wins(tmp_path, redis_client):
-    body = "1,,NA,\n1,,NB,\n2,,NA,\n2,,,2024-01-01\n3,,,2024-01-01\n3,,NC,\n"
+def test_for_a_repeated_barcode_the_latest_row_wins(tmp_path, redis_client):
+    body = ("1,2020-01-01,NA,\n1,2020-01-01,NB,\n2,2020-01-01,NA,\n2,,,2024-01-01\n"
+            "3,2019-01-01,,2024-01-01\n3,2025-03-01,NC,\n")
     result = load(redis_client, export(tmp_path, body))
     assert store_of(redis_client).lookup(["1", "2", "3"]) == ["NB", None, "NC"]
     assert result.records == 2
@@ -80,11 +85,22 @@ def test_replace_that_shrinks_too_much_is_refused_and_changes_nothing(tmp_path, 
     with pytest.raises(ReplaceRefused) as info:
         load(redis_client, export(tmp_path, "1,,NB,\n", "short.csv"), replace=True, grace=0)
     assert str(info.value) == (
-        "refusing to replace: the file holds 1 records but the store holds 100 (99% fewer, more than the "
-        "10% allowed). Is the export truncated? Nothing was changed. Re-run with --force to replace anyway."
+        "refusing to replace: 99 of the 100 records in the store (99%) are not in the file, more than the "
+        "10% allowed. Is the export truncated, or the wrong one? Nothing was changed. "
+        "Re-run with --force to replace anyway."
     )
     assert sorted(redis_client.keys("m2:*")) == keys_before
     assert store_of(redis_client).lookup(["1", "50"]) == ["NA", "NA"]
+
+
+def test_replace_counts_removed_records_not_net_shrink(tmp_path, redis_client):
+    """A file as large as the store but with other barcodes would remove everything: refused."""
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(1000, 2000))))
+    disjoint = export(tmp_path, "".join(f"{i},,NA,\n" for i in range(5000, 6000)), "other.csv")
+    with pytest.raises(ReplaceRefused, match=r"^refusing to replace: 1,000 of the 1,000 records in the store \(100%\)"):
+        load(redis_client, disjoint, replace=True, grace=0)
+    result = load(redis_client, disjoint, replace=True, force=True, grace=0)
+    assert (result.removed, result.added, result.records) == (1000, 1000, 1000)
 
 
 def test_replace_with_force_goes_through(tmp_path, redis_client):
@@ -160,3 +176,66 @@ def test_redis_refusing_a_command_is_reported(tmp_path, redis_client):
     with pytest.raises(BulkWriteError, match="Redis refused 1 command\\(s\\): WRONGTYPE"):
         load(redis_client, parsed)
     assert not redis_client.exists(Layout().lock)  # the lock is released even so
+
+
+def test_count_left_wrong_by_a_failed_load_is_repaired_by_the_next(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n2,,NB,\n"))
+    redis_client.hset("m2:meta", mapping={"count": 999, "dirty": 1})  # as a load that died part-way leaves it
+    result = load(redis_client, export(tmp_path, "3,,NC,\n", "more.csv"))
+    assert result.records == 3
+    assert read_generation(redis_client) == read_generation(redis_client).__class__(
+        result.generation, read_generation(redis_client).buckets, 3, read_generation(redis_client).loaded_at, False)
+
+
+def test_out_of_memory_mid_load_then_a_rerun_leaves_an_exact_count(tmp_path):
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis").start()
+    try:
+        client = redis.Redis(port=server.port)
+        parsed = read_export(write_export(tmp_path / "big.csv", 60_000, delete_share=0))
+        client.config_set("maxmemory", "1mb")
+        with pytest.raises(BulkWriteError, match="OOM"):
+            load(client, parsed)
+        assert read_generation(client).dirty
+        client.config_set("maxmemory", "0")
+        result = load(client, parsed)
+        assert result.records == parsed.upserts == read_generation(client).count
+        assert not read_generation(client).dirty
+    finally:
+        server.stop()
+
+
+def test_replace_that_fails_part_way_leaves_no_partial_generation(tmp_path):
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis").start()
+    try:
+        client = redis.Redis(port=server.port)
+        load(client, read_export(write_export(tmp_path / "small.csv", 5_000, delete_share=0)))
+        live = read_generation(client)
+        keys_before = set(client.keys("m2:*"))
+        client.config_set("maxmemory", str(client.info("memory")["used_memory"] + 200_000))
+        with pytest.raises(BulkWriteError):
+            load(client, read_export(write_export(tmp_path / "big.csv", 80_000, delete_share=0)), replace=True, grace=0)
+        client.config_set("maxmemory", "0")
+        assert set(client.keys("m2:*")) - {b"m2:gen-seq"} == keys_before - {b"m2:gen-seq"}
+        assert read_generation(client) == live
+    finally:
+        server.stop()
+
+
+def test_incremental_loads_that_outgrow_the_buckets_rebuild_and_stay_compact(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n2,,,2024-01-01\n"))
+    assert read_generation(redis_client).buckets == 1024
+    grown = export(tmp_path, "".join(f"{i},,NB,\n" for i in range(100_000, 200_000)), "grown.csv")
+    result = load(redis_client, grown, grace=0)
+    assert result.rebuilt and result.buckets == 2048 and result.records == 100_001
+    generation = read_generation(redis_client)
+    assert (generation.buckets, generation.count) == (2048, 100_001)
+    assert store_of(redis_client).lookup(["1", "2", "100000", "199999"]) == ["NA", None, "NB", "NB"]
+    encodings = {redis_client.object("encoding", Layout().bucket_key(generation.gen, b)) for b in range(0, 2048, 7)}
+    assert encodings <= {"ziplist", "listpack"}
+
+
+def test_lock_left_by_a_dead_loader_on_this_host_is_taken_over(tmp_path, redis_client):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    redis_client.set(Layout().lock, f"{socket.gethostname()}:{dead_pid}:dead", px=60_000)
+    assert load(redis_client, export(tmp_path, "1,,NA,\n")).records == 1
