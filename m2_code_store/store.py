@@ -22,10 +22,12 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 PREFIX = "m2"
+T = TypeVar("T")
 META_TTL = 1.0  # seconds a reader trusts its copy of m2:meta
 TARGET_PER_BUCKET = 64
 MIN_BUCKETS = 1024
@@ -93,8 +95,17 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class StoreUnavailable(redis.exceptions.ConnectionError):
+    """The store failed to answer a moment ago; not tried again until the pause is over."""
+
+
 class CodeStore:
-    """Reads barcode → customer code; caches ``m2:meta`` for META_TTL seconds."""
+    """Reads barcode → customer code; caches ``m2:meta`` for META_TTL seconds.
+
+    After a connection failure or timeout, calls fail at once for *pause* seconds (a circuit
+    breaker): with a hung Redis, requests queued behind the first one are answered quickly
+    instead of each waiting out its own timeout.
+    """
 
     def __init__(
         self,
@@ -102,25 +113,40 @@ class CodeStore:
         layout: Layout = Layout(),
         *,
         meta_ttl: float = META_TTL,
+        pause: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.layout = layout
         self.meta_ttl = meta_ttl
+        self.pause = pause
         self.clock = clock
         self._generation: Generation | None = None
         self._fetched_at = float("-inf")
+        self._paused_until = float("-inf")
+
+    def _guard(self, call: Callable[[], T]) -> T:
+        if self.clock() < self._paused_until:
+            raise StoreUnavailable("the store failed to answer a moment ago")
+        try:
+            return call()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self._paused_until = self.clock() + self.pause
+            raise
 
     def generation(self) -> Generation | None:
         """The live generation, re-read from Redis at most every *meta_ttl* seconds."""
         now = self.clock()
         if now - self._fetched_at >= self.meta_ttl:
-            self._generation = read_generation(self.client, self.layout)
+            self._generation = self._guard(lambda: read_generation(self.client, self.layout))
             self._fetched_at = now
         return self._generation
 
     def lookup(self, barcodes: Sequence[str]) -> list[str | None]:
         """Customer codes for *barcodes*, in order; None where a barcode is unknown."""
+        return self._guard(lambda: self._lookup(barcodes))
+
+    def _lookup(self, barcodes: Sequence[str]) -> list[str | None]:
         generation = self.generation()
         if generation is None or not barcodes:
             return [None] * len(barcodes)
@@ -139,7 +165,7 @@ class CodeStore:
 
     def stats(self) -> dict:
         """Record count and generation of the live data set (read fresh, not cached)."""
-        generation = read_generation(self.client, self.layout)
+        generation = self._guard(lambda: read_generation(self.client, self.layout))
         if generation is None:
             return {"records": 0, "generation": None, "loadedAt": None}
         return {"records": generation.count, "generation": generation.gen, "loadedAt": generation.loaded_at or None}

@@ -147,7 +147,11 @@ def test_store_down_gives_503_within_a_second_and_recovers_without_restart(tmp_p
             "message": "the customer code store is not answering; try again shortly",
             "error": "the customer code store is not answering; try again shortly"}}
         server.start(persist=True)
-        assert data_of(http.get("/api/v0.1/m2-customer-codes?barcodes=1234")) == [{"barcode": "1234", "m2CustomerCode": "NX"}]
+        deadline = time.monotonic() + 5  # the circuit breaker tries the store again after its pause
+        while (response := http.get("/api/v0.1/m2-customer-codes?barcodes=1234")).status_code == 503:
+            assert time.monotonic() < deadline, "the API did not recover"
+            time.sleep(0.1)
+        assert data_of(response) == [{"barcode": "1234", "m2CustomerCode": "NX"}]
         assert http.get("/health").json["store"] == "up"
     finally:
         server.stop()
@@ -163,6 +167,34 @@ def test_store_that_accepts_but_never_answers_gives_503_within_a_second():
         response = http.get("/api/v0.1/m2-customer-codes?barcodes=1234")
         assert time.monotonic() - started < 1.0
         assert response.status_code == 503
+
+
+def test_after_a_timeout_requests_fail_fast_instead_of_each_waiting():
+    """Circuit breaker: with a hung store, the requests after the first get their 503 at once."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        http = create_app({"STORE_TARGET": StoreTarget(f"redis://127.0.0.1:{port}/0", "REDIS_URL")}).test_client()
+        assert http.get("/api/v0.1/m2-customer-codes?barcodes=1").status_code == 503
+        started = time.monotonic()
+        statuses = [http.get("/api/v0.1/m2-customer-codes?barcodes=1").status_code for _ in range(20)]
+        assert statuses == [503] * 20
+        assert time.monotonic() - started < 1.0  # 20 timeouts would take 8 s
+
+
+def test_query_string_over_the_limit_is_refused_before_parsing(http):
+    response = http.get("/api/v0.1/m2-customer-codes?barcodes=" + "1," * 40_000 + "1")
+    assert response.status_code == 400
+    assert response.json["body"]["message"] == (
+        "the query string is 80,010 bytes, more than the 65,000 allowed: send fewer barcodes per request")
+
+
+def test_openapi_documents_every_status_the_api_answers(http):
+    spec = http.get("/api/v0.1/openapi.json").json
+    for path in PATHS:
+        assert set(spec["paths"][path]["get"]["responses"]) == {"200", "400", "404", "405", "500", "503"}
+    assert set(spec["paths"]["/health"]["get"]["responses"]) == {"200", "503"}
 
 
 @pytest.mark.parametrize("server", ["granian", "gunicorn"])
