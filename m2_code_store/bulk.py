@@ -68,6 +68,8 @@ def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def crc32_array(array: pa.Array) -> np.ndarray:
     """``zlib.crc32`` of every string in *array* (UTF-8 bytes), vectorised."""
+    if array.type != pa.string():
+        array = array.cast(pa.string())  # 32-bit offsets, as _string_buffers reads them
     offsets, data = _string_buffers(array)
     starts = offsets[:-1]
     lengths = np.diff(offsets)

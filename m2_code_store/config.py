@@ -134,6 +134,8 @@ def connect(
 
         url = ensure_local_server(target.data_dir, start=start_embedded)
     retry = Retry(NoBackoff(), retries)
+    if url.startswith("rediss://"):
+        kwargs.setdefault("ssl_check_hostname", True)  # older redis-py releases did not check it
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,

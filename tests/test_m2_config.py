@@ -131,3 +131,20 @@ def test_embedded_store_starts_by_itself_and_keeps_its_data_across_restarts(tmp_
 
 def test_store_target_shown_for_embedded(tmp_path):
     assert StoreTarget("", "embedded", tmp_path).shown == f"the embedded local Redis in {tmp_path}"
+
+
+def test_errors_about_an_encrypted_endpoint_never_name_its_host():
+    from m2_code_store.config import describe_error
+
+    target = StoreTarget("rediss://:pw@secret-host.invalid:6390/0", "REDIS_ENDPOINT_ENCRYPTED")
+    try:
+        connect(target, timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001 - any connection error will do
+        text = describe_error(exc, target)
+    assert "secret-host" not in text and "6390" not in text and "pw" not in text
+    assert text.startswith("ConnectionError")
+
+
+def test_rediss_connections_check_the_host_name():
+    client = connect(StoreTarget("rediss://cache.example.edu:6380/0", "REDIS_URL"))
+    assert client.connection_pool.connection_kwargs["ssl_check_hostname"] is True

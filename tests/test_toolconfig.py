@@ -68,3 +68,14 @@ def test_kms_needs_a_region(monkeypatch):
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     with pytest.raises(ConfigError, match="AWS_REGION is not set"):
         kms_decrypt(base64.b64encode(b"x").decode(), name="REDIS_ENDPOINT_ENCRYPTED")
+
+
+@mock_aws
+def test_kms_accepts_line_wrapped_base64(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    kms = boto3.client("kms", region_name="us-east-1")
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    text = base64.encodebytes(kms.encrypt(KeyId=key_id, Plaintext=b"host:6379")["CiphertextBlob"]).decode()
+    assert "\n" in text.strip()  # as the base64 command wraps it
+    assert kms_decrypt(text, region="us-east-1") == "host:6379"

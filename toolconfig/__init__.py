@@ -83,7 +83,7 @@ def kms_decrypt(ciphertext_b64: str, *, region: str | None = None, name: str = "
     import botocore.exceptions
 
     try:
-        blob = base64.b64decode(ciphertext_b64.strip(), validate=True)
+        blob = base64.b64decode("".join(ciphertext_b64.split()), validate=True)  # wrapped lines are fine
     except (binascii.Error, ValueError) as exc:
         raise ConfigError(f"{name} is not valid base64 KMS ciphertext") from exc
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
