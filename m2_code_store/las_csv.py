@@ -7,9 +7,14 @@ reason, when its barcode is blank or outside the barcode alphabet, its customer 
 may be ISO (``2024-05-01``) or US (``05/01/2024``, ``5/1/2024``); a blank Delete date means the
 item is present.
 
-A barcode that appears more than once: **the last row in the file wins**. LAS lists events in
-date order, so a later Delete date removes an item accessioned earlier in the file, and a later
-re-accession restores an item deleted earlier. Skipped rows do not take part.
+A barcode that appears more than once: **the row with the latest event date wins**. A row's
+event date is its Delete date when it has one, else its Accession date; a row with neither (or a
+file without the Accession date column) has no date, which is older than any date. Rows with
+equal event dates (or none) keep file order: the later row wins. File order alone would be wrong:
+this export is sorted by CUStomer code, then DATE, so an item re-accessioned in 2025 under code
+AA comes before its 2019 row deleted in 2024 under code NX. ``read_export`` therefore returns the
+valid rows in stable event-date order, and the loader applies them in that order (the last one
+wins). Skipped rows do not take part.
 
 Line numbers count the header as line 1 and one line per CSV record, which is the physical line
 number unless a quoted value spans lines.
@@ -21,7 +26,7 @@ import codecs
 import csv
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +66,11 @@ class BadRow:
 
 @dataclass
 class ParsedExport:
-    """The valid rows of an export, in file order, and the rows that were skipped."""
+    """The valid rows of an export, in the order they apply, and the rows that were skipped.
+
+    Valid rows are in stable event-date order (file order among equal dates), so for a barcode
+    that appears more than once the last of its rows here is the one that wins.
+    """
 
     barcodes: pa.Array  # string
     customer_codes: pa.Array  # string; "" on delete rows
@@ -118,20 +127,24 @@ def _column_indexes(header: list[str], path: Path) -> dict[str, int]:
     return indexes
 
 
-def _valid_dates(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """The distinct non-blank values of a date column that parse in one of DATE_FORMATS."""
-    valid = []
-    for value in pc.unique(values).to_pylist():
-        if not value:
+def _parse_date(value: str) -> date | None:
+    """The date *value* names in one of DATE_FORMATS, or None (blank or unparseable)."""
+    for fmt in DATE_FORMATS:
+        try:
+            return datetime.strptime(value, fmt).date()
+        except ValueError:
             continue
-        for fmt in DATE_FORMATS:
-            try:
-                datetime.strptime(value, fmt)
-            except ValueError:
-                continue
-            valid.append(value)
-            break
-    return pa.array(valid, type=pa.string())
+    return None
+
+
+def _date_column(values: pa.Array) -> tuple[np.ndarray, list[str], list[date | None]]:
+    """Each row's index into the column's distinct values, those values, and each one parsed.
+
+    A date column holds few distinct values, so they are parsed once each in Python.
+    """
+    encoded = pc.dictionary_encode(values)
+    distinct = encoded.dictionary.to_pylist()
+    return encoded.indices.to_numpy(zero_copy_only=False), distinct, [_parse_date(v) if v else None for v in distinct]
 
 
 def read_export(path: str | Path) -> ParsedExport:
@@ -206,20 +219,30 @@ def read_export(path: str | Path) -> ParsedExport:
         (pc.and_(pc.invert(is_delete), pc.equal(pc.binary_length(codes), zero)), "missing customer code"),
         (pc.and_(pc.greater(pc.binary_length(codes), zero), _not_matching(codes, CUSTOMER_CODE_PATTERN, 32)),
          lambda i: f"customer code {codes[i].as_py()!r} is not 1-32 letters, digits, '.', '_' or '-'"),
-        (pc.and_(is_delete, pc.invert(pc.is_in(deleted, value_set=_valid_dates(deleted)))),
-         lambda i: f"unparseable Delete date {deleted[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)"),
     ]
-    if accession is not None:
+    # Each row's event date as its rank among the distinct dates of the file (0: no date), so the
+    # valid rows can be put in event order with a radix sort of small integers.
+    date_columns = [(deleted, "Delete date")] + ([(accession, "Accession date")] if accession is not None else [])
+    encoded = [_date_column(values) for values, _ in date_columns]
+    ranked = sorted({day for _, _, days in encoded for day in days if day is not None})
+    rank_type = np.uint16 if len(ranked) <= np.iinfo(np.uint16).max else np.uint32
+    rank_of: dict[date | None, int] = {day: rank for rank, day in enumerate(ranked, start=1)}
+    ranks = []
+    for (values, label), (indices, distinct, days) in zip(date_columns, encoded, strict=True):
+        unparseable = np.array([bool(value) and day is None for value, day in zip(distinct, days, strict=True)])
         problems.append((
-            pc.and_(pc.greater(pc.binary_length(accession), zero), pc.invert(pc.is_in(accession, value_set=_valid_dates(accession)))),
-            lambda i: f"unparseable Accession date {accession[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)",
+            unparseable[indices] if len(indices) else np.zeros(0, dtype=bool),
+            lambda i, values=values, label=label:
+                f"unparseable {label} {values[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)",
         ))
+        ranks.append(np.array([rank_of.get(day, 0) for day in days], dtype=rank_type)[indices])
+    event_rank = ranks[0] if len(ranks) == 1 else np.where(ranks[0] > 0, ranks[0], ranks[1])  # Delete, else Accession
 
     blank_np = blank_line.to_numpy(zero_copy_only=False)
     bad_mask = np.zeros(table.num_rows, dtype=bool)
     reasons: dict[int, str] = {}
     for mask, reason in problems:
-        mask_np = mask.to_numpy(zero_copy_only=False) & ~blank_np
+        mask_np = (mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)) & ~blank_np
         for i in np.flatnonzero(mask_np & ~bad_mask):
             reasons[int(i)] = reason if isinstance(reason, str) else reason(int(i))
         bad_mask |= mask_np
@@ -229,11 +252,22 @@ def read_export(path: str | Path) -> ParsedExport:
     bad_rows.sort(key=lambda bad: bad.line)
 
     keep = ~(bad_mask | blank_np)
-    keep_arrow = pa.array(keep)
-    delete_np = is_delete.to_numpy(zero_copy_only=False)[keep]
+    delete_np = is_delete.to_numpy(zero_copy_only=False)
+    kept_rank = event_rank[keep]
+    if np.all(kept_rank[1:] >= kept_rank[:-1]):  # already in event order: a filter is cheaper than a take
+        keep_arrow = pa.array(keep)
+        kept_barcodes, kept_codes = pc.filter(barcodes, keep_arrow), pc.filter(codes, keep_arrow)
+        delete_np = delete_np[keep]
+    else:
+        order = np.argsort(kept_rank, kind="stable")
+        rows = order if keep.all() else np.flatnonzero(keep)[order]
+        # one take of both columns (measured faster than two)
+        taken = pa.table([barcodes, codes], names=["barcode", "code"]).take(pa.array(rows))
+        kept_barcodes, kept_codes = taken["barcode"].combine_chunks(), taken["code"].combine_chunks()
+        delete_np = delete_np[rows]
     return ParsedExport(
-        barcodes=pc.filter(barcodes, keep_arrow),
-        customer_codes=pc.if_else(pa.array(delete_np), pa.scalar("", pa.string()), pc.filter(codes, keep_arrow)),
+        barcodes=kept_barcodes,
+        customer_codes=pc.if_else(pa.array(delete_np), pa.scalar("", pa.string()), kept_codes),
         is_delete=delete_np,
         rows_read=total_records - int(blank_np.sum()),
         bad_rows=bad_rows,
@@ -259,7 +293,7 @@ def _barcode_problem(barcode: str) -> str:
 
 
 def duplicate_count(parsed: ParsedExport) -> int:
-    """How many valid rows repeat a barcode seen earlier in the file (the later row wins)."""
+    """How many valid rows are overridden by a later row (in event order) for the same barcode."""
     return len(parsed.barcodes) - pc.count_distinct(parsed.barcodes).as_py()
 
 

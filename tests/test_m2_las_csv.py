@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import zlib
+from datetime import date
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from m2_code_store.bulk import crc32_array
 from m2_code_store.las_csv import ExportError, duplicate_count, read_export
+from m2_code_store.loader import load
+from m2_code_store.store import CodeStore
 
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 
@@ -106,6 +109,72 @@ def test_duplicates_are_counted_and_kept_in_file_order(tmp_path):
     assert duplicate_count(parsed) == 2
 
 
+REVIEWER_CASE = HEADER + "33433000000111,2025-03-01,AA,\n33433000000111,2019-01-01,NX,2024-06-01\n"
+
+
+def test_a_re_accession_sorted_before_an_older_delete_wins(tmp_path):
+    """The export is sorted by customer code, then date: the 2025 re-accession under AA comes
+    before the 2024 delete under NX in the file, yet it is the later event and must win."""
+    parsed = read_export(write(tmp_path, REVIEWER_CASE))
+    assert rows(parsed) == [("33433000000111", "", True), ("33433000000111", "AA", False)]
+    assert duplicate_count(parsed) == 1
+
+
+def test_a_re_accession_sorted_before_an_older_delete_is_loaded(tmp_path, redis_client):
+    """Through the loader: the item re-accessioned in 2025 resolves to AA, it is not deleted."""
+    load(redis_client, read_export(write(tmp_path, REVIEWER_CASE)))
+    assert CodeStore(redis_client, meta_ttl=0).lookup(["33433000000111"]) == ["AA"]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # US dates mixed with ISO are compared as dates, not as text
+        ("1,03/01/2025,AA,\n1,2019-01-01,NX,06/01/2024\n", [("1", "", True), ("1", "AA", False)]),
+        ("1,2019-01-01,NX,12/31/2024\n1,2025-01-01,AA,\n1,12/31/2018,NB,\n",
+         [("1", "NB", False), ("1", "", True), ("1", "AA", False)]),
+        ("1,2/1/2024,NB,\n1,2024-01-15,NA,\n", [("1", "NA", False), ("1", "NB", False)]),
+        # a Delete date is the row's event date even when the row also has an Accession date
+        ("1,2024-05-01,,2024-03-01\n1,2024-04-01,NA,\n", [("1", "", True), ("1", "NA", False)]),
+    ],
+)
+def test_rows_are_returned_in_event_date_order(tmp_path, body, expected):
+    assert rows(read_export(write(tmp_path, HEADER + body))) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # equal event dates, written the same way or not: the later row in the file wins
+        (HEADER + "1,2024-01-01,NA,\n1,01/01/2024,NB,\n1,1/1/2024,NC,\n",
+         [("1", "NA", False), ("1", "NB", False), ("1", "NC", False)]),
+        (HEADER + "1,2020-01-01,,2024-01-01\n1,2024-01-01,NB,\n", [("1", "", True), ("1", "NB", False)]),
+        (HEADER + "1,2024-01-01,NB,\n1,2020-01-01,,2024-01-01\n", [("1", "NB", False), ("1", "", True)]),
+        # no dates at all
+        (HEADER + "1,,NA,\n2,,NB,\n1,,NC,\n", [("1", "NA", False), ("2", "NB", False), ("1", "NC", False)]),
+        # no Accession date column
+        ("Item barcode,Customer code,Delete date\n1,NA,\n2,NB,\n1,NC,\n",
+         [("1", "NA", False), ("2", "NB", False), ("1", "NC", False)]),
+    ],
+)
+def test_rows_with_equal_or_no_event_dates_keep_file_order(tmp_path, text, expected):
+    assert rows(read_export(write(tmp_path, text))) == expected
+
+
+def test_a_row_without_dates_is_older_than_any_dated_row(tmp_path):
+    parsed = read_export(write(tmp_path, "Item barcode,Customer code,Delete date\n1,,2024-01-01\n1,NA,\n"))
+    assert rows(parsed) == [("1", "NA", False), ("1", "", True)]
+
+
+def test_bad_and_blank_rows_do_not_disturb_event_order(tmp_path):
+    body = "1,2025-01-01,AA,\n\n2,x,NB,\n1,2019-01-01,,2024-01-01\n3,2020-01-01,NC,\n"
+    parsed = read_export(write(tmp_path, HEADER + body))
+    assert rows(parsed) == [("3", "NC", False), ("1", "", True), ("1", "AA", False)]
+    assert [str(bad) for bad in parsed.bad_rows] == [
+        "line 4: unparseable Accession date 'x' (expected YYYY-MM-DD or MM/DD/YYYY)"
+    ]
+
+
 def test_utf16_tab_separated_export_is_read(tmp_path):
     text = "Item barcode\tAccession date\tCustomer code\tDelete date\r\n111\t2024-01-01\tNX\t\r\n"
     path = tmp_path / "items.csv"
@@ -141,16 +210,29 @@ def test_missing_file_is_refused(tmp_path):
 barcode_text = st.text(alphabet="ABCXYZabcxyz0123456789._-", min_size=1, max_size=64)
 
 
+ISO_AND_US = {"2019-01-01": date(2019, 1, 1), "06/01/2024": date(2024, 6, 1), "2024-06-01": date(2024, 6, 1),
+              "3/1/2025": date(2025, 3, 1), "": None}
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(barcode_text, st.sampled_from(["NA", "NX", "QQ1"]), st.booleans()), min_size=1, max_size=40))
-def test_any_valid_export_round_trips(tmp_path_factory, records):
-    """Property: every valid row comes back, in order, with its code and kind."""
+@given(st.lists(st.tuples(barcode_text, st.sampled_from(["NA", "NX", "QQ1"]), st.sampled_from(sorted(ISO_AND_US)),
+                          st.sampled_from(sorted(ISO_AND_US))), min_size=1, max_size=40))
+def test_any_valid_export_round_trips_in_event_date_order(tmp_path_factory, records):
+    """Property: every valid row comes back with its code and kind, in stable event-date order.
+
+    The event date is the Delete date, else the Accession date; no date sorts first.
+    """
     path = tmp_path_factory.mktemp("prop") / "items.csv"
-    lines = [f"{b},2024-01-01,{'' if d else c},{'2025-01-01' if d else ''}" for b, c, d in records]
+    lines = [f"{b},{accession},{'' if deleted else c},{deleted}" for b, c, accession, deleted in records]
     path.write_text(HEADER + "\n".join(lines) + "\n")
     parsed = read_export(path)
     assert parsed.bad_rows == []
-    assert rows(parsed) == [(b, "" if d else c, d) for b, c, d in records]
+
+    def event(record):
+        return ISO_AND_US[record[3]] or ISO_AND_US[record[2]] or date.min
+
+    expected = sorted(records, key=event)
+    assert rows(parsed) == [(b, "" if deleted else c, bool(deleted)) for b, c, _, deleted in expected]
 
 
 @settings(max_examples=100, deadline=None)
