@@ -1,8 +1,9 @@
 """Load a parsed LAS export into the store: incremental (default) or as a complete replacement.
 
 - Incremental: upserts and deletes go straight into the live generation. ``m2:meta`` is marked
-  ``dirty`` first and its record count is recounted from Redis at the end, so a load that dies
-  part-way (connection lost, out of memory, kill -9) leaves a count the next load repairs.
+  ``dirty`` first; the count is updated from Redis' replies when the write completes, and a load
+  that dies part-way (connection lost, out of memory, kill -9) leaves it dirty, so the next load
+  recounts it (HLEN of every bucket) before it starts.
 - When the live generation would average more than CROWDED_PER_BUCKET records a bucket, an
   incremental load rebuilds the whole data set into a new generation with more buckets (read,
   merged with the file, written, switched atomically), so memory per record stays low.
@@ -242,8 +243,13 @@ def _incremental(client, parsed, layout, live, source, progress) -> LoadResult:
     else:
         client.hset(layout.meta, "dirty", 1)
     written = write_generation(client, layout, live.gen, live.buckets, parsed, progress=progress)
-    after = _recount(client, layout, live, source=source)
-    return LoadResult("incremental", live.gen, written.added, written.removed, after.count, live.count, live.buckets)
+    # Every reply was read, and the count was exact before (a dirty one is recounted first):
+    # Redis' own replies give the exact new count.
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(layout.meta, "count", written.added - written.removed)
+    pipe.hset(layout.meta, mapping={"dirty": 0, "loaded_at": _now(), "source": source})
+    records = int(pipe.execute()[0])
+    return LoadResult("incremental", live.gen, written.added, written.removed, records, live.count, live.buckets)
 
 
 def _write_new_generation(client, layout, parsed, progress) -> tuple[int, int, int]:
@@ -257,8 +263,8 @@ def _write_new_generation(client, layout, parsed, progress) -> tuple[int, int, i
     marker = f"{gen}:{buckets}"
     client.sadd(layout.retired, marker)  # a crash before the switch leaves it to the next load to clean
     try:
-        write_generation(client, layout, gen, buckets, parsed, progress=progress)
-        return gen, buckets, count_records(client, layout, gen, buckets)
+        written = write_generation(client, layout, gen, buckets, parsed, progress=progress)
+        return gen, buckets, written.added - written.removed  # exact: the generation started empty
     except BaseException:
         try:
             delete_generation(client, layout, gen, buckets)
