@@ -93,13 +93,22 @@ def normalise_header(name: str) -> str:
     return " ".join(name.replace("\ufeff", "").replace("_", " ").split()).casefold()
 
 
+LINE_END = re.compile(rb"\r\n?|\n")
+
+
+def _header_line(raw: bytes) -> tuple[bytes, int]:
+    """The first line of *raw* without its line ending (CR LF, LF or CR alone), and where the next starts."""
+    match = LINE_END.search(raw)
+    return (raw[: match.start()], match.end()) if match else (raw, len(raw))
+
+
 def _decode(raw: bytes, path: Path) -> tuple[bytes, str]:
     """UTF-8 bytes of the file (UTF-16 exports transcoded) and its delimiter."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raw = raw.decode("utf-16").encode("utf-8")
     elif raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
-    first_line = raw[: raw.find(b"\n")] if b"\n" in raw[:65536] else raw[:65536]
+    first_line = _header_line(raw)[0]
     delimiter = "\t" if b"\t" in first_line and b"," not in first_line else ","
     try:
         first_line.decode("utf-8")
@@ -157,8 +166,10 @@ def read_export(path: str | Path) -> ParsedExport:
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror}") from exc
     raw, delimiter = _decode(raw, path)
-    end = raw.find(b"\n")
-    header_line = (raw[:end] if end >= 0 else raw).decode("utf-8").rstrip("\r")
+    header_bytes, _ = _header_line(raw)
+    if len(header_bytes) == len(raw):
+        raw += b"\n"  # a header without a line ending, which Arrow cannot skip
+    header_line = header_bytes.decode("utf-8")
     if not header_line.strip():
         raise ExportError(f"{path} is empty or has no header line")
     header = next(csv.reader([header_line], delimiter=delimiter))

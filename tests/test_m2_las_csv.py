@@ -175,6 +175,21 @@ def test_bad_and_blank_rows_do_not_disturb_event_order(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("newline", ["\r", "\n", "\r\n"])
+def test_any_line_ending_is_read_with_right_line_numbers(tmp_path, newline):
+    text = newline.join([HEADER.rstrip("\n"), "1,2024-01-01,NA,", "2,2024-01-01,,", "", "3,2024-01-01,NB,", ""])
+    parsed = read_export(write(tmp_path, text))
+    assert rows(parsed) == [("1", "NA", False), ("3", "NB", False)]
+    assert [str(bad) for bad in parsed.bad_rows] == ["line 3: missing customer code"]
+    assert (parsed.rows_read, parsed.blank_lines) == (3, 1)
+
+
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n", "\r"])
+def test_header_only_file_reads_as_no_rows(tmp_path, ending):
+    parsed = read_export(write(tmp_path, HEADER.rstrip("\n") + ending))
+    assert (len(parsed.barcodes), parsed.rows_read, parsed.bad_rows, parsed.blank_lines) == (0, 0, [], 0)
+
+
 def test_utf16_tab_separated_export_is_read(tmp_path):
     text = "Item barcode\tAccession date\tCustomer code\tDelete date\r\n111\t2024-01-01\tNX\t\r\n"
     path = tmp_path / "items.csv"
