@@ -1,7 +1,8 @@
 """Read a LAS "Export Item Barcodes → Barcodes by CUS/DATE" CSV into validated records.
 
 Columns are found by header name (case, spacing, underscores and a byte-order mark do not
-matter), never by position. Values are trimmed. A row is skipped, with its line number and the
+matter), never by position; two columns that mean the same (``Item barcode`` and ``ITEM  BARCODE``)
+are refused rather than one silently ignored. Values are trimmed. A row is skipped, with its line number and the
 reason, when its barcode is blank or outside the barcode alphabet, its customer code is missing
 (and it has no Delete date), it has the wrong number of fields, or a date does not parse. Dates
 may be ISO (``2024-05-01``) or US (``05/01/2024``, ``5/1/2024``); a blank Delete date means the
@@ -117,18 +118,34 @@ def _decode(raw: bytes, path: Path) -> tuple[bytes, str]:
     return raw, delimiter
 
 
+def _and_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _column_indexes(header: list[str], path: Path) -> dict[str, int]:
-    found = {normalise_header(name): i for i, name in reversed(list(enumerate(header)))}
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header):
+        positions.setdefault(normalise_header(name), []).append(i)
     indexes = {}
     for ours, theirs in COLUMNS.items():
-        index = found.get(normalise_header(theirs))
-        if index is not None:
-            indexes[ours] = index
+        found = positions.get(normalise_header(theirs), [])
+        if len(found) > 1:
+            names = [header[i].replace("\ufeff", "").strip() for i in found]
+            remove = "remove one" if len(found) == 2 else "remove all but one"
+            if len(set(names)) == 1:
+                times = "twice" if len(found) == 2 else f"{len(found)} times"
+                numbers = _and_list([str(i + 1) for i in found])
+                raise ExportError(f"column {names[0]!r} appears {times} in {path.name} (columns {numbers}): {remove}")
+            raise ExportError(
+                f"columns {_and_list([repr(n) for n in names])} in {path.name} {'both' if len(found) == 2 else 'all'} "
+                f"mean {theirs!r}: {remove}"
+            )
+        if found:
+            indexes[ours] = found[0]
     missing = [COLUMNS[name] for name in REQUIRED if name not in indexes]
     if missing:
         shown = ", ".join(repr(h.strip()) for h in header) or "nothing"
-        quoted = [repr(m) for m in missing]
-        names = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+        names = _and_list([repr(m) for m in missing])
         raise ExportError(
             f"column{'s' if len(missing) > 1 else ''} {names} not found in {path.name} (found: {shown}): is this the LAS "
             "'Barcodes by CUS/DATE' export?"

@@ -50,6 +50,33 @@ def test_missing_column_is_refused_naming_it(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("Item barcode,Accession date,Customer code,Delete date,ITEM  BARCODE",
+         "columns 'Item barcode' and 'ITEM  BARCODE' in items.csv both mean 'Item barcode': remove one"),
+        ("Item barcode,Customer code,Accession date,Customer code,Delete date",
+         "column 'Customer code' appears twice in items.csv (columns 2 and 4): remove one"),
+        ("delete_date,Item barcode,Customer code,Delete date,DELETE DATE",
+         "columns 'delete_date', 'Delete date' and 'DELETE DATE' in items.csv all mean 'Delete date': "
+         "remove all but one"),
+        ("Item barcode,Accession date,Customer code,Delete date,accession date,Accession date",
+         "columns 'Accession date', 'accession date' and 'Accession date' in items.csv all mean 'Accession date': "
+         "remove all but one"),
+    ],
+)
+def test_two_columns_with_the_same_meaning_are_refused_naming_both(tmp_path, header, message):
+    path = write(tmp_path, header + "\n" + ",".join(["1"] * header.count(",")) + ",\n")
+    with pytest.raises(ExportError) as info:
+        read_export(path)
+    assert str(info.value) == message
+
+
+def test_repeated_unknown_columns_are_ignored(tmp_path):
+    path = write(tmp_path, "Item barcode,Notes,Customer code,Notes,Delete date\n111,a,NX,b,\n")
+    assert rows(read_export(path)) == [("111", "NX", False)]
+
+
 def test_accession_date_column_is_optional(tmp_path):
     path = write(tmp_path, "Item barcode,Customer code,Delete date\n111,NX,\n")
     assert rows(read_export(path)) == [("111", "NX", False)]
