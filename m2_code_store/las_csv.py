@@ -1,10 +1,12 @@
 """Read a LAS "Export Item Barcodes → Barcodes by CUS/DATE" CSV into validated records.
 
 Columns are found by header name (case, spacing, underscores and a byte-order mark do not
-matter), never by position; two columns that mean the same (``Item barcode`` and ``ITEM  BARCODE``)
-are refused rather than one silently ignored. Values are trimmed. A row is skipped, with its line number and the
-reason, when its barcode is blank or outside the barcode alphabet, its customer code is missing
-(and it has no Delete date), it has the wrong number of fields, or a date does not parse. Dates
+matter), never by position; two columns that mean the same (``Item barcode`` and
+``ITEM  BARCODE``) are refused rather than one silently ignored. Lines may end in CR LF, LF or CR.
+Values are trimmed. A row is skipped, with its line number and the reason, when its barcode is
+blank or outside the barcode alphabet, its customer code is missing (and it has no Delete date),
+it has the wrong number of fields, or a date does not parse. A line with nothing in it (only
+spaces, delimiters or a Ctrl-Z end-of-file mark) is a blank line: counted, not reported. Dates
 may be ISO (``2024-05-01``) or US (``05/01/2024``, ``5/1/2024``); a blank Delete date means the
 item is present.
 
@@ -183,6 +185,8 @@ def read_export(path: str | Path) -> ParsedExport:
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror}") from exc
     raw, delimiter = _decode(raw, path)
+    if raw.endswith(b"\x1a"):  # Ctrl-Z, the DOS end-of-file mark, can follow the last field
+        raw = raw.rstrip(b"\x1a")
     header_bytes, _ = _header_line(raw)
     if len(header_bytes) == len(raw):
         raw += b"\n"  # a header without a line ending, which Arrow cannot skip
@@ -194,9 +198,14 @@ def read_export(path: str | Path) -> ParsedExport:
 
     names = [f"c{i}" for i in range(len(header))]
     invalid: list[tuple[int, str]] = []
+    blank_short_lines: list[int] = []  # too few fields, but nothing in them: a blank line, not a bad row
+    not_blank = re.compile(f"[^\\s\x1a{re.escape(delimiter)}]")  # Ctrl-Z: an old DOS end-of-file mark
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        invalid.append((row.number, f"wrong number of fields ({row.actual_columns}, expected {row.expected_columns})"))
+        if row.actual_columns < row.expected_columns and not not_blank.search(row.text or ""):
+            blank_short_lines.append(row.number)
+        else:
+            invalid.append((row.number, f"wrong number of fields ({row.actual_columns}, expected {row.expected_columns})"))
         return "skip"
 
     try:
@@ -226,9 +235,10 @@ def read_export(path: str | Path) -> ParsedExport:
     deleted = column("delete_date")
     accession = column("accession_date") if "accession_date" in indexes else None
 
-    total_records = table.num_rows + len(invalid)
-    if invalid:
-        invalid_lines = np.fromiter((n for n, _ in invalid), dtype=np.int64, count=len(invalid))
+    total_records = table.num_rows + len(invalid) + len(blank_short_lines)
+    if invalid or blank_short_lines:
+        skipped = [n for n, _ in invalid] + blank_short_lines
+        invalid_lines = np.fromiter(skipped, dtype=np.int64, count=len(skipped))
         lines = np.setdiff1d(np.arange(2, total_records + 2, dtype=np.int64), invalid_lines, assume_unique=True)
     else:
         lines = np.arange(2, total_records + 2, dtype=np.int64)
@@ -280,6 +290,7 @@ def read_export(path: str | Path) -> ParsedExport:
     bad_rows.sort(key=lambda bad: bad.line)
 
     keep = ~(bad_mask | blank_np)
+    blank_lines = int(blank_np.sum()) + len(blank_short_lines)
     delete_np = is_delete.to_numpy(zero_copy_only=False)
     kept_rank = event_rank[keep]
     if np.all(kept_rank[1:] >= kept_rank[:-1]):  # already in event order: a filter is cheaper than a take
@@ -297,9 +308,9 @@ def read_export(path: str | Path) -> ParsedExport:
         barcodes=kept_barcodes,
         customer_codes=pc.if_else(pa.array(delete_np), pa.scalar("", pa.string()), kept_codes),
         is_delete=delete_np,
-        rows_read=total_records - int(blank_np.sum()),
+        rows_read=total_records - blank_lines,
         bad_rows=bad_rows,
-        blank_lines=int(blank_np.sum()),
+        blank_lines=blank_lines,
     )
 
 

@@ -117,6 +117,21 @@ def test_line_numbers_stay_right_after_short_rows_and_blank_lines(tmp_path):
     assert parsed.blank_lines == 2
 
 
+@pytest.mark.parametrize("blank", ["", ",,,", "   ", " \t ", ", ,", "\x1a", " ,\x1a"])
+def test_lines_with_nothing_in_them_are_blank_lines_not_bad_rows(tmp_path, blank):
+    parsed = read_export(write(tmp_path, HEADER + "1,2024-01-01,NA,\n" + blank + "\n2,x,NB,\n"))
+    assert [str(bad) for bad in parsed.bad_rows] == [
+        "line 4: unparseable Accession date 'x' (expected YYYY-MM-DD or MM/DD/YYYY)"
+    ]
+    assert (parsed.barcodes.to_pylist(), parsed.rows_read, parsed.blank_lines) == (["1"], 2, 1)
+
+
+@pytest.mark.parametrize("end", ["\x1a", "\r\n\x1a", "\n\x1a\n"])
+def test_trailing_ctrl_z_is_ignored(tmp_path, end):
+    parsed = read_export(write(tmp_path, HEADER + "1,2024-01-01,NA,\n2,2024-01-01,NB," + end))
+    assert (rows(parsed), parsed.bad_rows, parsed.rows_read) == ([("1", "NA", False), ("2", "NB", False)], [], 2)
+
+
 @pytest.mark.parametrize("date", ["2024-05-01", "05/01/2024", "5/1/2024", "12/31/1999"])
 def test_iso_and_us_dates_are_accepted(tmp_path, date):
     parsed = read_export(write(tmp_path, HEADER + f"111,{date},,{date}\n"))
