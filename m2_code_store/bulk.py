@@ -99,23 +99,32 @@ def _kinds_commute(barcodes: pa.Array, deletes: np.ndarray) -> bool:
     return not pc.any(pc.is_in(kept, value_set=deleted)).as_py()
 
 
-def _protocol(barcodes: pa.Array, codes: pa.Array, deletes: np.ndarray) -> pa.Array:
-    """RESP bulk strings per record: ``$n\\r\\nbarcode\\r\\n`` plus ``$m\\r\\ncode\\r\\n`` for a set."""
-    crlf = pa.scalar("\r\n")
-    dollar = pa.scalar("$")
-
-    def bulk(values: pa.Array) -> list:
-        return [dollar, pc.cast(pc.binary_length(values), pa.string()), crlf, values, crlf]
-
-    if deletes.all():
-        return pc.binary_join_element_wise(*bulk(barcodes), "")
-    field_value = pc.binary_join_element_wise(*bulk(barcodes), *bulk(codes), "")
-    if not deletes.any():
-        return field_value
-    return pc.if_else(pa.array(deletes), pc.binary_join_element_wise(*bulk(barcodes), ""), field_value)
+LENGTH_PREFIXES = pa.array([f"${n}\r\n" for n in range(256)], type=pa.string())
 
 
-def _slice_protocol(prefix: str, gen: int, buckets: int, barcodes: pa.Array, codes: pa.Array, deletes: np.ndarray) -> tuple[memoryview, np.ndarray]:
+@dataclass(frozen=True)
+class _CodeSegments:
+    """The protocol tail of every row: ``\r\n$m\r\ncode\r\n`` for a set, ``\r\n`` for a delete.
+
+    Customer codes are few, so each distinct tail is built once and rows take theirs by index.
+    """
+
+    segments: pa.Array
+    row_segment: np.ndarray  # per row, an index into segments
+
+    @classmethod
+    def of(cls, codes: pa.Array, deletes: np.ndarray) -> _CodeSegments:
+        encoded = pc.dictionary_encode(codes)
+        distinct = encoded.dictionary.to_pylist()
+        segments = [f"\r\n${len(code.encode())}\r\n{code}\r\n" for code in distinct] + ["\r\n"]
+        indices = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        return cls(pa.array(segments, type=pa.string()), np.where(deletes, len(distinct), indices).astype(np.int32))
+
+
+def _slice_protocol(
+    prefix: str, gen: int, buckets: int, barcodes: pa.Array, code_segments: pa.Array,
+    row_segment: np.ndarray, deletes: np.ndarray,
+) -> tuple[memoryview, np.ndarray]:
     """The Redis protocol for one slice as one buffer, and the kind (True = HDEL) of each command."""
     bucket = bucket_numbers(barcodes, buckets)
     if deletes.any() and not deletes.all() and _kinds_commute(barcodes, deletes):
@@ -128,8 +137,7 @@ def _slice_protocol(prefix: str, gen: int, buckets: int, barcodes: pa.Array, cod
     order = np.argsort(sort_key, kind="stable")
     bucket = bucket[order]
     deletes = deletes[order]
-    take = pa.array(order)
-    pieces = _protocol(pc.take(barcodes, take), pc.take(codes, take), deletes)
+    sorted_barcodes = pc.take(barcodes, pa.array(order))
 
     # A run: consecutive records with the same bucket and kind, sent as one command whose
     # header goes in front of the run's first record.
@@ -146,9 +154,15 @@ def _slice_protocol(prefix: str, gen: int, buckets: int, barcodes: pa.Array, cod
         pc.if_else(pa.array(run_kinds), pa.scalar("\r\n$4\r\nHDEL\r\n$"), pa.scalar("\r\n$4\r\nHSET\r\n$")),
         pc.cast(pc.binary_length(keys), pa.string()), pa.scalar("\r\n"), keys, pa.scalar("\r\n"), "",
     )
-    run_of_row = np.cumsum(is_start) - 1
-    row_headers = pc.if_else(pa.array(is_start), pc.take(headers, pa.array(run_of_row)), pa.scalar(""))
-    protocol = pc.binary_join_element_wise(row_headers, pieces, "")
+    headers = pa.concat_arrays([headers, pa.array([""], type=pa.string())])  # last: "no header"
+    header_of_row = np.where(is_start, np.cumsum(is_start) - 1, len(starts)).astype(np.int32)
+    protocol = pc.binary_join_element_wise(
+        pc.take(headers, pa.array(header_of_row)),
+        pc.take(LENGTH_PREFIXES, pc.binary_length(sorted_barcodes)),
+        sorted_barcodes,
+        pc.take(code_segments, pa.array(row_segment[order])),
+        "",
+    )
     offsets, _ = _string_buffers(protocol)
     data = memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]
     return data, run_kinds
@@ -227,6 +241,7 @@ def write_generation(
     connection_ok = False
     sender, receiver = _Sender(sock), _Receiver(sock)
     kinds: list[np.ndarray] = []
+    tails = _CodeSegments.of(parsed.customer_codes, parsed.is_delete)
     try:
         sender.start()
         receiver.start()
@@ -235,7 +250,7 @@ def write_generation(
                 last = min(first + slice_rows, total)
                 data, run_kinds = _slice_protocol(
                     layout.prefix, gen, buckets, parsed.barcodes.slice(first, last - first),
-                    parsed.customer_codes.slice(first, last - first), parsed.is_delete[first:last],
+                    tails.segments, tails.row_segment[first:last], parsed.is_delete[first:last],
                 )
                 kinds.append(run_kinds)
                 sender.queue.put(data)
