@@ -5,8 +5,9 @@ matter), never by position; two columns that mean the same (``Item barcode`` and
 ``ITEM  BARCODE``) are refused rather than one silently ignored. Lines may end in CR LF, LF or CR.
 Values are trimmed. A row is skipped, with its line number and the reason, when its barcode is
 blank or outside the barcode alphabet, its customer code is missing (and it has no Delete date),
-it has the wrong number of fields, or a date does not parse. A line with nothing in it (only
-spaces, delimiters or a Ctrl-Z end-of-file mark) is a blank line: counted, not reported. Dates
+it has the wrong number of fields, a value we read is not UTF-8 text (a stray Windows-1252 byte;
+a header that is not UTF-8 refuses the file), or a date does not parse. A line with nothing in
+it (only spaces, delimiters or a Ctrl-Z end-of-file mark) is a blank line: counted, not reported. Dates
 may be ISO (``2024-05-01``) or US (``05/01/2024``, ``5/1/2024``); a blank Delete date means the
 item is present.
 
@@ -28,6 +29,9 @@ from __future__ import annotations
 import codecs
 import csv
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -50,6 +54,7 @@ COLUMNS = {  # our name -> the LAS header
 }
 REQUIRED = ("barcode", "customer_code", "delete_date")
 DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y")
+NOT_UTF8_ROW = "not UTF-8 text: export the file again as CSV (UTF-8)"
 
 
 class ExportError(Exception):
@@ -208,24 +213,39 @@ def read_export(path: str | Path) -> ParsedExport:
             invalid.append((row.number, f"wrong number of fields ({row.actual_columns}, expected {row.expected_columns})"))
         return "skip"
 
+    def read(raw: bytes) -> pa.Table:
+        invalid.clear()
+        blank_short_lines.clear()
+        with _unreadable_row_text_ignored():
+            return pacsv.read_csv(
+                pa.BufferReader(raw),
+                read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=names, block_size=8 << 20),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                    include_columns=[names[i] for i in indexes.values()],
+                ),
+            )
+
+    not_utf8_lines: list[int] = []
     try:
-        table = pacsv.read_csv(
-            pa.BufferReader(raw),
-            read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=names, block_size=8 << 20),
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                include_columns=[names[i] for i in indexes.values()],
-            ),
-        )
+        table = read(raw)
     except pa.ArrowInvalid as exc:
-        if "UTF8" in str(exc):
-            raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from exc
-        raise ExportError(f"{path} could not be read as CSV: {exc}") from exc
+        # Rare: a row that is not UTF-8 (Arrow's conversion fails, or its invalid-row handler
+        # cannot decode a short row). Blank those rows out, read again, and report them.
+        raw, not_utf8_lines = _blank_out_non_utf8(raw, delimiter, len(header), sorted(indexes.values()))
+        try:
+            if not not_utf8_lines:
+                raise exc
+            table = read(raw)
+        except pa.ArrowInvalid as again:
+            if "UTF8" in str(again):
+                raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from again
+            raise ExportError(f"{path} could not be read as CSV: {again}") from again
 
     def column(name: str) -> pa.Array:
         return pc.utf8_trim_whitespace(table[names[indexes[name]]]).combine_chunks()
@@ -279,6 +299,11 @@ def read_export(path: str | Path) -> ParsedExport:
     blank_np = blank_line.to_numpy(zero_copy_only=False)
     bad_mask = np.zeros(table.num_rows, dtype=bool)
     reasons: dict[int, str] = {}
+    if not_utf8_lines:  # read as blank rows, reported as bad ones
+        not_utf8 = np.isin(lines, not_utf8_lines)
+        blank_np = blank_np & ~not_utf8
+        bad_mask |= not_utf8
+        reasons.update(dict.fromkeys(np.flatnonzero(not_utf8).tolist(), NOT_UTF8_ROW))
     for mask, reason in problems:
         mask_np = (mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)) & ~blank_np
         for i in np.flatnonzero(mask_np & ~bad_mask):
@@ -312,6 +337,67 @@ def read_export(path: str | Path) -> ParsedExport:
         bad_rows=bad_rows,
         blank_lines=blank_lines,
     )
+
+
+def _blank_out_non_utf8(raw: bytes, delimiter: str, fields: int, used: list[int]) -> tuple[bytes, list[int]]:
+    """*raw* with every record that is not UTF-8 text replaced by an empty one, and their line numbers.
+
+    A record counts when the bytes of a column we read are not UTF-8, or when it has the wrong
+    number of fields (Arrow must decode those to report them). Records end at CR LF, LF or CR
+    outside double quotes, as Arrow splits them. Only called after Arrow refused the file.
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    non_ascii = np.flatnonzero(data >= 0x80)
+    ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))
+    ends = ends[~((data[ends] == ord("\n")) & (ends > 0) & (data[ends - 1] == ord("\r")))]  # CR LF: one end
+    quotes = np.flatnonzero(data == ord('"'))
+    if len(quotes):
+        ends = ends[np.searchsorted(quotes, ends) % 2 == 0]
+    starts = np.concatenate(([0], ends + 1 + ((data[ends] == ord("\r")) & (data[np.minimum(ends + 1, len(data) - 1)] == ord("\n")))))
+    ends = np.concatenate((ends, [len(data)]))
+    pieces, last, lines = [], 0, []
+    for record in np.unique(np.searchsorted(ends, non_ascii)).tolist():
+        start, end = int(starts[record]), int(ends[record])
+        text = raw[start:end]
+        try:
+            text.decode("utf-8")
+            continue
+        except UnicodeDecodeError:
+            pass
+        try:
+            values = next(csv.reader([text.decode("latin-1")], delimiter=delimiter))
+        except (csv.Error, StopIteration):
+            values = []
+        if record == 0 or (len(values) == fields and all(_is_utf8(values[i]) for i in used)):
+            continue
+        pieces += [raw[last:start], delimiter.encode() * (fields - 1)]
+        last = end
+        lines.append(record + 1)
+    return b"".join([*pieces, raw[last:]]) if lines else raw, lines
+
+
+def _is_utf8(latin1: str) -> bool:
+    try:
+        latin1.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@contextmanager
+def _unreadable_row_text_ignored() -> Iterator[None]:
+    """Silence the traceback Arrow prints when a short row's text is not UTF-8; the read fails anyway."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _not_matching(values: pa.Array, pattern: str, max_length: int) -> pa.Array:

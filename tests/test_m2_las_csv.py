@@ -244,7 +244,7 @@ def test_utf16_tab_separated_export_is_read(tmp_path):
     [
         (b"", "is empty or has no header line"),
         (b"\xfa\xfb garbage\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
-        (HEADER.encode() + b"1,2024-01-01,N\xe9,\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
+        (b"Item barcode,Customer code,Delete date,Not\xe9s\n1,NA,,\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
     ],
 )
 def test_unusable_file_is_refused(tmp_path, content, message):
@@ -252,6 +252,55 @@ def test_unusable_file_is_refused(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ExportError, match=message):
         read_export(path)
+
+
+NOT_UTF8 = "not UTF-8 text: export the file again as CSV (UTF-8)"
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize(
+    "bad_line",
+    [b"2,2024-01-01,N\xe9,", b"\xe9\xe8,2024-01-01,NB,", b"2,2024-01-01,,2024-01-01\x81", b"2,\xe9", b"2,\xe9,NB,,extra"],
+)
+def test_a_row_that_is_not_utf8_is_skipped_and_the_rest_loaded(tmp_path, newline, bad_line):
+    """One Windows-1252 byte no longer refuses the whole file: that row is reported with its line."""
+    lines = [HEADER.rstrip("\n").encode(), b"1,2024-01-01,NA,", bad_line, b"", b'3,"2024-01-01",NC,', b"\xff", b"4,2024-01-01,ND,"]
+    path = tmp_path / "items.csv"
+    path.write_bytes(newline.join(lines) + newline)
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [f"line 3: {NOT_UTF8}", f"line 6: {NOT_UTF8}"]
+    assert rows(parsed) == [("1", "NA", False), ("3", "NC", False), ("4", "ND", False)]
+    assert (parsed.rows_read, parsed.blank_lines) == (5, 1)
+
+
+def test_not_utf8_rows_keep_line_numbers_after_a_quoted_value_spanning_lines(tmp_path):
+    text = HEADER.encode() + b'1,2024-01-01,"N\nA",\n2,2024-01-01,N\xe9,\n3,x,NC,\n4,2024-01-01,ND,\n'
+    path = tmp_path / "items.csv"
+    path.write_bytes(text)
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [
+        "line 2: customer code 'N\\nA' is not 1-32 letters, digits, '.', '_' or '-'",
+        f"line 3: {NOT_UTF8}",
+        "line 4: unparseable Accession date 'x' (expected YYYY-MM-DD or MM/DD/YYYY)",
+    ]
+    assert parsed.barcodes.to_pylist() == ["4"]
+
+
+def test_bytes_that_are_not_utf8_in_a_column_not_read_do_not_matter(tmp_path):
+    text = b"Item barcode,Notes,Customer code,Delete date\n1,caf\xe9,NA,\n2,ok,N\xe9,\n3,\xff,NC,\n"
+    path = tmp_path / "items.csv"
+    path.write_bytes(text)
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [f"line 3: {NOT_UTF8}"]
+    assert rows(parsed) == [("1", "NA", False), ("3", "NC", False)]
+
+
+def test_a_short_row_that_is_not_utf8_prints_no_traceback(tmp_path, capfd):
+    path = tmp_path / "items.csv"
+    path.write_bytes(HEADER.encode() + b"1,2024-01-01,NA,\n2,\xe9\n")
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [f"line 3: {NOT_UTF8}"]
+    assert capfd.readouterr().err == ""
 
 
 def test_several_missing_columns_are_all_named(tmp_path):
