@@ -113,7 +113,11 @@ def _header_line(raw: bytes) -> tuple[bytes, int]:
 def _decode(raw: bytes, path: Path) -> tuple[bytes, str]:
     """UTF-8 bytes of the file (UTF-16 exports transcoded) and its delimiter."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raw = raw.decode("utf-16").encode("utf-8")
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ExportError(f"{path} starts as UTF-16 text but is not UTF-16 throughout ({exc.reason}): "
+                              "export it again as CSV (UTF-8)") from exc
     elif raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
     first_line = _header_line(raw)[0]

@@ -184,6 +184,15 @@ def test_rows_are_returned_in_event_date_order(tmp_path, body, expected):
     assert rows(read_export(write(tmp_path, HEADER + body))) == expected
 
 
+def test_event_order_holds_with_more_distinct_dates_than_fit_16_bits(tmp_path):
+    """65,537 distinct dates (about 180 years of days) rank past 65,535: the ranks widen to 32 bits."""
+    first = date(1800, 1, 1).toordinal()
+    days = [date.fromordinal(first + n) for n in range(65_537)]
+    body = "".join(f"{n},{day.isoformat()},NA,\n" for n, day in reversed(list(enumerate(days))))
+    parsed = read_export(write(tmp_path, HEADER + body))
+    assert parsed.barcodes.to_pylist() == [str(n) for n in range(65_537)]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -243,6 +252,8 @@ def test_utf16_tab_separated_export_is_read(tmp_path):
     ("content", "message"),
     [
         (b"", "is empty or has no header line"),
+        (codecs.BOM_UTF16_LE + "Item barcode,Customer code,Delete date\n1,NA,\n".encode("utf-16-le") + b"\x00",
+         "starts as UTF-16 text but is not UTF-16 throughout \\(truncated data\\): export it again as CSV \\(UTF-8\\)"),
         (b"\xfa\xfb garbage\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
         (b"Item barcode,Customer code,Delete date,Not\xe9s\n1,NA,,\n", "is not UTF-8 text: export it again as CSV \\(UTF-8\\)"),
     ],
