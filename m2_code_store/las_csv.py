@@ -274,7 +274,7 @@ def read_export(path: str | Path) -> ParsedExport:
         blank_line = pc.and_(blank_line, pc.equal(pc.binary_length(accession), zero))
     is_delete = pc.greater(pc.binary_length(deleted), zero)
 
-    problems: list[tuple[pa.Array, object]] = [
+    problems: list[tuple[pa.Array | np.ndarray, object]] = [
         (blank_barcode, "blank barcode"),
         (pc.and_(pc.invert(blank_barcode), _not_matching(barcodes, BARCODE_PATTERN, MAX_BARCODE_LENGTH)),
          lambda i: _barcode_problem(barcodes[i].as_py())),

@@ -352,6 +352,35 @@ def test_any_valid_export_round_trips_in_event_date_order(tmp_path_factory, reco
     assert rows(parsed) == [(b, "" if deleted else c, bool(deleted)) for b, c, _, deleted in expected]
 
 
+LINE_KINDS = {  # kind -> (line bytes for barcode n, blank?, reason if skipped)
+    "valid": (lambda n: f"{n},2024-01-01,NA,".encode(), False, None),
+    "quoted": (lambda n: f'{n},"2024-01-01","NA",'.encode(), False, None),
+    "empty": (lambda n: b"", True, None),
+    "commas": (lambda n: b",,,", True, None),
+    "spaces": (lambda n: b" \t ", True, None),
+    "ctrl-z": (lambda n: b"\x1a", True, None),
+    "short": (lambda n: f"{n},2024-01-01".encode(), False, "wrong number of fields (2, expected 4)"),
+    "no code": (lambda n: f"{n},2024-01-01,,".encode(), False, "missing customer code"),
+    "not utf8": (lambda n: f"{n},2024-01-01,N".encode() + b"\xe9,", False, NOT_UTF8),
+}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(sorted(LINE_KINDS)), max_size=30), st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_line_numbers_and_counts_are_right_for_any_mix_of_lines(tmp_path_factory, kinds, newline):
+    """Property: whatever the line endings and the mix of blank, bad and valid lines, each bad row
+    is reported at its physical line (header = 1) and the counts add up."""
+    path = tmp_path_factory.mktemp("lines") / "items.csv"
+    body = [LINE_KINDS[kind][0](n) for n, kind in enumerate(kinds)]
+    path.write_bytes(newline.join([HEADER.rstrip("\n").encode(), *body]) + newline)
+    parsed = read_export(path)
+    expected_bad = [f"line {n + 2}: {LINE_KINDS[k][2]}" for n, k in enumerate(kinds) if LINE_KINDS[k][2]]
+    assert [str(bad) for bad in parsed.bad_rows] == expected_bad
+    assert parsed.barcodes.to_pylist() == [str(n) for n, k in enumerate(kinds) if k in ("valid", "quoted")]
+    blanks = sum(LINE_KINDS[k][1] for k in kinds)
+    assert (parsed.blank_lines, parsed.rows_read) == (blanks, len(kinds) - blanks)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=80), max_size=30))
 def test_vectorised_crc32_equals_zlib(values):
