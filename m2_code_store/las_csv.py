@@ -347,37 +347,70 @@ def _blank_out_non_utf8(raw: bytes, delimiter: str, fields: int, used: list[int]
     """*raw* with every record that is not UTF-8 text replaced by an empty one, and their line numbers.
 
     A record counts when the bytes of a column we read are not UTF-8, or when it has the wrong
-    number of fields (Arrow must decode those to report them). Records end at CR LF, LF or CR
-    outside double quotes, as Arrow splits them. Only called after Arrow refused the file.
+    number of fields (Arrow must decode those to report them). Only called after Arrow refused
+    the file, so plain Python is fine here.
     """
-    data = np.frombuffer(raw, dtype=np.uint8)
-    non_ascii = np.flatnonzero(data >= 0x80)
-    ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))
-    ends = ends[~((data[ends] == ord("\n")) & (ends > 0) & (data[ends - 1] == ord("\r")))]  # CR LF: one end
-    quotes = np.flatnonzero(data == ord('"'))
-    if len(quotes):
-        ends = ends[np.searchsorted(quotes, ends) % 2 == 0]
-    starts = np.concatenate(([0], ends + 1 + ((data[ends] == ord("\r")) & (data[np.minimum(ends + 1, len(data) - 1)] == ord("\n")))))
-    ends = np.concatenate((ends, [len(data)]))
     pieces, last, lines = [], 0, []
-    for record in np.unique(np.searchsorted(ends, non_ascii)).tolist():
-        start, end = int(starts[record]), int(ends[record])
-        text = raw[start:end]
+    for record, start, end, values in _records_with_high_bytes(raw, delimiter):
         try:
-            text.decode("utf-8")
+            raw[start:end].decode("utf-8")
             continue
         except UnicodeDecodeError:
             pass
-        try:
-            values = next(csv.reader([text.decode("latin-1")], delimiter=delimiter))
-        except (csv.Error, StopIteration):
-            values = []
         if record == 0 or (len(values) == fields and all(_is_utf8(values[i]) for i in used)):
             continue
         pieces += [raw[last:start], delimiter.encode() * (fields - 1)]
         last = end
         lines.append(record + 1)
     return b"".join([*pieces, raw[last:]]) if lines else raw, lines
+
+
+def _records_with_high_bytes(raw: bytes, delimiter: str) -> Iterator[tuple[int, int, int, list[str]]]:
+    """Index (header: 0), byte span without line ending and fields (Latin-1) of each record of *raw*
+    that holds a byte over 0x7F.
+
+    Records end at CR LF, LF or CR, as Arrow splits them; when the file has double quotes, Python's
+    csv module (which, like Arrow, opens a quoted value only at the start of a field) finds where
+    a record with a quoted line break ends.
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    high = np.flatnonzero(data >= 0x80)
+    if not len(high):
+        return
+    if b'"' not in raw:  # every line is a record: vectorised
+        ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))
+        ends = ends[~((data[ends] == ord("\n")) & (ends > 0) & (data[ends - 1] == ord("\r")))]  # CR LF: one end
+        crlf = (data[ends] == ord("\r")) & (data[np.minimum(ends + 1, len(data) - 1)] == ord("\n"))
+        starts = np.concatenate(([0], ends + 1 + crlf))
+        ends = np.concatenate((ends, [len(data)]))
+        for record in np.unique(np.searchsorted(ends, high)).tolist():
+            start, end = int(starts[record]), int(ends[record])
+            try:
+                values = next(csv.reader([raw[start:end].decode("latin-1")], delimiter=delimiter), [])
+            except csv.Error:
+                values = []
+            yield record, start, end, values
+        return
+    offset = 0
+
+    def physical_lines() -> Iterator[str]:
+        nonlocal offset
+        for line in raw.splitlines(keepends=True):  # bytes split at CR LF, LF and CR only
+            offset += len(line)
+            yield line.decode("latin-1")
+
+    start, next_high = 0, 0
+    try:
+        for record, values in enumerate(csv.reader(physical_lines(), delimiter=delimiter)):
+            if next_high < len(high) and high[next_high] < offset:
+                end = len(raw[start:offset].rstrip(b"\r\n")) + start
+                yield record, start, end, values
+                next_high = int(np.searchsorted(high, offset))
+                if next_high == len(high):
+                    return
+            start = offset
+    except csv.Error:
+        return  # not CSV Python can follow: the file is refused as not UTF-8
 
 
 def _is_utf8(latin1: str) -> bool:

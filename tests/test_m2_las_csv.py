@@ -297,6 +297,16 @@ def test_not_utf8_rows_keep_line_numbers_after_a_quoted_value_spanning_lines(tmp
     assert parsed.barcodes.to_pylist() == ["4"]
 
 
+def test_not_utf8_rows_keep_line_numbers_after_a_quote_inside_a_value(tmp_path):
+    """A quote inside a value is a literal character (for Arrow as for the search for bad rows)."""
+    text = b'Item barcode,Notes,Customer code,Delete date\n1,12" ruler,NA,\n2,x,N\xe9,\n3,"y",NC,\n4,\xe9,ND,\n5,z,N\xe9,\n'
+    path = tmp_path / "items.csv"
+    path.write_bytes(text)
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [f"line 3: {NOT_UTF8}", f"line 6: {NOT_UTF8}"]
+    assert rows(parsed) == [("1", "NA", False), ("3", "NC", False), ("4", "ND", False)]
+
+
 def test_bytes_that_are_not_utf8_in_a_column_not_read_do_not_matter(tmp_path):
     text = b"Item barcode,Notes,Customer code,Delete date\n1,caf\xe9,NA,\n2,ok,N\xe9,\n3,\xff,NC,\n"
     path = tmp_path / "items.csv"
