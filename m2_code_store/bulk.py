@@ -1,13 +1,13 @@
 """Write parsed records into one generation of the store, fast.
 
-The rows go in slices of file order. For each slice the bucket of every barcode is computed
+The rows go in slices, in ParsedExport order (event-date order, see las_csv). For each slice the bucket of every barcode is computed
 with a vectorised CRC-32 (the same value as ``zlib.crc32``, which readers use), the rows are
 grouped by bucket with a stable sort (file order kept inside a bucket), the Redis protocol for
 the whole slice is built with Arrow, and it streams over one connection in chunks of about a
 megabyte; replies are read one chunk behind, so Redis works on one slice while the next is built.
 
 Inside a bucket, consecutive rows of the same kind become one ``HSET key f v f v …`` or
-``HDEL key f f …``, in file order, so Redis applies "the last row wins" itself, and its replies
+``HDEL key f f …``, in that order, so Redis applies "the latest row wins" itself, and its replies
 (fields added, fields removed) give the exact change in the record count.
 """
 
