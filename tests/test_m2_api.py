@@ -207,7 +207,8 @@ def test_serve_runs_the_app_under_a_production_server(server, redis_url, tmp_pat
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        url = f"http://127.0.0.1:{port}/api/v0.1/m2-customer-codes?barcodes=" + ",".join(["1234"] + [str(i) for i in range(999)])
+        longest = [f"{i:048d}" for i in range(999)]  # the longest barcodes, as many as allowed: ~49 KB
+        url = f"http://127.0.0.1:{port}/api/v0.1/m2-customer-codes?barcodes=" + ",".join(["1234", *longest])
         deadline = time.monotonic() + 20
         while True:
             try:
