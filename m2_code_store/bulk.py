@@ -13,6 +13,7 @@ Inside a bucket, consecutive rows of the same kind become one ``HSET key f v f v
 
 from __future__ import annotations
 
+import functools
 import queue
 import select
 import socket
@@ -99,7 +100,10 @@ def _kinds_commute(barcodes: pa.Array, deletes: np.ndarray) -> bool:
     return not pc.any(pc.is_in(kept, value_set=deleted)).as_py()
 
 
-LENGTH_PREFIXES = pa.array([f"${n}\r\n" for n in range(256)], type=pa.string())
+@functools.cache
+def _length_prefixes() -> pa.Array:
+    """``$n\r\n`` for every possible barcode length n (built on first use, not at import)."""
+    return pa.array([f"${n}\r\n" for n in range(256)], type=pa.string())
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ def _slice_protocol(
     header_of_row = np.where(is_start, np.cumsum(is_start) - 1, len(starts)).astype(np.int32)
     protocol = pc.binary_join_element_wise(
         pc.take(headers, pa.array(header_of_row)),
-        pc.take(LENGTH_PREFIXES, pc.binary_length(sorted_barcodes)),
+        pc.take(_length_prefixes(), pc.binary_length(sorted_barcodes)),
         sorted_barcodes,
         pc.take(code_segments, pa.array(row_segment[order])),
         "",

@@ -252,7 +252,7 @@ def read_export(path: str | Path) -> ParsedExport:
             raise ExportError(f"{path} could not be read as CSV: {again}") from again
 
     def column(name: str) -> pa.Array:
-        return pc.utf8_trim_whitespace(table[names[indexes[name]]]).combine_chunks()
+        return _trimmed(table[names[indexes[name]]].combine_chunks())
 
     barcodes = column("barcode")
     codes = column("customer_code")
@@ -435,6 +435,27 @@ def _unreadable_row_text_ignored() -> Iterator[None]:
         yield
     finally:
         sys.unraisablehook = previous
+
+
+_EDGE_BYTES = np.zeros(256, dtype=bool)
+_EDGE_BYTES[[9, 10, 11, 12, 13, 32]] = True  # ASCII white space
+_EDGE_BYTES[128:] = True  # any non-ASCII byte might belong to Unicode white space
+
+
+def _trimmed(values: pa.Array) -> pa.Array:
+    """*values* with white space trimmed; the trim only runs when some value may need it."""
+    if values.type != pa.string() or values.null_count or len(values) == 0:
+        return pc.utf8_trim_whitespace(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=len(values) + 1, offset=values.offset * 4)
+    data_buffer = values.buffers()[2]
+    if data_buffer is None:
+        return values
+    data = np.frombuffer(data_buffer, dtype=np.uint8)
+    filled = offsets[1:] > offsets[:-1]
+    starts, ends = offsets[:-1][filled], offsets[1:][filled] - 1
+    if _EDGE_BYTES[data[starts]].any() or _EDGE_BYTES[data[ends]].any():
+        return pc.utf8_trim_whitespace(values)
+    return values
 
 
 def _not_matching(values: pa.Array, pattern: str, max_length: int) -> pa.Array:
