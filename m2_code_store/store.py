@@ -154,14 +154,39 @@ class CodeStore:
         for index, barcode in enumerate(barcodes):
             key = self.layout.bucket_key(generation.gen, bucket_of(barcode, generation.buckets))
             by_key.setdefault(key, []).append(index)
-        pipe = self.client.pipeline(transaction=False)
+        parts: list[bytes] = []
         for key, indexes in by_key.items():
-            pipe.hmget(key, [barcodes[i] for i in indexes])
+            fields = [barcodes[i].encode() for i in indexes]
+            parts.append(b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n" % (2 + len(fields), len(key), key.encode()))
+            parts.extend(b"$%d\r\n%s\r\n" % (len(field), field) for field in fields)
         codes: list[str | None] = [None] * len(barcodes)
-        for indexes, values in zip(by_key.values(), pipe.execute(), strict=True):
+        for indexes, values in zip(by_key.values(), self._pipelined(b"".join(parts), len(by_key)), strict=True):
             for i, value in zip(indexes, values, strict=True):
                 codes[i] = _text(value) if value is not None else None
         return codes
+
+    def _pipelined(self, payload: bytes, replies: int) -> list:
+        """Send pre-packed commands on one pooled connection and read their replies.
+
+        The API's hot path: packing ten HMGETs by hand costs a fraction of redis-py's pipeline
+        object. A connection that turns out to be dead (Redis restarted) is replaced once.
+        """
+        pool = self.client.connection_pool
+        for attempt in (1, 2):
+            connection = pool.get_connection()
+            try:
+                connection.send_packed_command([payload])
+                return [connection.read_response() for _ in range(replies)]
+            except redis.exceptions.ConnectionError:
+                connection.disconnect()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                connection.disconnect()  # replies may be unread: never reuse it
+                raise
+            finally:
+                pool.release(connection)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def stats(self) -> dict:
         """Record count and generation of the live data set (read fresh, not cached)."""
