@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+
+from aiohttp import web
 
 
 class SlidingWindowCounter:
@@ -58,3 +61,20 @@ def parse_latency(text: str) -> tuple[float, float]:
     if low_s < 0 or high_s < low_s:
         raise ValueError(f"latency must be MIN-MAX seconds with 0 <= MIN <= MAX, got {text!r}")
     return low_s, high_s
+
+
+async def serve(app: web.Application, host: str, port: int, describe: Callable[[int], str]) -> None:
+    """Listen on host:port (0 = a free port), print ``describe(port)``, serve until SIGTERM/SIGINT."""
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    print(describe(runner.addresses[0][1]), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -112,7 +112,6 @@ import csv
 import io
 import json
 import random
-import signal
 import string
 import sys
 import time
@@ -124,7 +123,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from simulators._common import SlidingWindowCounter, parse_latency, sleep_latency
+from simulators._common import SlidingWindowCounter, parse_latency, serve, sleep_latency
 
 FAILURE_KINDS = (
     "500",
@@ -905,31 +904,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alma simulator: cannot load seed files: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(state, args.host, args.port))
+        asyncio.run(serve(create_app(state), args.host, args.port, lambda port: (
+            f"Alma simulator listening on http://{args.host}:{port} "
+            f"({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)")))
     except KeyboardInterrupt:
         pass
     return 0
-
-
-async def serve(state: AlmaState, host: str, port: int) -> None:
-    """Listen on host:port (0 = any free port), print the base URL, serve until SIGTERM/SIGINT."""
-    runner = web.AppRunner(create_app(state))
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_port = site._server.sockets[0].getsockname()[1]  # the real port when port is 0
-    print(
-        f"Alma simulator listening on http://{host}:{bound_port} "
-        f"({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
 
 
 # --- recorded real bodies (shared/reference/examples), the templates of the answers ----------

@@ -76,7 +76,7 @@ from typing import Any
 from aiohttp import web
 
 from simulators._common import parse_latency as common_parse_latency
-from simulators._common import sleep_latency
+from simulators._common import serve, sleep_latency
 
 SCOPE = "cal_r ev_r ms_r rm_r sp_r sp_w h_r"
 CANCELLED_STATUSES = (
@@ -568,20 +568,6 @@ def load_bookings(state: LibCalState, path: str) -> int:
     return len(bookings)
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    """Serve ``app`` until cancelled, printing its base URL once listening."""
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_port = runner.addresses[0][1]
-    print(f"LibCal simulator listening on http://{host}:{bound_port}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the LibCal simulator standalone."""
     parser = argparse.ArgumentParser(
@@ -616,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(serve(create_app(state), args.host, args.port))
+        asyncio.run(serve(create_app(state), args.host, args.port, lambda port: f"LibCal simulator listening on http://{args.host}:{port}"))
     except KeyboardInterrupt:
         pass
     return 0

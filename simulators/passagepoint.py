@@ -65,7 +65,7 @@ from typing import Any
 from aiohttp import web
 
 from simulators._common import parse_latency as common_parse_latency
-from simulators._common import sleep_latency
+from simulators._common import serve, sleep_latency
 
 BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
@@ -410,20 +410,6 @@ def load_visitors(state: PassagePointState, path: str) -> int:
     return len(visitors)
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    """Serve ``app`` until cancelled, printing its base URL once listening."""
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound_port = runner.addresses[0][1]
-    print(f"PassagePoint simulator listening on http://{host}:{bound_port}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the PassagePoint simulator standalone."""
     parser = argparse.ArgumentParser(
@@ -462,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(serve(create_app(state), args.host, args.port))
+        asyncio.run(serve(create_app(state), args.host, args.port, lambda port: f"PassagePoint simulator listening on http://{args.host}:{port}"))
     except KeyboardInterrupt:
         pass
     return 0
