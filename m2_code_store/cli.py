@@ -15,7 +15,7 @@ import sys
 
 import redis
 
-from m2_code_store.config import connect, describe_error, resolve_target
+from m2_code_store.config import connect, describe_error, open_store, resolve_target
 from m2_code_store.embedded import EmbeddedServerError, stop_local_server
 from m2_code_store.store import CodeStore
 from toolconfig import ConfigError
@@ -62,14 +62,13 @@ def serve(args: argparse.Namespace) -> int:
 def stats(_: argparse.Namespace) -> int:
     """Print the store's record count and generation as JSON."""
     try:
-        target = resolve_target()
-        client = connect(target, timeout=5)
+        target, client = open_store(timeout=5)
         print(json.dumps({"store": target.shown, **CodeStore(client).stats()}))
     except (ConfigError, EmbeddedServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except redis.exceptions.RedisError as exc:
-        print(f"error: cannot reach {target.shown}: {describe_error(exc, target)}", file=sys.stderr)
+        print(f"error: {target.shown} failed: {describe_error(exc, target)}", file=sys.stderr)
         return 2
     return 0
 

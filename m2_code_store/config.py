@@ -144,3 +144,15 @@ def connect(
         retry_on_timeout=False,
         **kwargs,
     )
+
+
+def open_store(*, timeout: float) -> tuple[StoreTarget, redis.Redis]:
+    """Resolve the store, connect and PING it; any failure is a ConfigError fit for a person."""
+    target = resolve_target()
+    client = connect(target, timeout=timeout)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        client.close()
+        raise ConfigError(f"cannot reach {target.shown}: {describe_error(exc, target)}") from exc
+    return target, client

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file: python m2_code_store/write_csv_t
 
 import redis
 
-from m2_code_store.config import connect, describe_error, resolve_target
+from m2_code_store.config import describe_error, open_store
 from m2_code_store.embedded import EmbeddedServerError
 from m2_code_store.las_csv import BadRow, ExportError, ParsedExport, duplicate_count, read_export
 from m2_code_store.loader import DEFAULT_MAX_SHRINK, LoadError, load
@@ -130,16 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         finish("0", "0")
         return status
 
-    target = None
     try:
-        target = resolve_target()
-        client = connect(target, timeout=30)
-        client.ping()
+        target, client = open_store(timeout=30)
     except (ConfigError, EmbeddedServerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except redis.exceptions.RedisError as exc:
-        print(f"error: cannot reach {target.shown}: {describe_error(exc, target)}. Nothing was written.", file=sys.stderr)
+        print(f"error: {exc}. Nothing was written.", file=sys.stderr)
         return 2
 
     progress = Progress(len(parsed.barcodes), enabled=not args.quiet)
