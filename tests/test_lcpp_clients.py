@@ -8,7 +8,6 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,15 +40,13 @@ from libcal_passagepoint.passagepoint import (
     token_expiry,
 )
 from libcal_passagepoint.runner import alma_limiter
-from simulators.alma import AlmaState
+from simulators.alma import USER_EXAMPLE, AlmaState
 from simulators.alma import AlmaUser as SimUser
 from simulators.alma import create_app as create_alma_app
 from simulators.libcal import LibCalState
 from simulators.libcal import create_app as create_libcal_app
 from simulators.passagepoint import PassagePointState
 from simulators.passagepoint import create_app as create_pp_app
-
-EXAMPLES = Path("/work/shared/reference/examples")
 
 
 @pytest.fixture
@@ -182,7 +179,7 @@ def test_parse_alma_errors(body: str, expected: list[tuple[str, str]]) -> None:
 
 def test_user_from_the_reference_example_record() -> None:
     """The real user record: the ACTIVE BARCODE identifier and the group code and description."""
-    record = json.loads((EXAMPLES / "alma_user_200.json").read_text())
+    record = json.loads(USER_EXAMPLE)  # shared/reference/examples/alma_user_200.json, as recorded
     assert user_from_record(record, "ID12345") == AlmaUser("ID12345", "22999000883100", "GST", "GST Guest Patron")
     record["user_identifier"][0]["status"] = "INACTIVE"
     with pytest.raises(AlmaUserHasNoBarcode, match="^Alma user ID12345 has no active barcode$"):
