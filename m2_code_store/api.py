@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
 from m2_code_store.config import StoreTarget, connect, resolve_target
 from m2_code_store.store import CodeStore
+from toolconfig import ConfigError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("m2", __name__)
@@ -101,11 +102,19 @@ def handle_unexpected(error: Exception) -> Response:
     return envelope(APIError(500, "internal error; the service log has the details").to_dict(), 500)
 
 
+def _max_barcodes(value: str) -> int:
+    if not value.strip():
+        return 1000
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"M2_MAX_BARCODES must be a positive whole number (got {value!r})")
+    return int(value)
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API. ``test_config`` may set REDIS_CLIENT (a ready client) or STORE_TARGET."""
     app = Flask(__name__)
     app.config.from_mapping(
-        M2_MAX_BARCODES=int(os.environ.get("M2_MAX_BARCODES") or 1000),
+        M2_MAX_BARCODES=_max_barcodes(os.environ.get("M2_MAX_BARCODES", "")),
         M2_REDIS_TIMEOUT=0.2,  # per attempt; two calls of connect + one retry stay inside 1 s
         REDIS_CLIENT=None,
         STORE_TARGET=None,

@@ -19,6 +19,7 @@ from m2_code_store.config import StoreTarget
 from m2_code_store.embedded import RedisServer, free_port
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
+from toolconfig import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
@@ -121,6 +122,16 @@ def test_health_reports_store_and_record_count(http):
     response = http.get("/health")
     assert response.status_code == 200
     assert response.json["store"] == "up" and response.json["records"] == 3
+
+
+def test_max_barcodes_comes_from_the_environment(monkeypatch, redis_url):
+    monkeypatch.setenv("M2_MAX_BARCODES", "2")
+    http = create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")}).test_client()
+    assert http.get("/api/v0.1/m2-customer-codes?barcodes=1,2,3").json["body"]["message"] == (
+        "too many barcodes: 3 given, at most 2 per request; split the request")
+    monkeypatch.setenv("M2_MAX_BARCODES", "lots")
+    with pytest.raises(ConfigError, match=r"^M2_MAX_BARCODES must be a positive whole number \(got 'lots'\)$"):
+        create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})
 
 
 def test_openapi_describes_both_paths(http):
