@@ -17,6 +17,7 @@ import functools
 import queue
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,7 +202,6 @@ class _Receiver(threading.Thread):
         self.chunks: list[bytes] = []
         self.lines = 0
         self.expected: int | None = None
-        self.more = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -232,7 +232,7 @@ def write_generation(
     progress: Callable[[int], None] | None = None,
     slice_rows: int | None = None,
 ) -> WriteResult:
-    """Apply *parsed* (upserts and deletes, in file order) to generation *gen* of *buckets* buckets."""
+    """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets* buckets."""
     result = WriteResult()
     total = len(parsed.barcodes)
     if total == 0:
@@ -246,9 +246,13 @@ def write_generation(
     sender, receiver = _Sender(sock), _Receiver(sock)
     kinds: list[np.ndarray] = []
     tails = _CodeSegments.of(parsed.customer_codes, parsed.is_delete)
+    # OpenSSL does not allow one thread to read while another writes on the same TLS socket:
+    # over TLS the replies are read once everything is sent (Redis buffers them meanwhile).
+    read_while_sending = not isinstance(sock, ssl.SSLSocket)
     try:
         sender.start()
-        receiver.start()
+        if read_while_sending:
+            receiver.start()
         try:
             for first in range(0, total, slice_rows):
                 last = min(first + slice_rows, total)
@@ -268,6 +272,8 @@ def write_generation(
         if sender.error:
             raise _as_redis_error(sender.error)
         receiver.expected = sum(len(k) for k in kinds)
+        if not read_while_sending:
+            receiver.start()
         receiver.join(timeout=None)
         if receiver.error:
             raise _as_redis_error(receiver.error)
