@@ -255,8 +255,8 @@ async def run_discharge(
     """Scan in every request; call *on_item* as each completes and *on_batch* as each batch completes.
 
     *limiter* is an async context manager entered before every request (one request start each).
-    Stops starting new items on DAILY_THRESHOLD, an unaccepted key, or X-Exl-Api-Remaining below
-    *daily_quota_floor*; items in flight finish and are saved.
+    Stops starting new items on DAILY_THRESHOLD, an unaccepted key, X-Exl-Api-Remaining below
+    *daily_quota_floor*, or an Alma that cannot be reached; items in flight finish and are saved.
     """
     retry = retry or RetryPolicy()
     rng = rng or random.Random()
@@ -320,7 +320,12 @@ async def run_discharge(
                 answered(exc)
                 not_sent += 1
                 if not_sent > retry.max_not_sent:
-                    return failed(exc)
+                    # Alma cannot be reached at all: every other item would wait out the same
+                    # retries. Stop; nothing was sent, so this item stays pending like the rest.
+                    request_stop(f"cannot reach Alma ({exc.code}: {exc.message}); check base_url and the "
+                                 "network, then run again: the items not done stay pending")
+                    return ItemResult(request, False, "", f"not sent: {exc.code}: {exc.message}", None,
+                                      attempts, responses)
                 await sleep(retry.delay(not_sent, rng))
                 continue
             except (AlmaNoAnswer, AlmaServerError) as exc:

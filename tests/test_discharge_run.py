@@ -255,3 +255,26 @@ async def test_quota_floor_also_counts_error_answers(aiohttp_server: Any, tmp_pa
     summary = await run(aiohttp_server, state, table, tmp_path, floor=90)
     assert summary.stop_reason is not None and summary.stop_reason.startswith("X-Exl-Api-Remaining is ")
     assert 11 <= summary.failed["40166411"] == len(state.requests) < 60
+
+
+async def test_unreachable_alma_stops_the_run_and_leaves_every_item_pending(tmp_path: Path, unused_tcp_port: int) -> None:
+    """Nothing listening at base_url: one round of connection retries, then a clean stop, nothing lost."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 40)
+    plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
+    async with aiohttp.ClientSession() as session:
+        client = AlmaClient(f"http://127.0.0.1:{unused_tcp_port}", KEY, session, request_timeout=5)
+        summary = await discharge(
+            plan.requests, table, client=client, limiter=SlidingWindowLimiter(1000), data_dir=tmp_path / "data",
+            concurrency=4, batch_size=10, retry=FAST, echo=lambda _: None,
+        )
+    assert summary.stop_reason is not None
+    assert summary.stop_reason.startswith("cannot reach Alma (CANNOT_CONNECT: cannot connect to http://127.0.0.1:")
+    assert summary.stop_reason.endswith("check base_url and the network, then run again: the items not done stay pending")
+    assert summary.done == 0 and not summary.failed and summary.not_processed == 40
+    assert summary.requests <= 4 * (FAST.max_not_sent + 1)  # not 40 items x every retry
+    rows = [row[:3] for row in status_columns(tmp_path / "items.csv")]
+    assert len(rows) == 40 and all(done != "True" for done, _, _ in rows)  # all pending for the next run
+    noted = [error for _, _, error in rows if error]
+    assert 1 <= len(noted) <= 4
+    assert all(error.startswith(("not sent: CANNOT_CONNECT: ", "not finished: cannot reach Alma")) for error in noted)
