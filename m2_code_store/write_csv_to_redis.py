@@ -87,7 +87,7 @@ def summary(parsed: ParsedExport, seconds: float, *, written: str, deleted: str,
     )
 
 
-def _import_pandas_meanwhile() -> None:
+def _import_pandas_meanwhile() -> threading.Thread:
     """Start importing pandas in the background while the file is read.
 
     pyarrow imports pandas (0.2-0.3 s) the first time it converts a Python value, only to check
@@ -100,14 +100,23 @@ def _import_pandas_meanwhile() -> None:
         except ImportError:
             pass
 
-    threading.Thread(target=load, name="import-pandas", daemon=True).start()
+    thread = threading.Thread(target=load, name="import-pandas", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the loader; returns the exit status."""
     args = parse_args(argv)
+    importing = _import_pandas_meanwhile()
+    try:
+        return _run(args)
+    finally:
+        importing.join()  # never leave an import running into interpreter shutdown
+
+
+def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    _import_pandas_meanwhile()
     try:
         parsed = read_export(args.csv_file)
     except ExportError as exc:
