@@ -88,17 +88,14 @@ def crc32_array(array: pa.Array) -> np.ndarray:
     return crc ^ np.uint32(0xFFFFFFFF)
 
 
-def bucket_numbers(barcodes: pa.Array, buckets: int) -> np.ndarray:
-    """``crc32(barcode) & (buckets - 1)`` for every barcode, as store.bucket_of computes it."""
-    numbers = crc32_array(barcodes) & np.uint32(buckets - 1)
-    return numbers.astype(np.uint16) if buckets <= 1 << 16 else numbers  # uint16 sorts by radix
-
-
-def _kinds_commute(barcodes: pa.Array, deletes: np.ndarray) -> bool:
-    """True when no barcode has both a set row and a delete row among *barcodes*."""
-    deleted = pc.filter(barcodes, pa.array(deletes))
-    kept = pc.filter(barcodes, pa.array(~deletes))
-    return not pc.any(pc.is_in(kept, value_set=deleted)).as_py()
+def _kinds_commute(parsed: ParsedExport) -> bool:
+    """True when no barcode has both a set row and a delete row in *parsed*."""
+    deletes = parsed.source_deletes[parsed.order]
+    if not deletes.any() or deletes.all():
+        return True
+    deleted = pc.take(parsed.source_barcodes, pa.array(parsed.order[deletes]))
+    in_deleted = pc.is_in(parsed.source_barcodes, value_set=deleted).to_numpy(zero_copy_only=False)
+    return not np.any(in_deleted[parsed.order] & ~deletes)
 
 
 @functools.cache
@@ -127,14 +124,17 @@ class _CodeSegments:
 
 
 def _slice_protocol(
-    prefix: str, gen: int, buckets: int, barcodes: pa.Array, code_segments: pa.Array,
-    row_segment: np.ndarray, deletes: np.ndarray,
+    prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments,
+    rows: np.ndarray, commute: bool,
 ) -> tuple[memoryview, np.ndarray]:
-    """The Redis protocol for one slice as one buffer, and the kind (True = HDEL) of each command."""
-    bucket = bucket_numbers(barcodes, buckets)
-    if deletes.any() and not deletes.all() and _kinds_commute(barcodes, deletes):
-        # No barcode is both set and deleted in this slice: sets may go before deletes in a
-        # bucket, one HSET and one HDEL per bucket instead of a command per alternation.
+    """The Redis protocol for the source rows *rows* (in apply order) as one buffer, and the
+    kind (True = HDEL) of each command."""
+    bucket = crc[rows] & np.uint32(buckets - 1)
+    bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket  # uint16 sorts by radix
+    deletes = parsed.source_deletes[rows]
+    if commute and deletes.any() and not deletes.all():
+        # No barcode is both set and deleted: sets may go before deletes in a bucket, one HSET
+        # and one HDEL per bucket instead of a command per alternation.
         sort_key = (bucket.astype(np.uint32) << 1) | deletes
         sort_key = sort_key.astype(np.uint16) if buckets <= 1 << 15 else sort_key
     else:
@@ -142,7 +142,8 @@ def _slice_protocol(
     order = np.argsort(sort_key, kind="stable")
     bucket = bucket[order]
     deletes = deletes[order]
-    sorted_barcodes = pc.take(barcodes, pa.array(order))
+    sorted_rows = rows[order]
+    sorted_barcodes = pc.take(parsed.source_barcodes, pa.array(sorted_rows))
 
     # A run: consecutive records with the same bucket and kind, sent as one command whose
     # header goes in front of the run's first record.
@@ -165,7 +166,7 @@ def _slice_protocol(
         pc.take(headers, pa.array(header_of_row)),
         pc.take(_length_prefixes(), pc.binary_length(sorted_barcodes)),
         sorted_barcodes,
-        pc.take(code_segments, pa.array(row_segment[order])),
+        pc.take(tails.segments, pa.array(tails.row_segment[sorted_rows])),
         "",
     )
     offsets, _ = _string_buffers(protocol)
@@ -234,7 +235,7 @@ def write_generation(
 ) -> WriteResult:
     """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets* buckets."""
     result = WriteResult()
-    total = len(parsed.barcodes)
+    total = len(parsed)
     if total == 0:
         return result
     slice_rows = slice_rows or max(SLICE_ROWS_MIN, buckets * 16)
@@ -245,7 +246,10 @@ def write_generation(
     connection_ok = False
     sender, receiver = _Sender(sock), _Receiver(sock)
     kinds: list[np.ndarray] = []
-    tails = _CodeSegments.of(parsed.customer_codes, parsed.is_delete)
+    tails = _CodeSegments.of(parsed.source_codes, parsed.source_deletes)
+    crc = crc32_array(parsed.source_barcodes)  # once for the file; each slice masks it
+    commute = _kinds_commute(parsed)
+    order = parsed.order
     # OpenSSL does not allow one thread to read while another writes on the same TLS socket:
     # over TLS the replies are read once everything is sent (Redis buffers them meanwhile).
     read_while_sending = not isinstance(sock, ssl.SSLSocket)
@@ -257,8 +261,7 @@ def write_generation(
             for first in range(0, total, slice_rows):
                 last = min(first + slice_rows, total)
                 data, run_kinds = _slice_protocol(
-                    layout.prefix, gen, buckets, parsed.barcodes.slice(first, last - first),
-                    tails.segments, tails.row_segment[first:last], parsed.is_delete[first:last],
+                    layout.prefix, gen, buckets, parsed, crc, tails, order[first:last], commute,
                 )
                 kinds.append(run_kinds)
                 sender.queue.put(data)

@@ -316,9 +316,9 @@ def _rebuild(client, parsed, layout, live, grace, source, progress, sleep) -> Lo
     """Merge the live data set and the file into a new generation with more buckets."""
     barcodes, codes = generation_records(client, layout, live.gen, live.buckets)
     merged = ParsedExport(
-        barcodes=pa.concat_arrays([barcodes, parsed.barcodes.cast(pa.string())]),
-        customer_codes=pa.concat_arrays([codes, parsed.customer_codes.cast(pa.string())]),
-        is_delete=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
+        source_barcodes=pa.concat_arrays([barcodes, parsed.barcodes.cast(pa.string())]),
+        source_codes=pa.concat_arrays([codes, parsed.customer_codes.cast(pa.string())]),
+        source_deletes=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
         rows_read=parsed.rows_read,
     )
     gen, buckets, records = _write_new_generation(client, layout, merged, progress)

@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}. Nothing was written.", file=sys.stderr)
         return 2
 
-    progress = Progress(len(parsed.barcodes), enabled=not args.quiet)
+    progress = Progress(len(parsed), enabled=not args.quiet)
     try:
         result = load(client, parsed, replace=args.replace, force=args.force, max_shrink=args.max_shrink,
                       source=args.csv_file.name, progress=progress.update)

@@ -239,3 +239,41 @@ def test_lock_left_by_a_dead_loader_on_this_host_is_taken_over(tmp_path, redis_c
     dead_pid = int(finished.stdout)
     redis_client.set(Layout().lock, f"{socket.gethostname()}:{dead_pid}:dead", px=60_000)
     assert load(redis_client, export(tmp_path, "1,,NA,\n")).records == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bulk_writer_matches_a_model_of_latest_row_wins_across_slices(seed, tmp_path, redis_client):
+    """Random rows with repeats, deletes and dates, written in many small slices, give exactly the
+    state a plain Python model of "the row with the latest date wins, file order breaks ties" gives."""
+    import functools
+    import random
+
+    from m2_code_store import bulk
+    from m2_code_store import loader as loader_module
+
+    rng = random.Random(seed)
+    barcodes = [str(100000 + rng.randrange(300)) for _ in range(2000)]
+    lines, model_rows = [], []
+    for position, barcode in enumerate(barcodes):
+        day = f"2024-{rng.randrange(1, 13):02d}-{rng.randrange(1, 28):02d}"
+        if rng.random() < 0.3:
+            lines.append(f"{barcode},,,{day}")
+            model_rows.append((day, position, barcode, None))
+        else:
+            code = rng.choice(["NA", "NB", "NC"])
+            lines.append(f"{barcode},{day},{code},")
+            model_rows.append((day, position, barcode, code))
+    model: dict[str, str | None] = {}
+    for _, _, barcode, code in sorted(model_rows):
+        model[barcode] = code
+    parsed = export(tmp_path, "\n".join(lines) + "\n")
+    original = loader_module.write_generation
+    loader_module.write_generation = functools.partial(bulk.write_generation, slice_rows=97)
+    try:
+        result = load(redis_client, parsed)
+    finally:
+        loader_module.write_generation = original
+    expected = {b: c for b, c in model.items() if c is not None}
+    assert result.records == len(expected)
+    looked_up = store_of(redis_client).lookup(sorted(model))
+    assert dict(zip(sorted(model), looked_up, strict=True)) == model
