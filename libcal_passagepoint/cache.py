@@ -293,6 +293,12 @@ class Cache:
         with self.transaction() as conn:
             self._save_user(conn, primary_id, barcode, user_group, visitor_id=visitor_id)
 
+    def forget_visitor(self, primary_id: str) -> None:
+        """Drop a patron's cached visitor id, so the next try finds (or creates) the visitor again."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE users SET visitor_id = NULL, updated_at = ? WHERE primary_id = ?",
+                         (self._clock(), primary_id))
+
     def _save_user(self, conn: sqlite3.Connection, primary_id: str, barcode: str, user_group: str, *, visitor_id: int) -> None:
         conn.execute(
             "INSERT INTO users (primary_id, barcode, user_group, visitor_id, updated_at) VALUES (?, ?, ?, ?, ?) "

@@ -347,6 +347,7 @@ async def _register(
         except AlmaError as exc:
             fail(work, str(exc), type(exc).__name__)
             return
+        cached_visitor = visitor_id is not None
         async with pp_slots:
             if stop.is_set():
                 result.interrupted = True
@@ -381,7 +382,13 @@ async def _register(
                     fail(work, f"PassagePoint createPreReg: {exc}", "passagepoint")
                 return
             except PassagePointError as exc:
-                fail(work, f"PassagePoint createPreReg: {exc}", "passagepoint")
+                note = ""
+                if cached_visitor:
+                    # The visitor may have been removed or merged in PassagePoint since it was
+                    # cached: the next try looks it up (or creates it) again by barcode.
+                    cache.forget_visitor(primary_id)
+                    note = f"; the cached visitor id {visitor_id} was dropped, the next try looks the visitor up again"
+                fail(work, f"PassagePoint createPreReg: {exc}{note}", "passagepoint")
                 return
             if on_prereg_created is not None:
                 on_prereg_created(booking.book_id, prereg_id)

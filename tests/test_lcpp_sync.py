@@ -183,6 +183,25 @@ async def test_passagepoint_error_fails_the_booking_and_the_next_due_pass_regist
         assert cache.booking("cs_1")["reason"] is None
 
 
+async def test_cached_visitor_gone_from_passagepoint_is_looked_up_again_on_the_next_try(sims: Sims) -> None:
+    """A returning patron whose visitor was removed in PassagePoint: the booking fails once, the
+    cached visitor id is dropped, and the next due pass finds or creates the visitor again."""
+    pid, barcode = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    now = time.time()
+    await sims.run(now=now)
+    sims.pp.visitors.clear()  # removed in PassagePoint by someone
+    sims.add_booking("cs_2", pid, hour=16)
+    first = await sims.run(now=now)
+    assert first.registered == [] and len(first.failed) == 1
+    assert "the cached visitor id" in first.failed[0].reason and "was dropped" in first.failed[0].reason
+    second = await sims.run(now=now + 301)
+    assert second.registered == ["cs_2"]
+    visitor_ids = {prereg["visitorId"] for prereg in sims.pp.preregs}
+    assert len(visitor_ids) == 2  # the new pre-registration uses the visitor PassagePoint knows now
+    assert {v["uniqueId"] for v in sims.pp.visitors.values()} == {barcode}
+
+
 async def test_lost_prereg_answer_is_uncertain_and_never_recreated(sims: Sims) -> None:
     """createPreReg applied but its answer lost: the booking is 'uncertain', reported, and not re-created."""
     pid, _ = sims.add_patron(1)
