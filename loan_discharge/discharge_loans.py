@@ -29,6 +29,7 @@ from loan_discharge.items import (  # noqa: E402
     apply_results,
     build_plan,
     format_plan,
+    items_fingerprint,
     mark_problems,
     read_desks,
     read_items,
@@ -78,6 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     journal_path = config.data_dir / "journal.jsonl"
     journal_entries = read_journal(journal_path)
+    this_list = items_fingerprint(table)
+    foreign = [e for e in journal_entries if e.get("items", this_list) != this_list]
+    if foreign:
+        return _fail(
+            f"{journal_path} holds {len(foreign)} results of an interrupted run over a different items list "
+            f"than {config.loans_data_file}: was a new export saved over the file before that run was "
+            f"resumed? Nothing was sent. To resume that run, put its items file back and run again; "
+            f"to start afresh with this file, move the journal aside (e.g. to {journal_path.with_suffix('.old')})"
+        )
     merged = apply_results(table, journal_entries)
     plan = build_plan(table, desks, config.location_type, args.limit)
     print(format_plan(plan, config.loans_data_file, config.circ_desks_file))

@@ -7,6 +7,7 @@ Everything here is plain data and files; nothing talks to Alma. Ids stay strings
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import stat
@@ -393,6 +394,13 @@ def mark_problems(table: ItemsTable, plan: Plan) -> None:
         row = row_of_line[problem.line]
         table.set(row, "done", "False")
         table.set(row, "error", f"not sent: {problem.reason}")
+
+
+def items_fingerprint(table: ItemsTable) -> str:
+    """A short hash of the item ids listed in *table*: journal entries carry it, so the results of
+    one items list are never merged into another (a new export saved over the old file)."""
+    item_pids = sorted(table.get(row, "item_pid") for row in range(len(table.rows)))
+    return hashlib.sha256("\n".join(item_pids).encode()).hexdigest()[:16]
 
 
 def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) -> int:

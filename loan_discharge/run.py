@@ -33,7 +33,13 @@ from loan_discharge.alma import (
     AlmaUnauthorized,
     scan_outcome,
 )
-from loan_discharge.items import ItemsTable, ScanRequest, apply_results, write_items_atomic
+from loan_discharge.items import (
+    ItemsTable,
+    ScanRequest,
+    apply_results,
+    items_fingerprint,
+    write_items_atomic,
+)
 
 __all__ = [
     "SlidingWindowLimiter",
@@ -428,9 +434,10 @@ async def discharge(
     data_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(data_dir / "journal.jsonl")
     first_batch = next_batch_number(data_dir)
+    items = items_fingerprint(table)
 
     def item_done(result: ItemResult) -> None:
-        journal.append(result.journal_entry())
+        journal.append({**result.journal_entry(), "items": items})
         if on_item is not None:
             on_item(result)
 

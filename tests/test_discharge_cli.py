@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -297,3 +298,30 @@ def test_a_new_export_after_a_finished_run_is_sent_again(
     assert out.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 3 rows, 0 already done, 3 to send, 0 not sent"
     assert "recovered" not in out
     assert Counter(s[0] for s in state.scans) == {pid("23", n): 2 for n in range(3)}
+
+
+def test_journal_of_another_items_list_is_refused_not_merged(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interrupted run's journal, then a different export saved over the items file: exit 2,
+    nothing sent, the new file untouched; the journal of the same list still resumes."""
+    write_inputs(tmp_path, state, 3)
+    config = write_config(tmp_path, sim.base_url)
+    journal = tmp_path / "data" / "journal.jsonl"
+    journal.parent.mkdir()
+    entry = {"item_pid": pid("23", 0), "done": True, "outcome": "returned and in place"}
+    journal.write_text(json.dumps({**entry, "items": "0123456789abcdef"}) + "\n")
+    before = (tmp_path / "items.csv").read_bytes()
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{journal} holds 1 results of an interrupted run over a different items list than " in err
+    assert "Nothing was sent." in err and "move the journal aside" in err
+    assert state.scans == [] and (tmp_path / "items.csv").read_bytes() == before
+
+    from loan_discharge.items import items_fingerprint, read_items
+
+    same_list = items_fingerprint(read_items(tmp_path / "items.csv", "auto"))
+    journal.write_text(json.dumps({**entry, "items": same_list}) + "\n")
+    assert main(["--config", str(config)]) == 0
+    assert "recovered 1 results from the journal of an interrupted run" in capsys.readouterr().out
+    assert sorted(s[0] for s in state.scans) == [pid("23", 1), pid("23", 2)]
