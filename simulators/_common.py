@@ -9,6 +9,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -78,3 +79,19 @@ async def serve(app: web.Application, host: str, port: int, describe: Callable[[
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_entry(request: web.Request, now: float) -> dict[str, Any]:
+    """The request-log entry of *request*; its ``status`` is filled in once it is answered."""
+    return {"method": request.method, "path": request.path, "query": dict(request.query), "status": None, "time": now}
+
+
+async def drop_connection(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer; the client sees a disconnect."""
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp discards whatever is written to a closed transport; this only ends the handler.
+    return web.Response(status=500)

@@ -123,7 +123,14 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from simulators._common import SlidingWindowCounter, parse_latency, serve, sleep_latency
+from simulators._common import (
+    Handler,
+    SlidingWindowCounter,
+    parse_latency,
+    request_entry,
+    serve,
+    sleep_latency,
+)
 
 FAILURE_KINDS = (
     "500",
@@ -579,21 +586,11 @@ def _per_second_error() -> AlmaAPIError:
     return AlmaAPIError(429, "PER_SECOND_THRESHOLD", PER_SECOND_MESSAGE)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @web.middleware
 async def alma_gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record, rate-limit, authenticate, count quota, delay and inject failures."""
     state = request.app[STATE]
-    entry: dict[str, Any] = {
-        "method": request.method,
-        "path": request.path,
-        "query": dict(request.query),
-        "status": None,
-        "time": state.clock(),
-        "api_key": _api_key(request),
-    }
+    entry = {**request_entry(request, state.clock()), "api_key": _api_key(request)}
     state.requests.append(entry)
     try:
         response = await _through_gateway(state, request, handler, entry)

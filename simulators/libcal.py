@@ -69,14 +69,14 @@ import random
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from aiohttp import web
 
+from simulators._common import Handler, drop_connection, request_entry, serve, sleep_latency
 from simulators._common import parse_latency as common_parse_latency
-from simulators._common import serve, sleep_latency
 
 SCOPE = "cal_r ev_r ms_r rm_r sp_r sp_w h_r"
 CANCELLED_STATUSES = (
@@ -475,9 +475,6 @@ async def space_booking(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def _endpoint(request: web.Request) -> str | None:
     route = request.match_info.route.resource
     name = route.canonical if route is not None else ""
@@ -490,25 +487,11 @@ def _endpoint(request: web.Request) -> str | None:
     return None
 
 
-async def _drop_connection(request: web.Request) -> web.StreamResponse:
-    """Close the connection without an answer; the client sees a disconnect."""
-    if request.transport is not None:
-        request.transport.close()
-    # aiohttp discards whatever is written to a closed transport; this only ends the handler.
-    return web.Response(status=500)
-
-
 @web.middleware
 async def _log_and_delay(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record every request, sleep the configured latency and apply injected failures."""
     state = request.app[STATE]
-    entry: dict[str, Any] = {
-        "method": request.method,
-        "path": request.path,
-        "query": dict(request.query),
-        "status": None,
-        "time": time.monotonic(),
-    }
+    entry = request_entry(request, time.monotonic())
     state.requests.append(entry)
     await sleep_latency(state.random, state.latency)
     endpoint = _endpoint(request)
@@ -519,10 +502,10 @@ async def _log_and_delay(request: web.Request, handler: Handler) -> web.StreamRe
         entry["status"] = 500
         return web.Response(status=500, text=SERVER_ERROR_PAGE, content_type="text/html")
     if failure == "disconnect":
-        return await _drop_connection(request)
+        return await drop_connection(request)
     if failure == "timeout":
         await asyncio.sleep(state.hang_seconds)
-        return await _drop_connection(request)
+        return await drop_connection(request)
     try:
         response = await handler(request)
     except web.HTTPException as exc:

@@ -64,8 +64,8 @@ from typing import Any
 
 from aiohttp import web
 
+from simulators._common import Handler, drop_connection, request_entry, serve, sleep_latency
 from simulators._common import parse_latency as common_parse_latency
-from simulators._common import serve, sleep_latency
 
 BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
@@ -330,28 +330,11 @@ ROUTES: dict[str, tuple[str, str, Callable[[web.Request], Awaitable[web.Response
 }
 ENDPOINT_BY_PATH = {path: name for name, (_, path, _) in ROUTES.items()}
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def _drop_connection(request: web.Request) -> web.StreamResponse:
-    """Close the connection without an answer; the client sees a disconnect."""
-    if request.transport is not None:
-        request.transport.close()
-    # aiohttp discards whatever is written to a closed transport; this only ends the handler.
-    return web.Response(status=500)
-
-
 @web.middleware
 async def _log_delay_and_fail(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record every request, sleep the configured latency and apply injected failures."""
     state = request.app[STATE]
-    entry: dict[str, Any] = {
-        "method": request.method,
-        "path": request.path,
-        "query": dict(request.query),
-        "status": None,
-        "time": time.monotonic(),
-    }
+    entry = request_entry(request, time.monotonic())
     state.requests.append(entry)
     await sleep_latency(state.random, state.latency)
     endpoint = ENDPOINT_BY_PATH.get(request.path)
@@ -362,10 +345,10 @@ async def _log_delay_and_fail(request: web.Request, handler: Handler) -> web.Str
         entry["status"] = 500
         return error(500, "INTERNAL_SERVER_ERROR", "Unexpected server error")
     if failure == "disconnect":
-        return await _drop_connection(request)
+        return await drop_connection(request)
     if failure == "timeout":
         await asyncio.sleep(state.hang_seconds)
-        return await _drop_connection(request)
+        return await drop_connection(request)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -374,7 +357,7 @@ async def _log_delay_and_fail(request: web.Request, handler: Handler) -> web.Str
     if failure == "timeout_after_apply":
         entry["applied_status"] = response.status
         await asyncio.sleep(state.hang_seconds)
-        return await _drop_connection(request)
+        return await drop_connection(request)
     entry["status"] = response.status
     return response
 
