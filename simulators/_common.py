@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import signal
@@ -62,6 +63,14 @@ def parse_latency(text: str) -> tuple[float, float]:
     if low_s < 0 or high_s < low_s:
         raise ValueError(f"latency must be MIN-MAX seconds with 0 <= MIN <= MAX, got {text!r}")
     return low_s, high_s
+
+
+def latency_argument(text: str) -> tuple[float, float]:
+    """``parse_latency`` for argparse ``type=``: a bad value is a usage error with an example."""
+    try:
+        return parse_latency(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
 
 
 async def serve(app: web.Application, host: str, port: int, describe: Callable[[int], str]) -> None:

@@ -75,8 +75,14 @@ from typing import Any
 
 from aiohttp import web
 
-from simulators._common import Handler, drop_connection, request_entry, serve, sleep_latency
-from simulators._common import parse_latency as common_parse_latency
+from simulators._common import (
+    Handler,
+    drop_connection,
+    latency_argument,
+    request_entry,
+    serve,
+    sleep_latency,
+)
 
 SCOPE = "cal_r ev_r ms_r rm_r sp_r sp_w h_r"
 CANCELLED_STATUSES = (
@@ -526,14 +532,6 @@ def create_app(state: LibCalState | None = None) -> web.Application:
     return app
 
 
-def parse_latency(text: str) -> tuple[float, float]:
-    """Parse ``MIN-MAX`` (or a single number) seconds for ``--latency``."""
-    try:
-        return common_parse_latency(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
-
-
 def load_bookings(state: LibCalState, path: str) -> int:
     """Add the bookings of a JSON file (a list of ``add_booking`` keyword objects); return how many."""
     with open(path, encoding="utf-8") as handle:
@@ -559,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8082, help="0 picks a free port")
     parser.add_argument("--bookings-json", help="JSON list of add_booking keyword objects")
-    parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX seconds")
+    parser.add_argument("--latency", type=latency_argument, default=(0.0, 0.0), help="MIN-MAX seconds")
     parser.add_argument("--client-id", default="cid")
     parser.add_argument("--client-secret", default="secret")
     parser.add_argument("--token-lifetime", type=int, default=3600)

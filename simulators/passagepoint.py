@@ -64,8 +64,14 @@ from typing import Any
 
 from aiohttp import web
 
-from simulators._common import Handler, drop_connection, request_entry, serve, sleep_latency
-from simulators._common import parse_latency as common_parse_latency
+from simulators._common import (
+    Handler,
+    drop_connection,
+    latency_argument,
+    request_entry,
+    serve,
+    sleep_latency,
+)
 
 BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
@@ -371,14 +377,6 @@ def create_app(state: PassagePointState | None = None) -> web.Application:
     return app
 
 
-def parse_latency(text: str) -> tuple[float, float]:
-    """Parse ``MIN-MAX`` (or a single number) seconds for ``--latency``."""
-    try:
-        return common_parse_latency(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
-
-
 def load_visitors(state: PassagePointState, path: str) -> int:
     """Add the visitors of a JSON file (a list of ``add_visitor`` keyword objects); return how many."""
     with open(path, encoding="utf-8") as handle:
@@ -408,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--username", default="svc")
     parser.add_argument("--password", default="pw")
     parser.add_argument("--token-lifetime", type=int, default=3600)
-    parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX seconds")
+    parser.add_argument("--latency", type=latency_argument, default=(0.0, 0.0), help="MIN-MAX seconds")
     parser.add_argument(
         "--wrap-byuniqueid", action="store_true", help='answer byUniqueId as {"data": [...]}'
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from simulators.libcal import LibCalState, create_app, load_bookings, parse_latency
+from simulators._common import latency_argument as parse_latency
+from simulators.libcal import LibCalState, create_app, load_bookings
 
 TODAY = date(2026, 11, 22)
 CREDENTIALS = {"client_id": "cid", "client_secret": "secret", "grant_type": "client_credentials"}
