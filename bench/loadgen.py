@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -73,7 +72,3 @@ async def _run(host: str, port: int, paths: list[str], connections: int, seconds
 def run_load(host: str, port: int, paths: list[str], *, connections: int = 32, seconds: float = 10.0) -> LoadResult:
     """Send requests for *paths* (chosen at random) over *connections* for *seconds*."""
     return asyncio.run(_run(host, port, paths, connections, seconds))
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 
-from m2_code_store.las_csv import MAX_BARCODE_LENGTH
-
-BARCODE_RE = re.compile(r"[A-Za-z0-9._-]+")
+from m2_code_store.las_csv import (  # one barcode alphabet for loader and API
+    BARCODE_RE,
+    MAX_BARCODE_LENGTH,
+)
 
 
 class BarcodeError(ValueError):
