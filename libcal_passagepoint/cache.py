@@ -11,7 +11,8 @@ booking's row moves through these states::
     cancelled   cancelled in LibCal before it was registered: nothing to do
 
 A registered (or uncertain) booking later cancelled in LibCal keeps its state and gets ``cancelled_at`` set.
-Exceptions: :class:`CacheError` (the file cannot be used; the message says why).
+Exceptions: :class:`CacheError` (the file cannot be used; the message says why), and its subclass
+:class:`CacheMissing` (the file does not exist and was not to be created).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "Cache", "CacheError"]
+__all__ = ["SCHEMA_VERSION", "Cache", "CacheError", "CacheMissing"]
 
 SCHEMA_VERSION = 2
 
@@ -90,17 +91,37 @@ class CacheError(Exception):
     """The cache file cannot be opened or has an unknown schema."""
 
 
-class Cache:
-    """A SQLite file holding the sync's state; ``clock`` gives epoch seconds."""
+class CacheMissing(CacheError):
+    """The cache file does not exist, and the caller did not ask to create it."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Any = time.time, read_only: bool = False) -> None:
-        self.path = str(path)
+    def __init__(self, path: str) -> None:
+        super().__init__(f"cache file {path} does not exist")
+        self.path = path
+
+
+class Cache:
+    """A SQLite file holding the sync's state; ``clock`` gives epoch seconds.
+
+    ``path`` is kept absolute. A missing file is created unless ``create=False`` (then
+    :class:`CacheMissing`); ``new`` tells whether the file held no cache before it was opened.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Any = time.time, read_only: bool = False, create: bool = True
+    ) -> None:
+        self.path = os.path.abspath(path)
         self._clock = clock
+        self.new = False
         try:
             if read_only:
                 self._db = self._connect_read_only()
-            else:
+            elif create:
                 self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            else:  # mode=rw: SQLite itself refuses to create the file, with no window between check and open
+                if not os.path.exists(self.path):
+                    raise CacheMissing(self.path)
+                self._db = sqlite3.connect(f"{Path(self.path).as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=30)
+            if not read_only:
                 self._db.row_factory = sqlite3.Row
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
@@ -146,6 +167,7 @@ class Cache:
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        self.new = version == 0
         if version > SCHEMA_VERSION:
             raise CacheError(
                 f"cache file {self.path} has schema version {version}, newer than this tool's "

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from .cache import Cache, CacheError
+from .cache import Cache, CacheError, CacheMissing
 from .config import Config, ConfigError, load_config
 from .libcal import LibCalAuthError
 from .passagepoint import PassagePointAuthError
@@ -61,8 +62,8 @@ def _every(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help="configuration file (default: config.yml)")
-    common.add_argument("--cache", default=argparse.SUPPRESS, metavar="PATH", help="SQLite cache file (default: LCPP.cache_path)")
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help="configuration file (default: config.yml in the working directory)")
+    common.add_argument("--cache", default=argparse.SUPPRESS, metavar="PATH", help="SQLite cache file (default: LCPP.cache_path, relative to the configuration file)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
     parser = argparse.ArgumentParser(
         prog="libcal-passagepoint", parents=[common],
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if exc.code else 0
     options: dict[str, Any] = vars(args)
     _setup_logging(options.get("verbose", False))
-    config_path = options.get("config", "config.yml")
+    config_path = os.path.abspath(options.get("config", "config.yml"))
     cache_override = options.get("cache")
 
     config: Config | None = None
@@ -130,7 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_path = default_cache_path(config, cache_override)
     dry_run = args.command == "run" and args.dry_run
     try:
-        cache = Cache(cache_path, read_only=dry_run)  # a dry run writes nothing, not even a new file
+        # A dry run writes nothing, not even a new file; status and purge never create one either.
+        cache = Cache(cache_path, read_only=dry_run, create=args.command == "run")
+    except CacheMissing as exc:
+        if cache_override:
+            return _fail(f"{exc} (given by --cache): check the path; nothing was created")
+        return _fail(
+            f"{exc} (LCPP.cache_path of {config_path}): no pass has run with this configuration yet, "
+            "or the file was moved; nothing was created"
+        )
     except CacheError as exc:
         return _fail(str(exc))
     with cache:
@@ -138,9 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cache)
         if args.command == "purge":
             bookings, passes = cache.purge(older_than=args.older_than)
-            print(f"purged {bookings} booking(s) and {passes} pass record(s) older than {_age(args.older_than)}")
+            print(f"purged {bookings} booking(s) and {passes} pass record(s) older than {_age(args.older_than)} from {cache.path}")
             return 0
         assert config is not None
+        _say_where(cache, dry_run=dry_run)
         every = None if args.every is None else (args.every or float(config.interval))
         try:
             with contextlib.nullcontext() if dry_run else cache_lock(cache_path):
@@ -157,6 +167,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if every is not None:
         return 0
     return result.exit_status
+
+
+def _say_where(cache: Cache, *, dry_run: bool) -> None:
+    """Every run names its cache file; a new one is a warning, as every booking then looks new."""
+    if dry_run:
+        if cache.new:
+            log.info("cache %s is empty or does not exist: the dry run plans as if nothing was registered", cache.path)
+        else:
+            log.info("cache %s (read only)", cache.path)
+    elif cache.new:
+        log.warning("created a new cache %s: every booking fetched counts as new (expected on the first run only)", cache.path)
+    else:
+        log.info("cache %s", cache.path)
 
 
 def _age(seconds: float) -> str:

@@ -1,8 +1,9 @@
 """Load and validate the sync tool's configuration: the original app's ``config.yml``, unchanged.
 
 Resolution order, one per setting: command line (``--config``, ``--cache``), then environment
-variables (secrets only, listed in ``ENV_VARS``), then the YAML file. Every problem is reported as a
-:class:`toolconfig.ConfigError` whose message names the key to fix.
+variables (secrets only, listed in ``ENV_VARS``), then the YAML file. A relative path in the file
+(``LCPP.cache_path``) is relative to the file's directory, never to the working directory. Every
+problem is reported as a :class:`toolconfig.ConfigError` whose message names the key to fix.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from toolconfig import ConfigError, load_yaml
@@ -25,6 +27,7 @@ __all__ = [
     "LibCalConfig",
     "Location",
     "PassagePointConfig",
+    "beside_config",
     "load_config",
     "parse_config",
 ]
@@ -131,8 +134,23 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read *path* (YAML), apply the secret environment variables, and validate the result."""
-    return parse_config(load_yaml(path), environ=environ, source=str(path))
+    """Read *path* (YAML), apply the secret environment variables, and validate the result.
+
+    ``cache_path`` comes back absolute: a relative one (and the default) is taken from the directory
+    of the configuration file, so that every run of one configuration uses one cache, whatever its
+    working directory (cron starts in ``$HOME``).
+    """
+    config = parse_config(load_yaml(path), environ=environ, source=str(path))
+    return replace(config, cache_path=beside_config(path, config.cache_path))
+
+
+def beside_config(config_path: str | os.PathLike[str], path: str) -> str:
+    """*path* (``~`` expanded) made absolute against the directory of the configuration file.
+
+    The file's real directory (symlinks followed): a config.yml reached under two names, or
+    through a deploy symlink, still has one cache.
+    """
+    return os.path.normpath(os.path.join(Path(config_path).resolve().parent, os.path.expanduser(path)))
 
 
 def parse_config(

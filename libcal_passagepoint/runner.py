@@ -146,9 +146,10 @@ def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
 
 
 def default_cache_path(config: Config | None, override: str | None) -> str:
-    """--cache, else LCPP.cache_path from the configuration, else the default file name."""
+    """The cache file, absolute: --cache (relative to the working directory, as any path typed on a
+    command line), else LCPP.cache_path (which load_config resolved against the configuration's directory)."""
     if override:
-        return override
-    if config is not None:
-        return os.path.expanduser(config.cache_path)
-    return "lcpp_cache.sqlite3"
+        return os.path.abspath(os.path.expanduser(override))
+    if config is None:
+        raise ValueError("no --cache and no configuration: nothing says where the cache is")
+    return os.path.abspath(os.path.expanduser(config.cache_path))

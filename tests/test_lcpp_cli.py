@@ -46,7 +46,7 @@ async def test_run_exit_status_0_then_status_and_purge(sims: Sims) -> None:
     assert "exit status 0: 1 fetched, 1 registered, 0 failed, 0 uncertain" in out
 
     code, out, _ = await _cli("purge", "--older-than", "30d", "--config", str(sims.config_path))
-    assert (code, out.strip()) == (0, "purged 0 booking(s) and 0 pass record(s) older than 30d")
+    assert (code, out.strip()) == (0, f"purged 0 booking(s) and 0 pass record(s) older than 30d from {sims.config.cache_path}")
 
 
 async def test_run_exits_1_when_a_booking_failed_and_status_lists_it(sims: Sims) -> None:
@@ -182,12 +182,13 @@ def test_bad_usage_exits_2(argv: list[str], message: str, capsys: pytest.Capture
 
 
 def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The default config.yml is looked for in the working directory."""
+    """The default config.yml is looked for in the working directory; the message names it absolutely."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
         assert main(["run"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: configuration file config.yml not found: create it (see the template in the README) or pass --config PATH"
+        f"error: configuration file {tmp_path / 'config.yml'} not found: create it (see the template in the README) "
+        "or pass --config PATH"
     )
 
 

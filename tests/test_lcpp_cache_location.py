@@ -1,0 +1,172 @@
+"""Where the cache lives: beside the configuration, whatever the working directory; one run at a time.
+
+Real processes started from another working directory than the configuration's, with no terminal
+(as cron runs them), against the simulators: PassagePoint has no endpoint to delete a
+pre-registration, so a second cache (or a second run at once) would register every booking again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import test_lcpp_fixtures
+from test_lcpp_fixtures import DAY, Sims, write_config
+
+from libcal_passagepoint.config import load_config
+
+sims = test_lcpp_fixtures.sims  # the shared fixture
+UNREACHABLE = {"libcal": "http://127.0.0.1:1", "alma": "http://127.0.0.1:1", "pp": "http://127.0.0.1:1"}
+
+
+def _config_in(directory: Path, sims: Sims, cache_path: str | None) -> Path:
+    """The fixture's config.yml written in *directory*, with this cache_path (None: the default)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    line = "" if cache_path is None else f"  cache_path: {cache_path}\n"
+    text = re.sub(r"  cache_path: .*\n", line, sims.config_path.read_text(encoding="utf-8"))
+    path = directory / "config.yml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def _start(*args: str, cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libcal_passagepoint", *args, cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _finish(process: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def _cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    return await _finish(await _start(*args, cwd=cwd))
+
+
+def _messages(err: str) -> list[str]:
+    """The log messages of a run with no terminal: one JSON object per line."""
+    return [json.loads(line)["message"] for line in err.splitlines() if line.startswith("{")]
+
+
+def _preregs_per_visitor(sims: Sims) -> Counter[str]:
+    return Counter(str(prereg["visitorId"]) for prereg in sims.pp.preregs)
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("cache_path", "where"),
+    [(None, "lcpp_cache.sqlite3"), ("state/lcpp.sqlite3", "state/lcpp.sqlite3")],
+    ids=["default", "relative"],
+)
+async def test_cron_and_by_hand_runs_share_the_cache_beside_the_config(
+    sims: Sims, tmp_path: Path, cache_path: str | None, where: str
+) -> None:
+    """A run from cron (another working directory) and one by hand from the config's directory use ONE cache.
+
+    A relative LCPP.cache_path (and the default) resolve against the configuration file's directory,
+    so the second run finds the first one's bookings and registers none of them again.
+    """
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    config = _config_in(etc, sims, cache_path)
+    (etc / "state").mkdir()
+    elsewhere.mkdir()
+    for n in range(1, 4):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=8 + 2 * n)
+    cache = etc / where
+
+    code, out, err = await _cli("run", "--config", str(config), "--date", DAY, cwd=elsewhere)  # cron
+    assert code == 0, err
+    assert out.startswith("pass: 3 booking(s) fetched, 3 registered")
+    first_log = _messages(err)
+
+    code, out, err = await _cli("run", "--date", DAY, cwd=etc)  # by hand, default config.yml
+    assert code == 0, err
+    assert out.startswith("pass: 3 booking(s) fetched, 0 registered"), out
+    assert "skipped 3 registered" in out
+    assert len(sims.pp.preregs) == 3
+    assert set(_preregs_per_visitor(sims).values()) == {1}
+    assert _files(elsewhere) == []
+    assert cache.is_file()
+    # Each run says where its cache is; the first says it created it.
+    assert first_log[0] == f"created a new cache {cache}: every booking fetched counts as new (expected on the first run only)"
+    assert _messages(err)[0] == f"cache {cache}"
+
+
+async def test_status_prints_the_absolute_cache_path(sims: Sims, tmp_path: Path) -> None:
+    """`status` names the cache by its absolute path, whether found from the config or given as a relative --cache."""
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    config = _config_in(etc, sims, None)
+    elsewhere.mkdir()
+    code, _, err = await _cli("run", "--config", str(config), "--date", DAY, cwd=elsewhere)
+    assert code == 0, err
+    cache = etc / "lcpp_cache.sqlite3"
+
+    code, out, _ = await _cli("status", "--config", str(config), cwd=elsewhere)
+    assert (code, out.splitlines()[0]) == (0, f"cache {cache} (schema 2)")
+    code, out, _ = await _cli("status", "--cache", "../etc/lcpp_cache.sqlite3", cwd=elsewhere)
+    assert (code, out.splitlines()[0]) == (0, f"cache {cache} (schema 2)")
+    code, out, _ = await _cli("purge", "--older-than", "30d", cwd=etc)
+    assert (code, out.strip()) == (0, f"purged 0 booking(s) and 0 pass record(s) older than 30d from {cache}")
+
+
+@pytest.mark.parametrize("command", [["status"], ["purge", "--older-than", "30d"]], ids=["status", "purge"])
+@pytest.mark.parametrize("source", ["--cache", "config"])
+async def test_status_and_purge_refuse_a_cache_that_does_not_exist(tmp_path: Path, command: list[str], source: str) -> None:
+    """`status`/`purge` on a missing cache exit 2 naming its absolute path, and create nothing (no empty cache)."""
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    etc.mkdir()
+    elsewhere.mkdir()
+    config = write_config(etc / "config.yml", **UNREACHABLE)
+    if source == "--cache":
+        args = [*command, "--cache", "lcpp_cache.sqlite3"]
+        expected = (
+            f"error: cache file {elsewhere / 'lcpp_cache.sqlite3'} does not exist (given by --cache): "
+            "check the path; nothing was created"
+        )
+    else:
+        args = [*command, "--config", str(config)]
+        expected = (
+            f"error: cache file {etc / 'lcpp_cache.sqlite3'} does not exist (LCPP.cache_path of {config}): "
+            "no pass has run with this configuration yet, or the file was moved; nothing was created"
+        )
+    code, out, err = await _cli(*args, cwd=elsewhere)
+    assert (code, out, err.strip()) == (2, "", expected)
+    assert _files(elsewhere) == []
+    assert _files(etc) == ["config.yml"]
+
+
+def test_relative_cache_path_resolves_against_the_config_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_config makes LCPP.cache_path absolute: relative to the file's real directory, '~' expanded, absolute kept."""
+    etc, other, home = tmp_path / "etc", tmp_path / "other", tmp_path / "home"
+    for directory in (etc, other, home):
+        directory.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(other)
+    cases = {
+        None: etc / "lcpp_cache.sqlite3",
+        "cache.db": etc / "cache.db",
+        "../var/c.db": tmp_path / "var" / "c.db",
+        "~/c.db": home / "c.db",
+        "/srv/lcpp/c.db": Path("/srv/lcpp/c.db"),
+    }
+    for cache_path, expected in cases.items():
+        lcpp = "" if cache_path is None else f"  cache_path: {cache_path}\n"
+        path = write_config(etc / "config.yml", **UNREACHABLE, lcpp=lcpp)
+        assert load_config("../etc/config.yml", environ={}).cache_path == str(expected)
+    # A config.yml reached through a symlink: its cache is beside the real file, whichever name is used.
+    os.symlink(path, other / "config.yml")
+    write_config(path, **UNREACHABLE)
+    assert load_config(other / "config.yml", environ={}).cache_path == str(etc / "lcpp_cache.sqlite3")
