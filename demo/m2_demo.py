@@ -33,6 +33,7 @@ def get(url: str) -> tuple[int, dict]:
 
 def main() -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED")}
+    env["M2_STORE"] = "embedded"  # chosen on purpose: make demo runs without a terminal too
     data_dir = Path(env.setdefault("M2_DATA_DIR", str(ROOT / ".m2-data")))
     show(f"write_csv_to_redis {SAMPLE.relative_to(ROOT)} (embedded Redis in {data_dir}); 4 rows in it are bad on purpose")
     subprocess.run([sys.executable, "-m", "m2_code_store.write_csv_to_redis", str(SAMPLE), "100"], cwd=ROOT, env=env)

@@ -15,7 +15,7 @@ import sys
 
 import redis
 
-from m2_code_store.config import connect, describe_error, open_store, resolve_target
+from m2_code_store.config import connect, describe_error, embedded_note, open_store, resolve_target
 from m2_code_store.embedded import EmbeddedServerError, stop_local_server
 from m2_code_store.store import CodeStore
 from toolconfig import ConfigError
@@ -48,6 +48,9 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, EmbeddedServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if note := embedded_note(target):
+        print(note, file=sys.stderr)
+        os.environ["M2_STORE"] = "embedded"  # the workers, which have no terminal, resolve the same store
     print(f"serving the M2 customer code API on http://{args.host}:{args.port} (store: {target.shown})", file=sys.stderr)
     if args.debug:
         from m2_code_store.api import create_app
@@ -63,6 +66,8 @@ def stats(_: argparse.Namespace) -> int:
     """Print the store's record count and generation as JSON."""
     try:
         target, client = open_store(timeout=5)
+        if note := embedded_note(target):
+            print(note, file=sys.stderr)
         print(json.dumps({"store": target.shown, **CodeStore(client).stats()}))
     except (ConfigError, EmbeddedServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -75,7 +80,8 @@ def stats(_: argparse.Namespace) -> int:
 
 def stop_embedded(_: argparse.Namespace) -> int:
     """Stop the embedded local Redis (its data stays in the data directory)."""
-    target = resolve_target({k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED")})
+    others = ("REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED", "M2_STORE")
+    target = resolve_target({**{k: v for k, v in os.environ.items() if k not in others}, "M2_STORE": "embedded"})
     stopped = stop_local_server(target.data_dir)
     print(f"{'stopped' if stopped else 'not running:'} the embedded Redis in {target.data_dir}")
     return 0

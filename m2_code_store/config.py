@@ -5,8 +5,11 @@
    ``AWS_REGION`` (boto3's own settings, e.g. ``AWS_ENDPOINT_URL_KMS``, apply). The plaintext may
    be a bare host as ElastiCache shows it, ``host:port``, or a full ``redis://``/``rediss://`` URL.
    A bare host or ``host:port`` uses TLS when ``REDIS_TLS`` is ``1``/``true``.
-3. Otherwise an embedded local redis-server whose data persists in ``M2_DATA_DIR``
+3. ``M2_STORE=embedded``: an embedded local redis-server whose data persists in ``M2_DATA_DIR``
    (default ``~/.local/share/m2-code-store``), started on first use.
+4. With none of these, the embedded store is used only when a person is at a terminal (and the
+   commands say so). A job without a terminal (cron, systemd, CI) whose environment lost its
+   settings is refused: it must never load or serve a local store while production goes stale.
 
 No message or log line built here contains a password or a decrypted secret: use
 :func:`redact_url` for anything shown to a person.
@@ -15,6 +18,7 @@ No message or log line built here contains a password or a decrypted secret: use
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ class StoreTarget:
     url: str
     source: str  # "REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED" or "embedded"
     data_dir: Path | None = None
+    fallback: bool = False  # embedded because nothing was set and a person is at a terminal
 
     @property
     def shown(self) -> str:
@@ -48,10 +53,13 @@ class StoreTarget:
 
 
 def redact_url(url: str) -> str:
-    """*url* with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    """*url* with any password replaced by ``***`` (a URL too malformed to parse is not shown)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "(a malformed URL)"
     user = parts.username or ""
     host = parts.hostname or ""
     if parts.port:
@@ -69,17 +77,26 @@ def describe_error(exc: BaseException, target: StoreTarget | None) -> str:
     return str(exc)
 
 
+URL_FORM = "redis://[:password@]host[:port][/db]"
+
+
 def _check_url(url: str, name: str, *, secret: bool) -> str:
-    parts = urlsplit(url)
-    shown = "its value" if secret else redact_url(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{name} must start with redis://, rediss:// or unix:// (got {shown if not secret else 'another scheme'})")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{name} has no host name: expected redis://[:password@]host[:port][/db]")
+    """*url* if redis-py can use it; else a ConfigError that never shows the password (or, for a
+    *secret* URL, anything of it)."""
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(f"{name} has an invalid port number") from None
+        parts = urlsplit(url)
+        hostname, _ = parts.hostname, parts.port
+    except ValueError as exc:  # an unclosed "[", a port out of range or not a number
+        text = str(exc).lower()  # never shown: it may quote part of the URL
+        reason = ("an invalid port number" if "port" in text
+                  else "an unclosed '[' (a bracketed IPv6 address)" if "ipv6" in text else "a malformed address")
+        raise ConfigError(f"{name} has {reason}: expected {URL_FORM}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{name} must start with redis://, rediss:// or unix:// (got {redact_url(url) if not secret else 'another scheme'})")
+    if parts.scheme != "unix" and not hostname:
+        raise ConfigError(f"{name} has no host name: expected {URL_FORM}")
+    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ConfigError(f"{name} has a database that is not a number after the host: expected {URL_FORM}")
     return url
 
 
@@ -98,19 +115,51 @@ def endpoint_to_url(plaintext: str, *, tls: bool) -> str:
     return f"{'rediss' if tls else 'redis'}://{host}:{port}/0"
 
 
-def resolve_target(environ: Mapping[str, str] | None = None) -> StoreTarget:
-    """Resolve where the store lives from the environment, in the documented order."""
+def has_terminal() -> bool:
+    """True when a person is at a terminal: standard input or error is one (never under cron,
+    systemd or CI)."""
+    return any(stream is not None and stream.isatty() for stream in (sys.stdin, sys.stderr))
+
+
+NO_STORE = (
+    "no store configured: set REDIS_URL (redis://host:port/db) or REDIS_ENDPOINT_ENCRYPTED (with AWS_REGION); "
+    "this process has no terminal, so it does not fall back to the embedded local Redis. "
+    "To use the embedded store on purpose, set M2_STORE=embedded"
+)
+
+
+def resolve_target(environ: Mapping[str, str] | None = None, *, interactive: bool | None = None) -> StoreTarget:
+    """Resolve where the store lives from the environment, in the documented order.
+
+    *interactive* (default: :func:`has_terminal`) allows the embedded store when nothing is set.
+    """
     environ = os.environ if environ is None else environ
     url = environ.get("REDIS_URL", "").strip()
+    encrypted = environ.get("REDIS_ENDPOINT_ENCRYPTED", "").strip()
+    store = environ.get("M2_STORE", "").strip().lower()
+    if store not in ("", "embedded"):
+        raise ConfigError(f"M2_STORE must be 'embedded' or unset (got {store[:40]!r})")
+    if store == "embedded" and (url or encrypted):
+        both = "REDIS_URL" if url else "REDIS_ENDPOINT_ENCRYPTED"
+        raise ConfigError(f"M2_STORE=embedded and {both} are both set: unset one of them")
     if url:
         return StoreTarget(_check_url(url, "REDIS_URL", secret=False), "REDIS_URL")
-    encrypted = environ.get("REDIS_ENDPOINT_ENCRYPTED", "").strip()
     if encrypted:
         plaintext = kms_decrypt(encrypted, region=environ.get("AWS_REGION") or None, name="REDIS_ENDPOINT_ENCRYPTED")
         tls = environ.get("REDIS_TLS", "").strip().lower() in ("1", "true", "yes")
         return StoreTarget(endpoint_to_url(plaintext, tls=tls), "REDIS_ENDPOINT_ENCRYPTED")
+    if not store and not (has_terminal() if interactive is None else interactive):
+        raise ConfigError(NO_STORE)
     data_dir = Path(environ.get("M2_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
-    return StoreTarget("", "embedded", data_dir)
+    return StoreTarget("", "embedded", data_dir, fallback=not store)
+
+
+def embedded_note(target: StoreTarget) -> str | None:
+    """What a command tells the person at the terminal when it fell back to the embedded store."""
+    if not target.fallback:
+        return None
+    return (f"note: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local Redis in "
+            f"{target.data_dir} (set M2_STORE=embedded to choose it explicitly)")
 
 
 def connect(
@@ -146,9 +195,9 @@ def connect(
     )
 
 
-def open_store(*, timeout: float) -> tuple[StoreTarget, redis.Redis]:
+def open_store(*, timeout: float, interactive: bool | None = None) -> tuple[StoreTarget, redis.Redis]:
     """Resolve the store, connect and PING it; any failure is a ConfigError fit for a person."""
-    target = resolve_target()
+    target = resolve_target(interactive=interactive)
     client = connect(target, timeout=timeout)
     try:
         client.ping()

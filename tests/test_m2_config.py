@@ -43,16 +43,52 @@ def test_redis_url_comes_first():
         ("http://cache:6379", "REDIS_URL must start with redis://, rediss:// or unix://"),
         ("redis://:6379", "REDIS_URL has no host name"),
         ("redis://cache:port", "REDIS_URL has an invalid port number"),
+        ("redis://:s3cret@cache:99999/0", "REDIS_URL has an invalid port number"),
+        ("redis://:s3cret@[::1/5", "REDIS_URL has an unclosed '[' (a bracketed IPv6 address): expected "
+                                   "redis://[:password@]host[:port][/db]"),
+        ("redis://:s3cret@cache:6379/zero", "REDIS_URL has a database that is not a number after the host"),
     ],
 )
 def test_bad_redis_url_is_refused(url, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as info:
         resolve_target({"REDIS_URL": url})
+    assert str(info.value).startswith(message)
+    assert "s3cret" not in str(info.value)
 
 
-def test_without_settings_the_embedded_store_is_used(tmp_path):
-    target = resolve_target({"M2_DATA_DIR": str(tmp_path)})
-    assert (target.source, target.data_dir) == ("embedded", tmp_path.resolve())
+def test_at_a_terminal_without_settings_the_embedded_store_is_used_and_announced(tmp_path):
+    from m2_code_store.config import embedded_note
+
+    target = resolve_target({"M2_DATA_DIR": str(tmp_path)}, interactive=True)
+    assert (target.source, target.data_dir, target.fallback) == ("embedded", tmp_path.resolve(), True)
+    assert embedded_note(target) == (
+        f"note: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local Redis in "
+        f"{tmp_path.resolve()} (set M2_STORE=embedded to choose it explicitly)")
+
+
+def test_without_a_terminal_the_embedded_store_must_be_chosen_explicitly(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        resolve_target({"M2_DATA_DIR": str(tmp_path)}, interactive=False)
+    assert str(info.value) == (
+        "no store configured: set REDIS_URL (redis://host:port/db) or REDIS_ENDPOINT_ENCRYPTED (with AWS_REGION); "
+        "this process has no terminal, so it does not fall back to the embedded local Redis. "
+        "To use the embedded store on purpose, set M2_STORE=embedded")
+    target = resolve_target({"M2_DATA_DIR": str(tmp_path), "M2_STORE": "embedded"}, interactive=False)
+    assert (target.source, target.fallback) == ("embedded", False)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"M2_STORE": "embedded", "REDIS_URL": "redis://cache:6379/0"},
+         "M2_STORE=embedded and REDIS_URL are both set: unset one of them"),
+        ({"M2_STORE": "local"}, "M2_STORE must be 'embedded' or unset (got 'local')"),
+    ],
+)
+def test_contradictory_or_unknown_store_choice_is_refused(environ, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_target(environ, interactive=True)
+    assert str(info.value) == message
 
 
 @mock_aws
@@ -114,7 +150,7 @@ def test_embedded_store_starts_by_itself_and_keeps_its_data_across_restarts(tmp_
     csv_file = tmp_path / "items.csv"
     csv_file.write_text("Item barcode,Accession date,Customer code,Delete date\n1234,2024-01-01,NX,\n")
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED")}
-    env["M2_DATA_DIR"] = str(data_dir)
+    env.update(M2_DATA_DIR=str(data_dir), M2_STORE="embedded")
     try:
         loaded = subprocess.run([sys.executable, "-m", "m2_code_store", "load", str(csv_file)],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
