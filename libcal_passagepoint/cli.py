@@ -130,19 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(exc))
     cache_path = default_cache_path(config, cache_override)
     dry_run = args.command == "run" and args.dry_run
-    try:
-        # A dry run writes nothing, not even a new file; status and purge never create one either.
-        cache = Cache(cache_path, read_only=dry_run, create=args.command == "run")
-    except CacheMissing as exc:
-        if cache_override:
-            return _fail(f"{exc} (given by --cache): check the path; nothing was created")
-        return _fail(
-            f"{exc} (LCPP.cache_path of {config_path}): no pass has run with this configuration yet, "
-            "or the file was moved; nothing was created"
-        )
-    except CacheError as exc:
-        return _fail(str(exc))
-    with cache:
+    with contextlib.ExitStack() as held:
+        try:
+            if args.command == "run" and not dry_run:
+                held.enter_context(cache_lock(cache_path))  # before the cache is opened, or created
+            # A dry run writes nothing, not even a new file; status and purge never create one either.
+            cache = held.enter_context(Cache(cache_path, read_only=dry_run, create=args.command == "run"))
+        except CacheMissing as exc:
+            if cache_override:
+                return _fail(f"{exc} (given by --cache): check the path; nothing was created")
+            return _fail(
+                f"{exc} (LCPP.cache_path of {config_path}): no pass has run with this configuration yet, "
+                "or the file was moved; nothing was created"
+            )
+        except (CacheBusy, CacheError) as exc:
+            return _fail(str(exc))
         if args.command == "status":
             return _status(cache)
         if args.command == "purge":
@@ -153,13 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say_where(cache, dry_run=dry_run)
         every = None if args.every is None else (args.every or float(config.interval))
         try:
-            with contextlib.nullcontext() if dry_run else cache_lock(cache_path):
-                result = asyncio.run(run_passes(
-                    config, cache, every=every, date=args.date, days=args.days, dry_run=args.dry_run,
-                    on_result=_print_result,
-                ))
-        except CacheBusy as exc:
-            return _fail(str(exc))
+            result = asyncio.run(run_passes(
+                config, cache, every=every, date=args.date, days=args.days, dry_run=args.dry_run,
+                on_result=_print_result,
+            ))
         except (LibCalAuthError, PassagePointAuthError) as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:

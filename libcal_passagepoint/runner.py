@@ -16,7 +16,7 @@ from aiolimiter import AsyncLimiter
 
 from .alerts import EmailAlerts
 from .alma import AlmaClient
-from .cache import Cache
+from .cache import Cache, CacheError
 from .config import Config
 from .libcal import LibCalClient
 from .passagepoint import PassagePointClient
@@ -77,13 +77,35 @@ async def open_clients(config: Config, *, limiter: AsyncLimiter | None = None) -
 
 @contextlib.contextmanager
 def cache_lock(cache_path: str) -> Iterator[None]:
-    """Hold an exclusive lock beside the cache file so two runs never overlap."""
+    """Hold an exclusive flock on ``<cache>.lock`` so two runs never overlap; the file names the holder's pid.
+
+    Take it before the cache is opened (or created). The kernel releases a flock when its process
+    dies, however it dies, so a lock file left behind never blocks a later run.
+    """
     path = f"{cache_path}.lock"
-    with open(path, "a") as handle:
+    try:
+        handle = open(path, "a+", encoding="ascii")
+    except FileNotFoundError:
+        raise CacheError(
+            f"cannot use cache file {cache_path}: the directory {os.path.dirname(path)} does not exist "
+            "(create it, or correct LCPP.cache_path or --cache)"
+        ) from None
+    except OSError as exc:
+        raise CacheError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CacheBusy(f"another libcal_passagepoint run is using {cache_path} (lock {path} is held)") from None
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise CacheBusy(
+                f"another libcal_passagepoint run (pid {holder}) holds {path}: nothing was done; "
+                "run again when it has finished"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         try:
             yield
         finally:

@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,6 +22,7 @@ import test_lcpp_fixtures
 from test_lcpp_fixtures import DAY, Sims, write_config
 
 from libcal_passagepoint.config import load_config
+from libcal_passagepoint.runner import CacheBusy, cache_lock
 
 sims = test_lcpp_fixtures.sims  # the shared fixture
 UNREACHABLE = {"libcal": "http://127.0.0.1:1", "alma": "http://127.0.0.1:1", "pp": "http://127.0.0.1:1"}
@@ -146,6 +149,86 @@ async def test_status_and_purge_refuse_a_cache_that_does_not_exist(tmp_path: Pat
     assert (code, out, err.strip()) == (2, "", expected)
     assert _files(elsewhere) == []
     assert _files(etc) == ["config.yml"]
+
+
+async def test_run_refuses_a_cache_directory_that_does_not_exist(tmp_path: Path) -> None:
+    """A cache_path in a missing directory is a configuration error (exit 2), not a new cache somewhere."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = write_config(etc / "config.yml", **UNREACHABLE, lcpp="  cache_path: stat/lcpp.sqlite3\n")
+    code, out, err = await _cli("run", "--config", str(config), cwd=tmp_path)
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines()[-1] == (
+        f"error: cannot use cache file {etc / 'stat/lcpp.sqlite3'}: the directory {etc / 'stat'} does not exist "
+        "(create it, or correct LCPP.cache_path or --cache)"
+    )
+    assert _files(etc) == ["config.yml"]
+
+
+async def test_two_runs_at_once_register_each_booking_once(sims: Sims, tmp_path: Path) -> None:
+    """A second run started (from another directory) while one is mid-pass exits 2 naming the first one's pid.
+
+    PassagePoint then holds exactly one pre-registration per booking. The first run is held still
+    (SIGSTOP) while the second one starts and ends, so the overlap does not depend on timing.
+    """
+    sims.pp.latency = (0.05, 0.05)
+    etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    config = _config_in(etc, sims, None)
+    config.write_text(config.read_text(encoding="utf-8").replace("  timeout: 2\n", "  timeout: 30\n"), encoding="utf-8")
+    elsewhere.mkdir()
+    for n in range(1, 13):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n:02d}", pid, hour=6 + n)
+
+    first = await _start("run", "--date", DAY, cwd=etc)
+    for _ in range(1000):
+        if sims.pp.count("") or first.returncode is not None:
+            break
+        await asyncio.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # mid-pass, holding the lock
+    try:
+        assert sims.pp.count(""), "the first run never reached PassagePoint"
+        code2, out2, err2 = await _cli("run", "--config", str(config), "--date", DAY, cwd=elsewhere)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    code1, out1, err1 = await _finish(first)
+
+    assert code1 == 0, err1
+    assert out1.startswith("pass: 12 booking(s) fetched, 12 registered")
+    assert (code2, out2) == (2, "")
+    lock = etc / "lcpp_cache.sqlite3.lock"
+    assert err2.strip().splitlines()[-1] == (
+        f"error: another libcal_passagepoint run (pid {first.pid}) holds {lock}: nothing was done; "
+        "run again when it has finished"
+    )
+    assert len(sims.pp.preregs) == 12
+    assert set(_preregs_per_visitor(sims).values()) == {1}
+
+
+def test_the_lock_of_a_killed_run_does_not_block_the_next_one(tmp_path: Path) -> None:
+    """The kernel drops a flock when its process dies (kill -9 included): the lock file left behind is harmless."""
+    cache = str(tmp_path / "lcpp_cache.sqlite3")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, cache], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(CacheBusy, match=rf"\(pid {holder.pid}\)"), cache_lock(cache):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with cache_lock(cache):
+        assert Path(f"{cache}.lock").read_text() == f"{os.getpid()}\n"
+
+
+HOLD_LOCK = """
+import sys, time
+from libcal_passagepoint.runner import cache_lock
+with cache_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
 
 
 def test_relative_cache_path_resolves_against_the_config_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -210,12 +210,12 @@ async def test_bad_libcal_credentials_exit_2(sims: Sims) -> None:
 
 
 async def test_a_second_run_on_the_same_cache_is_refused(sims: Sims, capsys: pytest.CaptureFixture[str]) -> None:
-    """Two runs never overlap on one cache: the second exits 2 and says which lock is held."""
+    """Two runs never overlap on one cache: the second exits 2 and says which process holds which lock."""
     with cache_lock(sims.config.cache_path):
         code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
     assert code == 2
     assert err.strip().splitlines()[-1] == (
-        f"error: another libcal_passagepoint run is using {sims.config.cache_path} "
-        f"(lock {sims.config.cache_path}.lock is held)"
+        f"error: another libcal_passagepoint run (pid {os.getpid()}) holds {sims.config.cache_path}.lock: "
+        "nothing was done; run again when it has finished"
     )
     assert sims.libcal.count("") == 0
