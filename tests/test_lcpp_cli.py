@@ -126,6 +126,34 @@ async def test_every_stops_cleanly_on_signal_after_the_current_bookings(sims: Si
     assert counts["registered"] == len(sims.pp.preregs) < 30
 
 
+#: Runs ``python -m libcal_passagepoint ARGS`` and delivers a real SIGINT while cli.py imports aiohttp.
+CTRL_C_WHILE_LOADING = """
+import os, runpy, signal, sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "aiohttp":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["libcal_passagepoint", *sys.argv[1:]]
+runpy.run_module("libcal_passagepoint", run_name="__main__", alter_sys=True)
+"""
+
+
+async def test_ctrl_c_before_the_pass_ends_with_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A Ctrl-C while the program is still loading: one line on stderr, exit 130, no cache created."""
+    config = write_config(tmp_path / "config.yml", libcal="http://127.0.0.1:1", alma="http://127.0.0.1:1", pp="http://127.0.0.1:1")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CTRL_C_WHILE_LOADING, "run", "--config", str(config), cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert (process.returncode, out.decode(), err.decode()) == (130, "", "libcal_passagepoint: interrupted: nothing was done\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.yml"]
+
+
 def _bad(path: Path, text: str) -> str:
     path.write_text(text, encoding="utf-8")
     return str(path)
