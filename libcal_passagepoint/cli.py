@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 from .cache import Cache, CacheError, CacheMissing
@@ -130,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(exc))
     cache_path = default_cache_path(config, cache_override)
     dry_run = args.command == "run" and args.dry_run
+    earlier = None if cache_override else _cache_left_in_working_directory(config_path, cache_path)
+    if earlier:
+        return _fail(
+            f"no cache at {cache_path}, but {earlier} exists: versions before this one kept the cache "
+            f"in the working directory; move it (with any -wal file beside it) to {cache_path}, or pass "
+            "--cache to choose; nothing was done"
+        )
     with contextlib.ExitStack() as held:
         try:
             if args.command == "run" and not dry_run:
@@ -166,6 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if every is not None:
         return 0
     return result.exit_status
+
+
+def _cache_left_in_working_directory(config_path: str, cache_path: str) -> str | None:
+    """The cache an earlier version made in the working directory, when there is none beside the configuration.
+
+    Earlier versions resolved a relative LCPP.cache_path against the working directory (for cron,
+    ``$HOME``). Starting a new, empty cache beside the configuration instead would register every
+    booking of the day again in PassagePoint.
+    """
+    if os.path.exists(cache_path):
+        return None
+    as_written = os.path.relpath(cache_path, Path(config_path).resolve().parent)
+    earlier = os.path.abspath(as_written)
+    return earlier if earlier != cache_path and os.path.isfile(earlier) else None
 
 
 def _say_where(cache: Cache, *, dry_run: bool) -> None:

@@ -108,6 +108,43 @@ async def test_cron_and_by_hand_runs_share_the_cache_beside_the_config(
     assert _messages(err)[0] == f"cache {cache}"
 
 
+async def test_a_cache_left_in_the_working_directory_by_an_earlier_version_is_not_replaced_by_an_empty_one(
+    sims: Sims, tmp_path: Path
+) -> None:
+    """Upgrading: cron's cache is in $HOME (earlier versions), none is beside the config yet.
+
+    The run refuses (exit 2, says to move it) instead of starting an empty cache beside the
+    configuration and registering every booking again; once moved, nothing is registered twice.
+    """
+    etc, home = tmp_path / "etc", tmp_path / "home"
+    config = _config_in(etc, sims, None)
+    home.mkdir()
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    code, _, err = await _cli("run", "--config", str(config), "--cache", "lcpp_cache.sqlite3", "--date", DAY, cwd=home)
+    assert code == 0, err  # what an earlier version did from cron: the cache in the working directory
+    assert len(sims.pp.preregs) == 1
+
+    refused = await asyncio.gather(*(
+        _cli(*args, "--config", str(config), cwd=home)
+        for args in (["run", "--date", DAY], ["run", "--dry-run", "--date", DAY], ["status"])
+    ))
+    message = (
+        f"error: no cache at {etc / 'lcpp_cache.sqlite3'}, but {home / 'lcpp_cache.sqlite3'} exists: versions "
+        "before this one kept the cache in the working directory; move it (with any -wal file beside it) to "
+        f"{etc / 'lcpp_cache.sqlite3'}, or pass --cache to choose; nothing was done\n"
+    )
+    assert refused == [(2, "", message)] * 3
+    assert len(sims.pp.preregs) == 1
+    assert _files(etc) == ["config.yml"]
+
+    (home / "lcpp_cache.sqlite3").rename(etc / "lcpp_cache.sqlite3")
+    code, out, err = await _cli("run", "--config", str(config), "--date", DAY, cwd=home)
+    assert code == 0, err
+    assert out.startswith("pass: 1 booking(s) fetched, 0 registered")
+    assert len(sims.pp.preregs) == 1
+
+
 async def test_status_prints_the_absolute_cache_path(sims: Sims, tmp_path: Path) -> None:
     """`status` names the cache by its absolute path, whether found from the config or given as a relative --cache."""
     etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
