@@ -9,10 +9,11 @@ from pathlib import Path
 CUSTOMER_CODES = [f"{a}{b}" for a in "NMXBRS" for b in "AXCDLPQ"]
 
 
-def write_export(path: Path, rows: int, *, seed: int = 7, delete_share: float = 0.02, us_dates: bool = False) -> Path:
-    """Write *rows* LAS rows (unique 14-digit barcodes, some deleted) to *path*."""
+def write_export(path: Path, rows: int, *, seed: int = 7, delete_share: float = 0.02, us_dates: bool = False,
+                 code: str | None = None) -> Path:
+    """Write *rows* LAS rows (unique 14-digit barcodes, some deleted) to *path*; *code*: every row's customer code."""
     rng = random.Random(seed)
-    codes = CUSTOMER_CODES
+    codes = [code] if code else CUSTOMER_CODES
     with path.open("w", encoding="utf-8", newline="") as out:
         out.write("Item barcode,Accession date,Customer code,Delete date\r\n")
         lines = []

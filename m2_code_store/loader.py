@@ -1,24 +1,45 @@
 """Load a parsed LAS export into the store: incremental (default) or as a complete replacement.
 
-- Incremental: upserts and deletes go straight into the live generation. ``m2:meta`` is marked
-  ``dirty`` first; the count is updated from Redis' replies when the write completes, and a load
-  that dies part-way (connection lost, out of memory, kill -9) leaves it dirty, so the next load
-  recounts it (HLEN of every bucket) before it starts.
+- Incremental: upserts and deletes go straight into the live generation. ``m2:meta``'s ``dirty``
+  is set to this load's token first; the count is updated from Redis' replies when the write
+  completes. A load that dies part-way (connection lost, out of memory, kill -9) leaves it
+  dirty, so the next load recounts it (HLEN of every bucket) before it starts.
 - When the live generation would average more than CROWDED_PER_BUCKET records a bucket, an
   incremental load rebuilds the whole data set into a new generation with more buckets (read,
   merged with the file, written, switched atomically), so memory per record stays low.
 - Replace: the file is written into a new generation, compared with the live one, and switched
-  in one HSET. It is refused, and the new generation deleted, when more than ``max_shrink`` of
+  in one step. It is refused, and the new generation deleted, when more than ``max_shrink`` of
   the live records are absent from the file, unless forced.
+
+Loaders are kept apart by a lease, and every write that publishes or deletes is fenced by it
+(Kleppmann, "How to do distributed locking"):
+
+- The lease is ``{m2:meta}:lock``: the holder's token with a TTL of LOCK_TTL_MS, renewed after
+  every slice the loader sends. A loader can stall past the TTL (SIGSTOP, a paused VM) and lose
+  the lease to another one without knowing it.
+- So the switch of ``m2:meta`` to a new generation, the count update of an incremental load, and
+  forgetting a deleted generation are Lua scripts that first check, on the server and in the same
+  step, that the caller still holds the lease; the lease, ``m2:meta`` and the list of generations
+  share one hash slot so this works on Redis Cluster too. A renewal that finds the lease gone
+  stops the load. A loader that lost its lease publishes and deletes nothing of anyone else's:
+  it deletes the generation it was writing (its own), and says so.
+- ``{m2:meta}:generations`` lists every generation that is not live: ``writing`` ones with their
+  writer's token and a heartbeat (renewed with the lease), ``retired`` ones with the time they
+  were switched away from. A load starts by deleting retired generations and generations whose
+  writer is gone (a dead process on this host, or silent for ABANDONED_AFTER_MS); it never
+  deletes one whose writer may still be running.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,13 +53,70 @@ from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
 LOCK_TTL_MS = 60_000
+ABANDONED_AFTER_MS = 600_000  # a writing generation whose loader is silent this long is deleted
 DEFAULT_MAX_SHRINK = 0.10
 CROWDED_PER_BUCKET = 96  # Redis keeps a hash compact up to 128 entries by default (hash-max-*-entries)
 REPLACE_GRACE = 3.0  # > store.META_TTL plus a slow request: readers are done with the old generation
 PIPELINE_BATCH = 5_000
+SWITCH_CHECKS = 10  # times the loader asks, a second apart, whether a switch whose reply was lost happened
 
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-_REFRESH = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_NOW_MS = "local function now_ms() local t = redis.call('TIME') return string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) end\n"
+# Every script checks the lease first: KEYS[1] is the lock, ARGV[1] the caller's token.
+_HELD = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+_RELEASE = _HELD + "return redis.call('DEL', KEYS[1])"
+# KEYS: lock, generations. ARGV: token, ttl ms, the generation being written ('' for none), its buckets.
+_RENEW = _NOW_MS + _HELD + """
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[4] .. ' writing ' .. ARGV[1] .. ' ' .. now_ms()) end
+return 1"""
+# KEYS: lock, generations. ARGV: token, generation.
+_FORGET = _HELD + "return redis.call('HDEL', KEYS[2], ARGV[2]) + 1"
+# KEYS: lock, generations, meta. ARGV: token, gen, buckets, count, dirty, loaded_at, source, the live gen
+# the caller expects ('' for none). Publishes gen and marks the previous one retired, in one step.
+# Idempotent: redis-py re-sends a command whose reply was lost, and generation numbers are never reused.
+_SWITCH = _NOW_MS + """
+local live = redis.call('HGET', KEYS[3], 'gen') or ''
+if live == ARGV[2] then return 1 end
+""" + _HELD + """
+if live ~= ARGV[8] then return -1 end
+local entry = redis.call('HGET', KEYS[2], ARGV[2])
+if not entry or not string.find(entry, ' writing ' .. ARGV[1] .. ' ', 1, true) then return -2 end
+local old_buckets = redis.call('HGET', KEYS[3], 'buckets')
+redis.call('HSET', KEYS[3], 'gen', ARGV[2], 'buckets', ARGV[3], 'count', ARGV[4], 'dirty', ARGV[5],
+           'loaded_at', ARGV[6], 'source', ARGV[7])
+redis.call('HDEL', KEYS[2], ARGV[2])
+if live ~= '' then redis.call('HSET', KEYS[2], live, old_buckets .. ' retired - ' .. now_ms()) end
+return 1"""
+# KEYS: lock, meta. ARGV: token, gen. An incremental load marks the live generation's count as
+# being changed by it.
+_MARK_DIRTY = _HELD + """
+if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[2], 'dirty', ARGV[1])
+return 1"""
+# KEYS: lock, meta. ARGV: token, gen, dirty as read before the recount, the recounted count.
+_RECOUNTED = _HELD + """
+if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[2] or redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[2], 'count', ARGV[4], 'dirty', '0')
+return 1"""
+# KEYS: lock, meta. ARGV: token, gen, change in records, loaded_at, source. Returns {status, count}:
+# 1 the count is exact; 2 another writer touched the generation meanwhile (it stays dirty).
+_COUNTED = _HELD + """
+if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[2], 'loaded_at', ARGV[4], 'source', ARGV[5])
+if redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[1] then return {2, tonumber(redis.call('HGET', KEYS[2], 'count'))} end
+redis.call('HSET', KEYS[2], 'dirty', '0')
+return {1, redis.call('HINCRBY', KEYS[2], 'count', ARGV[3])}"""
+# KEYS: generations, meta. ARGV: token, gen, buckets. Not fenced: run by a loader that lost the
+# lease, about the generation it was writing. If that generation is live (an incremental load),
+# its count is marked untrustworthy; otherwise it is listed as retired, so that whatever this
+# loader cannot delete, the next load does.
+_DISOWN = _NOW_MS + """
+if redis.call('HGET', KEYS[2], 'gen') == ARGV[2] then
+  redis.call('HSET', KEYS[2], 'dirty', ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. ' retired - ' .. now_ms())
+return 1"""
 
 
 class LoadError(Exception):
@@ -53,6 +131,25 @@ class ReplaceRefused(LoadError):
     """``--replace`` would remove too large a share of the current records."""
 
 
+class LockLost(LoadError):
+    """Another loader took the lease while this one was stalled: this one must stop."""
+
+
+class LoadStopped(LoadError):
+    """The load stopped part-way: Redis failed, the lease was lost, or it was interrupted.
+
+    ``cause`` is what stopped it; ``state`` says, as verified as it could be, what the store
+    holds now (one sentence, for a person).
+    """
+
+    def __init__(self, cause: BaseException, state: str, *, rows_sent: int, switched: bool | None = False) -> None:
+        super().__init__(state)
+        self.cause = cause
+        self.state = state
+        self.rows_sent = rows_sent
+        self.switched = switched  # None: unknown
+
+
 @dataclass
 class LoadResult:
     """What a load did to the store."""
@@ -65,6 +162,7 @@ class LoadResult:
     previous_records: int
     buckets: int = 0
     rebuilt: bool = False  # an incremental load that re-spread the data set over more buckets
+    notes: list[str] | None = None  # things the operator should know (generations left alone, …)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,50 +175,85 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class Lock:
-    """The loader lock: a key with a TTL, refreshed while the load runs."""
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
 
-    def __init__(self, client: redis.Redis, layout: Layout, clock: Callable[[], float] = time.monotonic) -> None:
+
+class Lock:
+    """The loaders' lease: ``{m2:meta}:lock`` holding this loader's token, with a TTL.
+
+    Its scripts are the fenced writes: each checks the token on the server in the same step.
+    """
+
+    def __init__(self, client: redis.Redis, layout: Layout, *, ttl_ms: int = LOCK_TTL_MS) -> None:
         self.client = client
+        self.layout = layout
         self.key = layout.lock
+        self.ttl_ms = ttl_ms
         self.host = socket.gethostname()
         self.token = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.clock = clock
-        self._refreshed = 0.0
+        self.writing: tuple[int, int] | None = None  # (gen, buckets) of the generation this loader writes
+        self.lost = False
 
     def acquire(self) -> None:
-        """Take the lock; a lock left by a dead loader on this host is taken over at once."""
-        if self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
-            self._refreshed = self.clock()
+        """Take the lease; one left by a dead loader on this host is taken over at once."""
+        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
             return
-        holder = self.client.get(self.key)
-        holder = holder.decode() if isinstance(holder, bytes) else (holder or "")
-        host, _, rest = holder.partition(":")
-        pid = rest.partition(":")[0]
-        if host == self.host and pid.isdigit() and not _pid_alive(int(pid)):
-            self.client.eval(_RELEASE, 1, self.key, holder)
-            if self.client.set(self.key, self.token, nx=True, px=LOCK_TTL_MS):
-                self._refreshed = self.clock()
+        holder = _text(self.client.get(self.key))
+        if owner_is_dead(holder, self.host):
+            self.client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                             1, self.key, holder)
+            if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
                 return
         raise StoreBusy(
             f"another load is running (lock held by {holder}): wait for it to finish; a crashed "
-            f"loader's lock expires by itself within {LOCK_TTL_MS // 1000} seconds"
+            f"loader's lock expires by itself within {self.ttl_ms // 1000} seconds"
         )
 
-    def refresh(self) -> None:
-        """Extend the lock, at most once every 5 seconds."""
-        if self.clock() - self._refreshed >= 5:
-            self.client.eval(_REFRESH, 1, self.key, self.token, LOCK_TTL_MS)
-            self._refreshed = self.clock()
+    def _fenced(self, script: str, keys: list[str], *args: object) -> object:
+        return self.client.eval(script, len(keys), *keys, self.token, *args)
+
+    def renew(self) -> None:
+        """Extend the lease (and the heartbeat of the generation being written); LockLost if it is gone."""
+        gen, buckets = self.writing or ("", "")
+        if not self._fenced(_RENEW, [self.key, self.layout.generations], self.ttl_ms, gen, buckets):
+            self.lost = True
+            raise LockLost(
+                "this loader lost its lock on the store: it stalled for longer than the lock's "
+                f"{self.ttl_ms // 1000}-second lifetime (a paused process or VM?) and another loader may have taken over"
+            )
+
+    def begin(self, gen: int, buckets: int) -> None:
+        """Record *gen* as being written by this loader (its heartbeat is renewed with the lease)."""
+        self.writing = (gen, buckets)
+        self.renew()
+
+    def forget(self, gen: int) -> None:
+        """Remove *gen* from the list of generations, once its keys are deleted."""
+        if not self._fenced(_FORGET, [self.key, self.layout.generations], gen):
+            self.lost = True
+            raise LockLost("this loader lost its lock on the store while deleting an old generation")
 
     def release(self) -> None:
-        self.client.eval(_RELEASE, 1, self.key, self.token)
+        self._fenced(_RELEASE, [self.key])
 
 
-def _batched(client: redis.Redis, layout: Layout, gen: int, buckets: int, command: str) -> list:
+def owner_is_dead(token: str, host: str) -> bool:
+    """True when *token* names a process on *host* (this machine) that no longer runs."""
+    owner_host, _, rest = token.partition(":")
+    pid = rest.partition(":")[0]
+    return owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def _batched(client: redis.Redis, layout: Layout, gen: int, buckets: int, command: str,
+             before_batch: Callable[[], None] | None = None) -> list:
     """Run ``command`` (one key, e.g. HLEN) on every bucket of a generation, pipelined; all replies."""
     replies: list = []
     for start in range(0, buckets, PIPELINE_BATCH):
+        if before_batch:
+            before_batch()
         pipe = client.pipeline(transaction=False)
         for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
             pipe.execute_command(command, layout.bucket_key(gen, bucket))
@@ -128,33 +261,41 @@ def _batched(client: redis.Redis, layout: Layout, gen: int, buckets: int, comman
     return replies
 
 
-def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> None:
-    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), pipelined."""
-    _batched(client, layout, gen, buckets, "UNLINK")
+def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int,
+                      before_batch: Callable[[], None] | None = None) -> None:
+    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), pipelined.
+
+    *before_batch* runs before each pipeline: a loader passes its lease check, so one that lost
+    the lease stops deleting.
+    """
+    _batched(client, layout, gen, buckets, "UNLINK", before_batch)
 
 
-def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> int:
+def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int,
+                  before_batch: Callable[[], None] | None = None) -> int:
     """The exact number of records in a generation (HLEN of every bucket)."""
-    return int(sum(_batched(client, layout, gen, buckets, "HLEN")))
+    return int(sum(_batched(client, layout, gen, buckets, "HLEN", before_batch)))
 
 
-def generation_barcodes(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> pa.Array:
+def generation_barcodes(client: redis.Redis, layout: Layout, gen: int, buckets: int,
+                        before_batch: Callable[[], None] | None = None) -> pa.Array:
     """Every barcode stored in a generation."""
     barcodes: list[bytes | str] = []
-    for fields in _batched(client, layout, gen, buckets, "HKEYS"):
+    for fields in _batched(client, layout, gen, buckets, "HKEYS", before_batch):
         barcodes.extend(fields)
     return _strings(barcodes)
 
 
-def generation_records(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> tuple[pa.Array, pa.Array]:
+def generation_records(client: redis.Redis, layout: Layout, gen: int, buckets: int,
+                       before_batch: Callable[[], None] | None = None) -> tuple[pa.Array, pa.Array]:
     """Every (barcode, customer code) of a generation, as two string arrays."""
     barcodes: list[bytes | str] = []
     codes: list[bytes | str] = []
-    for start in range(0, buckets, PIPELINE_BATCH):
-        pipe = client.pipeline(transaction=False)
-        for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
-            pipe.hgetall(layout.bucket_key(gen, bucket))
-        for fields in pipe.execute():
+    for fields in _batched(client, layout, gen, buckets, "HGETALL", before_batch):
+        if isinstance(fields, list):  # a raw HGETALL reply: field, value, field, value, …
+            barcodes.extend(fields[0::2])
+            codes.extend(fields[1::2])
+        else:
             barcodes.extend(fields.keys())
             codes.extend(fields.values())
     return _strings(barcodes), _strings(codes)
@@ -167,21 +308,280 @@ def _strings(values: list[bytes | str]) -> pa.Array:
     return pc.cast(pa.array(values, type=pa.binary()), pa.string())
 
 
-def clean_retired(client: redis.Redis, layout: Layout, live: Generation | None) -> int:
-    """Delete generations left behind by earlier loads (never the live one); returns how many."""
-    cleaned = 0
-    for member in client.smembers(layout.retired):
-        text = member.decode() if isinstance(member, bytes) else member
-        gen, _, buckets = text.partition(":")
-        if live is None or int(gen) != live.gen:
-            delete_generation(client, layout, int(gen), int(buckets))
-            cleaned += 1
-        client.srem(layout.retired, member)
-    return cleaned
+@dataclass(frozen=True)
+class OtherGeneration:
+    """A generation that is not live: being written (by *owner*) or retired."""
+
+    gen: int
+    buckets: int
+    state: str  # "writing" or "retired"
+    owner: str  # the writer's lease token; "-" for a retired generation
+    since_ms: int  # the writer's last heartbeat, or when it was retired (server time)
+
+    @classmethod
+    def parse(cls, gen: bytes | str, entry: bytes | str) -> OtherGeneration:
+        buckets, state, owner, since = _text(entry).split(" ")
+        return cls(int(_text(gen)), int(buckets), state, owner, int(since))
+
+
+def other_generations(client: redis.Redis, layout: Layout) -> list[OtherGeneration]:
+    """Every generation listed as being written or retired, oldest first."""
+    entries = client.hgetall(layout.generations)
+    return sorted((OtherGeneration.parse(gen, entry) for gen, entry in entries.items()), key=lambda g: g.gen)
+
+
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def clean_generations(
+    client: redis.Redis, layout: Layout, lock: Lock, live: Generation | None, *,
+    grace: float = REPLACE_GRACE, abandoned_after_ms: int = ABANDONED_AFTER_MS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Delete retired generations and ones whose writer is gone; returns notes on those left alone.
+
+    A retired generation is deleted once *grace* seconds have passed since it was switched away
+    from. A generation being written is deleted only when its writer is a dead process on this
+    host, or has not renewed its heartbeat for *abandoned_after_ms*: a writer that is merely
+    stalled keeps it, and deletes it itself when it resumes and finds it lost the lease.
+    """
+    notes: list[str] = []
+    for other in other_generations(client, layout):
+        now = _server_ms(client)
+        if live is not None and other.gen == live.gen:
+            lock.forget(other.gen)  # listed by a loader that lost its lease while writing into the live one
+            continue
+        if other.state == "retired":
+            wait = other.since_ms + grace * 1000 - now
+            if wait > 0:
+                sleep(wait / 1000)  # readers may still be finishing on it
+        elif not (owner_is_dead(other.owner, lock.host) or now - other.since_ms > abandoned_after_ms):
+            silent = max(0, now - other.since_ms) // 1000
+            notes.append(
+                f"left generation {other.gen} alone: loader {other.owner} was writing it {silent:,} s ago and may "
+                f"only be stalled; it deletes it itself when it resumes, or a load deletes it once that loader "
+                f"has been silent for {abandoned_after_ms // 60_000} minutes"
+            )
+            continue
+        delete_generation(client, layout, other.gen, other.buckets, lock.renew)
+        lock.forget(other.gen)
+    return notes
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Deferred:
+    """The signals that arrived while interrupts were deferred."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[Deferred]:
+    """Hold off SIGINT and SIGTERM while the block runs (a clean-up or a switch must not stop
+    half-way); the caller decides what to do with ``received``. Only in the main thread."""
+    deferred = Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield deferred
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: deferred.received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield deferred
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _SwitchUnknown(LoadError):
+    """The switch was sent, its reply was lost, and the store has not answered since."""
+
+
+def _lease_lost(what: str) -> LockLost:
+    return LockLost(f"this loader lost its lock on the store {what} (it stalled for longer than the lock's "
+                    "lifetime, a paused process or VM?, and another loader may have taken over)")
+
+
+class _Run:
+    """One load: the client, the lease, the options, and how far it got."""
+
+    def __init__(self, client: redis.Redis, layout: Layout, lock: Lock, *, source: str, grace: float,
+                 progress: Callable[[int], None] | None, sleep: Callable[[float], None]) -> None:
+        self.client = client
+        self.layout = layout
+        self.lock = lock
+        self.source = source
+        self.grace = grace
+        self.user_progress = progress
+        self.sleep = sleep
+        self.rows_sent = 0
+        self.published: int | None = None  # the generation this load switched to
+        self.notes: list[str] = []
+
+    def progress(self, rows: int) -> None:
+        self.rows_sent = rows  # handed to the sender, which sends them even if the load stops now
+        self.lock.renew()  # a loader that lost its lease stops here, after at most one more slice
+        if self.user_progress:
+            self.user_progress(rows)
+
+    def _disown(self, gen: int, buckets: int) -> None:
+        """After losing the lease: mark *gen* retired (or, if live, its count untrustworthy)."""
+        self.client.eval(_DISOWN, 2, self.layout.generations, self.layout.meta, self.lock.token, gen, buckets)
+
+    # -- incremental ------------------------------------------------------------------------
+
+    def incremental(self, parsed: ParsedExport, live: Generation | None) -> LoadResult:
+        target = live
+        try:
+            if target is None:  # a new store: publish an empty generation, then fill it like any other
+                gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
+                self.lock.begin(gen, buckets)
+                self._switch_to(gen, buckets, 0, None, dirty=self.lock.token)
+                self.lock.writing = None
+                target = Generation(gen, buckets, 0)
+            elif self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], target.gen) != 1:
+                self.lock.lost = True
+                raise _lease_lost("before it started writing")
+            written = write_generation(self.client, self.layout, target.gen, target.buckets, parsed,
+                                       progress=self.progress)
+            counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
+                                        written.added - written.removed, _now(), self.source)
+            if counted == 0:
+                self.lock.lost = True
+                raise _lease_lost("as it finished writing")
+        except BaseException as exc:
+            raise self._stopped_incremental(exc, target) from exc
+        status, records = counted
+        if status == 2:
+            self.notes.append("another loader wrote into the store during this load: the record count is "
+                              "recounted by the next load")
+        return LoadResult("incremental", target.gen, written.added, written.removed, int(records),
+                          live.count if live else 0, target.buckets, notes=self.notes)
+
+    def _stopped_incremental(self, exc: BaseException, target: Generation | None) -> LoadStopped:
+        if self.lock.lost and target is not None:
+            try:
+                with interrupts_deferred():
+                    self._disown(target.gen, target.buckets)
+            except redis.exceptions.RedisError:
+                pass  # the store is gone too: its count stays dirty, and the next load recounts it
+        sent = f"up to {self.rows_sent:,} rows were sent" if self.rows_sent else "no row was sent"
+        return LoadStopped(exc, f"{sent} before it stopped; what Redis applied stays, and the next load recounts "
+                                "the records. Re-running the same file is safe", rows_sent=self.rows_sent)
+
+    # -- a new generation: replace and rebuild ----------------------------------------------
+
+    def write_new(self, parsed: ParsedExport) -> tuple[int, int, int]:
+        """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records)."""
+        gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
+        self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
+        written = write_generation(self.client, self.layout, gen, buckets, parsed, progress=self.progress)
+        return gen, buckets, written.added - written.removed  # exact: the generation started empty
+
+    def discard(self, gen: int, buckets: int) -> str:
+        """Delete this loader's unpublished generation; says how that went."""
+        try:
+            with interrupts_deferred():
+                live = read_generation(self.client, self.layout)
+                if self.published == gen or (live is not None and live.gen == gen):
+                    return f"the new data set (generation {gen}) is live after all, so it was kept"
+                if self.lock.lost:  # ours to delete, but not fenced: list it first so the next load finishes
+                    self._disown(gen, buckets)
+                    delete_generation(self.client, self.layout, gen, buckets)
+                    self.client.hdel(self.layout.generations, gen)  # only this loader ever writes this generation
+                else:
+                    delete_generation(self.client, self.layout, gen, buckets, self.lock.renew)
+                    self.lock.forget(gen)
+            return "the partial new data set was deleted"
+        except (redis.exceptions.RedisError, LockLost) as exc:
+            return (f"the partial new data set (generation {gen}) could not be deleted ({type(exc).__name__}); "
+                    "the next load deletes it")
+
+    def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, dirty: str = "0") -> None:
+        """Publish *gen* (fenced, one step); the previous generation is marked retired in the same step."""
+        expected = "" if live is None else str(live.gen)
+        status = self.lock._fenced(
+            _SWITCH, [self.lock.key, self.layout.generations, self.layout.meta],
+            gen, buckets, records, dirty, _now(), self.source, expected,
+        )
+        if status == 0:
+            self.lock.lost = True
+            raise _lease_lost("before it could switch to the new data set")
+        if status != 1:
+            raise LoadError(f"the live data set changed under this load (switch refused: {status}); nothing was switched")
+        self.published = gen
+
+    def publish(self, gen: int, buckets: int, records: int, live: Generation | None) -> None:
+        """Switch to *gen*, then delete the previous generation after the grace period.
+
+        If the switch's reply is lost, ``m2:meta`` is read again until it tells: a switch that
+        happened is a success, one that did not raises, one that cannot be checked raises
+        _SwitchUnknown. Once the switch is done nothing here raises: what is left undone is noted.
+        """
+        with interrupts_deferred() as deferred:
+            try:
+                self._switch_to(gen, buckets, records, live)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                switched = self._verify_switch(gen)
+                if switched is None:
+                    raise _SwitchUnknown(str(exc)) from exc
+                if not switched:
+                    raise
+                self.published = gen
+                self.notes.append(f"the connection failed as the switch was sent ({type(exc).__name__}); "
+                                  f"m2:meta, read again, shows generation {gen} live")
+        self.lock.writing = None
+        if live is None:
+            return
+        try:
+            if deferred.received:
+                raise KeyboardInterrupt
+            self.sleep(self.grace)  # readers that read m2:meta just before the switch finish on the old generation
+            delete_generation(self.client, self.layout, live.gen, live.buckets, self.lock.renew)
+            self.lock.forget(live.gen)
+        except (redis.exceptions.RedisError, LockLost, KeyboardInterrupt) as exc:
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
+            self.notes.append(f"the previous data set (generation {live.gen}) was not deleted ({what}); "
+                              "the next load deletes it")
+
+    def _verify_switch(self, gen: int) -> bool | None:
+        """Whether generation *gen* is live, read again after a lost reply: True, False, or None (unknown)."""
+        for attempt in range(SWITCH_CHECKS):
+            try:
+                live = read_generation(self.client, self.layout)
+                return live is not None and live.gen == gen
+            except redis.exceptions.RedisError:
+                if attempt + 1 < SWITCH_CHECKS:
+                    self.sleep(1.0)
+        return None
+
+    def stopped_replace(self, exc: BaseException, live: Generation | None, what: str) -> LoadStopped:
+        """The LoadStopped for a replace or rebuild that stopped: what the store holds, as verified."""
+        gen, buckets = self.lock.writing or (None, 0)
+        if self.published is not None:  # an interrupt in the instant after the switch
+            return LoadStopped(exc, f"{what} is live (generation {self.published}); the previous data set is "
+                                    "deleted by the next load", rows_sent=self.rows_sent, switched=True)
+        if isinstance(exc, _SwitchUnknown):
+            otherwise = (f"generation {live.gen} means the previous one is still live" if live is not None
+                         else "no generation means it is not")
+            return LoadStopped(exc, (
+                f"the connection failed while switching to the new data set, and the store has not answered "
+                f"since: it is unknown whether {what} is live. Check with 'm2-code-store stats': generation "
+                f"{gen} means it is live and nothing more is needed; {otherwise}, and re-running the same "
+                "command is safe"), rows_sent=self.rows_sent, switched=None)
+        cleaned = self.discard(gen, buckets) if gen is not None else "nothing had been written yet"
+        if self.lock.lost:
+            return LoadStopped(exc, f"{what} was not switched in, and this loader changed nothing else; the store "
+                                    f"holds what the loader that took over left there; {cleaned}. Re-run the same "
+                                    "command once the other load has finished", rows_sent=self.rows_sent)
+        previous = "an empty store" if live is None else f"the previous data set ({live.count:,} records)"
+        return LoadStopped(exc, f"{what} was not switched in: the store still holds {previous}; {cleaned}. "
+                                "Re-running the same command is safe", rows_sent=self.rows_sent)
 
 
 def load(
@@ -196,133 +596,88 @@ def load(
     source: str = "",
     progress: Callable[[int], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    lock_ttl_ms: int = LOCK_TTL_MS,
 ) -> LoadResult:
-    """Apply *parsed* to the store behind *client*; see store.py for the layout."""
+    """Apply *parsed* to the store behind *client*; see store.py for the layout.
+
+    Raises StoreBusy or ReplaceRefused (nothing changed), LoadStopped (it stopped part-way: Redis
+    failed, the lease was lost or it was interrupted; its ``state`` says what the store holds).
+    """
     layout = layout or Layout()
-    lock = Lock(client, layout)
+    lock = Lock(client, layout, ttl_ms=lock_ttl_ms)
     lock.acquire()
+    run = _Run(client, layout, lock, source=source, grace=grace, progress=progress, sleep=sleep)
     try:
-        live = read_generation(client, layout)
-        clean_retired(client, layout, live)
-        if live is not None and live.dirty:  # an earlier load died part-way: repair the count
-            live = _recount(client, layout, live, source=None)
-
-        def on_progress(rows: int) -> None:
-            lock.refresh()
-            if progress:
-                progress(rows)
-
+        try:
+            live = read_generation(client, layout)
+            run.notes += clean_generations(client, layout, lock, live, grace=grace, sleep=sleep)
+            if live is not None and live.dirty:  # an earlier load died part-way: repair the count
+                live = _recount(client, layout, lock, live)
+        except (redis.exceptions.RedisError, LockLost, KeyboardInterrupt) as exc:
+            raise LoadStopped(exc, "nothing of this file was written; the store holds what it held before "
+                                   "(old data sets may remain to be cleaned by the next load)", rows_sent=0) from exc
         if replace:
-            return _replace(client, parsed, layout, live, force, max_shrink, grace, source, on_progress, sleep)
+            return _replace(run, parsed, live, force, max_shrink)
         if live is not None and (live.count + parsed.upserts) / live.buckets > CROWDED_PER_BUCKET:
-            return _rebuild(client, parsed, layout, live, grace, source, on_progress, sleep)
-        return _incremental(client, parsed, layout, live, source, on_progress)
+            return _rebuild(run, parsed, live)
+        return run.incremental(parsed, live)
     finally:
         try:
-            lock.release()
+            with interrupts_deferred():
+                lock.release()
         except redis.exceptions.RedisError:
             pass  # the store is gone: the lock expires by itself; keep the original error
 
 
-def _recount(client, layout, live: Generation, *, source: str | None) -> Generation:
-    count = count_records(client, layout, live.gen, live.buckets)
-    fields = {"count": count, "dirty": 0}
-    if source is not None:
-        fields.update(loaded_at=_now(), source=source)
-    client.hset(layout.meta, mapping=fields)
+def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) -> Generation:
+    count = count_records(client, layout, live.gen, live.buckets, lock.renew)
+    lock._fenced(_RECOUNTED, [lock.key, layout.meta], live.gen, live.dirty, count)
     return Generation(live.gen, live.buckets, count, live.loaded_at)
 
 
-def _incremental(client, parsed, layout, live, source, progress) -> LoadResult:
-    if live is None:
-        gen = int(client.incr(layout.seq))
-        buckets = buckets_for(parsed.upserts)
-        client.hset(layout.meta, mapping={"gen": gen, "buckets": buckets, "count": 0, "dirty": 1,
-                                          "loaded_at": _now(), "source": source})
-        live = Generation(gen, buckets, 0)
-    else:
-        client.hset(layout.meta, "dirty", 1)
-    written = write_generation(client, layout, live.gen, live.buckets, parsed, progress=progress)
-    # Every reply was read, and the count was exact before (a dirty one is recounted first):
-    # Redis' own replies give the exact new count.
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(layout.meta, "count", written.added - written.removed)
-    pipe.hset(layout.meta, mapping={"dirty": 0, "loaded_at": _now(), "source": source})
-    records = int(pipe.execute()[0])
-    return LoadResult("incremental", live.gen, written.added, written.removed, records, live.count, live.buckets)
-
-
-def _write_new_generation(client, layout, parsed, progress) -> tuple[int, int, int]:
-    """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records).
-
-    On any failure the partial generation is deleted (or, if Redis is gone, left listed in
-    ``m2:retired`` for the next load to delete).
-    """
-    gen = int(client.incr(layout.seq))
-    buckets = buckets_for(parsed.upserts)
-    marker = f"{gen}:{buckets}"
-    client.sadd(layout.retired, marker)  # a crash before the switch leaves it to the next load to clean
+def _replace(run: _Run, parsed: ParsedExport, live: Generation | None, force: bool, max_shrink: float) -> LoadResult:
     try:
-        written = write_generation(client, layout, gen, buckets, parsed, progress=progress)
-        return gen, buckets, written.added - written.removed  # exact: the generation started empty
-    except BaseException:
-        try:
-            delete_generation(client, layout, gen, buckets)
-            client.srem(layout.retired, marker)
-        except redis.exceptions.RedisError:
-            pass
+        gen, buckets, records = run.write_new(parsed)
+        previous = live.count if live else 0
+        removed, added = 0, records
+        if live is not None and previous:
+            old = generation_barcodes(run.client, run.layout, live.gen, live.buckets, run.lock.renew)
+            new = generation_barcodes(run.client, run.layout, gen, buckets, run.lock.renew)
+            kept = int(pc.sum(pc.is_in(old, value_set=new)).as_py() or 0)
+            removed, added = len(old) - kept, records - kept
+            if removed > previous * max_shrink:
+                if not force:
+                    run.discard(gen, buckets)
+                    run.lock.writing = None
+                    raise ReplaceRefused(
+                        f"refusing to replace: {removed:,} of the {previous:,} records in the store "
+                        f"({removed / previous:.0%}) are not in the file, more than the {max_shrink:.0%} allowed. "
+                        "Is the export truncated, or the wrong one? Nothing was changed. "
+                        "Re-run with --force to replace anyway."
+                    )
+        run.publish(gen, buckets, records, live)
+    except ReplaceRefused:
         raise
+    except BaseException as exc:
+        raise run.stopped_replace(exc, live, "the replacement") from exc
+    return LoadResult("replace", gen, added, removed, records, previous, buckets, notes=run.notes)
 
 
-def _switch(client, layout, live, gen, buckets, records, source, grace, sleep) -> None:
-    """Publish generation *gen* in one HSET, then delete the old one after *grace* seconds."""
-    # One HSET: a reader sees the old generation or the new one, never a mix.
-    client.hset(layout.meta, mapping={"gen": gen, "buckets": buckets, "count": records, "dirty": 0,
-                                      "loaded_at": _now(), "source": source})
-    client.srem(layout.retired, f"{gen}:{buckets}")
-    if live is not None:
-        old = f"{live.gen}:{live.buckets}"
-        client.sadd(layout.retired, old)
-        sleep(grace)  # readers that read m2:meta just before the switch finish on the old generation
-        delete_generation(client, layout, live.gen, live.buckets)
-        client.srem(layout.retired, old)
-
-
-def _replace(client, parsed, layout, live, force, max_shrink, grace, source, progress, sleep) -> LoadResult:
-    gen, buckets, records = _write_new_generation(client, layout, parsed, progress)
-    previous = live.count if live else 0
-    removed = added = records
-    if live is not None and previous:
-        old = generation_barcodes(client, layout, live.gen, live.buckets)
-        new = generation_barcodes(client, layout, gen, buckets)
-        kept = int(pc.sum(pc.is_in(old, value_set=new)).as_py() or 0)
-        removed, added = len(old) - kept, records - kept
-        if removed > previous * max_shrink and not force:
-            delete_generation(client, layout, gen, buckets)
-            client.srem(layout.retired, f"{gen}:{buckets}")
-            raise ReplaceRefused(
-                f"refusing to replace: {removed:,} of the {previous:,} records in the store "
-                f"({removed / previous:.0%}) are not in the file, more than the {max_shrink:.0%} allowed. "
-                "Is the export truncated, or the wrong one? Nothing was changed. "
-                "Re-run with --force to replace anyway."
-            )
-    elif live is None:
-        removed = 0
-    _switch(client, layout, live, gen, buckets, records, source, grace, sleep)
-    return LoadResult("replace", gen, added, removed if previous else 0, records, previous, buckets)
-
-
-def _rebuild(client, parsed, layout, live, grace, source, progress, sleep) -> LoadResult:
+def _rebuild(run: _Run, parsed: ParsedExport, live: Generation) -> LoadResult:
     """Merge the live data set and the file into a new generation with more buckets."""
-    barcodes, codes = generation_records(client, layout, live.gen, live.buckets)
-    merged = ParsedExport(
-        source_barcodes=pa.concat_arrays([barcodes, parsed.barcodes.cast(pa.string())]),
-        source_codes=pa.concat_arrays([codes, parsed.customer_codes.cast(pa.string())]),
-        source_deletes=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
-        rows_read=parsed.rows_read,
-    )
-    gen, buckets, records = _write_new_generation(client, layout, merged, progress)
-    new = generation_barcodes(client, layout, gen, buckets)
-    kept = int(pc.sum(pc.is_in(barcodes, value_set=new)).as_py() or 0)
-    _switch(client, layout, live, gen, buckets, records, source, grace, sleep)
-    return LoadResult("incremental", gen, records - kept, len(barcodes) - kept, records, live.count, buckets, rebuilt=True)
+    try:
+        barcodes, codes = generation_records(run.client, run.layout, live.gen, live.buckets, run.lock.renew)
+        merged = ParsedExport(
+            source_barcodes=pa.concat_arrays([barcodes, parsed.barcodes.cast(pa.string())]),
+            source_codes=pa.concat_arrays([codes, parsed.customer_codes.cast(pa.string())]),
+            source_deletes=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
+            rows_read=parsed.rows_read,
+        )
+        gen, buckets, records = run.write_new(merged)
+        new = generation_barcodes(run.client, run.layout, gen, buckets, run.lock.renew)
+        kept = int(pc.sum(pc.is_in(barcodes, value_set=new)).as_py() or 0)
+        run.publish(gen, buckets, records, live)
+    except BaseException as exc:
+        raise run.stopped_replace(exc, live, "the rebuilt data set (with this file applied)") from exc
+    return LoadResult("incremental", gen, records - kept, len(barcodes) - kept, records, live.count, buckets,
+                      rebuilt=True, notes=run.notes)

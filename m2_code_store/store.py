@@ -3,13 +3,17 @@
 Layout (every command touches one key, so it works on Redis Cluster as it is):
 
 - ``m2:meta`` (hash): ``gen`` (the live generation), ``buckets`` (its bucket count, a power of
-  two), ``count`` (records in it), ``dirty`` (1 while an incremental load runs: the count is
-  recounted when it ends, or by the next load if it died), ``loaded_at``, ``source``.
+  two), ``count`` (records in it), ``dirty`` (``0``, or the token of an incremental load writing
+  into the live generation: the count is exact again when that load ends, or recounted by the
+  next load if it died or another writer touched it), ``loaded_at``, ``source``.
 - ``m2:{gen}:{bucket}`` (hash): barcode → customer code for the barcodes whose
   ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 64 barcodes per bucket keeps each hash in
   Redis' compact listpack encoding: about 16 bytes a record instead of about 85 for a plain key.
-- ``m2:gen-seq`` (counter) hands out generation numbers; ``m2:retired`` (set of ``gen:buckets``)
-  lists generations to delete; ``m2:lock`` (string with a TTL) keeps two loaders apart.
+- ``m2:gen-seq`` (counter) hands out generation numbers.
+- ``{m2:meta}:lock`` (string with a TTL: the loaders' lease) and ``{m2:meta}:generations`` (hash:
+  every generation that is not live, being written or retired) share ``m2:meta``'s hash slot,
+  so one script can check the lease and write ``m2:meta`` atomically, on Redis Cluster too.
+  loader.py describes how they fence every write that publishes or deletes.
 
 ``--replace`` fills a new generation while readers keep using the old one, then switches
 ``m2:meta`` in one HSET: a reader sees the old data set or the new one, never a mix. The old
@@ -59,12 +63,12 @@ class Layout:
         return f"{self.prefix}:gen-seq"
 
     @property
-    def retired(self) -> str:
-        return f"{self.prefix}:retired"
+    def lock(self) -> str:
+        return f"{{{self.meta}}}:lock"  # the hash tag puts it in m2:meta's slot
 
     @property
-    def lock(self) -> str:
-        return f"{self.prefix}:lock"
+    def generations(self) -> str:
+        return f"{{{self.meta}}}:generations"
 
     def bucket_key(self, gen: int, bucket: int) -> str:
         return f"{self.prefix}:{gen}:{bucket}"
@@ -78,7 +82,7 @@ class Generation:
     buckets: int
     count: int
     loaded_at: str = ""
-    dirty: bool = False  # a load is running or died part-way: count may be off until recounted
+    dirty: str = ""  # the token of a load writing into it, or that died part-way: count may be off until recounted
 
 
 def read_generation(client: redis.Redis, layout: Layout = Layout()) -> Generation | None:
@@ -86,7 +90,8 @@ def read_generation(client: redis.Redis, layout: Layout = Layout()) -> Generatio
     gen, buckets, count, loaded_at, dirty = client.hmget(layout.meta, "gen", "buckets", "count", "loaded_at", "dirty")
     if gen is None or buckets is None:
         return None
-    return Generation(int(gen), int(buckets), int(count or 0), _text(loaded_at), _text(dirty) == "1")
+    dirty_by = _text(dirty)
+    return Generation(int(gen), int(buckets), int(count or 0), _text(loaded_at), "" if dirty_by == "0" else dirty_by)
 
 
 def _text(value: bytes | str | None) -> str:

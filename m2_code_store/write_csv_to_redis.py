@@ -2,15 +2,18 @@
 
     write_csv_to_redis FILE.csv [BATCHSIZE] [--replace [--force]] [--dry-run]
 
-Exit status: 0 every row loaded; 1 the load finished but rows were skipped (or the connection
-failed part-way: what was written stays, re-running is safe); 2 nothing was done (bad usage, a
-file that cannot be used, no store, a refused --replace).
+Exit status: 0 every row loaded; 1 the load finished but rows were skipped, or it stopped part-way
+(Redis failed, or another loader took the lock while this one was stalled): the message says what
+the store holds, and re-running is safe; 2 nothing was done (bad usage, a file that cannot be used,
+no store, another load running, a refused --replace); 130 (Ctrl-C) or 143 (SIGTERM) interrupted,
+with one line saying what the store holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import threading
 import time
@@ -21,10 +24,16 @@ if __package__ in (None, ""):  # run as a file: python m2_code_store/write_csv_t
 
 import redis
 
-from m2_code_store.config import describe_error, open_store
+from m2_code_store.config import (
+    StoreTarget,
+    describe_error,
+    embedded_note,
+    has_terminal,
+    open_store,
+)
 from m2_code_store.embedded import EmbeddedServerError
 from m2_code_store.las_csv import BadRow, ExportError, ParsedExport, duplicate_count, read_export
-from m2_code_store.loader import DEFAULT_MAX_SHRINK, LoadError, load
+from m2_code_store.loader import DEFAULT_MAX_SHRINK, LoadError, LoadStopped, LockLost, load
 from m2_code_store.progress import Progress
 from toolconfig import ConfigError
 
@@ -36,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="write_csv_to_redis",
         description="Load a LAS 'Barcodes by CUS/DATE' export (Item barcode, Accession date, "
         "Customer code, Delete date) into the M2 customer code store.",
-        epilog="The store is REDIS_URL, else REDIS_ENDPOINT_ENCRYPTED (KMS), else the embedded local Redis.",
+        epilog="The store is REDIS_URL, else REDIS_ENDPOINT_ENCRYPTED (KMS), else (M2_STORE=embedded, or a person "
+        "at a terminal) the embedded local Redis.",
     )
     parser.add_argument("csv_file", type=Path, help="the LAS export (CSV, UTF-8)")
     parser.add_argument(
@@ -76,15 +86,40 @@ def report_bad_rows(bad_rows: list[BadRow], csv_file: Path) -> None:
 
 
 def summary(parsed: ParsedExport, seconds: float, *, written: str, deleted: str, removed: int | None = None,
-            records: int | None = None) -> str:
-    """The closing line of every run that read the file."""
+            records: int | None = None, store: StoreTarget | None = None) -> str:
+    """The closing line of every run that read the file; it names the store it used."""
     rate = parsed.rows_read / seconds if seconds > 0 else 0
     removed_text = "" if removed is None else f" ({removed:,} removed from the store)"
     records_text = "" if records is None else f"; {records:,} records in the store"
+    store_text = "" if store is None else f"; store: {store.shown}"
     return (
         f"read {parsed.rows_read:,} rows: {written} written, {deleted} deleted{removed_text}, "
-        f"{len(parsed.bad_rows):,} skipped{records_text}; {seconds:.2f} s, {rate:,.0f} rows/s"
+        f"{len(parsed.bad_rows):,} skipped{records_text}; {seconds:.2f} s, {rate:,.0f} rows/s{store_text}"
     )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the load cleans up and says what the store holds."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def stop_reason(cause: BaseException, target: StoreTarget) -> str:
+    """Why a load stopped, for the message's first words."""
+    if isinstance(cause, Terminated):
+        return "terminated (SIGTERM)"
+    if isinstance(cause, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(cause, LockLost):
+        return str(cause)
+    redis_error = cause if isinstance(cause, redis.exceptions.RedisError) else cause.__cause__
+    if isinstance(redis_error, redis.exceptions.RedisError):
+        return f"Redis failed during the load ({type(redis_error).__name__}: {describe_error(redis_error, target)})"
+    if isinstance(cause, LoadError):
+        return str(cause)
+    return f"the load failed ({type(cause).__name__}: {cause})"
 
 
 def _import_pandas_meanwhile() -> threading.Thread:
@@ -109,9 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the loader; returns the exit status."""
     args = parse_args(argv)
     importing = _import_pandas_meanwhile()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _run(args)
+    except KeyboardInterrupt as exc:  # before the load started: nothing was written
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what} before anything was written: the store is unchanged", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         importing.join()  # never leave an import running into interpreter shutdown
 
 
@@ -125,9 +166,10 @@ def _run(args: argparse.Namespace) -> int:
     report_bad_rows(parsed.bad_rows, args.csv_file)
     status = 1 if parsed.bad_rows else 0
 
-    def finish(written: str, deleted: str, removed: int | None = None, records: int | None = None) -> None:
+    def finish(written: str, deleted: str, removed: int | None = None, records: int | None = None,
+               store: StoreTarget | None = None) -> None:
         print(summary(parsed, time.perf_counter() - started, written=written, deleted=deleted,
-                      removed=removed, records=records))
+                      removed=removed, records=records, store=store))
 
     if args.dry_run:
         duplicates = duplicate_count(parsed)
@@ -140,40 +182,47 @@ def _run(args: argparse.Namespace) -> int:
         return status
 
     try:
-        target, client = open_store(timeout=30)
+        target, client = open_store(timeout=30, interactive=has_terminal())
     except (ConfigError, EmbeddedServerError) as exc:
         print(f"error: {exc}. Nothing was written.", file=sys.stderr)
         return 2
+    if note := embedded_note(target):
+        print(note, file=sys.stderr)
 
     progress = Progress(len(parsed), enabled=not args.quiet)
     try:
         result = load(client, parsed, replace=args.replace, force=args.force, max_shrink=args.max_shrink,
                       source=args.csv_file.name, progress=progress.update)
-    except LoadError as exc:
+    except LoadStopped as exc:
+        progress.close()
+        print(f"error: {stop_reason(exc.cause, target)}: {exc.state}.", file=sys.stderr)
+        if isinstance(exc.cause, KeyboardInterrupt):
+            return 143 if isinstance(exc.cause, Terminated) else 130
+        if args.replace:
+            written = {True: f"{parsed.upserts:,}", None: "?", False: "0"}[exc.switched]
+            finish(written, "0", store=target)
+        else:
+            finish(f"up to {exc.rows_sent:,}", "?", store=target)
+        return 1
+    except LoadError as exc:  # another load runs, or a refused --replace: nothing was changed
         progress.close()
         print(f"error: {exc}", file=sys.stderr)
-        finish("0", "0")
+        finish("0", "0", store=target)
         return 2
-    except redis.exceptions.RedisError as exc:
+    except redis.exceptions.RedisError as exc:  # taking the lock failed
         progress.close()
-        if args.replace:
-            what = "the replacement was not switched in; the store still holds the previous data set"
-            written = "0"
-        else:
-            what = (f"up to {progress.done:,} rows were sent before it failed; what Redis applied stays, "
-                    "and the next load recounts the records")
-            written = f"up to {progress.done:,}"
-        print(f"error: Redis failed during the load ({type(exc).__name__}: {describe_error(exc, target)}): "
-              f"{what}. Re-running the same command is safe.", file=sys.stderr)
-        finish(written, "0" if args.replace else "?")
-        return 1
+        print(f"error: Redis failed before the load started ({type(exc).__name__}: {describe_error(exc, target)}): "
+              "nothing was written. Re-running the same command is safe.", file=sys.stderr)
+        return 2
     finally:
         client.close()
     progress.close()
     if result.rebuilt:
         print(f"note: the store had outgrown its buckets, so this load rebuilt it into {result.buckets:,} "
               "buckets (memory per record stays low)", file=sys.stderr)
-    finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records)
+    for note in result.notes or []:
+        print(f"note: {note}", file=sys.stderr)
+    finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records, store=target)
     return status
 
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 SUMMARY = re.compile(
     r"^read (?P<read>[\d,]+) rows: (?P<written>[\d,]+) written, (?P<deleted>[\d,]+) deleted \((?P<removed>[\d,]+) removed "
-    r"from the store\), (?P<skipped>[\d,]+) skipped; (?P<records>[\d,]+) records in the store; [\d.]+ s, [\d,]+ rows/s$"
+    r"from the store\), (?P<skipped>[\d,]+) skipped; (?P<records>[\d,]+) records in the store; [\d.]+ s, [\d,]+ rows/s; "
+    r"store: (?P<store>.+)$"
 )
 
 
@@ -34,12 +35,13 @@ def env(monkeypatch, redis_url):
     monkeypatch.delenv("REDIS_ENDPOINT_ENCRYPTED", raising=False)
 
 
-def test_load_prints_summary_and_exits_0(csv_file, env, redis_client, capsys):
+def test_load_prints_summary_and_exits_0(csv_file, env, redis_url, redis_client, capsys):
     assert main([str(csv_file), "10000", "--quiet"]) == 0
     out = capsys.readouterr().out.strip()
     match = SUMMARY.match(out)
     assert match, out
     assert match.group("read", "written", "deleted", "removed", "skipped", "records") == ("3", "2", "1", "0", "0", "2")
+    assert match.group("store") == redis_url  # every summary names the store it used
     assert CodeStore(redis_client).lookup(["1", "2", "3"]) == ["NA", "NB", None]
 
 
@@ -150,7 +152,7 @@ def test_outgrown_buckets_are_rebuilt_and_said_so(tmp_path, env, redis_client, c
 
 
 def test_failed_load_reports_the_error_and_a_summary(tmp_path, env, redis_client, capsys):
-    redis_client.config_set("maxmemory", "1mb")
+    redis_client.config_set("maxmemory", str(redis_client.info("memory")["used_memory"] + 200_000))
     try:
         big = tmp_path / "big.csv"
         big.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(100_000, 160_000)))
@@ -160,7 +162,66 @@ def test_failed_load_reports_the_error_and_a_summary(tmp_path, env, redis_client
     captured = capsys.readouterr()
     assert captured.err.startswith("error: Redis failed during the load (BulkWriteError: Redis refused ")
     assert "OOM command not allowed" in captured.err
-    assert captured.err.rstrip().endswith("Re-running the same command is safe.")
+    assert captured.err.rstrip().endswith("Re-running the same file is safe.")
     assert captured.out.startswith("read 60,000 rows: up to 60,000 written, ? deleted, 0 skipped; ")
     assert main([str(big), "--quiet"]) == 0
     assert SUMMARY.match(capsys.readouterr().out.strip()).group("records") == "60,000"
+
+
+def _env_without_store(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED", "M2_STORE")}
+    return {**env, **extra}
+
+
+COMMANDS = {
+    "write_csv_to_redis": [str(Path(sys.executable).parent / "write_csv_to_redis"), "{csv}"],
+    "load": [sys.executable, "-m", "m2_code_store", "load", "{csv}"],
+    "serve": [sys.executable, "-m", "m2_code_store", "serve", "--port", "1"],
+    "stats": [sys.executable, "-m", "m2_code_store", "stats"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=list(COMMANDS))
+def test_malformed_redis_url_is_one_line_and_exit_2_for_every_command(command, csv_file, tmp_path):
+    """redis://:pw@[::1/5 once gave a traceback and exit 1; now one line, the password never shown."""
+    argv = [arg.format(csv=csv_file) for arg in COMMANDS[command]]
+    env = _env_without_store(REDIS_URL="redis://:s3cret@[::1/5")
+    done = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: REDIS_URL has an unclosed '[' (a bracketed IPv6 address): expected "
+                                  "redis://[:password@]host[:port][/db]")
+    assert len(done.stderr.strip().splitlines()) == 1 and "s3cret" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=list(COMMANDS))
+def test_a_job_without_a_terminal_never_falls_back_to_the_embedded_store(command, csv_file, tmp_path):
+    """A cron job that lost REDIS_URL must fail (exit 2, naming the settings), not fill a local store."""
+    argv = [arg.format(csv=csv_file) for arg in COMMANDS[command]]
+    data_dir = tmp_path / "m2-data"
+    done = subprocess.run(argv, cwd=tmp_path, env=_env_without_store(M2_DATA_DIR=str(data_dir)),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "no store configured: set REDIS_URL (redis://host:port/db) or REDIS_ENDPOINT_ENCRYPTED" in done.stderr
+    assert "set M2_STORE=embedded" in done.stderr
+    assert not data_dir.exists()
+
+
+def test_at_a_terminal_the_embedded_store_is_announced_and_named_in_the_summary(csv_file, tmp_path):
+    import pty
+
+    from m2_code_store.embedded import stop_local_server
+
+    data_dir = tmp_path / "m2-data"
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "m2_code_store.write_csv_to_redis", str(csv_file), "--quiet"],
+                              cwd=ROOT, env=_env_without_store(M2_DATA_DIR=str(data_dir)), stdin=terminal,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+        stop_local_server(data_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"note: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local "
+                           f"Redis in {data_dir} (set M2_STORE=embedded to choose it explicitly)\n")
+    assert SUMMARY.match(done.stdout.strip()).group("store") == f"the embedded local Redis in {data_dir}"

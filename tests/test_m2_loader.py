@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,14 @@ from bench.gen_las_export import write_export
 from m2_code_store.bulk import BulkWriteError
 from m2_code_store.embedded import RedisServer, free_port
 from m2_code_store.las_csv import read_export
-from m2_code_store.loader import ReplaceRefused, StoreBusy, clean_retired, load
+from m2_code_store.loader import (
+    LoadStopped,
+    Lock,
+    ReplaceRefused,
+    StoreBusy,
+    clean_generations,
+    load,
+)
 from m2_code_store.store import CodeStore, Layout, read_generation
 
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
@@ -24,6 +32,11 @@ def export(tmp_path, body: str, name: str = "items.csv"):
     path = tmp_path / name
     path.write_text(HEADER + body)
     return read_export(path)
+
+
+def limit_memory(client, *, headroom: int) -> None:
+    """maxmemory *headroom* bytes above what the server uses now (a fresh one already uses ~1 MB)."""
+    client.config_set("maxmemory", str(client.info("memory")["used_memory"] + headroom))
 
 
 def store_of(client) -> CodeStore:
@@ -110,7 +123,12 @@ def test_replace_with_force_goes_through(tmp_path, redis_client):
 
 
 def test_readers_see_old_or_new_data_set_never_a_mix_during_replace(tmp_path, redis_url):
-    """Concurrent lookups during --replace: each answer is wholly the old or wholly the new data."""
+    """Concurrent lookups during --replace: each answer is wholly the old or wholly the new data.
+
+    The readers cache m2:meta for META_TTL and the loader waits GRACE before deleting the old
+    generation, as in production (1 s and 3 s), only scaled down so the test does not sleep.
+    """
+    meta_ttl, grace = 0.05, 0.25
     loader_client = redis.Redis.from_url(redis_url)
     old = export(tmp_path, "".join(f"{i},,OLD,\n" for i in range(30_000)), "old.csv")
     new = export(tmp_path, "".join(f"{i},,NEW,\n" for i in range(30_000)), "new.csv")
@@ -122,7 +140,7 @@ def test_readers_see_old_or_new_data_set_never_a_mix_during_replace(tmp_path, re
 
     def reader() -> None:
         client = redis.Redis.from_url(redis_url)
-        store = CodeStore(client)  # the API's own cache of m2:meta (1 s)
+        store = CodeStore(client, meta_ttl=meta_ttl)  # the API's own cache of m2:meta
         try:
             while not stop.is_set():
                 seen.append(set(store.lookup(probe)))
@@ -134,8 +152,8 @@ def test_readers_see_old_or_new_data_set_never_a_mix_during_replace(tmp_path, re
         thread.start()
     try:
         for _ in range(2):
-            load(loader_client, new, replace=True)
-            load(loader_client, old, replace=True)
+            load(loader_client, new, replace=True, grace=grace)
+            load(loader_client, old, replace=True, grace=grace)
     finally:
         stop.set()
         for thread in threads:
@@ -152,15 +170,37 @@ def test_second_loader_is_refused_while_one_holds_the_lock(tmp_path, redis_clien
     assert redis_client.exists("m2:meta") == 0
 
 
-def test_generation_left_by_a_crashed_replace_is_cleaned_but_never_the_live_one(tmp_path, redis_client):
+def _dead_pid() -> int:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(finished.stdout)
+
+
+def test_clean_up_deletes_retired_and_abandoned_generations_but_never_one_a_live_loader_writes(tmp_path, redis_client):
+    """Retired generations and those of a dead (or long-silent) loader go; a stalled writer's stays."""
     load(redis_client, export(tmp_path, "1,,NA,\n"))
     live = read_generation(redis_client)
-    redis_client.hset(Layout().bucket_key(99, 3), "x", "NX")
-    redis_client.sadd(Layout().retired, "99:1024", f"{live.gen}:{live.buckets}")
-    assert clean_retired(redis_client, Layout(), live) == 1
-    assert redis_client.keys("m2:99:*") == []
+    layout = Layout()
+    now_ms = int(redis_client.time()[0]) * 1000
+    here = socket.gethostname()
+    others = {
+        91: f"1024 retired - {now_ms - 60_000}",
+        92: f"1024 writing {here}:{_dead_pid()}:dead {now_ms}",  # its process is gone
+        93: f"1024 writing otherhost:1:silent {now_ms - 700_000}",  # silent for over 10 minutes
+        94: f"1024 writing otherhost:2:stalled {now_ms - 90_000}",  # lost its lease 30 s ago: may resume
+    }
+    for gen, entry in others.items():
+        redis_client.hset(layout.bucket_key(gen, 3), "x", "NX")
+        redis_client.hset(layout.generations, gen, entry)
+    lock = Lock(redis_client, layout)
+    lock.acquire()
+    notes = clean_generations(redis_client, layout, lock, live, grace=0)
+    assert sorted(redis_client.keys("m2:9*")) == ["m2:94:3"]
+    assert list(redis_client.hgetall(layout.generations)) == ["94"]
+    assert len(notes) == 1 and re.fullmatch(
+        r"left generation 94 alone: loader otherhost:2:stalled was writing it 9[01] s ago and may only be stalled; "
+        r"it deletes it itself when it resumes, or a load deletes it once that loader has been silent for 10 minutes",
+        notes[0]), notes
     assert store_of(redis_client).lookup(["1"]) == ["NA"]
-    assert redis_client.smembers(Layout().retired) == set()
 
 
 def test_redis_refusing_a_command_is_reported(tmp_path, redis_client):
@@ -173,8 +213,10 @@ def test_redis_refusing_a_command_is_reported(tmp_path, redis_client):
     from m2_code_store.store import bucket_of
 
     redis_client.set(Layout().bucket_key(live.gen, bucket_of("1", live.buckets)), "oops")
-    with pytest.raises(BulkWriteError, match="Redis refused 1 command\\(s\\): WRONGTYPE"):
+    with pytest.raises(LoadStopped) as info:
         load(redis_client, parsed)
+    assert isinstance(info.value.cause, BulkWriteError)
+    assert str(info.value.cause).startswith("Redis refused 1 command(s): WRONGTYPE")
     assert not redis_client.exists(Layout().lock)  # the lock is released even so
 
 
@@ -183,8 +225,8 @@ def test_count_left_wrong_by_a_failed_load_is_repaired_by_the_next(tmp_path, red
     redis_client.hset("m2:meta", mapping={"count": 999, "dirty": 1})  # as a load that died part-way leaves it
     result = load(redis_client, export(tmp_path, "3,,NC,\n", "more.csv"))
     assert result.records == 3
-    assert read_generation(redis_client) == read_generation(redis_client).__class__(
-        result.generation, read_generation(redis_client).buckets, 3, read_generation(redis_client).loaded_at, False)
+    generation = read_generation(redis_client)
+    assert (generation.gen, generation.count, generation.dirty) == (result.generation, 3, "")
 
 
 def test_out_of_memory_mid_load_then_a_rerun_leaves_an_exact_count(tmp_path):
@@ -192,9 +234,10 @@ def test_out_of_memory_mid_load_then_a_rerun_leaves_an_exact_count(tmp_path):
     try:
         client = redis.Redis(port=server.port)
         parsed = read_export(write_export(tmp_path / "big.csv", 60_000, delete_share=0))
-        client.config_set("maxmemory", "1mb")
-        with pytest.raises(BulkWriteError, match="OOM"):
+        limit_memory(client, headroom=200_000)
+        with pytest.raises(LoadStopped) as info:
             load(client, parsed)
+        assert "OOM" in str(info.value.cause)
         assert read_generation(client).dirty
         client.config_set("maxmemory", "0")
         result = load(client, parsed)
@@ -211,9 +254,12 @@ def test_replace_that_fails_part_way_leaves_no_partial_generation(tmp_path):
         load(client, read_export(write_export(tmp_path / "small.csv", 5_000, delete_share=0)))
         live = read_generation(client)
         keys_before = set(client.keys("m2:*"))
-        client.config_set("maxmemory", str(client.info("memory")["used_memory"] + 200_000))
-        with pytest.raises(BulkWriteError):
+        limit_memory(client, headroom=200_000)
+        with pytest.raises(LoadStopped) as info:
             load(client, read_export(write_export(tmp_path / "big.csv", 80_000, delete_share=0)), replace=True, grace=0)
+        assert isinstance(info.value.cause, BulkWriteError)
+        assert info.value.state.startswith("the replacement was not switched in: the store still holds the previous "
+                                           "data set (5,000 records); the partial new data set was deleted.")
         client.config_set("maxmemory", "0")
         assert set(client.keys("m2:*")) - {b"m2:gen-seq"} == keys_before - {b"m2:gen-seq"}
         assert read_generation(client) == live
@@ -235,8 +281,7 @@ def test_incremental_loads_that_outgrow_the_buckets_rebuild_and_stay_compact(tmp
 
 
 def test_lock_left_by_a_dead_loader_on_this_host_is_taken_over(tmp_path, redis_client):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(finished.stdout)
+    dead_pid = _dead_pid()
     redis_client.set(Layout().lock, f"{socket.gethostname()}:{dead_pid}:dead", px=60_000)
     assert load(redis_client, export(tmp_path, "1,,NA,\n")).records == 1
 
