@@ -78,12 +78,17 @@ order by requests that passed the gateway checks (optionally only scans of `item
 - "timeout": sleeps `state.timeout_sleep` seconds (default 60) then answers 504 text/plain.
 - "disconnect": closes the connection without any answer.
 - "429": the real PER_SECOND_THRESHOLD 429 (never applied, uses no quota, no latency).
+- "redirect": what a proxy or load balancer in front of Alma answers (the contract describes no
+  redirect from Alma's API itself): HTTP `state.redirect_status` (default 301) with `Location:
+  state.redirect_location`, by default the request's own URL on https:// (the usual http ->
+  https redirect), and a small HTML page. Never applied, uses no quota, no latency.
 - "single_error_object" / "errors_exist_string": the request is answered with its own Alma
   error if it has one, else with a generic 400 `INTERNAL_SERVER_ERROR`-style error (and not
   applied), shaped with `error` as one object / `errorsExist` as the string "true".
-`applied=True` (scan-ins only, not "429"/shape kinds) runs the scan first and then fails: the
-realistic case of a 5xx or timeout after Alma did the work. Default False: nothing happens.
-An injected failure (other than "429") uses one call of the daily quota, like any answered call.
+`applied=True` (scan-ins only, not "429", "redirect" or the shape kinds) runs the scan first and
+then fails: the realistic case of a 5xx or timeout after Alma did the work. Default False:
+nothing happens. An injected failure (other than "429" and "redirect") uses one call of the
+daily quota, like any answered call.
 
 Standalone: `python -m simulators.alma --host 127.0.0.1 --port 8081 --rate-limit 25
 --daily-quota 100000 --latency 0.3-0.8 --api-key KEY [--api-key KEY2] [--items-csv EXPORT]
@@ -117,6 +122,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -141,7 +147,9 @@ FAILURE_KINDS = (
     "timeout",
     "disconnect",
     "429",
+    "redirect",
 )
+NEVER_APPLIED_KINDS = ("429", "redirect")
 SHAPE_KINDS = ("single_error_object", "errors_exist_string")
 ITEM_STATES = ("loan", "in_place", "requested", "in_transit", "hold_shelf", "work_order")
 ON_LOAN_STATES = ("loan", "requested")
@@ -233,6 +241,8 @@ class AlmaState:
     unauthorized_status: int = 400
     desk_error_code: str = "401872"
     timeout_sleep: float = 60.0
+    redirect_status: int = 301
+    redirect_location: str | None = None  # None: the request's URL on https://
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep  # latency sleeps (tests record)
 
@@ -267,7 +277,7 @@ class AlmaState:
         """Make the next `count` requests (or scans of `item_pid`) fail with `kind`."""
         if kind not in FAILURE_KINDS:
             raise ValueError(f"unknown failure kind {kind!r}: use one of {FAILURE_KINDS}")
-        if applied and kind in ("429", *SHAPE_KINDS):
+        if applied and kind in (*NEVER_APPLIED_KINDS, *SHAPE_KINDS):
             raise ValueError(f"a {kind!r} failure is never applied: drop applied=True")
         self._failures.append(_Failure(kind, count, item_pid, applied))
 
@@ -622,6 +632,8 @@ async def _through_gateway(
     failure = state.take_failure(request.match_info.get("item_pid"))
     if failure is not None and failure.kind == "429":
         return _error_response(state, request, _per_second_error())  # a gateway rejection
+    if failure is not None and failure.kind == "redirect":
+        return _redirect_response(state, request)
     state.remaining -= 1
     await sleep_latency(state.rng, state.latency, state.sleep)
     if failure is None:
@@ -662,6 +674,18 @@ async def _inject(
     if request.transport is not None:
         request.transport.abort()
     raise asyncio.CancelledError()
+
+
+def _redirect_response(state: AlmaState, request: web.Request) -> web.Response:
+    """The injected redirect, shaped like nginx's: status, Location and a small HTML page."""
+    location = state.redirect_location or str(request.url.with_scheme("https"))
+    title = f"{state.redirect_status} {HTTPStatus(state.redirect_status).phrase}"
+    return web.Response(
+        status=state.redirect_status,
+        headers={"Location": location},
+        text=f"<html><head><title>{title}</title></head><body><center><h1>{title}</h1></center></body></html>\n",
+        content_type="text/html",
+    )
 
 
 def _check_only(state: AlmaState, request: web.Request) -> None:

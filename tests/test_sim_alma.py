@@ -714,11 +714,44 @@ async def test_injected_disconnect(client, state):
     assert state.scans == []
 
 
+async def test_injected_redirect_is_a_301_to_https_and_changes_nothing(client, state):
+    """Opt-in only: an injected redirect answers 301 with Location = the same URL on https://,
+    applies nothing and uses no quota; the next request is answered as usual."""
+    state.inject_failure("redirect")
+    response = await scan_no_follow(client, LOANED.item_pid)
+    assert response.status == 301
+    assert response.headers["Location"] == str(response.url.with_scheme("https"))
+    assert "<h1>301 Moved Permanently</h1>" in await response.text()
+    assert response.headers["X-Exl-Api-Remaining"] == "1000"
+    assert state.scans == [] and state.items[LOANED.item_pid].status == "loan"
+    assert [entry["status"] for entry in state.requests] == [301]
+    assert (await scan(client, LOANED.item_pid)).status == 200
+
+
+@pytest.mark.parametrize("status", [302, 303, 307, 308])
+async def test_injected_redirect_status_and_location_are_configurable(client, state, status):
+    """redirect_status and redirect_location shape the injected redirect."""
+    state.redirect_status = status
+    state.redirect_location = "https://api-eu.hosted.exlibrisgroup.com/almaws/v1/moved"
+    state.inject_failure("redirect")
+    response = await scan_no_follow(client, LOANED.item_pid)
+    assert (response.status, response.headers["Location"]) == (status, state.redirect_location)
+    assert state.scans == []
+
+
+async def scan_no_follow(client, item_pid: str):
+    """POST a scan-in without following a redirect (the test client follows them by default)."""
+    return await client.post(
+        scan_path(item_pid), params=scan_query(), headers=JSON_HEADERS, allow_redirects=False
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "applied", "message"),
     [
         ("boom", False, "unknown failure kind 'boom'"),
         ("429", True, "a '429' failure is never applied: drop applied=True"),
+        ("redirect", True, "a 'redirect' failure is never applied: drop applied=True"),
     ],
 )
 def test_inject_failure_rejects_nonsense(kind, applied, message):
