@@ -12,6 +12,7 @@ Exceptions (every one inherits from AlmaError and carries ``status``, ``code``, 
     ├── AlmaRateLimited           429 / PER_SECOND_THRESHOLD: rejected by the gateway, safe to retry
     ├── AlmaDailyQuotaExceeded    DAILY_THRESHOLD: nothing will succeed until midnight GMT
     ├── AlmaUnauthorized          UNAUTHORIZED / 401 / 403: the key is wrong for this API
+    ├── AlmaRedirected            a 3xx answer: never followed (``location`` says where it pointed)
     ├── AlmaServerError           5xx, JSON or a text/HTML gateway body: may have been applied
     ├── AlmaRequestError          4xx with an Alma error body (bad ids, unknown desk, ...)
     └── AlmaUnexpectedResponse    200 whose body is not an Alma item object
@@ -36,6 +37,7 @@ __all__ = [
     "AlmaRateLimited",
     "AlmaDailyQuotaExceeded",
     "AlmaUnauthorized",
+    "AlmaRedirected",
     "AlmaServerError",
     "AlmaRequestError",
     "AlmaUnexpectedResponse",
@@ -92,6 +94,15 @@ class AlmaDailyQuotaExceeded(AlmaError):
 
 class AlmaUnauthorized(AlmaError):
     """The API key is not accepted for this API."""
+
+
+class AlmaRedirected(AlmaError):
+    """A 3xx answer. It is not followed: aiohttp would re-send a POST as a GET (301-303), or
+    re-send the scan-in, key included, to wherever the Location points (307, 308)."""
+
+    def __init__(self, message: str, *, location: str | None, **fields: Any) -> None:
+        super().__init__(message, code="REDIRECTED", **fields)
+        self.location = location
 
 
 class AlmaServerError(AlmaError):
@@ -154,6 +165,14 @@ def _errors_exist(body: Any) -> bool:
     return flag is True or (isinstance(flag, str) and flag.strip().lower() == "true")
 
 
+def _absolute(url: str, location: str) -> str:
+    """A Location header as an absolute URL (it may be relative to the request's URL)."""
+    try:
+        return str(URL(url).join(URL(location)))
+    except ValueError:
+        return location
+
+
 def _remaining(headers: Any) -> int | None:
     value = headers.get("X-Exl-Api-Remaining")
     try:
@@ -210,11 +229,12 @@ class AlmaClient:
         shown_url = str(URL(url).with_query(params))
         try:
             async with self._session.request(
-                method, url, params=params, headers=headers, timeout=self._timeout
+                method, url, params=params, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
                 text = await response.text(errors="replace")
                 status = response.status
                 remaining = _remaining(response.headers)
+                location = response.headers.get("Location")
         except aiohttp.ClientConnectorError as exc:
             raise AlmaNotSent(
                 f"cannot connect to {self.base_url}: {exc.os_error or exc}", code="CANNOT_CONNECT", url=shown_url
@@ -227,6 +247,12 @@ class AlmaClient:
                 code="CONNECTION_LOST",
                 url=shown_url,
             ) from exc
+        if 300 <= status < 400:
+            target = _absolute(shown_url, location) if location else None
+            raise AlmaRedirected(
+                f"HTTP {status} redirect to {target or '(no Location header)'}, not followed",
+                location=target, status=status, url=shown_url, response=text, remaining=remaining,
+            )
         return self._decode(status, text, shown_url, remaining)
 
     def _decode(self, status: int, text: str, url: str, remaining: int | None) -> ScanResponse:

@@ -29,6 +29,7 @@ from loan_discharge.alma import (
     AlmaNoAnswer,
     AlmaNotSent,
     AlmaRateLimited,
+    AlmaRedirected,
     AlmaServerError,
     AlmaUnauthorized,
     scan_outcome,
@@ -346,6 +347,13 @@ async def run_discharge(
                 responses.append(_raw(exc))
                 request_stop(f"Alma's daily API quota is used up ({exc.code}); run again after midnight GMT")
                 return ItemResult(request, False, "", f"{exc.code}: {exc.message}", exc.code, attempts, responses)
+            except AlmaRedirected as exc:
+                answered(exc)
+                # alma.md describes no redirect from Alma's API: a 3xx comes from something in front of it
+                # (http:// for https://, a retired host name), and every other item would get it too.
+                request_stop(f"base_url answered a scan-in with a redirect ({exc.message}): "
+                             "set base_url to the address Alma's API answers at")
+                return failed(exc)
             except AlmaUnauthorized as exc:
                 responses.append(_raw(exc))
                 request_stop(f"Alma refused the API key ({exc.code}: {exc.message}); check apikey / ALMA_API_KEY")

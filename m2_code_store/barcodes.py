@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from m2_code_store.las_csv import (  # one barcode alphabet for loader and API
+from m2_code_store.las_csv import (  # one barcode alphabet (and one way to quote a value) for loader and API
     BARCODE_RE,
     MAX_BARCODE_LENGTH,
+    shown,
 )
 
 
@@ -20,7 +21,7 @@ def _split_value(value: str) -> list[str]:
     text = value.strip()
     if text.startswith("[") or text.endswith("]"):
         if not (text.startswith("[") and text.endswith("]")):
-            raise BarcodeError(f"barcodes value {_short(text)} has an unbalanced bracket")
+            raise BarcodeError(f"barcodes value {shown(text)} has an unbalanced bracket")
         try:
             items = json.loads(text)
         except ValueError:
@@ -33,10 +34,6 @@ def _split_value(value: str) -> list[str]:
         text = text[1:-1]  # a bracketed list that is not JSON: [1234, abc]
         return [part.strip().strip("'\"").strip() for part in text.split(",")] if text.strip() else []
     return [part.strip() for part in text.split(",")]
-
-
-def _short(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:40] + "…")
 
 
 def parse_barcodes(values: Iterable[str], *, limit: int) -> list[str]:
@@ -54,9 +51,9 @@ def parse_barcodes(values: Iterable[str], *, limit: int) -> list[str]:
         if not barcode:
             raise BarcodeError(f"barcode {position} of {len(barcodes)} is empty (two commas in a row, or a trailing comma?)")
         if len(barcode) > MAX_BARCODE_LENGTH:
-            raise BarcodeError(f"barcode {_short(barcode)} is longer than {MAX_BARCODE_LENGTH} characters")
+            raise BarcodeError(f"barcode {shown(barcode)} is longer than {MAX_BARCODE_LENGTH} characters")
         if not BARCODE_RE.fullmatch(barcode):
-            raise BarcodeError(f"barcode {_short(barcode)} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'")
+            raise BarcodeError(f"barcode {shown(barcode)} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'")
         seen.setdefault(barcode)
     if len(seen) > limit:
         raise BarcodeError(f"too many barcodes: {len(seen)} given, at most {limit} per request; split the request")

@@ -68,15 +68,22 @@ def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
-def crc32_array(array: pa.Array) -> np.ndarray:
-    """``zlib.crc32`` of every string in *array* (UTF-8 bytes), vectorised."""
+def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
+    """``zlib.crc32`` of every string in *array* (UTF-8 bytes), or of those at positions *rows*, vectorised.
+
+    The loop runs once per byte position of the longest string hashed: callers pass only rows
+    that passed validation (barcodes of at most 48 characters), so one huge value in a skipped
+    row costs nothing here.
+    """
     if array.type != pa.string():
         array = array.cast(pa.string())  # 32-bit offsets, as _string_buffers reads them
     offsets, data = _string_buffers(array)
     starts = offsets[:-1]
     lengths = np.diff(offsets)
-    crc = np.full(len(array), 0xFFFFFFFF, dtype=np.uint32)
-    longest = int(lengths.max()) if len(array) else 0
+    if rows is not None:
+        starts, lengths = starts[rows], lengths[rows]
+    crc = np.full(len(starts), 0xFFFFFFFF, dtype=np.uint32)
+    longest = int(lengths.max()) if len(starts) else 0
     for pos in range(longest):
         live = lengths > pos
         if live.all():
@@ -247,9 +254,10 @@ def write_generation(
     sender, receiver = _Sender(sock), _Receiver(sock)
     kinds: list[np.ndarray] = []
     tails = _CodeSegments.of(parsed.source_codes, parsed.source_deletes)
-    crc = crc32_array(parsed.source_barcodes)  # once for the file; each slice masks it
-    commute = _kinds_commute(parsed)
     order = parsed.order
+    crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)  # by source row; skipped rows are never hashed
+    crc[order] = crc32_array(parsed.source_barcodes, order)  # once for the file; each slice masks it
+    commute = _kinds_commute(parsed)
     # OpenSSL does not allow one thread to read while another writes on the same TLS socket:
     # over TLS the replies are read once everything is sent (Redis buffers them meanwhile).
     read_while_sending = not isinstance(sock, ssl.SSLSocket)

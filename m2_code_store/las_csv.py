@@ -20,8 +20,10 @@ AA comes before its 2019 row deleted in 2024 under code NX. ``read_export`` ther
 valid rows in stable event-date order, and the loader applies them in that order (the last one
 wins). Skipped rows do not take part.
 
-Line numbers count the header as line 1 and one line per CSV record, which is the physical line
-number unless a quoted value spans lines.
+Line numbers are physical lines, the header being line 1. No value of this export holds a line
+break, so a line where a quoted value opens and does not close (a stray ``"``) is reported as a
+bad row and the lines after it are read as they are, instead of being swallowed into that value.
+Every value a message quotes is shortened (:func:`shown`): one field can be megabytes long.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ COLUMNS = {  # our name -> the LAS header
 REQUIRED = ("barcode", "customer_code", "delete_date")
 DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y")
 NOT_UTF8_ROW = "not UTF-8 text: export the file again as CSV (UTF-8)"
+OPEN_QUOTE_ROW = ('a quoted value opens on this line and does not close on it (a stray \'"\'?): fix or remove '
+                  "the quote; the lines after it were read as they are")
+SHOWN_CHARACTERS = 40
+
+
+def shown(value: str) -> str:
+    """*value* quoted for a message, shortened past SHOWN_CHARACTERS (with its full length)."""
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARACTERS]!r}… ({len(value):,} characters)"
 
 
 class ExportError(Exception):
@@ -179,19 +191,20 @@ def _column_indexes(header: list[str], path: Path) -> dict[str, int]:
             if len(set(names)) == 1:
                 times = "twice" if len(found) == 2 else f"{len(found)} times"
                 numbers = _and_list([str(i + 1) for i in found])
-                raise ExportError(f"column {names[0]!r} appears {times} in {path.name} (columns {numbers}): {remove}")
+                raise ExportError(f"column {shown(names[0])} appears {times} in {path.name} (columns {numbers}): {remove}")
             raise ExportError(
-                f"columns {_and_list([repr(n) for n in names])} in {path.name} {'both' if len(found) == 2 else 'all'} "
+                f"columns {_and_list([shown(n) for n in names])} in {path.name} {'both' if len(found) == 2 else 'all'} "
                 f"mean {theirs!r}: {remove}"
             )
         if found:
             indexes[ours] = found[0]
     missing = [COLUMNS[name] for name in REQUIRED if name not in indexes]
     if missing:
-        shown = ", ".join(repr(h.strip()) for h in header) or "nothing"
+        found_names = [shown(h.strip()) for h in header[:12]] + ([f"… {len(header) - 12:,} more"] if len(header) > 12 else [])
+        found_text = ", ".join(found_names) or "nothing"
         names = _and_list([repr(m) for m in missing])
         raise ExportError(
-            f"column{'s' if len(missing) > 1 else ''} {names} not found in {path.name} (found: {shown}): is this the LAS "
+            f"column{'s' if len(missing) > 1 else ''} {names} not found in {path.name} (found: {found_text}): is this the LAS "
             "'Barcodes by CUS/DATE' export?"
         )
     return indexes
@@ -235,7 +248,11 @@ def read_export(path: str | Path) -> ParsedExport:
     header_line = header_bytes.decode("utf-8")
     if not header_line.strip():
         raise ExportError(f"{path} is empty or has no header line")
-    header = next(csv.reader([header_line], delimiter=delimiter))
+    try:
+        header = next(csv.reader([header_line], delimiter=delimiter))
+    except csv.Error as exc:  # a header name over 128 KB
+        raise ExportError(f"the header line of {path.name} cannot be read as CSV ({exc}): is this the LAS "
+                          "'Barcodes by CUS/DATE' export?") from exc
     indexes = _column_indexes(header, path)
 
     names = [f"c{i}" for i in range(len(header))]
@@ -268,21 +285,33 @@ def read_export(path: str | Path) -> ParsedExport:
                 ),
             )
 
-    not_utf8_lines: list[int] = []
-    try:
-        table = read(raw)
-    except pa.ArrowInvalid as exc:
-        # Rare: a row that is not UTF-8 (Arrow's conversion fails, or its invalid-row handler
-        # cannot decode a short row). Blank those rows out, read again, and report them.
-        raw, not_utf8_lines = _blank_out_non_utf8(raw, delimiter, len(header), sorted(indexes.values()))
+    def read_checked(raw: bytes) -> tuple[pa.Table, bytes, list[int]]:
+        """The table, the bytes it was read from, and the lines blanked out as not UTF-8."""
         try:
-            if not not_utf8_lines:
-                raise exc
-            table = read(raw)
-        except pa.ArrowInvalid as again:
-            if "UTF8" in str(again):
-                raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from again
-            raise ExportError(f"{path} could not be read as CSV: {again}") from again
+            return read(raw), raw, []
+        except pa.ArrowInvalid as exc:
+            # Rare: a row that is not UTF-8 (Arrow's conversion fails, or its invalid-row handler
+            # cannot decode a short row). Blank those rows out, read again, and report them.
+            blanked, lines = _blank_out_non_utf8(raw, delimiter, len(header), sorted(indexes.values()))
+            try:
+                if not lines:
+                    raise exc
+                return read(blanked), blanked, lines
+            except pa.ArrowInvalid as again:
+                if "UTF8" in str(again):
+                    raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from again
+                raise ExportError(f"{path} could not be read as CSV: {again}") from again
+
+    # A quoted value that opens and never closes would swallow every line after it. Lines with an
+    # odd number of quotes are checked before reading; should a record still span lines (an even
+    # number of quotes, one of them literal), every line with a quote is checked and it is read again.
+    read_from, open_quote_lines = _blank_out_open_quotes(raw, delimiter, len(header), every_line=False)
+    table, read_from, not_utf8_lines = read_checked(read_from)
+    records = table.num_rows + len(invalid) + len(blank_short_lines) + 1
+    if b'"' in read_from and records != _physical_lines(read_from):  # without quotes, a record is a line
+        read_from, open_quote_lines = _blank_out_open_quotes(raw, delimiter, len(header), every_line=True)
+        table, read_from, not_utf8_lines = read_checked(read_from)
+    blanked_lines = {**dict.fromkeys(open_quote_lines, OPEN_QUOTE_ROW), **dict.fromkeys(not_utf8_lines, NOT_UTF8_ROW)}
 
     def column(name: str) -> pa.Array:
         return _trimmed(table[names[indexes[name]]].combine_chunks())
@@ -313,7 +342,7 @@ def read_export(path: str | Path) -> ParsedExport:
          lambda i: _barcode_problem(barcodes[i].as_py())),
         (pc.and_(pc.invert(is_delete), pc.equal(pc.binary_length(codes), zero)), "missing customer code"),
         (pc.and_(pc.greater(pc.binary_length(codes), zero), _not_matching(codes, CUSTOMER_CODE_PATTERN, 32)),
-         lambda i: f"customer code {codes[i].as_py()!r} is not 1-32 letters, digits, '.', '_' or '-'"),
+         lambda i: f"customer code {shown(codes[i].as_py())} is not 1-32 letters, digits, '.', '_' or '-'"),
     ]
     # Each row's event date as its rank among the distinct dates of the file (0: no date), so the
     # valid rows can be put in event order with a radix sort of small integers.
@@ -328,7 +357,7 @@ def read_export(path: str | Path) -> ParsedExport:
         problems.append((
             unparseable[indices] if len(indices) else np.zeros(0, dtype=bool),
             lambda i, values=values, label=label:
-                f"unparseable {label} {values[i].as_py()!r} (expected YYYY-MM-DD or MM/DD/YYYY)",
+                f"unparseable {label} {shown(values[i].as_py())} (expected YYYY-MM-DD or MM/DD/YYYY)",
         ))
         ranks.append(np.array([rank_of.get(day, 0) for day in days], dtype=rank_type)[indices])
     event_rank = ranks[0] if len(ranks) == 1 else np.where(ranks[0] > 0, ranks[0], ranks[1])  # Delete, else Accession
@@ -336,11 +365,11 @@ def read_export(path: str | Path) -> ParsedExport:
     blank_np = blank_line.to_numpy(zero_copy_only=False)
     bad_mask = np.zeros(table.num_rows, dtype=bool)
     reasons: dict[int, str] = {}
-    if not_utf8_lines:  # read as blank rows, reported as bad ones
-        not_utf8 = np.isin(lines, not_utf8_lines)
-        blank_np = blank_np & ~not_utf8
-        bad_mask |= not_utf8
-        reasons.update(dict.fromkeys(np.flatnonzero(not_utf8).tolist(), NOT_UTF8_ROW))
+    if blanked_lines:  # read as blank rows, reported as bad ones
+        blanked = np.isin(lines, list(blanked_lines))
+        blank_np = blank_np & ~blanked
+        bad_mask |= blanked
+        reasons.update({i: blanked_lines[int(lines[i])] for i in np.flatnonzero(blanked).tolist()})
     for mask, reason in problems:
         mask_np = (mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)) & ~blank_np
         for i in np.flatnonzero(mask_np & ~bad_mask):
@@ -368,6 +397,61 @@ def read_export(path: str | Path) -> ParsedExport:
         blank_lines=blank_lines,
         apply_order=apply_order,
     )
+
+
+def _line_starts(raw: bytes) -> np.ndarray:
+    """Byte offset where each physical line starts (lines end at CR LF, LF or CR), and len(raw) last."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))
+    ends = ends[~((data[ends] == ord("\n")) & (ends > 0) & (data[np.maximum(ends - 1, 0)] == ord("\r")))]  # CR LF: one end
+    crlf = (data[ends] == ord("\r")) & (data[np.minimum(ends + 1, len(data) - 1)] == ord("\n")) & (ends + 1 < len(data))
+    starts = ends + 1 + crlf
+    if len(starts) and starts[-1] == len(raw):
+        return np.concatenate(([0], starts))
+    return np.concatenate(([0], starts, [len(raw)]))
+
+
+def _physical_lines(raw: bytes) -> int:
+    """Physical lines in *raw*, the header included (counted in C: this runs for every file)."""
+    ends = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")
+    return ends + (0 if raw.endswith((b"\n", b"\r")) else 1)
+
+
+def _open_quote_pattern(delimiter: str) -> str:
+    """A regular expression for a line whose every quoted value closes on it (quotes open a value
+    only at its start, as for Arrow; ``""`` inside one is a literal quote)."""
+    d = re.escape(delimiter)
+    field = f'(?:"(?:[^"]|"")*"(?:[^"{d}][^{d}]*)?|[^"{d}][^{d}]*|)'
+    return f"^{field}(?:{d}{field})*[\r\n]*$"
+
+
+def _blank_out_open_quotes(raw: bytes, delimiter: str, fields: int, *, every_line: bool) -> tuple[bytes, list[int]]:
+    """*raw* with every line where a quoted value opens and does not close replaced by an empty
+    record, and those lines' numbers (header = 1). Only lines with an odd number of quotes are
+    checked unless *every_line*."""
+    if b'"' not in raw:
+        return raw, []
+    starts = _line_starts(raw)
+    quotes = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == ord('"'))
+    per_line = np.bincount(np.searchsorted(starts, quotes, side="right") - 1, minlength=len(starts) - 1)
+    suspects = np.flatnonzero(per_line > 0 if every_line else per_line % 2 == 1)
+    suspects = suspects[suspects > 0]  # the header was read already
+    if not len(suspects):
+        return raw, []
+    data = pa.py_buffer(raw)
+    lines = pa.Array.from_buffers(pa.binary(), len(starts) - 1, [None, pa.py_buffer(starts.astype(np.int32).tobytes()), data])
+    closed = pc.match_substring_regex(pc.take(lines, pa.array(suspects)), _open_quote_pattern(delimiter))
+    open_lines = suspects[~closed.to_numpy(zero_copy_only=False)]
+    if not len(open_lines):
+        return raw, []
+    pieces, last = [], 0
+    empty = delimiter.encode() * (fields - 1)
+    for line in open_lines.tolist():
+        start, end = int(starts[line]), int(starts[line + 1])
+        end = len(raw[start:end].rstrip(b"\r\n")) + start
+        pieces += [raw[last:start], empty]
+        last = end
+    return b"".join([*pieces, raw[last:]]), (open_lines + 1).tolist()
 
 
 def _blank_out_non_utf8(raw: bytes, delimiter: str, fields: int, used: list[int]) -> tuple[bytes, list[int]]:
@@ -498,8 +582,8 @@ def _not_matching(values: pa.Array, pattern: str, max_length: int) -> pa.Array:
 
 def _barcode_problem(barcode: str) -> str:
     if len(barcode) > MAX_BARCODE_LENGTH:
-        return f"barcode {barcode[:20]!r}… is longer than {MAX_BARCODE_LENGTH} characters"
-    return f"barcode {barcode!r} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"
+        return f"barcode {shown(barcode)} is longer than {MAX_BARCODE_LENGTH} characters"
+    return f"barcode {shown(barcode)} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"
 
 
 def duplicate_count(parsed: ParsedExport) -> int:

@@ -119,6 +119,47 @@ async def test_connection_refused_is_not_sent(unused_tcp_port: int) -> None:
     assert caught.value.message.startswith(f"cannot connect to http://127.0.0.1:{unused_tcp_port}: ")
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("target", ["same-server", "dead-host", "relative"])
+async def test_redirect_is_not_followed_and_names_its_location(
+    aiohttp_server: Any, unused_tcp_port: int, status: int, target: str
+) -> None:
+    """A 3xx is AlmaRedirected naming the Location: the POST is sent once, never re-sent as a GET
+    or anywhere else, and a Location nobody answers at is not reported as 'cannot connect'."""
+    seen: list[web.Request] = []
+    locations = {
+        "same-server": "{base}/almaws/v1/moved",
+        "dead-host": f"http://127.0.0.1:{unused_tcp_port}/almaws/v1/moved",
+        "relative": "/almaws/v1/moved",
+    }
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request)
+        location = locations[target].format(base=str(request.url.origin()))
+        return web.Response(status=status, text="moved", headers={"Location": location, "X-Exl-Api-Remaining": "77"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    with pytest.raises(alma.AlmaRedirected) as caught:
+        await scan(base)
+    expected = locations[target].format(base=base) if target != "relative" else f"{base}/almaws/v1/moved"
+    assert (caught.value.status, caught.value.code, caught.value.location) == (status, "REDIRECTED", expected)
+    assert caught.value.message == f"HTTP {status} redirect to {expected}, not followed"
+    assert caught.value.remaining == 77
+    assert [(r.method, r.path) for r in seen] == [("POST", ITEM_PATH)]
+
+
+async def test_redirect_without_location_says_so(aiohttp_server: Any) -> None:
+    """A 3xx without a Location header is still a redirect, and the message says it had none."""
+    server = await canned_server(aiohttp_server, 302, "text/html", "<html>moved</html>", [])
+    with pytest.raises(alma.AlmaRedirected) as caught:
+        await scan(str(server.make_url("")).rstrip("/"))
+    assert caught.value.message == "HTTP 302 redirect to (no Location header), not followed"
+    assert caught.value.location is None
+
+
 async def test_timeout_is_no_answer(aiohttp_server: Any) -> None:
     """An answer later than request_timeout: AlmaNoAnswer with code TIMEOUT."""
     async def slow(request: web.Request) -> web.Response:

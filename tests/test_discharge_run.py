@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,28 @@ async def test_unreachable_alma_stops_the_run_and_leaves_every_item_pending(tmp_
     noted = [error for _, _, error in rows if error]
     assert 1 <= len(noted) <= 4
     assert all(error.startswith(("not sent: CANNOT_CONNECT: ", "not finished: cannot reach Alma")) for error in noted)
+
+
+async def test_a_redirect_fails_the_item_naming_its_location_and_stops_the_run(aiohttp_server: Any, tmp_path: Path) -> None:
+    """A 3xx (base_url on http:// behind an https redirect) is never followed: one POST, no GET,
+    the item fails with an error naming the Location, and the run stops, since every item would
+    get the same answer, without calling it a connection failure."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 4)
+    state.inject_failure("redirect", count=100)
+    summary = await run(aiohttp_server, state, table, tmp_path, rate=5)
+    assert [(r["method"], r["status"]) for r in state.requests] == [("POST", 301)]
+    assert summary.failed == {"REDIRECTED": 1} and summary.not_processed == 3 and state.scans == []
+    done, outcome, error, attempts = status_columns(tmp_path / "items.csv")[0]
+    location = (
+        rf"https://127\.0\.0\.1:\d+/almaws/v1/bibs/{pid('99', 0)}/holdings/{pid('22', 0)}/items/{pid('23', 0)}"
+        r"\?op=scan&library=MAIN&circ_desk=DEFAULT_CIRC_DESK&register_in_house_use=false"
+    )
+    assert (done, outcome, attempts) == ("False", "error", "1")
+    assert re.fullmatch(rf"REDIRECTED: HTTP 301 redirect to {location}, not followed", error)
+    assert summary.stop_reason is not None and re.fullmatch(
+        rf"base_url answered a scan-in with a redirect \(HTTP 301 redirect to {location}, not followed\): "
+        r"set base_url to the address Alma's API answers at",
+        summary.stop_reason,
+    )
+

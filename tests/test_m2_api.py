@@ -96,7 +96,7 @@ def test_fourteen_digit_barcode_as_json_number_keeps_every_digit(http):
         ("barcodes=[null]", "barcodes list holds null: each barcode must be a string or a whole number"),
         ("barcodes=12%2034", "barcode '12 34' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
         ("barcodes=12%3Cscript%3E", "barcode '12<script>' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
-        ("barcodes=" + "9" * 49, "barcode '" + "9" * 40 + "…' is longer than 48 characters"),
+        ("barcodes=" + "9" * 49, "barcode '" + "9" * 40 + "'… (49 characters) is longer than 48 characters"),
         ("barcodes=" + ",".join(str(i) for i in range(1001)), "too many barcodes: 1001 given, at most 1000 per request; split the request"),
     ],
 )

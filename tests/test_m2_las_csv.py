@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from m2_code_store.bulk import crc32_array
-from m2_code_store.las_csv import ExportError, duplicate_count, read_export
+from m2_code_store.las_csv import OPEN_QUOTE_ROW, ExportError, duplicate_count, read_export
 from m2_code_store.loader import load
 from m2_code_store.store import CodeStore
 
@@ -93,7 +93,7 @@ def test_accession_date_column_is_optional(tmp_path):
         ("111,2024-01-01,NX,2024-02-30", "unparseable Delete date '2024-02-30' (expected YYYY-MM-DD or MM/DD/YYYY)"),
         ("111,2024-01-01,NX,yesterday", "unparseable Delete date 'yesterday' (expected YYYY-MM-DD or MM/DD/YYYY)"),
         ("11 1,2024-01-01,NX,", "barcode '11 1' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
-        ("1" * 49 + ",2024-01-01,NX,", "barcode '11111111111111111111'… is longer than 48 characters"),
+        ("1" * 49 + ",2024-01-01,NX,", "barcode '" + "1" * 40 + "'… (49 characters) is longer than 48 characters"),
         ("111,2024-01-01,N X,", "customer code 'N X' is not 1-32 letters, digits, '.', '_' or '-'"),
     ],
 )
@@ -284,17 +284,93 @@ def test_a_row_that_is_not_utf8_is_skipped_and_the_rest_loaded(tmp_path, newline
     assert (parsed.rows_read, parsed.blank_lines) == (5, 1)
 
 
-def test_not_utf8_rows_keep_line_numbers_after_a_quoted_value_spanning_lines(tmp_path):
+def test_not_utf8_rows_keep_physical_line_numbers_after_a_quoted_value_spanning_lines(tmp_path):
+    """No value of the export holds a line break: a quote that does not close on its line is a bad row."""
     text = HEADER.encode() + b'1,2024-01-01,"N\nA",\n2,2024-01-01,N\xe9,\n3,x,NC,\n4,2024-01-01,ND,\n'
     path = tmp_path / "items.csv"
     path.write_bytes(text)
     parsed = read_export(path)
     assert [str(bad) for bad in parsed.bad_rows] == [
-        "line 2: customer code 'N\\nA' is not 1-32 letters, digits, '.', '_' or '-'",
-        f"line 3: {NOT_UTF8}",
-        "line 4: unparseable Accession date 'x' (expected YYYY-MM-DD or MM/DD/YYYY)",
+        f"line 2: {OPEN_QUOTE_ROW}",
+        "line 3: wrong number of fields (2, expected 4)",
+        f"line 4: {NOT_UTF8}",
+        "line 5: unparseable Accession date 'x' (expected YYYY-MM-DD or MM/DD/YYYY)",
     ]
     assert parsed.barcodes.to_pylist() == ["4"]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_stray_quote_is_one_bad_row_and_the_rest_of_the_file_is_read(tmp_path, newline):
+    """A stray quote at line 3 once swallowed the 10,000 lines after it into one value
+    ("read 2 rows … 1 skipped"); now that line is reported and every other row is read."""
+    body = ["1,2024-01-01,NA,", '2,"2024-01-01,NB,'] + [f"{i},2024-01-01,NC," for i in range(3, 10_003)]
+    body[5000] = "5001,2024-01-01,N X,"  # a bad row after it keeps its physical line number
+    path = write(tmp_path, HEADER.replace("\n", newline) + newline.join(body) + newline)
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [
+        f"line 3: {OPEN_QUOTE_ROW}",
+        "line 5002: customer code 'N X' is not 1-32 letters, digits, '.', '_' or '-'",
+    ]
+    assert (parsed.rows_read, len(parsed)) == (10_002, 10_000)
+    assert parsed.barcodes.to_pylist()[-1] == "10002"
+
+
+@pytest.mark.parametrize(
+    ("line", "reasons"),
+    [
+        ('7,"2024-01-01","NA",', []),  # quoted values
+        ('7,"2024-01-01","N""A",', ["customer code 'N\"A' is not 1-32 letters, digits, '.', '_' or '-'"]),  # "" is a quote
+        # an odd number of quotes, all literal: a quote opens a value only at its start
+        ('7,x"y"""",NA,', ["unparseable Accession date 'x\"y\"\"\"\"' (expected YYYY-MM-DD or MM/DD/YYYY)"]),
+        ('7,a"b,"c""d,NA', [OPEN_QUOTE_ROW]),  # an even number, one literal, and a value that never closes
+    ],
+)
+def test_only_a_quote_that_opens_a_value_and_never_closes_is_an_open_quote(tmp_path, line, reasons):
+    path = write(tmp_path, HEADER + "1,2024-01-01,NA,\n" + line + "\n9,2024-01-01,NB,\n")
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [f"line 3: {reason}" for reason in reasons]
+    assert parsed.barcodes.to_pylist() == ["1", "7", "9"] if not reasons else ["1", "9"]
+
+
+def test_no_message_quotes_a_huge_value_in_full(tmp_path):
+    """A 5 MB barcode, a 100 KB customer code, date and header name: each message stays short."""
+    huge = "9" * 5_000_000
+    path = write(tmp_path, HEADER + f"{huge},2024-01-01,NA,\n2,2024-01-01,{'C' * 100_000},\n"
+                                    f"3,{'1' * 100_000},NB,\n4,2024-01-01,NA,\n")
+    parsed = read_export(path)
+    assert [str(bad) for bad in parsed.bad_rows] == [
+        "line 2: barcode '" + "9" * 40 + "'… (5,000,000 characters) is longer than 48 characters",
+        "line 3: customer code '" + "C" * 40 + "'… (100,000 characters) is not 1-32 letters, digits, '.', '_' or '-'",
+        "line 4: unparseable Accession date '" + "1" * 40 + "'… (100,000 characters) (expected YYYY-MM-DD or MM/DD/YYYY)",
+    ]
+    with pytest.raises(ExportError) as info:
+        read_export(write(tmp_path, "X" * 100_000 + ",Customer code\n1,NA\n", "odd.csv"))
+    assert len(str(info.value)) < 400 and "(100,000 characters)" in str(info.value)
+    with pytest.raises(ExportError) as info:
+        read_export(write(tmp_path, "X" * 300_000 + ",Customer code\n1,NA\n", "odder.csv"))
+    assert str(info.value) == ("the header line of odder.csv cannot be read as CSV (field larger than field limit "
+                               "(131072)): is this the LAS 'Barcodes by CUS/DATE' export?")
+
+
+@pytest.mark.timeout(60)
+def test_one_huge_skipped_barcode_does_not_slow_the_load(tmp_path, redis_client, monkeypatch):
+    """A 5 MB barcode field once made the CRC loop run once per character of it (did not finish):
+    rows that are skipped are never hashed, so the longest string hashed is a valid barcode."""
+    from m2_code_store import bulk
+
+    hashed_lengths = []
+    real = bulk.crc32_array
+
+    def spy(array, rows=None):
+        values = array if rows is None else array.take(pa.array(rows))
+        hashed_lengths.append(max((len(v) for v in values.to_pylist()), default=0))
+        return real(array, rows)
+
+    monkeypatch.setattr(bulk, "crc32_array", spy)
+    path = write(tmp_path, HEADER + "1,2024-01-01,NA,\n" + "9" * 5_000_000 + ",2024-01-01,NB,\n2,2024-01-01,NC,\n")
+    result = load(redis_client, read_export(path))
+    assert result.records == 2 and max(hashed_lengths) == 1
+    assert CodeStore(redis_client).lookup(["1", "2"]) == ["NA", "NC"]
 
 
 def test_not_utf8_rows_keep_line_numbers_after_a_quote_inside_a_value(tmp_path):
