@@ -1,7 +1,8 @@
 """Command line: ``discharge_loans [--config FILE] [--dry-run] [--limit N]``.
 
-Parses options, loads the configuration and the two CSV files, prints the plan, runs the
-discharge and turns every error into a message. Exit status: 0 all done, 1 some items failed or
+Parses options, loads the configuration and the two CSV files, takes the run's lock (one run
+at a time per items file and data directory; see lock.py), prints the plan, runs the discharge
+and turns every error into a message. Exit status: 0 all done, 1 some items failed or
 the run stopped early (progress saved), 2 bad usage or configuration (nothing was done).
 """
 
@@ -11,8 +12,8 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Sequence
+from typing import Any
 
 if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +24,7 @@ from tqdm import tqdm  # noqa: E402
 from loan_discharge.alma import AlmaClient  # noqa: E402
 from loan_discharge.config import DEFAULT_CONFIG_FILE, ConfigError, DischargeConfig, load_config  # noqa: E402
 from loan_discharge.items import (  # noqa: E402
+    DeskMap,
     InputError,
     ItemsTable,
     Plan,
@@ -35,13 +37,17 @@ from loan_discharge.items import (  # noqa: E402
     read_items,
     write_items_atomic,
 )
+from loan_discharge.lock import RunLock, RunLocked  # noqa: E402
 from loan_discharge.run import (  # noqa: E402
+    JOURNAL,
     RetryPolicy,
     RunSummary,
     SlidingWindowLimiter,
     by_count,
     discharge,
+    new_run_id,
     read_journal,
+    results_path,
 )
 
 PROG = "discharge_loans"
@@ -70,30 +76,22 @@ def _fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    return _main(_parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        # Read now to refuse bad input before anything is created; a run reads the file again
+        # once it holds the lock (another run may have rewritten it until then).
         table = read_items(config.loans_data_file, config.location_type)
         desks = read_desks(config.circ_desks_file)
+        if args.dry_run:
+            _plan(config, table, desks, args.limit)
+            print("dry run: nothing was sent")
+            return 0
     except (ConfigError, InputError) as exc:
         return _fail(str(exc))
-    journal_path = config.data_dir / "journal.jsonl"
-    journal_entries = read_journal(journal_path)
-    this_list = items_fingerprint(table)
-    foreign = [e for e in journal_entries if e.get("items", this_list) != this_list]
-    if foreign:
-        return _fail(
-            f"{journal_path} holds {len(foreign)} results of an interrupted run over a different items list "
-            f"than {config.loans_data_file}: was a new export saved over the file before that run was "
-            f"resumed? Nothing was sent. To resume that run, put its items file back and run again; "
-            f"to start afresh with this file, move the journal aside (e.g. to {journal_path.with_suffix('.old')})"
-        )
-    merged = apply_results(table, journal_entries)
-    plan = build_plan(table, desks, config.location_type, args.limit)
-    print(format_plan(plan, config.loans_data_file, config.circ_desks_file))
-    if args.dry_run:
-        print("dry run: nothing was sent")
-        return 0
     if not config.apikey:
         return _fail(f"no API key: set apikey in {args.config} or the ALMA_API_KEY environment variable")
     if not os.access(config.loans_data_file.parent, os.W_OK):
@@ -105,12 +103,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return _fail(f"cannot create data_dir {config.data_dir}: {exc.strerror}")
+    lock = RunLock(config.loans_data_file, config.data_dir)
+    try:
+        lock.acquire()
+    except RunLocked as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot lock {exc.filename or config.data_dir}: {exc.strerror or exc}")
+    with lock:
+        for holder in lock.taken_over:
+            print(f"took over the lock of an earlier run ({holder.describe()}) that ended without releasing it")
+        try:
+            table = read_items(config.loans_data_file, config.location_type)
+            plan, journal_entries, merged = _plan(config, table, desks, args.limit)
+        except InputError as exc:
+            return _fail(str(exc))
+        return _discharge(config, table, plan, journal_entries, merged)
+
+
+def _plan(
+    config: DischargeConfig, table: ItemsTable, desks: DeskMap, limit: int | None
+) -> tuple[Plan, list[dict[str, Any]], int]:
+    """Merge the journal of an interrupted run into *table* (in memory), plan, print the plan.
+
+    Returns the plan, the journal's entries and how many results they added; InputError if the
+    journal belongs to another items list.
+    """
+    journal_path = config.data_dir / JOURNAL
+    journal_entries = read_journal(journal_path)
+    this_list = items_fingerprint(table)
+    foreign = [e for e in journal_entries if e.get("items", this_list) != this_list]
+    if foreign:
+        raise InputError(
+            f"{journal_path} holds {len(foreign)} results of an interrupted run over a different items list "
+            f"than {config.loans_data_file}: was a new export saved over the file before that run was "
+            f"resumed? Nothing was sent. To resume that run, put its items file back and run again; "
+            f"to start afresh with this file, move the journal aside (e.g. to {journal_path.with_suffix('.old')})"
+        )
+    merged = apply_results(table, journal_entries)
+    plan = build_plan(table, desks, config.location_type, limit)
+    print(format_plan(plan, config.loans_data_file, config.circ_desks_file))
+    return plan, journal_entries, merged
+
+
+def _discharge(
+    config: DischargeConfig, table: ItemsTable, plan: Plan, journal_entries: list[dict[str, Any]], merged: int
+) -> int:
+    """Save the merged journal, send the plan's scan-ins, print the summary; the lock is held."""
+    journal_path = config.data_dir / JOURNAL
+    run_id = new_run_id(config.data_dir)
     mark_problems(table, plan)
     write_items_atomic(table)
     # Merged and saved: the journal's content is in the items file now. Set it aside, so that a
     # later export listing the same items (next semester) is not taken as already done.
     if merged:
-        kept = config.data_dir / f"journal-merged-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+        kept = config.data_dir / f"journal-merged-{run_id}.jsonl"
         os.replace(journal_path, kept)
         print(f"recovered {merged} results from the journal of an interrupted run (journal kept as {kept.name})")
     elif journal_entries:
@@ -118,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not plan.requests:
         print("nothing to send")
         return 1 if plan.problems else 0
+    print(f"run {run_id}: results go to {config.loans_data_file}, raw answers to "
+          f"{results_path(config.data_dir, run_id, 'N')}")
     try:
-        summary = asyncio.run(_run(config, table, plan))
+        summary = asyncio.run(_run(config, table, plan, run_id))
     except KeyboardInterrupt:
         print(f"interrupted: finished items are saved in {config.loans_data_file}; run again to resume", file=sys.stderr)
         return 1
@@ -132,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan) -> RunSummary:
+async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan, run_id: str) -> RunSummary:
     bar = tqdm(total=len(plan.requests), unit="item", disable=not sys.stderr.isatty(), file=sys.stderr)
     connector = aiohttp.TCPConnector(limit=config.concurrency)
     try:
@@ -150,6 +199,7 @@ async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan) -> RunSum
                 retry=RetryPolicy(max_attempts=config.max_attempts),
                 echo=tqdm.write if not bar.disable else print,
                 on_item=lambda result: bar.update(1),
+                run_id=run_id,
             )
     finally:
         bar.close()

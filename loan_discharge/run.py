@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from loan_discharge.items import (
 )
 
 __all__ = [
+    "JOURNAL",
     "SlidingWindowLimiter",
     "RetryPolicy",
     "ItemResult",
@@ -51,10 +51,13 @@ __all__ = [
     "read_journal",
     "run_discharge",
     "discharge",
-    "next_batch_number",
+    "new_run_id",
+    "results_path",
 ]
 
 Sleep = Callable[[float], Awaitable[None]]
+
+JOURNAL = "journal.jsonl"  # in data_dir: one line per completed item of the current run
 
 
 class SlidingWindowLimiter:
@@ -228,14 +231,28 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def next_batch_number(data_dir: Path) -> int:
-    """First batch number not yet used by a results_batch-N.json in *data_dir* (earlier runs are kept)."""
-    numbers = [
-        int(m.group(1))
-        for p in data_dir.glob("results_batch-*.json")
-        if (m := re.fullmatch(r"results_batch-(\d+)\.json", p.name))
-    ]
-    return max(numbers, default=0) + 1
+_issued_run_ids: set[str] = set()  # by this process, whose runs all share one pid
+
+
+def new_run_id(data_dir: Path, now: float | None = None) -> str:
+    """A name for a run's files that no file in *data_dir* and no other run of this process uses.
+
+    UTC start time and pid: the pid tells apart runs of different processes started in the same
+    second; a name already taken gets a suffix (.2, .3, ...).
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    run_id = base = f"{stamp}-{os.getpid()}"
+    suffix = 1
+    while run_id in _issued_run_ids or any(data_dir.glob(f"*-{run_id}[.-]*")):
+        suffix += 1
+        run_id = f"{base}.{suffix}"
+    _issued_run_ids.add(run_id)
+    return run_id
+
+
+def results_path(data_dir: Path, run_id: str, batch: int | str) -> Path:
+    """Where the raw answers of one batch of one run go: results-<run id>-batch-<n>.json."""
+    return data_dir / f"results-{run_id}-batch-{batch}.json"
 
 
 def _raw(error_or_response: Any) -> dict[str, Any]:
@@ -437,11 +454,16 @@ async def discharge(
     echo: Callable[[str], None] = print,
     on_item: Callable[[ItemResult], None] | None = None,
     sleep: Sleep = asyncio.sleep,
+    run_id: str | None = None,
 ) -> RunSummary:
-    """Run the scan-ins, journalling each item to data_dir/journal.jsonl and rewriting the items file per batch."""
+    """Run the scan-ins, journalling each item to data_dir/JOURNAL and rewriting the items file per batch.
+
+    The raw answers of batch N go to ``results_path(data_dir, run_id, N)``, a new file: a file of
+    that name is never overwritten (the run fails loudly instead).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(data_dir / "journal.jsonl")
-    first_batch = next_batch_number(data_dir)
+    run_id = run_id or new_run_id(data_dir)
+    journal = Journal(data_dir / JOURNAL)
     items = items_fingerprint(table)
 
     def item_done(result: ItemResult) -> None:
@@ -450,9 +472,10 @@ async def discharge(
             on_item(result)
 
     def batch_done(batch: int, results: list[ItemResult]) -> None:
-        number = first_batch + batch
+        number = batch + 1
         raw = [dict(item_pid=r.request.item_pid, attempt=i + 1, **resp) for r in results for i, resp in enumerate(r.responses)]
-        (data_dir / f"results_batch-{number}.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
+        with open(results_path(data_dir, run_id, number), "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(raw, indent=1))
         apply_results(table, (r.journal_entry() for r in results))
         write_items_atomic(table)
         journal.sync()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,7 +266,13 @@ def test_kill_9_mid_run_loses_nothing_and_resends_only_what_was_in_flight(tmp_pa
 
         second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         assert second.returncode == 0, second.stdout + second.stderr
-        assert f"{len(journalled)} already done" in second.stdout.splitlines()[0]
+        took_over, plan_line = second.stdout.splitlines()[:2]
+        assert re.fullmatch(
+            rf"took over the lock of an earlier run \(pid {process.pid} on {re.escape(socket.gethostname())}, "
+            r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\) that ended without releasing it",
+            took_over,
+        )
+        assert f"{len(journalled)} already done" in plan_line
         assert f"recovered {len(journalled)} results from the journal of an interrupted run" in second.stdout
         scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
 
@@ -325,3 +334,156 @@ def test_journal_of_another_items_list_is_refused_not_merged(
     assert main(["--config", str(config)]) == 0
     assert "recovered 1 results from the journal of an interrupted run" in capsys.readouterr().out
     assert sorted(s[0] for s in state.scans) == [pid("23", 1), pid("23", 2)]
+
+
+# --- one run at a time, kill -9 takeover, Ctrl-C: real processes against a gated simulator -------
+
+
+class Gate:
+    """Holds every request the simulator admits (at its latency sleep) until let through."""
+
+    def __init__(self, sim: SimulatorThread) -> None:
+        self.sim = sim
+        self.semaphore = asyncio.Semaphore(0)
+        sim.state.latency = (0.001, 0.001)  # every request now takes the latency sleep, i.e. waits here
+        sim.state.sleep = self.wait
+
+    async def wait(self, _seconds: float) -> None:
+        await self.semaphore.acquire()
+
+    def let_through(self, count: int) -> None:
+        for _ in range(count):
+            self.sim.call(self.semaphore.release)
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start discharge_loans as an operator does (no terminal, output to a pipe); none outlives the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start_run(config: Path, cwd: Path | str = REPO) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "loan_discharge", "--config", str(config)], cwd=cwd, env={**os.environ, "ALMA_API_KEY": KEY},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start_run
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def run_to_end(config: Path, cwd: Path | str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """discharge_loans run to its end with no terminal, as cron runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "loan_discharge", "--config", str(config)], cwd=cwd,
+        env={**os.environ, "ALMA_API_KEY": KEY}, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def wait_until(condition: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def requests_seen(sim: SimulatorThread) -> int:
+    return sim.call(lambda: len(sim.state.requests))
+
+
+def holder_pattern(pid: int, items: Path, data_dir: Path) -> str:
+    return (
+        rf"another discharge run \(pid {pid} on {re.escape(socket.gethostname())}, started "
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC\) is working on {re.escape(str(items))} in {re.escape(str(data_dir))}"
+    )
+
+
+@pytest.mark.parametrize("second", ["same-config-other-cwd", "same-items-file-own-data-dir", "same-data-dir-other-items-file"])
+def test_a_second_run_while_one_is_running_exits_2_at_once_and_sends_nothing(
+    tmp_path: Path, start: Callable[..., subprocess.Popen[str]], second: str
+) -> None:
+    """While a run works on an items file with a data_dir, a run sharing either one is refused at once
+    (exit 2, naming the running process); the first run finishes alone, every item scanned once,
+    its raw answer files its own."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    write_inputs(tmp_path, state, 20)
+    with SimulatorThread(state) as sim:
+        gate = Gate(sim)
+        config = write_config(tmp_path, sim.base_url, "rate_limit: 1000\nbatch_size: 5\n")
+        first = start(config)
+        wait_until(lambda: requests_seen(sim) == 20, "the first run has sent its first requests")
+
+        other = tmp_path / "other"
+        other.mkdir()
+        if second == "same-config-other-cwd":
+            second_config = config
+        elif second == "same-items-file-own-data-dir":
+            second_config = write_config(other, sim.base_url)
+            second_config.write_text(second_config.read_text().replace("items.csv", str(tmp_path / "items.csv")))
+            (other / "desks.csv").write_text((tmp_path / "desks.csv").read_text())
+        else:
+            write_inputs(other, AlmaState(), 3)
+            second_config = write_config(other, sim.base_url)
+            second_config.write_text(second_config.read_text().replace("data_dir: data", f"data_dir: {tmp_path / 'data'}"))
+        started = time.monotonic()
+        refused = run_to_end(second_config, cwd=other, timeout=10)
+        assert time.monotonic() - started < 5  # at once, not after the first run
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stdout == ""
+        assert re.fullmatch(
+            rf"discharge_loans: {holder_pattern(first.pid, tmp_path / 'items.csv', tmp_path / 'data')}: "
+            r"wait for it to finish; nothing was sent\n",
+            refused.stderr,
+        )
+        assert requests_seen(sim) == 20  # only the first run's, held at the gate
+
+        gate.let_through(20)
+        out, err = first.communicate(timeout=20)
+        assert first.returncode == 0, out + err
+        scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
+    assert scans == {pid("23", n): 1 for n in range(20)}
+    run_id = re.search(r"^run (\S+): ", out, re.M).group(1)  # type: ignore[union-attr]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [f"results-{run_id}-batch-{n}.json" for n in range(1, 5)]
+    assert not (tmp_path / "items.csv.lock").exists()  # released: the lock files are gone
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
+    tmp_path: Path, start: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """kill -9 leaves the lock files behind, but the kernel dropped the locks: the next run takes them
+    over at once, says whose they were, and resumes; no item is scanned twice."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    write_inputs(tmp_path, state, 30)
+    with SimulatorThread(state) as sim:
+        gate = Gate(sim)
+        config = write_config(tmp_path, sim.base_url, "rate_limit: 1000\nconcurrency: 10\n")
+        first = start(config, cwd=tmp_path)
+        gate.let_through(12)
+        journal = tmp_path / "data" / "journal.jsonl"
+        wait_until(lambda: len(read_journal(journal)) == 12 and requests_seen(sim) == 22, "12 items are journalled")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        left = json.loads((tmp_path / "data" / "discharge.lock").read_text())
+        assert (left["pid"], left["items_file"]) == (first.pid, str(tmp_path / "items.csv"))
+        assert (tmp_path / "items.csv.lock").exists()
+
+        sim.call(setattr, state, "sleep", asyncio.sleep)  # new requests pass; the dead run's 10 stay held, never applied
+        second = run_to_end(config, cwd="/")
+        scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
+    assert second.returncode == 0, second.stdout + second.stderr
+    lines = second.stdout.splitlines()
+    assert re.fullmatch(
+        rf"took over the lock of an earlier run \(pid {first.pid} on {re.escape(socket.gethostname())}, "
+        r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\) that ended without releasing it",
+        lines[0],
+    )
+    assert lines[1] == f"items file {tmp_path / 'items.csv'}: 30 rows, 12 already done, 18 to send, 0 not sent"
+    assert "recovered 12 results from the journal of an interrupted run" in second.stdout
+    assert scans == {pid("23", n): 1 for n in range(30)}
+    assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
+    assert not (tmp_path / "data" / "discharge.lock").exists() and not (tmp_path / "items.csv.lock").exists()
+

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from loan_discharge.run import (
     RunSummary,
     SlidingWindowLimiter,
     discharge,
+    new_run_id,
     read_journal,
+    results_path,
 )
 from simulators.alma import AlmaItem, AlmaState, create_app
 
@@ -94,10 +98,13 @@ async def test_outcomes_files_and_no_key_anywhere(aiohttp_server: Any, tmp_path:
     assert state.items[pid("23", 3)].in_house_uses == 0  # register_in_house_use=false was honoured
     journal = read_journal(tmp_path / "data" / "journal.jsonl")
     assert sorted(e["item_pid"] for e in journal) == [pid("23", n) for n in range(4)]
-    raw = json.loads((tmp_path / "data" / "results_batch-1.json").read_text())
+    batch_1, batch_2 = sorted((tmp_path / "data").glob("results-*-batch-*.json"))
+    assert re.fullmatch(rf"results-\d{{8}}T\d{{6}}Z-{os.getpid()}-batch-1\.json", batch_1.name)
+    assert batch_2.name == batch_1.name.replace("batch-1", "batch-2")
+    raw = json.loads(batch_1.read_text())
     assert len(raw) == 3 and {"url", "status", "response"} <= set(raw[0])
     assert raw[0]["url"].endswith("?op=scan&library=MAIN&circ_desk=DEFAULT_CIRC_DESK&register_in_house_use=false")
-    assert len(json.loads((tmp_path / "data" / "results_batch-2.json").read_text())) == 1
+    assert len(json.loads(batch_2.read_text())) == 1
     assert sorted(lines) == [  # batches are reported as they complete: batch 2 may finish first
         "batch 1: 3 items: 1 in transit; 1 on hold shelf; 1 returned and in place",
         "batch 2: 1 items: 1 not on loan",
@@ -304,3 +311,37 @@ async def test_a_redirect_fails_the_item_naming_its_location_and_stops_the_run(a
         summary.stop_reason,
     )
 
+
+async def test_raw_answers_of_two_runs_in_one_data_dir_never_overwrite_each_other(aiohttp_server: Any, tmp_path: Path) -> None:
+    """Raw answer files are named after their run: two runs writing into one data_dir at the same
+    moment, in one process, each keep their own results-<run>-batch-1.json."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tables = [seed(tmp_path / "a", state, [("loan", "MAIN", "Loan")] * 3), seed(tmp_path / "b", state, [("loan", "MAIN", "Loan")] * 2)]
+    server = await aiohttp_server(create_app(state))
+    async with aiohttp.ClientSession() as session:
+        client = AlmaClient(str(server.make_url("")).rstrip("/"), KEY, session)
+
+        async def one_run(table: ItemsTable) -> RunSummary:
+            plan = build_plan(table, read_desks(tmp_path / "a" / "desks.csv"), "perm")
+            return await discharge(
+                plan.requests, table, client=client, limiter=SlidingWindowLimiter(1000), data_dir=tmp_path / "data",
+                concurrency=4, batch_size=10, retry=FAST, echo=lambda _: None,
+            )
+
+        summaries = await asyncio.gather(*(one_run(table) for table in tables))
+    assert [s.done for s in summaries] == [3, 2]
+    files = sorted((tmp_path / "data").glob("results-*.json"))
+    assert sorted(len(json.loads(f.read_text())) for f in files) == [2, 3]
+
+
+def test_run_ids_are_never_reused(tmp_path: Path) -> None:
+    """A run id is the UTC start time and the pid; one already used in data_dir or by this process gets a suffix."""
+    now = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    first = new_run_id(tmp_path, now)
+    assert first == f"20270115T080000Z-{os.getpid()}"
+    assert new_run_id(tmp_path, now) == f"{first}.2"  # same second, same process
+    results_path(tmp_path, f"{first}.3", 1).write_text("[]")  # an earlier process that had this pid
+    assert new_run_id(tmp_path, now) == f"{first}.4"
+    assert results_path(tmp_path, first, 7).name == f"results-{first}-batch-7.json"
