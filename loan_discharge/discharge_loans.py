@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +42,7 @@ from loan_discharge.items import (  # noqa: E402
 from loan_discharge.lock import RunLock, RunLocked  # noqa: E402
 from loan_discharge.run import (  # noqa: E402
     JOURNAL,
+    ItemResult,
     RetryPolicy,
     RunSummary,
     SlidingWindowLimiter,
@@ -76,7 +79,16 @@ def _fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    return _main(_parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # Into a log file (cron), each line as it is printed: a killed run keeps its last lines,
+        # and they stay in order with the messages on stderr.
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("interrupted before any item was sent: run again to start", file=sys.stderr)
+        return 1
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -167,10 +179,16 @@ def _discharge(
         return 1 if plan.problems else 0
     print(f"run {run_id}: results go to {config.loans_data_file}, raw answers to "
           f"{results_path(config.data_dir, run_id, 'N')}")
+    finished: Counter[str] = Counter()
     try:
-        summary = asyncio.run(_run(config, table, plan, run_id))
+        summary = asyncio.run(_run(config, table, plan, run_id, finished))
     except KeyboardInterrupt:
-        print(f"interrupted: finished items are saved in {config.loans_data_file}; run again to resume", file=sys.stderr)
+        left = len(plan.requests) - finished["done"] - finished["failed"]
+        print(
+            f"interrupted: {finished['done']} items done and {finished['failed']} failed in this run are saved "
+            f"in {config.loans_data_file}; {left} not finished: run again to resume",
+            file=sys.stderr,
+        )
         return 1
     # The run ended and every result is in the items file: its journal must not be merged into
     # the next export (the same items, borrowed again, would be taken as already done).
@@ -181,8 +199,18 @@ def _discharge(
     return 0
 
 
-async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan, run_id: str) -> RunSummary:
+async def _run(
+    config: DischargeConfig, table: ItemsTable, plan: Plan, run_id: str, finished: Counter[str]
+) -> RunSummary:
     bar = tqdm(total=len(plan.requests), unit="item", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+    def on_item(result: ItemResult) -> None:
+        bar.update(1)
+        if result.done:
+            finished["done"] += 1
+        elif result.outcome == "error":
+            finished["failed"] += 1
+
     connector = aiohttp.TCPConnector(limit=config.concurrency)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -198,7 +226,7 @@ async def _run(config: DischargeConfig, table: ItemsTable, plan: Plan, run_id: s
                 daily_quota_floor=config.daily_quota_floor,
                 retry=RetryPolicy(max_attempts=config.max_attempts),
                 echo=tqdm.write if not bar.disable else print,
-                on_item=lambda result: bar.update(1),
+                on_item=on_item,
                 run_id=run_id,
             )
     finally:

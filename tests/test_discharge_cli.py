@@ -356,6 +356,11 @@ class Gate:
             self.sim.call(self.semaphore.release)
 
 
+def cron_environment() -> dict[str, str]:
+    """This environment as cron gives it: with the key, and no PYTHONUNBUFFERED (output to a file is buffered)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "ALMA_API_KEY": KEY}
+
+
 @pytest.fixture
 def start() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start discharge_loans as an operator does (no terminal, output to a pipe); none outlives the test."""
@@ -363,7 +368,7 @@ def start() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     def start_run(config: Path, cwd: Path | str = REPO) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "loan_discharge", "--config", str(config)], cwd=cwd, env={**os.environ, "ALMA_API_KEY": KEY},
+            [sys.executable, "-m", "loan_discharge", "--config", str(config)], cwd=cwd, env=cron_environment(),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         started.append(process)
@@ -380,7 +385,7 @@ def run_to_end(config: Path, cwd: Path | str, timeout: float = 30) -> subprocess
     """discharge_loans run to its end with no terminal, as cron runs it."""
     return subprocess.run(
         [sys.executable, "-m", "loan_discharge", "--config", str(config)], cwd=cwd,
-        env={**os.environ, "ALMA_API_KEY": KEY}, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        env=cron_environment(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )
 
 
@@ -455,7 +460,8 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
     tmp_path: Path, start: Callable[..., subprocess.Popen[str]]
 ) -> None:
     """kill -9 leaves the lock files behind, but the kernel dropped the locks: the next run takes them
-    over at once, says whose they were, and resumes; no item is scanned twice."""
+    over at once, says whose they were, and resumes; no item is scanned twice. The killed run's
+    output (to a pipe, as under cron) kept the lines it had printed."""
     state = AlmaState(per_second_limit=1000, api_keys={KEY})
     write_inputs(tmp_path, state, 30)
     with SimulatorThread(state) as sim:
@@ -466,7 +472,8 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
         journal = tmp_path / "data" / "journal.jsonl"
         wait_until(lambda: len(read_journal(journal)) == 12 and requests_seen(sim) == 22, "12 items are journalled")
         os.kill(first.pid, signal.SIGKILL)
-        first.wait()
+        killed_output, _ = first.communicate()
+        assert killed_output.splitlines()[0].startswith("items file ")  # its log kept what it had printed
         left = json.loads((tmp_path / "data" / "discharge.lock").read_text())
         assert (left["pid"], left["items_file"]) == (first.pid, str(tmp_path / "items.csv"))
         assert (tmp_path / "items.csv.lock").exists()
@@ -487,3 +494,32 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
     assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
     assert not (tmp_path / "data" / "discharge.lock").exists() and not (tmp_path / "items.csv.lock").exists()
 
+
+def test_ctrl_c_ends_with_one_line_saying_what_was_done_and_that_a_rerun_resumes(
+    tmp_path: Path, start: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """SIGINT mid-run: no traceback, one line on stderr with what this run did, exit 1, the lock
+    released; the next run resumes where it stopped."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    write_inputs(tmp_path, state, 20)
+    with SimulatorThread(state) as sim:
+        gate = Gate(sim)
+        config = write_config(tmp_path, sim.base_url, "rate_limit: 1000\nconcurrency: 4\n")
+        first = start(config)
+        gate.let_through(5)
+        journal = tmp_path / "data" / "journal.jsonl"
+        wait_until(lambda: len(read_journal(journal)) == 5 and requests_seen(sim) == 9, "5 items are journalled")
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=20)
+        assert first.returncode == 1, out + err
+        assert err == (
+            f"interrupted: 5 items done and 0 failed in this run are saved in {tmp_path / 'items.csv'}; "
+            "15 not finished: run again to resume\n"
+        )
+        assert sum(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows) == 5
+        assert not (tmp_path / "data" / "discharge.lock").exists()
+
+        sim.call(setattr, state, "sleep", asyncio.sleep)
+        again = run_to_end(config, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 20 rows, 5 already done, 15 to send, 0 not sent"
