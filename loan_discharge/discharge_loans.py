@@ -3,7 +3,8 @@
 Parses options, loads the configuration and the two CSV files, takes the run's lock (one run
 at a time per items file and data directory; see lock.py), prints the plan, runs the discharge
 and turns every error into a message. Exit status: 0 all done, 1 some items failed or
-the run stopped early (progress saved), 2 bad usage or configuration (nothing was done).
+the run stopped early, Ctrl-C included (progress saved), 2 bad usage or configuration (nothing was
+done), 143 terminated by SIGTERM (handled as Ctrl-C is: progress saved, the locks released).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import argparse
 import asyncio
 import io
 import os
+import signal
 import sys
+import threading
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from types import FrameType
+from typing import Any, TypeVar
 
 if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,6 +58,57 @@ from loan_discharge.run import (  # noqa: E402
 )
 
 PROG = "discharge_loans"
+TERMINATED_STATUS = 128 + signal.SIGTERM  # 143, as a shell reports a process ended by SIGTERM
+
+_T = TypeVar("_T")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd stopping the unit, `timeout`, `kill`): handled as Ctrl-C is."""
+
+
+class _SigtermAsCtrlC:
+    """The SIGTERM handler: what asyncio.run does for Ctrl-C, for SIGTERM.
+
+    While a discharge runs, the first SIGTERM cancels its task, so the engine's clean-up saves
+    every finished item and closes the journal, and ``run`` raises Terminated once it has ended.
+    At any other time (or at a second SIGTERM) Terminated is raised where the program is, as a
+    Ctrl-C raises KeyboardInterrupt; the ``with`` blocks on the way out release the locks.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        first = not self.received
+        self.received = True
+        if first and self._task is not None and self._loop is not None and not self._task.done():
+            self._task.cancel()
+            self._loop.call_soon_threadsafe(lambda: None)  # wake the loop if it waits in select()
+            return
+        raise Terminated
+
+    def run(self, main: Coroutine[Any, Any, _T]) -> _T:
+        """asyncio.run(main), cancelled by SIGTERM; Terminated once the cancelled *main* has cleaned up."""
+
+        async def attached() -> _T:
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+            try:
+                return await main
+            finally:
+                self._task = self._loop = None
+
+        try:
+            return asyncio.run(attached())
+        except asyncio.CancelledError:
+            if self.received:
+                raise Terminated from None
+            raise
+
+
+_sigterm = _SigtermAsCtrlC()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,11 +139,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Into a log file (cron), each line as it is printed: a killed run keeps its last lines,
         # and they stay in order with the messages on stderr.
         sys.stdout.reconfigure(line_buffering=True)
+    _sigterm.received = False
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, _sigterm) if in_main_thread else None
     try:
         return _main(args)
-    except KeyboardInterrupt:
-        print("interrupted before any item was sent: run again to start", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as exc:
+        print(f"{_interruption(exc)} before any item was sent: run again to start", file=sys.stderr)
+        return _interrupted_status(exc)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interruption(exc: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
+def _interrupted_status(exc: KeyboardInterrupt) -> int:
+    """Ctrl-C: 1, as any run that stopped early with its progress saved; SIGTERM: 143."""
+    return TERMINATED_STATUS if isinstance(exc, Terminated) else 1
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -181,15 +251,15 @@ def _discharge(
           f"{results_path(config.data_dir, run_id, 'N')}")
     finished: Counter[str] = Counter()
     try:
-        summary = asyncio.run(_run(config, table, plan, run_id, finished))
-    except KeyboardInterrupt:
+        summary = _sigterm.run(_run(config, table, plan, run_id, finished))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         left = len(plan.requests) - finished["done"] - finished["failed"]
         print(
-            f"interrupted: {finished['done']} items done and {finished['failed']} failed in this run are saved "
-            f"in {config.loans_data_file}; {left} not finished: run again to resume",
+            f"{_interruption(exc)}: {finished['done']} items done and {finished['failed']} failed in this run "
+            f"are saved in {config.loans_data_file}; {left} not finished: run again to resume",
             file=sys.stderr,
         )
-        return 1
+        return _interrupted_status(exc)
     # The run ended and every result is in the items file: its journal must not be merged into
     # the next export (the same items, borrowed again, would be taken as already done).
     journal_path.unlink(missing_ok=True)

@@ -495,11 +495,17 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
     assert not (tmp_path / "data" / "discharge.lock").exists() and not (tmp_path / "items.csv.lock").exists()
 
 
-def test_ctrl_c_ends_with_one_line_saying_what_was_done_and_that_a_rerun_resumes(
-    tmp_path: Path, start: Callable[..., subprocess.Popen[str]]
+@pytest.mark.parametrize(
+    ("signum", "status", "what"),
+    [(signal.SIGINT, 1, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_ends_with_one_line_saying_what_was_done_and_that_a_rerun_resumes(
+    tmp_path: Path, start: Callable[..., subprocess.Popen[str]], signum: int, status: int, what: str
 ) -> None:
-    """SIGINT mid-run: no traceback, one line on stderr with what this run did, exit 1, the lock
-    released; the next run resumes where it stopped."""
+    """SIGINT (Ctrl-C) or SIGTERM (systemd stop, `timeout`) mid-run: no traceback, one line on stderr
+    with what this run did, exit 1 (Ctrl-C) or 143 (SIGTERM), the journal flushed with every finished
+    item, both lock files removed; the next run resumes where it stopped."""
     state = AlmaState(per_second_limit=1000, api_keys={KEY})
     write_inputs(tmp_path, state, 20)
     with SimulatorThread(state) as sim:
@@ -509,17 +515,53 @@ def test_ctrl_c_ends_with_one_line_saying_what_was_done_and_that_a_rerun_resumes
         gate.let_through(5)
         journal = tmp_path / "data" / "journal.jsonl"
         wait_until(lambda: len(read_journal(journal)) == 5 and requests_seen(sim) == 9, "5 items are journalled")
-        first.send_signal(signal.SIGINT)
+        first.send_signal(signum)
         out, err = first.communicate(timeout=20)
-        assert first.returncode == 1, out + err
+        assert first.returncode == status, out + err
         assert err == (
-            f"interrupted: 5 items done and 0 failed in this run are saved in {tmp_path / 'items.csv'}; "
+            f"{what}: 5 items done and 0 failed in this run are saved in {tmp_path / 'items.csv'}; "
             "15 not finished: run again to resume\n"
         )
         assert sum(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows) == 5
+        assert sum(entry["done"] for entry in read_journal(journal)) == 5
         assert not (tmp_path / "data" / "discharge.lock").exists()
+        assert not (tmp_path / "items.csv.lock").exists()
 
         sim.call(setattr, state, "sleep", asyncio.sleep)
         again = run_to_end(config, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 20 rows, 5 already done, 15 to send, 0 not sent"
+
+
+def test_sigterm_before_any_item_was_sent_says_so_and_releases_the_locks(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real SIGTERM while the run reads its items file under the locks: one line, exit 143, both
+    lock files removed, nothing sent; the handler the caller had is back afterwards."""
+    import loan_discharge.discharge_loans as command
+
+    write_inputs(tmp_path, state, 3)
+    config = write_config(tmp_path, sim.base_url)
+    reads: list[Path] = []
+
+    def read_then_sigterm(path: Path, location_type: str) -> Any:
+        reads.append(path)
+        if len(reads) == 2:  # the second read is the one under the locks
+            assert (tmp_path / "items.csv.lock").exists()
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read_items(path, location_type)
+
+    def not_handled(signum: int, frame: object) -> None:  # instead of killing pytest
+        pytest.fail("discharge_loans left SIGTERM to its caller's handler")
+
+    monkeypatch.setattr(command, "read_items", read_then_sigterm)
+    before = signal.signal(signal.SIGTERM, not_handled)
+    try:
+        assert main(["--config", str(config)]) == 143
+        assert signal.getsignal(signal.SIGTERM) is not_handled
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err == "terminated (SIGTERM) before any item was sent: run again to start\n"
+    assert not (tmp_path / "items.csv.lock").exists() and not (tmp_path / "data" / "discharge.lock").exists()
+    assert sim.call(lambda: list(state.requests)) == []
