@@ -182,18 +182,29 @@ def _slice_protocol(
 
 
 class _Sender(threading.Thread):
-    """Sends buffers in order on a socket, so the next slice is built while Redis reads this one."""
+    """Sends buffers in order on a socket, so the next slice is built while Redis reads this one.
 
-    def __init__(self, sock: socket.socket) -> None:
+    *check* runs before every chunk of about a megabyte (the loader's lease renewal): a loader that
+    stalled and lost its lease notices before it sends more. Once *abort* is set, what is still
+    queued is dropped, not sent.
+    """
+
+    def __init__(self, sock: socket.socket, check: Callable[[], None] | None) -> None:
         super().__init__(name="m2-bulk-sender", daemon=True)
         self.sock = sock
+        self.check = check
         self.queue: queue.Queue[memoryview | None] = queue.Queue(maxsize=2)
+        self.abort = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             while (buffer := self.queue.get()) is not None:
                 for start in range(0, len(buffer), CHUNK_BYTES):
+                    if self.abort.is_set():
+                        break
+                    if self.check:
+                        self.check()
                     self.sock.sendall(buffer[start:start + CHUNK_BYTES])
         except BaseException as exc:
             self.error = exc
@@ -238,9 +249,15 @@ def write_generation(
     parsed: ParsedExport,
     *,
     progress: Callable[[int], None] | None = None,
+    before_send: Callable[[], None] | None = None,
     slice_rows: int | None = None,
 ) -> WriteResult:
-    """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets* buckets."""
+    """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets* buckets.
+
+    *before_send* runs (in the sending thread) before each chunk of about a megabyte goes out; if
+    it raises, nothing more is sent and the error is raised here. If this function is left by an
+    exception (an interrupt included), slices still queued are dropped, not sent.
+    """
     result = WriteResult()
     total = len(parsed)
     if total == 0:
@@ -251,7 +268,7 @@ def write_generation(
     # replies are counted in bulk instead of parsed one call at a time.
     sock = connection._sock
     connection_ok = False
-    sender, receiver = _Sender(sock), _Receiver(sock)
+    sender, receiver = _Sender(sock, before_send), _Receiver(sock)
     kinds: list[np.ndarray] = []
     tails = _CodeSegments.of(parsed.source_codes, parsed.source_deletes)
     order = parsed.order
@@ -277,6 +294,9 @@ def write_generation(
                     break
                 if progress:
                     progress(last)
+        except BaseException:
+            sender.abort.set()  # a load that stops sends nothing more than the chunk on the wire
+            raise
         finally:
             sender.queue.put(None)
             sender.join()

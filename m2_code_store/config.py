@@ -18,6 +18,7 @@ No message or log line built here contains a password or a decrypted secret: use
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def redact_url(url: str) -> str:
         return "(a malformed URL)"
     user = parts.username or ""
     host = parts.hostname or ""
-    if parts.port:
+    if parts.port is not None:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -97,6 +98,12 @@ def _check_url(url: str, name: str, *, secret: bool) -> str:
         raise ConfigError(f"{name} has no host name: expected {URL_FORM}")
     if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         raise ConfigError(f"{name} has a database that is not a number after the host: expected {URL_FORM}")
+    try:
+        redis.connection.parse_url(url)  # what redis-py itself will refuse: ?db=x, ?socket_timeout=abc, …
+    except ValueError as exc:
+        setting = re.search(r"'(\w+)'", str(exc)) if "Invalid value for" in str(exc) else None  # a parameter name only
+        what = f"an invalid value for {setting.group(1)!r}" if setting else "a part redis-py cannot read"
+        raise ConfigError(f"{name} has {what}: expected {URL_FORM}") from None
     return url
 
 
@@ -108,11 +115,11 @@ def endpoint_to_url(plaintext: str, *, tls: bool) -> str:
     host, sep, port = value.rpartition(":")
     if not sep:
         host, port = value, "6379"
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
         raise ConfigError(
             "REDIS_ENDPOINT_ENCRYPTED decrypts to something that is neither a host, host:port nor a redis:// URL"
         )
-    return f"{'rediss' if tls else 'redis'}://{host}:{port}/0"
+    return _check_url(f"{'rediss' if tls else 'redis'}://{host}:{port}/0", "REDIS_ENDPOINT_ENCRYPTED", secret=True)
 
 
 def has_terminal() -> bool:

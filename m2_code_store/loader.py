@@ -58,7 +58,7 @@ DEFAULT_MAX_SHRINK = 0.10
 CROWDED_PER_BUCKET = 96  # Redis keeps a hash compact up to 128 entries by default (hash-max-*-entries)
 REPLACE_GRACE = 3.0  # > store.META_TTL plus a slow request: readers are done with the old generation
 PIPELINE_BATCH = 5_000
-SWITCH_CHECKS = 10  # times the loader asks, a second apart, whether a switch whose reply was lost happened
+SWITCH_CHECKS = 5  # times the loader asks, a second apart, whether a switch whose reply was lost happened
 
 _NOW_MS = "local function now_ms() local t = redis.call('TIME') return string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) end\n"
 # Every script checks the lease first: KEYS[1] is the lock, ARGV[1] the caller's token.
@@ -100,10 +100,13 @@ redis.call('HSET', KEYS[2], 'count', ARGV[4], 'dirty', '0')
 return 1"""
 # KEYS: lock, meta. ARGV: token, gen, change in records, loaded_at, source. Returns {status, count}:
 # 1 the count is exact; 2 another writer touched the generation meanwhile (it stays dirty).
+# Idempotent: a re-sent call finds counted_by set to its token.
 _COUNTED = _HELD + """
 if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[2] then return -1 end
-redis.call('HSET', KEYS[2], 'loaded_at', ARGV[4], 'source', ARGV[5])
-if redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[1] then return {2, tonumber(redis.call('HGET', KEYS[2], 'count'))} end
+local count = tonumber(redis.call('HGET', KEYS[2], 'count'))
+if redis.call('HGET', KEYS[2], 'counted_by') == ARGV[1] then return {1, count} end
+redis.call('HSET', KEYS[2], 'loaded_at', ARGV[4], 'source', ARGV[5], 'counted_by', ARGV[1])
+if redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[1] then return {2, count} end
 redis.call('HSET', KEYS[2], 'dirty', '0')
 return {1, redis.call('HINCRBY', KEYS[2], 'count', ARGV[3])}"""
 # KEYS: generations, meta. ARGV: token, gen, buckets. Not fenced: run by a loader that lost the
@@ -163,6 +166,7 @@ class LoadResult:
     buckets: int = 0
     rebuilt: bool = False  # an incremental load that re-spread the data set over more buckets
     notes: list[str] | None = None  # things the operator should know (generations left alone, …)
+    interrupted: KeyboardInterrupt | None = None  # an interrupt that came after the switch (the load is done)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,12 +200,19 @@ class Lock:
         self.token = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.writing: tuple[int, int] | None = None  # (gen, buckets) of the generation this loader writes
         self.lost = False
+        self.holder: str | None = None  # who held the lease when this loader found it lost
 
     def acquire(self) -> None:
         """Take the lease; one left by a dead loader on this host is taken over at once."""
+        legacy = _text(self.client.get(self.layout.legacy_lock))
+        if legacy:
+            raise StoreBusy(f"a loader of the previous release is running (it holds {self.layout.legacy_lock}: "
+                            f"{legacy}): wait for it to finish; its lock expires by itself within 60 seconds")
         if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
             return
         holder = _text(self.client.get(self.key))
+        if holder == self.token:  # redis-py re-sent the SET whose reply was lost: it is ours
+            return
         if owner_is_dead(holder, self.host):
             self.client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
                              1, self.key, holder)
@@ -219,11 +230,19 @@ class Lock:
         """Extend the lease (and the heartbeat of the generation being written); LockLost if it is gone."""
         gen, buckets = self.writing or ("", "")
         if not self._fenced(_RENEW, [self.key, self.layout.generations], self.ttl_ms, gen, buckets):
-            self.lost = True
-            raise LockLost(
-                "this loader lost its lock on the store: it stalled for longer than the lock's "
-                f"{self.ttl_ms // 1000}-second lifetime (a paused process or VM?) and another loader may have taken over"
-            )
+            raise self._lost("")
+
+    def _lost(self, when: str) -> LockLost:
+        """The LockLost for a lease found gone, saying who holds it now (as read, not assumed)."""
+        self.lost = True
+        try:
+            self.holder = _text(self.client.get(self.key)) or None
+        except redis.exceptions.RedisError:
+            self.holder = "?"
+        now = {None: "no loader holds it now", "?": "who holds it now could not be read"}.get(
+            self.holder, f"loader {self.holder} holds it now")
+        return LockLost(f"this loader lost its lock on the store{when}: its {self.ttl_ms // 1000}-second lifetime "
+                        f"ran out while this loader or Redis was stalled, and {now}")
 
     def begin(self, gen: int, buckets: int) -> None:
         """Record *gen* as being written by this loader (its heartbeat is renewed with the lease)."""
@@ -233,8 +252,7 @@ class Lock:
     def forget(self, gen: int) -> None:
         """Remove *gen* from the list of generations, once its keys are deleted."""
         if not self._fenced(_FORGET, [self.key, self.layout.generations], gen):
-            self.lost = True
-            raise LockLost("this loader lost its lock on the store while deleting an old generation")
+            raise self._lost(" while deleting an old data set")
 
     def release(self) -> None:
         self._fenced(_RELEASE, [self.key])
@@ -335,19 +353,37 @@ def _server_ms(client: redis.Redis) -> int:
     return seconds * 1000 + micros // 1000
 
 
+def writer_gone(other: OtherGeneration, host: str, now_ms: int, abandoned_after_ms: int) -> str | None:
+    """Why the loader writing *other* is gone (a reason for a note), or None if it may still run.
+
+    On this host the process table decides, whatever the silence (a SIGSTOPped loader is alive);
+    a loader on another host is presumed gone once silent for *abandoned_after_ms*.
+    """
+    owner_host = other.owner.partition(":")[0]
+    if owner_host == host:
+        return "its process is gone" if owner_is_dead(other.owner, host) else None
+    silent_minutes = (now_ms - other.since_ms) // 60_000
+    return f"silent for {silent_minutes:,} minutes" if now_ms - other.since_ms > abandoned_after_ms else None
+
+
 def clean_generations(
     client: redis.Redis, layout: Layout, lock: Lock, live: Generation | None, *,
     grace: float = REPLACE_GRACE, abandoned_after_ms: int = ABANDONED_AFTER_MS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[str]:
-    """Delete retired generations and ones whose writer is gone; returns notes on those left alone.
+    """Delete retired generations and ones whose writer is gone; returns notes on what it did or left.
 
     A retired generation is deleted once *grace* seconds have passed since it was switched away
-    from. A generation being written is deleted only when its writer is a dead process on this
-    host, or has not renewed its heartbeat for *abandoned_after_ms*: a writer that is merely
-    stalled keeps it, and deletes it itself when it resumes and finds it lost the lease.
+    from. A generation being written is deleted only when its writer is gone (:func:`writer_gone`):
+    a writer that is merely stalled keeps it, and deletes it itself when it resumes and finds it
+    lost the lease. Generations the previous release listed in ``m2:retired`` are deleted too.
     """
     notes: list[str] = []
+    for member in client.smembers(layout.legacy_retired):
+        gen, _, buckets = _text(member).partition(":")
+        if live is None or int(gen) != live.gen:
+            delete_generation(client, layout, int(gen), int(buckets), lock.renew)
+        client.srem(layout.legacy_retired, member)
     for other in other_generations(client, layout):
         now = _server_ms(client)
         if live is not None and other.gen == live.gen:
@@ -357,14 +393,17 @@ def clean_generations(
             wait = other.since_ms + grace * 1000 - now
             if wait > 0:
                 sleep(wait / 1000)  # readers may still be finishing on it
-        elif not (owner_is_dead(other.owner, lock.host) or now - other.since_ms > abandoned_after_ms):
-            silent = max(0, now - other.since_ms) // 1000
-            notes.append(
-                f"left generation {other.gen} alone: loader {other.owner} was writing it {silent:,} s ago and may "
-                f"only be stalled; it deletes it itself when it resumes, or a load deletes it once that loader "
-                f"has been silent for {abandoned_after_ms // 60_000} minutes"
-            )
-            continue
+        else:
+            gone = writer_gone(other, lock.host, now, abandoned_after_ms)
+            if gone is None:
+                silent = max(0, now - other.since_ms) // 1000
+                notes.append(
+                    f"left generation {other.gen} alone: loader {other.owner} was writing it {silent:,} s ago and may "
+                    f"only be stalled; it deletes it itself when it resumes, or a load deletes it once that loader's "
+                    f"process is gone (on its host) or it has been silent for {abandoned_after_ms // 60_000} minutes"
+                )
+                continue
+            notes.append(f"deleted generation {other.gen}, which loader {other.owner} left part-written ({gone})")
         delete_generation(client, layout, other.gen, other.buckets, lock.renew)
         lock.forget(other.gen)
     return notes
@@ -383,14 +422,20 @@ class Deferred:
 
 @contextmanager
 def interrupts_deferred() -> Iterator[Deferred]:
-    """Hold off SIGINT and SIGTERM while the block runs (a clean-up or a switch must not stop
-    half-way); the caller decides what to do with ``received``. Only in the main thread."""
+    """Hold off the first SIGINT or SIGTERM while the block runs (a clean-up should not stop
+    half-way); a second one raises KeyboardInterrupt at once, so a person is never ignored for
+    long. The caller decides what to do with ``received``. Only in the main thread."""
     deferred = Deferred()
     if threading.current_thread() is not threading.main_thread():
         yield deferred
         return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: deferred.received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(signum: int, _frame: object) -> None:
+        deferred.received.append(signum)
+        if len(deferred.received) > 1:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield deferred
     finally:
@@ -400,11 +445,6 @@ def interrupts_deferred() -> Iterator[Deferred]:
 
 class _SwitchUnknown(LoadError):
     """The switch was sent, its reply was lost, and the store has not answered since."""
-
-
-def _lease_lost(what: str) -> LockLost:
-    return LockLost(f"this loader lost its lock on the store {what} (it stalled for longer than the lock's "
-                    "lifetime, a paused process or VM?, and another loader may have taken over)")
 
 
 class _Run:
@@ -421,11 +461,11 @@ class _Run:
         self.sleep = sleep
         self.rows_sent = 0
         self.published: int | None = None  # the generation this load switched to
+        self.interrupted: KeyboardInterrupt | None = None  # an interrupt that came after the switch
         self.notes: list[str] = []
 
     def progress(self, rows: int) -> None:
-        self.rows_sent = rows  # handed to the sender, which sends them even if the load stops now
-        self.lock.renew()  # a loader that lost its lease stops here, after at most one more slice
+        self.rows_sent = rows  # handed to the sender: sent unless the load stops first
         if self.user_progress:
             self.user_progress(rows)
 
@@ -445,15 +485,13 @@ class _Run:
                 self.lock.writing = None
                 target = Generation(gen, buckets, 0)
             elif self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], target.gen) != 1:
-                self.lock.lost = True
-                raise _lease_lost("before it started writing")
+                raise self.lock._lost(" before it started writing")
             written = write_generation(self.client, self.layout, target.gen, target.buckets, parsed,
-                                       progress=self.progress)
+                                       progress=self.progress, before_send=self.lock.renew)
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
                                         written.added - written.removed, _now(), self.source)
             if counted == 0:
-                self.lock.lost = True
-                raise _lease_lost("as it finished writing")
+                raise self.lock._lost(" as it finished writing")
         except BaseException as exc:
             raise self._stopped_incremental(exc, target) from exc
         status, records = counted
@@ -471,6 +509,11 @@ class _Run:
             except redis.exceptions.RedisError:
                 pass  # the store is gone too: its count stays dirty, and the next load recounts it
         sent = f"up to {self.rows_sent:,} rows were sent" if self.rows_sent else "no row was sent"
+        if self.lock.lost:
+            return LoadStopped(exc, f"{sent} before it noticed and stopped (at most the chunk of about a megabyte it "
+                                    "was sending went out after the lease had run out); what Redis applied stays, "
+                                    f"and the next load recounts the records. {self._advice()}",
+                               rows_sent=self.rows_sent)
         return LoadStopped(exc, f"{sent} before it stopped; what Redis applied stays, and the next load recounts "
                                 "the records. Re-running the same file is safe", rows_sent=self.rows_sent)
 
@@ -480,7 +523,8 @@ class _Run:
         """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records)."""
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
-        written = write_generation(self.client, self.layout, gen, buckets, parsed, progress=self.progress)
+        written = write_generation(self.client, self.layout, gen, buckets, parsed, progress=self.progress,
+                                   before_send=self.lock.renew)
         return gen, buckets, written.added - written.removed  # exact: the generation started empty
 
     def discard(self, gen: int, buckets: int) -> str:
@@ -501,6 +545,9 @@ class _Run:
         except (redis.exceptions.RedisError, LockLost) as exc:
             return (f"the partial new data set (generation {gen}) could not be deleted ({type(exc).__name__}); "
                     "the next load deletes it")
+        except KeyboardInterrupt:
+            return (f"deleting the partial new data set (generation {gen}) was interrupted; the next load "
+                    "deletes the rest")
 
     def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, dirty: str = "0") -> None:
         """Publish *gen* (fenced, one step); the previous generation is marked retired in the same step."""
@@ -510,8 +557,7 @@ class _Run:
             gen, buckets, records, dirty, _now(), self.source, expected,
         )
         if status == 0:
-            self.lock.lost = True
-            raise _lease_lost("before it could switch to the new data set")
+            raise self.lock._lost(" before it could switch to the new data set")
         if status != 1:
             raise LoadError(f"the live data set changed under this load (switch refused: {status}); nothing was switched")
         self.published = gen
@@ -519,45 +565,63 @@ class _Run:
     def publish(self, gen: int, buckets: int, records: int, live: Generation | None) -> None:
         """Switch to *gen*, then delete the previous generation after the grace period.
 
-        If the switch's reply is lost, ``m2:meta`` is read again until it tells: a switch that
-        happened is a success, one that did not raises, one that cannot be checked raises
-        _SwitchUnknown. Once the switch is done nothing here raises: what is left undone is noted.
+        If the switch's reply is lost, or an interrupt comes while it is awaited, ``m2:meta`` is
+        read again: a switch that happened is a success, one that did not raises, one that cannot
+        be checked raises _SwitchUnknown. Once the switch is done nothing here raises: an interrupt
+        is kept in ``interrupted`` and what is left undone is noted.
         """
-        with interrupts_deferred() as deferred:
-            try:
-                self._switch_to(gen, buckets, records, live)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                switched = self._verify_switch(gen)
-                if switched is None:
-                    raise _SwitchUnknown(str(exc)) from exc
-                if not switched:
-                    raise
-                self.published = gen
+        try:
+            self._switch_to(gen, buckets, records, live)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KeyboardInterrupt) as exc:
+            switched = self._verify_switch(gen)
+            if switched is None:
+                raise _SwitchUnknown(str(exc)) from exc
+            if not switched:
+                raise
+            self.published = gen
+            if isinstance(exc, KeyboardInterrupt):
+                self.interrupted = exc
+            else:
                 self.notes.append(f"the connection failed as the switch was sent ({type(exc).__name__}); "
                                   f"m2:meta, read again, shows generation {gen} live")
         self.lock.writing = None
         if live is None:
             return
         try:
-            if deferred.received:
-                raise KeyboardInterrupt
+            if self.interrupted:
+                raise self.interrupted
             self.sleep(self.grace)  # readers that read m2:meta just before the switch finish on the old generation
             delete_generation(self.client, self.layout, live.gen, live.buckets, self.lock.renew)
             self.lock.forget(live.gen)
         except (redis.exceptions.RedisError, LockLost, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self.interrupted = exc
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
             self.notes.append(f"the previous data set (generation {live.gen}) was not deleted ({what}); "
                               "the next load deletes it")
 
     def _verify_switch(self, gen: int) -> bool | None:
-        """Whether generation *gen* is live, read again after a lost reply: True, False, or None (unknown)."""
-        for attempt in range(SWITCH_CHECKS):
-            try:
-                live = read_generation(self.client, self.layout)
-                return live is not None and live.gen == gen
-            except redis.exceptions.RedisError:
-                if attempt + 1 < SWITCH_CHECKS:
-                    self.sleep(1.0)
+        """Whether generation *gen* is live, read again after a lost reply: True, False, or None (unknown).
+
+        At most SWITCH_CHECKS reads a second apart, each with a short timeout; an interrupt ends
+        the checks (unknown), so a person waits seconds, not the minutes of the loader's timeouts.
+        """
+        pool = self.client.connection_pool
+        checker = redis.Redis(connection_pool=pool.__class__(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "socket_timeout": 2.0, "socket_connect_timeout": 2.0}))
+        try:
+            for attempt in range(SWITCH_CHECKS):
+                try:
+                    live = read_generation(checker, self.layout)
+                    return live is not None and live.gen == gen
+                except redis.exceptions.RedisError:
+                    if attempt + 1 < SWITCH_CHECKS:
+                        self.sleep(1.0)
+        except KeyboardInterrupt:
+            return None
+        finally:
+            checker.close()
         return None
 
     def stopped_replace(self, exc: BaseException, live: Generation | None, what: str) -> LoadStopped:
@@ -569,19 +633,38 @@ class _Run:
         if isinstance(exc, _SwitchUnknown):
             otherwise = (f"generation {live.gen} means the previous one is still live" if live is not None
                          else "no generation means it is not")
-            return LoadStopped(exc, (
-                f"the connection failed while switching to the new data set, and the store has not answered "
-                f"since: it is unknown whether {what} is live. Check with 'm2-code-store stats': generation "
-                f"{gen} means it is live and nothing more is needed; {otherwise}, and re-running the same "
-                "command is safe"), rows_sent=self.rows_sent, switched=None)
+            how = "an interrupt came" if isinstance(exc.__cause__, KeyboardInterrupt) else "the connection failed"
+            return LoadStopped(exc.__cause__ or exc, (
+                f"{how} while switching to the new data set, and the store has not answered since: it is "
+                f"unknown whether {what} is live. Check with 'm2-code-store stats': generation {gen} means it "
+                f"is live and nothing more is needed; {otherwise}, and re-running the same command is safe"),
+                rows_sent=self.rows_sent, switched=None)
         cleaned = self.discard(gen, buckets) if gen is not None else "nothing had been written yet"
         if self.lock.lost:
-            return LoadStopped(exc, f"{what} was not switched in, and this loader changed nothing else; the store "
-                                    f"holds what the loader that took over left there; {cleaned}. Re-run the same "
-                                    "command once the other load has finished", rows_sent=self.rows_sent)
+            return LoadStopped(exc, f"{what} was not switched in, and this loader changed nothing else; {cleaned}; "
+                                    f"{self._holds_now(live)}", rows_sent=self.rows_sent)
         previous = "an empty store" if live is None else f"the previous data set ({live.count:,} records)"
         return LoadStopped(exc, f"{what} was not switched in: the store still holds {previous}; {cleaned}. "
                                 "Re-running the same command is safe", rows_sent=self.rows_sent)
+
+    def _advice(self) -> str:
+        if self.lock.holder not in (None, "?"):
+            return "Re-run the same command once the other load has finished"
+        return "Re-running the same command is safe"
+
+    def _holds_now(self, live: Generation | None) -> str:
+        """What the store holds, read now (after this loader lost its lease), and what to do next."""
+        advice = self._advice()
+        try:
+            now = read_generation(self.client, self.layout)
+        except redis.exceptions.RedisError:
+            return f"what the store holds now could not be read. {advice}"
+        if now is None:
+            return f"the store is empty. {advice}"
+        if live is not None and now.gen == live.gen:
+            return f"the store still holds the previous data set ({now.count:,} records). {advice}"
+        return (f"the store now holds generation {now.gen} ({now.count:,} records), published by another loader. "
+                "Re-run the same command only if this file should replace that")
 
 
 def load(
@@ -660,7 +743,8 @@ def _replace(run: _Run, parsed: ParsedExport, live: Generation | None, force: bo
         raise
     except BaseException as exc:
         raise run.stopped_replace(exc, live, "the replacement") from exc
-    return LoadResult("replace", gen, added, removed, records, previous, buckets, notes=run.notes)
+    return LoadResult("replace", gen, added, removed, records, previous, buckets, notes=run.notes,
+                      interrupted=run.interrupted)
 
 
 def _rebuild(run: _Run, parsed: ParsedExport, live: Generation) -> LoadResult:
@@ -680,4 +764,4 @@ def _rebuild(run: _Run, parsed: ParsedExport, live: Generation) -> LoadResult:
     except BaseException as exc:
         raise run.stopped_replace(exc, live, "the rebuilt data set (with this file applied)") from exc
     return LoadResult("incremental", gen, records - kept, len(barcodes) - kept, records, live.count, buckets,
-                      rebuilt=True, notes=run.notes)
+                      rebuilt=True, notes=run.notes, interrupted=run.interrupted)

@@ -70,6 +70,14 @@ class Layout:
     def generations(self) -> str:
         return f"{{{self.meta}}}:generations"
 
+    @property
+    def legacy_lock(self) -> str:
+        return f"{self.prefix}:lock"  # the previous release's lock: respected during an upgrade
+
+    @property
+    def legacy_retired(self) -> str:
+        return f"{self.prefix}:retired"  # the previous release's set of gen:buckets left to delete
+
     def bucket_key(self, gen: int, bucket: int) -> str:
         return f"{self.prefix}:{gen}:{bucket}"
 

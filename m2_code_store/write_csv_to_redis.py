@@ -223,6 +223,10 @@ def _run(args: argparse.Namespace) -> int:
     for note in result.notes or []:
         print(f"note: {note}", file=sys.stderr)
     finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records, store=target)
+    if result.interrupted is not None:  # too late to stop: the new data set was already live
+        print(f"{stop_reason(result.interrupted, target)} after the switch: the new data set is live "
+              f"(generation {result.generation}); the previous one is deleted by the next load", file=sys.stderr)
+        return 143 if isinstance(result.interrupted, Terminated) else 130
     return status
 
 

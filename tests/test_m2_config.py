@@ -47,6 +47,8 @@ def test_redis_url_comes_first():
         ("redis://:s3cret@[::1/5", "REDIS_URL has an unclosed '[' (a bracketed IPv6 address): expected "
                                    "redis://[:password@]host[:port][/db]"),
         ("redis://:s3cret@cache:6379/zero", "REDIS_URL has a database that is not a number after the host"),
+        ("redis://:s3cret@cache:6379/0?db=x", "REDIS_URL has an invalid value for 'db'"),
+        ("redis://:s3cret@cache:6379/0?socket_timeout=abc", "REDIS_URL has an invalid value for 'socket_timeout'"),
     ],
 )
 def test_bad_redis_url_is_refused(url, message):
@@ -117,6 +119,15 @@ def test_kms_plaintext_that_is_no_endpoint_is_refused_without_showing_it(aws_env
 
 
 @mock_aws
+@pytest.mark.parametrize("plaintext", ["s3cret-host:6379:1", "s3cret host:6379", "s3cret-host:port"])
+def test_kms_endpoint_that_redis_cannot_use_is_refused_without_showing_it(aws_env, plaintext):
+    ciphertext = encrypt(boto3.client("kms", region_name="us-east-1"), plaintext)
+    with pytest.raises(ConfigError) as info:
+        resolve_target({"REDIS_ENDPOINT_ENCRYPTED": ciphertext, "AWS_REGION": "us-east-1"})
+    assert "s3cret" not in str(info.value) and "6379" not in str(info.value)
+
+
+@mock_aws
 def test_ciphertext_from_another_account_is_refused_clearly(aws_env):
     bogus = base64.b64encode(b"\x01\x02\x03" * 20).decode()
     with pytest.raises(ConfigError, match=r"^cannot decrypt REDIS_ENDPOINT_ENCRYPTED with KMS in us-east-1: "):
@@ -142,6 +153,7 @@ def test_aws_endpoint_url_kms_is_honoured(aws_env, monkeypatch, redis_url):
 
 def test_redact_url_hides_only_the_password():
     assert redact_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("redis://:pw@host:0/0") == "redis://:***@host:0/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -172,21 +173,25 @@ def test_second_loader_is_refused_while_one_holds_the_lock(tmp_path, redis_clien
 
 def _dead_pid() -> int:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(finished.stdout)
+    _dead_pid.last = int(finished.stdout)
+    return _dead_pid.last
 
 
 def test_clean_up_deletes_retired_and_abandoned_generations_but_never_one_a_live_loader_writes(tmp_path, redis_client):
-    """Retired generations and those of a dead (or long-silent) loader go; a stalled writer's stays."""
+    """Retired generations and those of a dead (or, on another host, long-silent) loader go; a
+    stalled writer's stays, and a loader alive on this host keeps its own however long it is silent."""
     load(redis_client, export(tmp_path, "1,,NA,\n"))
     live = read_generation(redis_client)
     layout = Layout()
-    now_ms = int(redis_client.time()[0]) * 1000
+    seconds, micros = redis_client.time()
+    now_ms = seconds * 1000 + micros // 1000
     here = socket.gethostname()
     others = {
         91: f"1024 retired - {now_ms - 60_000}",
         92: f"1024 writing {here}:{_dead_pid()}:dead {now_ms}",  # its process is gone
         93: f"1024 writing otherhost:1:silent {now_ms - 700_000}",  # silent for over 10 minutes
         94: f"1024 writing otherhost:2:stalled {now_ms - 90_000}",  # lost its lease 30 s ago: may resume
+        95: f"1024 writing {here}:{os.getpid()}:stopped {now_ms - 3_600_000}",  # SIGSTOPped for an hour, alive
     }
     for gen, entry in others.items():
         redis_client.hset(layout.bucket_key(gen, 3), "x", "NX")
@@ -194,13 +199,29 @@ def test_clean_up_deletes_retired_and_abandoned_generations_but_never_one_a_live
     lock = Lock(redis_client, layout)
     lock.acquire()
     notes = clean_generations(redis_client, layout, lock, live, grace=0)
-    assert sorted(redis_client.keys("m2:9*")) == ["m2:94:3"]
-    assert list(redis_client.hgetall(layout.generations)) == ["94"]
-    assert len(notes) == 1 and re.fullmatch(
-        r"left generation 94 alone: loader otherhost:2:stalled was writing it 9[01] s ago and may only be stalled; "
-        r"it deletes it itself when it resumes, or a load deletes it once that loader has been silent for 10 minutes",
-        notes[0]), notes
+    assert sorted(redis_client.keys("m2:9*")) == ["m2:94:3", "m2:95:3"]
+    assert sorted(redis_client.hgetall(layout.generations)) == ["94", "95"]
+    assert notes[:2] == [
+        f"deleted generation 92, which loader {here}:{_dead_pid.last}:dead left part-written (its process is gone)",
+        "deleted generation 93, which loader otherhost:1:silent left part-written (silent for 11 minutes)",
+    ]
+    assert re.fullmatch(r"left generation 94 alone: loader otherhost:2:stalled was writing it 9[01] s ago and may only "
+                        r"be stalled; .*", notes[2]), notes
+    assert notes[3].startswith(f"left generation 95 alone: loader {here}:{os.getpid()}:stopped was writing it 3,60")
     assert store_of(redis_client).lookup(["1"]) == ["NA"]
+
+
+def test_an_upgrade_respects_the_previous_releases_lock_and_deletes_what_it_listed(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n"))
+    redis_client.set("m2:lock", "oldhost:77:abcd", px=60_000)
+    with pytest.raises(StoreBusy, match=r"^a loader of the previous release is running \(it holds m2:lock: oldhost:77:abcd\)"):
+        load(redis_client, export(tmp_path, "2,,NB,\n", "b.csv"))
+    redis_client.delete("m2:lock")
+    redis_client.hset(Layout().bucket_key(88, 5), "x", "NX")
+    redis_client.sadd("m2:retired", "88:1024")
+    load(redis_client, export(tmp_path, "2,,NB,\n", "b.csv"))
+    assert redis_client.keys("m2:88:*") == [] and not redis_client.exists("m2:retired")
+    assert store_of(redis_client).lookup(["1", "2"]) == ["NA", "NB"]
 
 
 def test_redis_refusing_a_command_is_reported(tmp_path, redis_client):
