@@ -11,8 +11,8 @@ booking's row moves through these states::
     cancelled   cancelled in LibCal before it was registered: nothing to do
 
 A registered (or uncertain) booking later cancelled in LibCal keeps its state and gets ``cancelled_at`` set.
-Exceptions: :class:`CacheError` (the file cannot be used; the message says why), and its subclass
-:class:`CacheMissing` (the file does not exist and was not to be created).
+Exceptions: :class:`CacheError` (the file cannot be used, or is not a cache of this tool; the message
+says why), and its subclass :class:`CacheMissing` (the file does not exist and was not to be created).
 """
 
 from __future__ import annotations
@@ -102,8 +102,12 @@ class CacheMissing(CacheError):
 class Cache:
     """A SQLite file holding the sync's state; ``clock`` gives epoch seconds.
 
-    ``path`` is kept absolute. A missing file is created unless ``create=False`` (then
-    :class:`CacheMissing`); ``new`` tells whether the file held no cache before it was opened.
+    ``path`` is kept absolute. ``create`` says what an absent or empty file (0 bytes, or SQLite
+    with no table) is: a new cache (created, or with ``read_only`` an empty one in memory), or an
+    error (:class:`CacheMissing` if absent). ``read_only`` opens an existing file without writing
+    to it, and reads an older schema as it is. Any other file that is not a cache of this tool
+    (another program's database) is refused with :class:`CacheError` before anything is written.
+    ``new`` tells whether the file held no cache before it was opened.
     """
 
     def __init__(
@@ -114,15 +118,16 @@ class Cache:
         self.new = False
         try:
             if read_only:
-                self._db = self._connect_read_only()
-            elif create:
-                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            else:  # mode=rw: SQLite itself refuses to create the file, with no window between check and open
-                if not os.path.exists(self.path):
-                    raise CacheMissing(self.path)
-                self._db = sqlite3.connect(f"{Path(self.path).as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=30)
-            if not read_only:
+                self._db = self._connect_read_only(create)
+            else:
+                if create:
+                    self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                else:  # mode=rw: SQLite itself refuses to create the file, with no window between check and open
+                    if not os.path.exists(self.path):
+                        raise CacheMissing(self.path)
+                    self._db = sqlite3.connect(f"{Path(self.path).as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=30)
                 self._db.row_factory = sqlite3.Row
+                self._identify(self._db, empty_is_new=create)  # before anything is written
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("PRAGMA foreign_keys=ON")
@@ -130,26 +135,52 @@ class Cache:
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"cannot use cache file {self.path}: {exc}") from exc
 
-    def _connect_read_only(self) -> sqlite3.Connection:
-        """For --dry-run: read an existing file without writing to it; no file -> an empty cache in memory."""
-        db = None
+    def _identify(self, db: sqlite3.Connection, *, empty_is_new: bool) -> int:
+        """The file's schema version (0: empty); CacheError if it is not a cache of this tool.
+
+        Only reads: a file refused here is left exactly as it was.
+        """
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        if version > SCHEMA_VERSION:
+            raise CacheError(
+                f"cache file {self.path} has schema version {version}, newer than this tool's "
+                f"{SCHEMA_VERSION}: upgrade the tool or point --cache at another file"
+            )
+        if version == 0 and not tables:
+            if empty_is_new:
+                return 0
+            raise CacheError(
+                f"cache file {self.path} is empty, not a libcal_passagepoint cache: check the path (a run creates the cache)"
+            )
+        if version == 0 or not {"bookings", "users", "passes"} <= set(tables):
+            listed = ", ".join(name for name in tables if not name.startswith("sqlite_")) or "none"
+            raise CacheError(
+                f"{self.path} is not a libcal_passagepoint cache (an SQLite database with the tables {listed}): "
+                "check the path"
+            )
+        return version
+
+    def _connect_read_only(self, create: bool) -> sqlite3.Connection:
+        """For --dry-run and status: read an existing file without writing to it.
+
+        An older schema is read as it is (its bookings, users and passes are all that is read).
+        With *create*, an absent or empty file reads as a new, empty cache held in memory.
+        """
         if os.path.exists(self.path):
             db = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            db.row_factory = sqlite3.Row
+            try:
+                version = self._identify(db, empty_is_new=create)
+            except BaseException:
                 db.close()
-                raise CacheError(
-                    f"cache file {self.path} has schema version {version}, newer than this tool's "
-                    f"{SCHEMA_VERSION}: upgrade the tool or point --cache at another file"
-                )
-            if version == 0:  # an empty file: read what a fresh cache would hold
-                db.close()
-                db = None
-            elif version < SCHEMA_VERSION:  # older: its bookings and users are all a dry run reads
-                db.row_factory = sqlite3.Row
+                raise
+            if version:
                 return db
-        if db is None:
-            db = sqlite3.connect(":memory:", isolation_level=None)
+            db.close()
+        elif not create:
+            raise CacheMissing(self.path)
+        db = sqlite3.connect(":memory:", isolation_level=None)
         db.row_factory = sqlite3.Row
         self._db = db
         self._migrate()
@@ -166,13 +197,8 @@ class Cache:
         self.close()
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]  # _identify refused a newer one
         self.new = version == 0
-        if version > SCHEMA_VERSION:
-            raise CacheError(
-                f"cache file {self.path} has schema version {version}, newer than this tool's "
-                f"{SCHEMA_VERSION}: upgrade the tool or point --cache at another file"
-            )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
                 for statement in _MIGRATIONS[target].split(";"):

@@ -142,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "run" and not dry_run:
                 held.enter_context(cache_lock(cache_path))  # before the cache is opened, or created
-            # A dry run writes nothing, not even a new file; status and purge never create one either.
-            cache = held.enter_context(Cache(cache_path, read_only=dry_run, create=args.command == "run"))
+            # A dry run and status write nothing, not even a new file; purge never creates one either.
+            read_only = dry_run or args.command == "status"
+            cache = held.enter_context(Cache(cache_path, read_only=read_only, create=args.command == "run"))
         except CacheMissing as exc:
             if cache_override:
                 return _fail(f"{exc} (given by --cache): check the path; nothing was created")

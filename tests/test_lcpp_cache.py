@@ -44,8 +44,12 @@ def test_a_version_1_cache_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
                "VALUES ('cs_1', 8827, 1, 2, 'registered', 0, 0)")
     db.commit()
     db.close()
+    before = path.read_bytes()
     with Cache(path, read_only=True) as cache:  # a dry run reads the old file as it is
         assert cache.schema_version == 1 and cache.booking("cs_1")["state"] == "registered"
+    with Cache(path, read_only=True, create=False) as cache:  # and so does status
+        assert cache.schema_version == 1 and cache.counts()["registered"] == 1
+    assert path.read_bytes() == before
     with Cache(path) as cache:
         assert cache.schema_version == 2 and cache.booking("cs_1")["state"] == "registered"
         cache.hold_alert("booking_failed", "subject", ["line"])

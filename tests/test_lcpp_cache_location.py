@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -186,6 +187,51 @@ async def test_status_and_purge_refuse_a_cache_that_does_not_exist(tmp_path: Pat
     assert (code, out, err.strip()) == (2, "", expected)
     assert _files(elsewhere) == []
     assert _files(etc) == ["config.yml"]
+
+
+def _not_a_cache(path: Path, kind: str) -> str:
+    """Write a file that is not a cache of this tool; returns how the refusal describes it."""
+    if kind == "empty":
+        path.write_bytes(b"")
+        return f"cache file {path} is empty, not a libcal_passagepoint cache: check the path (a run creates the cache)"
+    if kind == "other-sqlite":
+        db = sqlite3.connect(path)
+        db.executescript("CREATE TABLE loans (barcode TEXT); CREATE TABLE items (pid TEXT); INSERT INTO loans VALUES ('39001');")
+        db.close()
+        return f"{path} is not a libcal_passagepoint cache (an SQLite database with the tables items, loans): check the path"
+    path.write_text("barcode,customer_code\n39001,NX\n" * 100, encoding="utf-8")
+    return f"cannot use cache file {path}: file is not a database"
+
+
+@pytest.mark.parametrize("kind", ["empty", "other-sqlite", "not-sqlite"])
+@pytest.mark.parametrize("command", [["status"], ["purge", "--older-than", "30d"]], ids=["status", "purge"])
+async def test_status_and_purge_refuse_a_file_that_is_not_a_cache_and_leave_it_unchanged(
+    tmp_path: Path, command: list[str], kind: str
+) -> None:
+    """`status`/`purge --cache FILE` on an existing file that is not a cache of this tool (0 bytes,
+    another program's SQLite database, a CSV) exit 2 with one line; the file is not modified and
+    nothing is created beside it."""
+    path = tmp_path / "empty.sqlite3"
+    expected = _not_a_cache(path, kind)
+    before = path.read_bytes()
+    code, out, err = await _cli(*command, "--cache", path.name, cwd=tmp_path)
+    assert (code, out, err) == (2, "", f"error: {expected}\n")
+    assert path.read_bytes() == before
+    assert _files(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+async def test_run_refuses_another_programs_database_and_leaves_it_unchanged(tmp_path: Path, dry_run: bool) -> None:
+    """`run` never writes its schema into an SQLite database of another program (exit 2, one line);
+    a dry run does not read it as an empty cache either. (A 0-byte file is a new cache to `run`.)"""
+    config = write_config(tmp_path / "config.yml", **UNREACHABLE, lcpp="  cache_path: other.sqlite3\n")
+    path = tmp_path / "other.sqlite3"
+    expected = _not_a_cache(path, "other-sqlite")
+    before = path.read_bytes()
+    code, out, err = await _cli("run", *(["--dry-run"] if dry_run else []), "--config", str(config), cwd=tmp_path)
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1] == f"error: {expected}"
+    assert path.read_bytes() == before
 
 
 async def test_run_refuses_a_cache_directory_that_does_not_exist(tmp_path: Path) -> None:
