@@ -129,7 +129,7 @@ def user_from_record(record: dict[str, Any], primary_id: str) -> AlmaUser:
                 barcode = value
                 break
     if barcode is None:
-        raise AlmaUserHasNoBarcode(f"Alma user {primary_id} has no active barcode")
+        raise AlmaUserHasNoBarcode("the Alma user has no active barcode")
     group = record.get("user_group") or {}
     if not isinstance(group, dict):
         group = {"value": str(group), "desc": str(group)}
@@ -175,7 +175,7 @@ class AlmaClient:
                 return user_from_record(record, primary_id)
         zones = len(self._api_keys)
         raise AlmaUserNotFound(
-            f"Alma user {primary_id} not found (tried {zones} institution zone{'s' if zones != 1 else ''})"
+            f"no Alma user has this university id (tried {zones} institution zone{'s' if zones != 1 else ''})"
         )
 
     async def _fetch(self, primary_id: str, key: str, key_index: int) -> dict[str, Any] | None:
@@ -193,7 +193,7 @@ class AlmaClient:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 transient += 1
                 if transient > 1:
-                    raise AlmaUnavailable(f"Alma users API unreachable for {primary_id}: {str(exc) or type(exc).__name__}") from exc
+                    raise AlmaUnavailable(f"Alma users API unreachable: {str(exc) or type(exc).__name__}") from exc
                 continue
             errors = parse_alma_errors(text) if status != 200 else []
             codes = {code for code, _ in errors}
@@ -201,9 +201,9 @@ class AlmaClient:
                 try:
                     record = json.loads(text)
                 except ValueError as exc:
-                    raise AlmaUnavailable(f"Alma answered non-JSON for user {primary_id}: {text[:200]}") from exc
+                    raise AlmaUnavailable(f"Alma answered a user lookup with non-JSON: {_shape(text)}") from exc
                 if not isinstance(record, dict):
-                    raise AlmaUnavailable(f"Alma answered an unexpected user body for {primary_id}: {text[:200]}")
+                    raise AlmaUnavailable(f"Alma answered a user lookup with an unexpected body: {_shape(text)}")
                 if str(record.get("errorsExist", "")).lower() == "true":
                     errors = parse_alma_errors(text)
                     codes = {code for code, _ in errors}
@@ -216,16 +216,33 @@ class AlmaClient:
             if status == 429 or "PER_SECOND_THRESHOLD" in codes:
                 rate_limited += 1
                 if rate_limited > self._max_429_retries:
-                    raise AlmaRateLimited(f"Alma kept answering 429 for user {primary_id} after {self._max_429_retries} retries")
+                    raise AlmaRateLimited(f"Alma kept answering 429 to a user lookup after {self._max_429_retries} retries")
                 delay = self._backoff_base * 2 ** (rate_limited - 1)
                 await self._sleep(delay + random.uniform(0, delay))
                 continue
+            if status in (401, 403) and not errors and _is_html(text):
+                raise AlmaAuthError(
+                    f"Alma.users_endpt {self._users_url} answered HTTP {status} with an HTML page, not an API error: "
+                    "it is probably the institution's Alma host; use the API gateway, e.g. "
+                    "https://api-na.hosted.exlibrisgroup.com/almaws/v1/users"
+                )
             if "UNAUTHORIZED" in codes or status in (401, 403):
                 raise AlmaAuthError(f"Alma refused API key #{key_index} of Alma.apikeys (HTTP {status}): check the key and its Users API permission")
             if status >= 500:
                 transient += 1
                 if transient > 1:
-                    raise AlmaUnavailable(f"Alma answered HTTP {status} for user {primary_id}: {text[:200]}")
+                    raise AlmaUnavailable(f"Alma answered HTTP {status} to a user lookup: {_shape(text)}")
                 continue
-            detail = "; ".join(f"{code} {message}" for code, message in errors) or text[:200]
-            raise AlmaRequestError(f"Alma users API answered HTTP {status} for {primary_id}: {detail}", status, next(iter(codes), None))
+            detail = "; ".join(f"{code} {message}" for code, message in errors) or _shape(text)
+            raise AlmaRequestError(f"Alma users API answered HTTP {status}: {detail}", status, next(iter(codes), None))
+
+
+def _is_html(text: str) -> bool:
+    return text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+
+
+def _shape(text: str) -> str:
+    """What a body looks like, for a message: never its content (it may echo a patron's id)."""
+    if _is_html(text):
+        return "an HTML page"
+    return f"{len(text):,} characters" if text else "an empty body"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from toolconfig import ConfigError, load_yaml
+from toolconfig import ConfigError, load_yaml, parse_duration, refuse_unknown
 
 __all__ = [
     "ENV_VARS",
@@ -42,6 +42,22 @@ ENV_VARS: dict[str, str] = {
     "Emails.from_password": "SMTP_PASSWORD",
 }
 
+#: Every key any version of the original app's config.yml had, and this tool's own additions.
+#: Anything else is refused with a suggestion: a misspelt key must never be silently ignored.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "LCPP": ("interval", "cache_path", "timeout", "primary_id_pattern", "reconcile", "retry_base", "retry_max",
+             "check_destinations", "concurrency", "retention"),
+    "LibCal": ("client_id", "client_secret", "credentials_endpt", "bookings_endpt", "primary_id_field", "locations",
+               "statuses", "form_answers_param"),
+    "Alma": ("apikey", "apikeys", "users_endpt", "rate_per_second"),
+    "PassagePoint": ("username", "password", "pp_endpt", "pp_api_root", "login_endpt", "uniqueId_endpt",
+                     "create_visitor_endpt", "create_prereg_endpt", "get_destinations_endpt", "location_mapping",
+                     "user_mapping", "default_category"),
+    "Emails": ("from_email", "from_username", "from_password", "smtp_host", "to_email", "smtp_port", "smtp_starttls"),
+}
+ORIGINAL_INTERVAL = 300  # the original hard-coded it before LCPP.interval existed
+ORIGINAL_DESTINATION = "LibCal"  # the original's one destination before PassagePoint.location_mapping existed
+DEFAULT_RETENTION = "30d"
 DEFAULT_STATUSES = ("Confirmed", "Mediated Approved")
 DEFAULT_PRIMARY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}"
 RECONCILE_POLICIES = ("report", "recreate")
@@ -67,6 +83,7 @@ class LibCalConfig:
     primary_id_field: str
     locations: tuple[Location, ...]
     statuses: tuple[str, ...] = DEFAULT_STATUSES
+    form_answers_param: str = "formAnswers"  # the spelling every public production client sends
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,8 @@ class Config:
     retry_max: int = 6 * 3600
     check_destinations: bool = True
     concurrency: int = 8
+    retention: float = 30 * 86400  # seconds a booking is kept after it ended (LCPP.retention)
+    assumptions: tuple[str, ...] = ()  # what was assumed for values an older config.yml lacks
 
     def location(self, lid: int) -> Location | None:
         """The configured location with LibCal id *lid*, if any."""
@@ -159,15 +178,30 @@ def parse_config(
     """Validate an already-loaded configuration mapping; raise ConfigError naming the bad key."""
     environ = os.environ if environ is None else environ
     reader = _Reader(raw, environ, source)
+    refuse_unknown(raw, KNOWN_KEYS, where="", source=source)
+    for name, keys in KNOWN_KEYS.items():
+        if isinstance(raw.get(name), Mapping):
+            refuse_unknown(raw[name], keys, where=name, source=source)
+    assumed: list[str] = []
 
     lcpp = reader.section("LCPP", required=False)
-    interval = reader.integer(lcpp, "LCPP", "interval", default=300, minimum=1)
+    if lcpp.get("interval") is None:
+        assumed.append(f"LCPP.interval is not set: a pass every {ORIGINAL_INTERVAL} seconds with run --every, "
+                       "as the original app did")
+    interval = reader.integer(lcpp, "LCPP", "interval", default=ORIGINAL_INTERVAL, minimum=1)
 
     libcal = reader.section("LibCal")
     alma = reader.section("Alma")
-    pp = reader.section("PassagePoint")
+    pp = raw.get("PassagePoint")
+    if not isinstance(pp, Mapping) or pp.get("pp_api_root") is None:
+        raise reader.error("PassagePoint", "has no pp_api_root and login, uniqueId, create_visitor, create_prereg and "
+                                           "get_destinations paths: this file predates the original app's PassagePoint "
+                                           "settings (August 2020); add them as in config.example.yml")
 
-    location_mapping = reader.mapping(pp, "PassagePoint", "location_mapping")
+    location_mapping = reader.mapping(pp, "PassagePoint", "location_mapping", required=False)
+    if not location_mapping:
+        assumed.append(f"PassagePoint.location_mapping is not set: every location's bookings go to the destination "
+                       f"{ORIGINAL_DESTINATION!r}, as the original app did before it had location_mapping")
     destinations = {str(key).strip(): value for key, value in location_mapping.items()}
     locations = []
     raw_locations = reader.get(libcal, "LibCal", "locations")
@@ -182,7 +216,7 @@ def parse_config(
         except ValueError:
             raise reader.error(f"{key}.id", f"must be a LibCal location id (a number), not {entry['id']!r}") from None
         name = str(entry.get("name") or lid)
-        destination = destinations.get(str(lid))
+        destination = destinations.get(str(lid)) if location_mapping else ORIGINAL_DESTINATION
         if not isinstance(destination, str) or not destination.strip():
             raise reader.error(
                 "PassagePoint.location_mapping",
@@ -204,6 +238,7 @@ def parse_config(
         primary_id_field=reader.string(libcal, "LibCal", "primary_id_field"),
         locations=tuple(locations),
         statuses=tuple(statuses),
+        form_answers_param=reader.string(libcal, "LibCal", "form_answers_param", default="formAnswers"),
     )
 
     env_keys = environ.get(ENV_VARS["Alma.apikeys"], "")
@@ -224,6 +259,10 @@ def parse_config(
     )
 
     user_mapping = reader.mapping(pp, "PassagePoint", "user_mapping", required=False)
+    default_category = reader.string(pp, "PassagePoint", "default_category", default="Visitor")
+    if not user_mapping:
+        assumed.append(f"PassagePoint.user_mapping is not set: every visitor's category is {default_category!r}, "
+                       "as the original app did before it had user_mapping")
     pp_config = PassagePointConfig(
         username=reader.secret(pp, "PassagePoint", "username"),
         password=reader.secret(pp, "PassagePoint", "password"),
@@ -234,10 +273,10 @@ def parse_config(
         create_prereg_endpt=reader.path(pp, "PassagePoint", "create_prereg_endpt"),
         get_destinations_endpt=reader.path(pp, "PassagePoint", "get_destinations_endpt"),
         user_mapping={str(k): str(v) for k, v in user_mapping.items()},
-        default_category=reader.string(pp, "PassagePoint", "default_category", default="Visitor"),
+        default_category=default_category,
     )
 
-    email = _email(reader)
+    email = _email(reader, assumed)
 
     reconcile = reader.string(lcpp, "LCPP", "reconcile", default="report")
     if reconcile not in RECONCILE_POLICIES:
@@ -265,12 +304,19 @@ def parse_config(
         retry_max=reader.integer(lcpp, "LCPP", "retry_max", default=6 * 3600, minimum=1),
         check_destinations=check,
         concurrency=reader.integer(lcpp, "LCPP", "concurrency", default=8, minimum=1),
+        retention=reader.duration(lcpp, "LCPP", "retention", default=DEFAULT_RETENTION),
+        assumptions=tuple(assumed),
     )
 
 
-def _email(reader: _Reader) -> EmailConfig | None:
+def _email(reader: _Reader, assumed: list[str]) -> EmailConfig | None:
     section = reader.section("Emails", required=False)
     if not section:
+        return None
+    filled = {key for key, value in section.items() if value not in (None, "", [])}
+    if not filled - {"smtp_port", "smtp_starttls"} and not reader.environ.get(ENV_VARS["Emails.from_password"]):
+        assumed.append("the Emails section has no values (as in the original template): alerts are logged, "
+                       "not e-mailed")
         return None
     to_email = reader.get(section, "Emails", "to_email")
     if isinstance(to_email, str):
@@ -345,10 +391,19 @@ class _Reader:
         return value
 
     def path(self, section: Mapping[str, Any], name: str, key: str) -> str:
+        """A path on the server, joined to its root as the original did (it concatenated the
+        strings): the original template's ``pp/api/v2/visit/getDestinations`` has no leading slash."""
         value = self.string(section, name, key)
-        if not value.startswith("/"):
-            raise self.error(f"{name}.{key}", f"must be a path starting with '/', not {value!r}")
-        return value
+        if "://" in value or " " in value:
+            raise self.error(f"{name}.{key}", f"must be a path on the server such as /pp/api/v2/auth/login, not {value!r}")
+        return "/" + value.lstrip("/")
+
+    def duration(self, section: Mapping[str, Any], name: str, key: str, *, default: str) -> float:
+        value = section.get(key)
+        try:
+            return parse_duration(default if value is None else str(value), name=f"{name}.{key}")
+        except ConfigError as exc:
+            raise self.error(f"{name}.{key}", str(exc).removeprefix(f"{name}.{key} ")) from None
 
     def mapping(self, section: Mapping[str, Any], name: str, key: str, *, required: bool = True) -> Mapping[str, Any]:
         value = section.get(key)

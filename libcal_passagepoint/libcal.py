@@ -100,7 +100,8 @@ def parse_bookings(
     problems: list[str] = []
     for row in rows:
         if not isinstance(row, dict) or not row.get("bookId"):
-            problems.append(f"LibCal returned a booking row without a bookId: {str(row)[:200]}")
+            keys = ", ".join(sorted(map(str, row)))[:200] if isinstance(row, dict) else type(row).__name__
+            problems.append(f"LibCal returned a booking row without a bookId (its keys: {keys})")
             continue
         book_id = str(row["bookId"])
         if book_id in bookings:  # one booking for several seats comes as several rows
@@ -146,9 +147,11 @@ class LibCalClient:
         client_id: str,
         client_secret: str,
         timeout: float = 30.0,
+        form_answers_param: str = "formAnswers",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._form_answers_param = form_answers_param
         self._token_url = token_url
         self._bookings_url = bookings_url
         self._client_id = client_id
@@ -235,7 +238,10 @@ class LibCalClient:
         """All booking rows of location *lid* (raw dicts), following pages until a short one."""
         rows: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
-            params = {"lid": str(lid), "limit": str(PAGE_LIMIT), "page": str(page), "form_answers": "1"}
+            # formAnswers (the spelling every public production client sends) for the q<id> answers;
+            # include_cancel explicitly: the spec's default of 1 is unverified, and cancellations depend on it.
+            params = {"lid": str(lid), "limit": str(PAGE_LIMIT), "page": str(page),
+                      self._form_answers_param: "1", "include_cancel": "1"}
             if date:
                 params["date"] = date
             if days:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -80,6 +80,7 @@ class PassResult:
     cancelled_after_registration: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     location_errors: list[str] = field(default_factory=list)
+    no_form_answers: list[str] = field(default_factory=list)  # locations whose rows carry no primary_id_field
     bad_rows: list[str] = field(default_factory=list)
     planned: list[PlannedBooking] = field(default_factory=list)
     interrupted: bool = False
@@ -88,7 +89,7 @@ class PassResult:
     @property
     def exit_status(self) -> int:
         """1 if a booking failed or a location could not be fetched in this pass, else 0."""
-        return 1 if (self.failed or self.uncertain or self.location_errors) else 0
+        return 1 if (self.failed or self.uncertain or self.location_errors or self.no_form_answers) else 0
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able digest for the cache and ``status``."""
@@ -101,6 +102,7 @@ class PassResult:
             "cancelled_after_registration": len(self.cancelled_after_registration),
             "skipped": dict(self.skipped),
             "location_errors": list(self.location_errors),
+            "no_form_answers": list(self.no_form_answers),
             "interrupted": self.interrupted,
         }
 
@@ -142,6 +144,38 @@ def category_for(user: AlmaUser, mapping: dict[str, str], default: str) -> str:
     return default
 
 
+def lacks_form_answers(rows: list[Any], primary_id_field: str) -> bool:
+    """True when LibCal sent bookings but no row carries the id question's key at all: the form
+    answers were not sent (a wrong parameter spelling or question id), not one patron's omission."""
+    return bool(rows) and not any(isinstance(row, dict) and primary_id_field in row for row in rows)
+
+
+def destination_check(known: list[str] | None, locations: Iterable[Location]) -> tuple[dict[str, str], str | None]:
+    """Reasons to fail the bookings of each mapped destination PassagePoint positively lacks, and a
+    warning when its getDestinations answer cannot tell (its shape is not public).
+
+    An answer that is empty, not understood (*known* None), or names none of the mapped
+    destinations is far more likely misread than proof that every destination is gone: nothing
+    fails on it.
+    """
+    mapped: dict[str, list[Location]] = {}
+    for location in locations:
+        mapped.setdefault(location.destination, []).append(location)
+    off = "set LCPP.check_destinations: false to stop asking"
+    if not known:
+        return {}, f"PassagePoint's getDestinations answer was empty or not understood: destinations not checked ({off})"
+    if not set(known) & set(mapped):
+        shown = ", ".join(repr(name) for name in list(known)[:5])
+        return {}, (f"PassagePoint's getDestinations answer names none of the mapped destinations (it names {shown}"
+                    f"{', …' if len(known) > 5 else ''}): taken as not understood, destinations not checked ({off})")
+    return {
+        destination: (f"destination {destination!r} (PassagePoint.location_mapping for LibCal location "
+                      f"{', '.join(str(location.id) for location in where)}) does not exist in PassagePoint: "
+                      "create it there or fix the mapping")
+        for destination, where in mapped.items() if destination not in known
+    }, None
+
+
 @dataclass
 class _Work:
     booking: Booking
@@ -159,6 +193,17 @@ async def _fetch(config: Config, libcal: LibCalClient, result: PassResult, date:
             message = f"LibCal location {location.id} ({location.name}): {exc}"
             log.error("could not fetch bookings: %s", message)
             result.location_errors.append(message)
+            return []
+        if lacks_form_answers(rows, config.libcal.primary_id_field):
+            message = (
+                f"LibCal returned {len(rows)} booking row(s) for location {location.id} ({location.name}) and none "
+                f"carries {config.libcal.primary_id_field}: LibCal did not send the form answers. Check that "
+                f"LibCal.primary_id_field is the id of the question that asks for the university id, and that "
+                f"this LibCal instance honours {config.libcal.form_answers_param}=1 (LibCal.form_answers_param); "
+                "none of these bookings was attempted"
+            )
+            log.error("%s", message)
+            result.no_form_answers.append(message)
             return []
         bookings, problems = parse_bookings(rows, config.libcal.primary_id_field)
         for problem in problems:
@@ -318,14 +363,11 @@ async def _register(
             raise
         except PassagePointError as exc:
             log.warning("could not list PassagePoint destinations (%s); going on without checking them", exc)
-            known = None
-        if known is not None:
-            for location in config.libcal.locations:
-                if location.destination not in known:
-                    destinations_checked[location.destination] = (
-                        f"destination {location.destination!r} (PassagePoint.location_mapping for LibCal "
-                        f"location {location.id}) does not exist in PassagePoint: create it there or fix the mapping"
-                    )
+        else:
+            missing, warning = destination_check(known, config.libcal.locations)
+            destinations_checked.update(missing)
+            if warning:
+                log.warning("%s", warning)
 
     async def process(work: _Work) -> None:
         booking = work.booking
@@ -334,7 +376,8 @@ async def _register(
             fail(work, f"no primary id: the LibCal booking has no answer to {config.libcal.primary_id_field}", "bad_primary_id")
             return
         if not pattern.fullmatch(primary_id):
-            fail(work, f"primary id {primary_id!r} (answer to {config.libcal.primary_id_field}) is malformed", "bad_primary_id")
+            fail(work, f"the answer to {config.libcal.primary_id_field} is not a well-formed university id "
+                       "(LCPP.primary_id_pattern): correct it in the LibCal booking", "bad_primary_id")
             return
         problem = destinations_checked.get(work.location.destination)
         if problem:
@@ -447,6 +490,9 @@ async def _report(config: Config, cache: Cache, result: PassResult, alerts: Aler
             )
         if result.location_errors:
             await alerts.notify("libcal_error", "LibCal bookings could not be fetched", list(result.location_errors))
+        if result.no_form_answers:
+            await alerts.notify("no_form_answers", "LibCal sent bookings without the id question's answers",
+                                list(result.no_form_answers))
         await alerts.flush()
     cache.mark_reported([f.book_id for f in new_failures] + [f.book_id for f in result.uncertain])
     cache.mark_reported(result.cancelled_after_registration, cancellation=True)

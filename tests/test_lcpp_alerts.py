@@ -72,7 +72,7 @@ async def test_failures_are_mailed_once_per_kind_per_interval(sims: Sims, smtp: 
     clock = _Clock(time.time())
     cache = Cache(sims.config.cache_path, clock=clock)
     alerts = EmailAlerts(email_config, cache, interval=300)
-    sims.add_booking("cs_noid", None, first_name="No", last_name="Id")
+    sims.add_booking("cs_noid", "not an id!", first_name="No", last_name="Id")
     sims.add_booking("cs_ghost", "G99999999", first_name="Gus", last_name="Ghost", hour=16)
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     assert len(inbox.messages) == 1
@@ -80,16 +80,18 @@ async def test_failures_are_mailed_once_per_kind_per_interval(sims: Sims, smtp: 
     assert message["Subject"] == "[LibCal-PassagePoint] 2 LibCal booking(s) could not be pre-registered"
     assert inbox.envelopes[0] == ("lcpp@example.edu", ["desk@example.edu", "it@example.edu"])
     body = _text(message)
-    assert "cs_noid (No Id): no primary id: the LibCal booking has no answer to q12505" in body
-    assert "cs_ghost (Gus Ghost): Alma user G99999999 not found (tried 2 institution zones)" in body
+    assert ("cs_noid (No Id): the answer to q12505 is not a well-formed university id (LCPP.primary_id_pattern): "
+            "correct it in the LibCal booking") in body
+    assert "cs_ghost (Gus Ghost): no Alma user has this university id (tried 2 institution zones)" in body
+    assert "G99999999" not in body  # never a university id in an alert
 
     clock.now += 60
-    sims.add_booking("cs_new", None, first_name="New", last_name="Failure", hour=18)
+    sims.add_booking("cs_new", "not an id!", first_name="New", last_name="Failure", hour=18)
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     assert len(inbox.messages) == 1  # same kind within the interval: throttled
 
     clock.now += 300
-    sims.add_booking("cs_later", None, first_name="Later", last_name="Failure", hour=19)
+    sims.add_booking("cs_later", "not an id!", first_name="Later", last_name="Failure", hour=19)
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     assert len(inbox.messages) == 2
     assert "cs_later (Later Failure)" in _text(inbox.messages[1])
@@ -107,12 +109,12 @@ async def test_throttled_failures_are_held_and_sent_later_not_dropped(sims: Sims
     clock = _Clock(time.time())
     cache = Cache(sims.config.cache_path, clock=clock)
     alerts = EmailAlerts(email_config, cache, interval=300)
-    sims.add_booking("cs_first", None, first_name="First", last_name="Failure")
+    sims.add_booking("cs_first", "not an id!", first_name="First", last_name="Failure")
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     assert len(inbox.messages) == 1
 
     clock.now += 299
-    sims.add_booking("cs_held", None, first_name="Held", last_name="Back", hour=16)
+    sims.add_booking("cs_held", "not an id!", first_name="Held", last_name="Back", hour=16)
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     assert len(inbox.messages) == 1  # throttled: held, not sent
 
@@ -122,7 +124,7 @@ async def test_throttled_failures_are_held_and_sent_later_not_dropped(sims: Sims
     assert " ".join(inbox.messages[1]["Subject"].split()) == (  # a long subject is folded
         "[LibCal-PassagePoint] Held back by the alert limit: 1 LibCal booking(s) could not be pre-registered")
     body = _text(inbox.messages[1])
-    assert "cs_held (Held Back): no primary id: the LibCal booking has no answer to q12505" in body
+    assert "cs_held (Held Back): the answer to q12505 is not a well-formed university id" in body
     assert "cs_first" not in body
 
     clock.now += 301
@@ -140,13 +142,13 @@ async def test_held_failures_go_out_with_the_next_message_of_their_kind(sims: Si
     clock = _Clock(time.time())
     cache = Cache(sims.config.cache_path, clock=clock)
     alerts = EmailAlerts(email_config, cache, interval=300)
-    sims.add_booking("cs_first", None, first_name="First", last_name="Failure")
+    sims.add_booking("cs_first", "not an id!", first_name="First", last_name="Failure")
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     clock.now += 100
-    sims.add_booking("cs_held", None, first_name="Held", last_name="Back", hour=16)
+    sims.add_booking("cs_held", "not an id!", first_name="Held", last_name="Back", hour=16)
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     clock.now += 250
-    sims.add_booking("cs_new", None, first_name="New", last_name="One", hour=18)
+    sims.add_booking("cs_new", "not an id!", first_name="New", last_name="One", hour=18)
     await sims.run(cache, config=config, alerts=alerts, now=clock.now)
     assert len(inbox.messages) == 2
     assert inbox.messages[1]["Subject"] == "[LibCal-PassagePoint] 1 LibCal booking(s) could not be pre-registered"

@@ -173,11 +173,20 @@ def _bad(path: Path, text: str) -> str:
          "PassagePoint.password is missing (set it in the file or in the environment variable PASSAGEPOINT_PASSWORD)"),
         (lambda t: t.replace("  apikeys:\n    - zone-one-key\n    - zone-two-key\n", "  apikeys: []\n"),
          "Alma.apikeys must be a list of Alma API keys, one per institution zone (or set ALMA_API_KEYS)"),
-        (lambda t: t.replace("  login_endpt: /pp/api/v2/auth/login", "  login_endpt: pp/api/v2/auth/login"),
-         "PassagePoint.login_endpt must be a path starting with '/', not 'pp/api/v2/auth/login'"),
-        (lambda t: t.replace("LibCal:\n", "LibCalendar:\n"), "LibCal section is missing"),
+        (lambda t: t.replace("  login_endpt: /pp/api/v2/auth/login", "  login_endpt: https://pp/api/v2/auth/login"),
+         "PassagePoint.login_endpt must be a path on the server such as /pp/api/v2/auth/login, not "
+         "'https://pp/api/v2/auth/login'"),
+        (lambda t: t.replace("LibCal:\n", "LibCalendar:\n"), "LibCalendar is not a known section: did you mean LibCal?"),
+        (lambda t: t.replace("LCPP:\n", "LCPP:\n  concurency: 16\n"),
+         "LCPP.concurency is not a known setting: did you mean LCPP.concurrency?"),
+        (lambda t: t + "Email:\n  to_email: desk@example.edu\n", "Email is not a known section: did you mean Emails?"),
+        (lambda t: t.replace("  user_mapping:\n", "  usermapping:\n"),
+         "PassagePoint.usermapping is not a known setting: did you mean PassagePoint.user_mapping?"),
+        (lambda t: t.replace("LCPP:\n", "LCPP:\n  retention: 30\n"),
+         "LCPP.retention 30 has no unit: write 30d for days, 30h for hours or 30w for weeks"),
     ],
-    ids=["no-destination", "no-primary-id-field", "bad-interval", "bad-url", "no-password", "no-apikeys", "bad-path", "no-libcal"],
+    ids=["no-destination", "no-primary-id-field", "bad-interval", "bad-url", "no-password", "no-apikeys", "bad-path",
+         "misspelt-section", "misspelt-key", "email-for-emails", "misspelt-mapping", "retention-without-unit"],
 )
 def test_bad_configuration_is_refused_with_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, message: str) -> None:
     """Nothing is done; the message names the key to fix."""

@@ -84,7 +84,8 @@ async def test_booking_without_primary_id_fails_alone_is_reported_once_and_retri
     assert first.registered == ["cs_ok"]
     assert first.exit_status == 1
     assert sorted(first.failed, key=lambda f: f.book_id) == [
-        Failure("cs_bad", "Bad Id", "primary id 'G1 2; DROP' (answer to q12505) is malformed", "bad_primary_id"),
+        Failure("cs_bad", "Bad Id", "the answer to q12505 is not a well-formed university id (LCPP.primary_id_pattern): "
+                "correct it in the LibCal booking", "bad_primary_id"),
         Failure("cs_noid", "No Id", "no primary id: the LibCal booking has no answer to q12505", "bad_primary_id"),
     ]
     with sims.cache() as cache:
@@ -110,7 +111,7 @@ async def test_user_not_found_in_any_zone_and_alma_second_zone(sims: Sims) -> No
     sims.add_booking("cs_ghost", "G99999999", hour=16)
     result = await sims.run()
     assert result.registered == ["cs_zone2"]
-    assert result.failed == [Failure("cs_ghost", "Ada Lovelace", "Alma user G99999999 not found (tried 2 institution zones)", "AlmaUserNotFound")]
+    assert result.failed == [Failure("cs_ghost", "Ada Lovelace", "no Alma user has this university id (tried 2 institution zones)", "AlmaUserNotFound")]
     keys = [r["api_key"] for r in sims.alma.requests if r["path"].endswith("G99999999")]
     assert keys == ["zone-one-key", "zone-two-key"]
 

@@ -79,3 +79,41 @@ def test_kms_accepts_line_wrapped_base64(monkeypatch):
     text = base64.encodebytes(kms.encrypt(KeyId=key_id, Plaintext=b"host:6379")["CiphertextBlob"]).decode()
     assert "\n" in text.strip()  # as the base64 command wraps it
     assert kms_decrypt(text, region="us-east-1") == "host:6379"
+
+
+@pytest.mark.parametrize(
+    ("section", "where", "message"),
+    [
+        ({"Email": {}}, "", "c.yml: Email is not a known section: did you mean Emails?"),
+        ({"concurency": 16}, "LCPP", "c.yml: LCPP.concurency is not a known setting: did you mean LCPP.concurrency?"),
+        ({"CONCURRENCY": 16}, "LCPP", "c.yml: LCPP.CONCURRENCY is not a known setting: did you mean LCPP.concurrency?"),
+        ({"zzz": 1}, "LCPP", "c.yml: LCPP.zzz is not a known setting: the known settings of LCPP are concurrency, interval"),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_closest_known_one(section, where, message):
+    from toolconfig import refuse_unknown
+
+    known = ["Emails", "LibCal"] if not where else ["interval", "concurrency"]
+    with pytest.raises(ConfigError) as info:
+        refuse_unknown(section, known, where=where, source="c.yml")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "bare", "seconds"),
+    [("30d", None, 30 * 86400), ("12h", None, 43200), ("90m", None, 5400), ("2w", None, 14 * 86400),
+     ("1.5h", None, 5400), ("300", "s", 300)],
+)
+def test_durations_carry_their_unit(text, bare, seconds):
+    from toolconfig import parse_duration
+
+    assert parse_duration(text, bare=bare) == seconds
+
+
+def test_a_duration_without_a_unit_is_refused_unless_the_caller_says_what_it_means():
+    """'purge --older-than 30' once meant 30 seconds and deleted yesterday's records."""
+    from toolconfig import parse_duration
+
+    with pytest.raises(ConfigError) as info:
+        parse_duration("30", name="--older-than")
+    assert str(info.value) == "--older-than 30 has no unit: write 30d for days, 30h for hours or 30w for weeks"

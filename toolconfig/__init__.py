@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "env_override", "kms_decrypt"]
+__all__ = ["ConfigError", "load_yaml", "env_override", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration"]
 
 
 class ConfigError(Exception):
@@ -109,3 +111,53 @@ def kms_decrypt(ciphertext_b64: str, *, region: str | None = None, name: str = "
         return response["Plaintext"].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name} decrypted, but the plaintext is not UTF-8 text") from exc
+
+
+def suggestion(name: str, known: Collection[str]) -> str | None:
+    """The known name closest to *name* (case and ``_``/space ignored), if one is close enough."""
+    def folded(text: str) -> str:
+        return re.sub(r"[\s_-]+", "", text).casefold()
+
+    by_folded = {folded(k): k for k in known}
+    if folded(name) in by_folded:
+        return by_folded[folded(name)]
+    close = difflib.get_close_matches(folded(name), list(by_folded), n=1, cutoff=0.6)
+    return by_folded[close[0]] if close else None
+
+
+def refuse_unknown(section: Mapping[str, object], known: Collection[str], *, where: str, source: str) -> None:
+    """Raise ConfigError for a key of *section* that is not in *known*, suggesting the closest.
+
+    *where* is the section's name (``""`` for the top level), *source* the file; a misspelt key
+    must never be silently ignored (``Email:`` for ``Emails:`` would turn alerts off).
+    """
+    for key in section:
+        if key in known:
+            continue
+        name = f"{where}.{key}" if where else str(key)
+        what = "setting" if where else "section"
+        close = suggestion(str(key), known)
+        if close:
+            hint = f"did you mean {f'{where}.' if where else ''}{close}?"
+        else:
+            hint = f"the known {what}s{f' of {where}' if where else ''} are {', '.join(sorted(map(str, known)))}"
+        raise ConfigError(f"{source}: {name} is not a known {what}: {hint}")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, *, bare: str | None = None, name: str = "duration") -> float:
+    """Seconds in ``30d``, ``12h``, ``90m``, ``45s`` or ``2w``.
+
+    A number without a unit means *bare* (a unit letter); with *bare* None it is refused, since
+    guessing wrong deletes the wrong records ("30" meant seconds to one reader and days to another).
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text or ""))
+    if not match:
+        raise ConfigError(f"{name} {str(text)[:40]!r} is not a duration: use e.g. 30d, 12h, 90m, 45s or 2w")
+    unit = match.group(2) or bare
+    if unit is None:
+        raise ConfigError(f"{name} {match.group(1)} has no unit: write {match.group(1)}d for days, "
+                          f"{match.group(1)}h for hours or {match.group(1)}w for weeks")
+    return float(match.group(1)) * _UNITS[unit]
