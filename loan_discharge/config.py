@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolconfig import ConfigError, env_override, load_yaml
+from toolconfig import ConfigError, env_override, load_yaml, refuse_unknown
 
 __all__ = ["ConfigError", "DischargeConfig", "load_config", "DEFAULT_CONFIG_FILE", "API_KEY_ENV"]
 
@@ -76,12 +76,7 @@ def load_config(
     """Read and validate the configuration file at *path*; raise ConfigError saying what to fix."""
     path = Path(path)
     raw = env_override(load_yaml(path), {"apikey": API_KEY_ENV}, environ)
-    unknown = sorted(set(raw) - set(KNOWN_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key {', '.join(repr(k) for k in unknown)} "
-            f"(known keys: {', '.join(KNOWN_KEYS)})"
-        )
+    refuse_unknown(raw, KNOWN_KEYS, where="", source=str(path), what="setting")
     base_dir = path.parent
     for key in ("loans_data_file", "circ_desks_file", "data_dir"):
         if not raw.get(key):

@@ -71,7 +71,7 @@ BASE = "loans_data_file: l.csv\ncirc_desks_file: d.csv\ndata_dir: out\n"
         ("daily_quota_floor: -1\n", "daily_quota_floor is -1: use a whole number >= 0"),
         ("request_timeout: 0\n", "request_timeout is 0: use a number of seconds > 0"),
         ("base_url: api-na.hosted.exlibrisgroup.com\n", "base_url is 'api-na.hosted.exlibrisgroup.com': use the region's API host"),
-        ("ratelimit: 5\n", "unknown key 'ratelimit' (known keys: apikey, loans_data_file"),
+        ("ratelimit: 5\n", "ratelimit is not a known setting: did you mean rate_limit?"),
     ],
 )
 def test_bad_values_are_named(tmp_path: Path, extra: str, message: str) -> None:

@@ -125,17 +125,19 @@ def suggestion(name: str, known: Collection[str]) -> str | None:
     return by_folded[close[0]] if close else None
 
 
-def refuse_unknown(section: Mapping[str, object], known: Collection[str], *, where: str, source: str) -> None:
+def refuse_unknown(section: Mapping[str, object], known: Collection[str], *, where: str, source: str,
+                   what: str | None = None) -> None:
     """Raise ConfigError for a key of *section* that is not in *known*, suggesting the closest.
 
-    *where* is the section's name (``""`` for the top level), *source* the file; a misspelt key
-    must never be silently ignored (``Email:`` for ``Emails:`` would turn alerts off).
+    *where* is the section's name (``""`` for the top level), *source* the file, *what* the kind
+    of key (default: "section" at the top level, else "setting"); a misspelt key must never be
+    silently ignored (``Email:`` for ``Emails:`` would turn alerts off).
     """
     for key in section:
         if key in known:
             continue
         name = f"{where}.{key}" if where else str(key)
-        what = "setting" if where else "section"
+        what = what or ("setting" if where else "section")
         close = suggestion(str(key), known)
         if close:
             hint = f"did you mean {f'{where}.' if where else ''}{close}?"
