@@ -94,8 +94,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def request_entry(request: web.Request, now: float) -> dict[str, Any]:
-    """The request-log entry of *request*; its ``status`` is filled in once it is answered."""
-    return {"method": request.method, "path": request.path, "query": dict(request.query), "status": None, "time": now}
+    """The request-log entry of *request*; its ``status`` is filled in once it is answered.
+
+    ``query`` maps each parameter to its first value (handy for lookups); ``params`` keeps every
+    decoded ``(name, value)`` pair in the order sent, repeats included, and ``raw_query`` is the
+    query string exactly as it arrived, so a client's test can assert precisely what was sent.
+    """
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": dict(request.query),
+        "params": list(request.query.items()),
+        "raw_query": request.rel_url.raw_query_string,
+        "status": None,
+        "time": now,
+    }
 
 
 async def drop_connection(request: web.Request) -> web.StreamResponse:

@@ -18,10 +18,10 @@ Answers like the real service described in ``/work/shared/reference/libcal.md``:
   in the library's time zone; a past date is ignored and today is used, as the real API documents:
   ``ignore_past_dates=False`` turns that off);
   ``days`` 0-365 (default 0; the window is ``date`` .. ``date + days`` inclusive, on the row's
-  local ``fromDate`` date); ``limit`` 1-500 (default 20); ``page`` from 1; ``form_answers=1`` or
-  ``formAnswers=1`` to include custom answers as top-level ``q<question id>`` keys (absent
-  otherwise); ``include_cancel`` (default 1), ``include_tentative`` (default 1: ``Mediated
-  Tentative``), ``include_denied`` (default 0: ``Mediated Denied``).
+  local ``fromDate`` date); ``limit`` 1-500 (default 20); ``page`` from 1; ``formAnswers=1`` to
+  include custom answers as top-level ``q<question id>`` keys (absent otherwise);
+  ``include_cancel`` (default 1: cancelled rows), ``include_tentative`` (default 1: ``Mediated
+  Tentative``), ``include_denied`` (default 0: ``Mediated Denied``), each switched by ``1``/``0``.
   Rows are ordered by ``fromDate`` then row ``id``; page ``n`` holds rows ``(n-1)*limit .. n*limit``.
   A booking for several seats appears as several rows sharing one ``bookId`` (distinct row ``id``).
   Cancelled rows carry a cancelled status and ``"cancelled": "<ISO timestamp>"``.
@@ -29,7 +29,20 @@ Answers like the real service described in ``/work/shared/reference/libcal.md``:
 - Bad ``date`` -> 400 ``text/plain`` ``invalid "date" value``; bad ``page`` (not an integer or < 1)
   -> 400 ``text/plain`` ``invalid "page" value, must be >= 1`` (both exactly as the reference).
 - ``GET /1.1/space/booking/{id[,id]}`` returns the rows of those ``bookId``s; cancelled bookings
-  return no data (the reference quotes "Cancelled bookings do not return data").
+  return no data (the reference quotes "Cancelled bookings do not return data"); ``formAnswers=1``
+  works there as on ``/space/bookings``.
+
+Strict where the reference is uncertain (the simulator accepts only what is confirmed, so that a
+client that depends on more fails here rather than in production):
+
+- only ``formAnswers`` (the spelling every public production client sends) turns on custom
+  answers, and only with the value ``1``. ``form_answers`` is ignored like any unknown parameter,
+  so rows come back without ``q<id>`` keys: whether LibCal honours that spelling is unverified.
+- ``formAnswers`` and the ``include_*`` switches take ``1`` or ``0``; any other value
+  (``true``, ``yes``, ...) is ignored and the default applies.
+- ``include_cancel`` defaults to 1 as the spec says, but that default is unverified:
+  ``include_cancel_default=False`` (``--include-cancel-default 0``) makes the simulator leave
+  cancelled rows out unless ``include_cancel=1`` is sent, to show that a client sends it.
 
 Unverified (no public source; chosen here and kept simple):
 
@@ -44,7 +57,9 @@ Unverified (no public source; chosen here and kept simple):
 - the body of a server error: the injected ``500`` answers text/html
   ``<html><body><h1>500 Internal Server Error</h1></body></html>`` (a web server's page, not JSON).
 
-Test hooks: ``expire_tokens()``, ``requests`` (one dict per request received), ``count(prefix)``,
+Test hooks: ``expire_tokens()``, ``requests`` (one dict per request received: ``method``,
+``path``, ``query`` (first value of each parameter), ``params`` (every ``(name, value)`` pair as
+sent, in order), ``raw_query`` (the query string as received), ``status``), ``count(prefix)``,
 ``latency=(min, max)`` seconds slept per request, ``clock`` (epoch seconds) and ``today`` to pin
 time, ``inject_failure(endpoint, kind, count)`` with endpoint ``token`` | ``bookings`` | ``booking``
 and kind ``500`` | ``timeout`` (no answer for ``hang_seconds``, then the connection drops) |
@@ -131,6 +146,7 @@ class LibCalState:
         seed: int | None = 1,
         form_answer_key: str = "q12505",
         invalid_client_quirk: bool = False,
+        include_cancel_default: bool = True,
         timezone: tzinfo | None = None,
         today: date | None = None,
         ignore_past_dates: bool = True,
@@ -144,6 +160,7 @@ class LibCalState:
         self.random = random.Random(seed)
         self.form_answer_key = form_answer_key
         self.invalid_client_quirk = invalid_client_quirk
+        self.include_cancel_default = include_cancel_default
         self.timezone = timezone or _default_timezone()
         self.today = today
         self.ignore_past_dates = ignore_past_dates
@@ -350,11 +367,14 @@ def _text_400(message: str) -> web.Response:
     return web.Response(status=400, text=message, content_type="text/plain")
 
 
-def _flag(query: Any, name: str, default: bool) -> bool:
+def _switch(query: Any, name: str, default: bool) -> bool:
+    """A 0/1 parameter: ``1`` is on, ``0`` is off; absent or any other value keeps the default."""
     value = query.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() not in ("0", "false", "no")
+    if value == "1":
+        return True
+    if value == "0":
+        return False
+    return default
 
 
 def _int_param(query: Any, name: str) -> int | None:
@@ -454,11 +474,11 @@ async def space_bookings(request: web.Request) -> web.Response:
         cid=_int_param(query, "cid"),
         eid=_int_param(query, "eid"),
         email=query.get("email") or None,
-        include_cancel=_flag(query, "include_cancel", True),
-        include_tentative=_flag(query, "include_tentative", True),
-        include_denied=_flag(query, "include_denied", False),
+        include_cancel=_switch(query, "include_cancel", state.include_cancel_default),
+        include_tentative=_switch(query, "include_tentative", True),
+        include_denied=_switch(query, "include_denied", False),
     )
-    form_answers = _flag(query, "form_answers", False) or _flag(query, "formAnswers", False)
+    form_answers = _switch(query, "formAnswers", False)
     window = rows[(page - 1) * limit : page * limit]
     return web.json_response([public_row(row, form_answers) for row in window])
 
@@ -470,8 +490,7 @@ async def space_booking(request: web.Request) -> web.Response:
     if problem:
         return _unauthorized(problem)
     wanted = [part for part in request.match_info["ids"].split(",") if part]
-    query = request.query
-    form_answers = _flag(query, "form_answers", False) or _flag(query, "formAnswers", False)
+    form_answers = _switch(request.query, "formAnswers", False)
     rows = [
         public_row(row, form_answers)
         for book_id in wanted
@@ -563,6 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-lifetime", type=int, default=3600)
     parser.add_argument("--form-answer-key", default="q12505")
     parser.add_argument(
+        "--include-cancel-default",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="include_cancel when a request does not send it (spec: 1, unverified)",
+    )
+    parser.add_argument(
         "--invalid-client-quirk",
         action="store_true",
         help="answer bad credentials with 200 {error: invalid_client}",
@@ -575,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         form_answer_key=args.form_answer_key,
         invalid_client_quirk=args.invalid_client_quirk,
+        include_cancel_default=bool(args.include_cancel_default),
     )
     if args.bookings_json:
         try:

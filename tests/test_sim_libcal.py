@@ -180,17 +180,23 @@ async def test_bookings_body_is_bare_array_of_documented_rows(client, state):
     ("params", "included"),
     [
         ({}, False),
-        ({"form_answers": "1"}, True),
         ({"formAnswers": "1"}, True),
-        ({"form_answers": "0"}, False),
+        ({"formAnswers": "0"}, False),
+        # Only formAnswers=1 is confirmed; the rest is ignored, as a strict stand-in.
+        ({"form_answers": "1"}, False),
+        ({"form_answers": "1", "formAnswers": "0"}, False),
+        ({"formAnswers": "true"}, False),
+        ({"formAnswers": "yes"}, False),
+        ({"formanswers": "1"}, False),
     ],
 )
-async def test_form_answers_only_when_asked(client, state, params, included):
-    """Custom answers (``q<id>``) appear as top-level keys only with form_answers=1/formAnswers=1."""
+async def test_form_answers_only_for_formAnswers_1(client, state, params, included):  # noqa: N802
+    """Custom answers (``q<id>``) appear only with formAnswers=1; form_answers=1 is ignored."""
     add(state, "cs_a", primary_id="G1", answers={"q777": "yes"})
     rows = await (
         await client.get("/1.1/space/bookings", params=params, headers=await bearer(client))
     ).json()
+    assert len(rows) == 1 and rows[0]["bookId"] == "cs_a"
     assert ("q12505" in rows[0]) is included
     assert ("q777" in rows[0]) is included
     if included:
@@ -205,7 +211,7 @@ async def test_form_answer_key_configurable_and_absent_when_no_primary_id(aiohtt
     client = await aiohttp_client(create_app(state))
     rows = await (
         await client.get(
-            "/1.1/space/bookings", params={"form_answers": "1"}, headers=await bearer(client)
+            "/1.1/space/bookings", params={"formAnswers": "1"}, headers=await bearer(client)
         )
     ).json()
     by_id = {row["bookId"]: row for row in rows}
@@ -300,10 +306,14 @@ async def test_booking_added_cancelled_gets_timestamp(client, state):
         ({"include_cancel": "1"}, {"cs_ok", "cs_cancel", "cs_tentative"}),
         ({"include_tentative": "0"}, {"cs_ok", "cs_cancel"}),
         ({"include_denied": "1"}, {"cs_ok", "cs_cancel", "cs_tentative", "cs_denied"}),
+        # Values other than 1/0 are not confirmed: ignored, the default applies.
+        ({"include_cancel": "false"}, {"cs_ok", "cs_cancel", "cs_tentative"}),
+        ({"include_tentative": "no"}, {"cs_ok", "cs_cancel", "cs_tentative"}),
+        ({"include_denied": "true"}, {"cs_ok", "cs_cancel", "cs_tentative"}),
     ],
 )
 async def test_status_inclusion_flags(client, state, params, expected):
-    """include_cancel defaults to 1, include_tentative to 1, include_denied to 0."""
+    """include_cancel defaults to 1, include_tentative to 1, include_denied to 0; each takes 1/0."""
     add(state, "cs_ok")
     add(state, "cs_cancel")
     state.cancel("cs_cancel")
@@ -338,6 +348,33 @@ async def test_date_window_and_filters(client, state, params, expected):
         await client.get("/1.1/space/bookings", params=params, headers=await bearer(client))
     ).json()
     assert [row["bookId"] for row in rows] == expected
+
+
+@pytest.mark.parametrize(
+    ("default", "params", "cancelled_shown"),
+    [
+        (True, {}, True),
+        (True, {"include_cancel": "1"}, True),
+        (True, {"include_cancel": "0"}, False),
+        (False, {}, False),
+        (False, {"include_cancel": "1"}, True),
+        (False, {"include_cancel": "0"}, False),
+        (False, {"include_cancel": "true"}, False),
+    ],
+)
+async def test_explicit_include_cancel_does_not_depend_on_the_unverified_default(
+    aiohttp_client, default, params, cancelled_shown
+):
+    """include_cancel=1/0 always include/leave out cancelled rows; only a missing one uses the default."""
+    state = make_state(include_cancel_default=default)
+    add(state, "cs_ok")
+    add(state, "cs_cancel")
+    state.cancel("cs_cancel")
+    client = await aiohttp_client(create_app(state))
+    rows = await (
+        await client.get("/1.1/space/bookings", params=params, headers=await bearer(client))
+    ).json()
+    assert [row["bookId"] for row in rows] == (["cs_ok", "cs_cancel"] if cancelled_shown else ["cs_ok"])
 
 
 async def test_past_dates_honoured_when_quirk_off(aiohttp_client):
@@ -375,13 +412,24 @@ async def test_booking_by_ids_skips_cancelled(client, state):
     state.cancel("cs_c")
     response = await client.get(
         "/1.1/space/booking/cs_a,cs_b,cs_c",
-        params={"form_answers": "1"},
+        params={"formAnswers": "1"},
         headers=await bearer(client),
     )
     assert response.status == 200
     rows = await response.json()
     assert [row["bookId"] for row in rows] == ["cs_a", "cs_b", "cs_b"]
     assert rows[0]["q12505"] == "G1"
+
+
+@pytest.mark.parametrize(("params", "included"), [({"formAnswers": "1"}, True), ({"form_answers": "1"}, False), ({}, False)])
+async def test_booking_by_ids_form_answers_only_for_formAnswers_1(client, state, params, included):  # noqa: N802
+    """GET /1.1/space/booking/{id} shows custom answers for formAnswers=1 only, like /space/bookings."""
+    add(state, "cs_a", primary_id="G1")
+    rows = await (
+        await client.get("/1.1/space/booking/cs_a", params=params, headers=await bearer(client))
+    ).json()
+    assert [row["bookId"] for row in rows] == ["cs_a"]
+    assert ("q12505" in rows[0]) is included
 
 
 async def test_request_log_and_counts(client, state):
@@ -395,6 +443,28 @@ async def test_request_log_and_counts(client, state):
     assert [entry["status"] for entry in state.requests] == [200, 200, 400]
     assert state.requests[1]["query"] == {"lid": "1"}
     assert state.requests[1]["method"] == "GET"
+
+
+async def test_request_log_keeps_the_exact_query_sent(client, state):
+    """The log keeps every parameter pair in order (repeats too) and the raw query string."""
+    headers = await bearer(client)
+    await client.get(
+        "/1.1/space/bookings?lid=8827&form_answers=1&formAnswers=1&email=a%2Bb@x.edu&lid=9",
+        headers=headers,
+    )
+    await client.get("/1.1/space/bookings", headers=headers)
+    sent, bare = state.requests[1], state.requests[2]
+    assert sent["params"] == [
+        ("lid", "8827"),
+        ("form_answers", "1"),
+        ("formAnswers", "1"),
+        ("email", "a+b@x.edu"),
+        ("lid", "9"),
+    ]
+    assert sent["raw_query"] == "lid=8827&form_answers=1&formAnswers=1&email=a%2Bb@x.edu&lid=9"
+    assert sent["query"]["lid"] == "8827"
+    assert (bare["params"], bare["raw_query"], bare["query"]) == ([], "", {})
+    assert state.requests[0]["params"] == []  # the token's credentials travel in the body
 
 
 async def test_latency_is_applied_without_changing_answers(aiohttp_client):
@@ -544,20 +614,28 @@ async def test_standalone_serves_bookings_from_json(tmp_path):
             ]
         )
     )
-    process, line = start_standalone("--bookings-json", str(path), "--latency", "0-0.01")
+    process, line = start_standalone(
+        "--bookings-json", str(path), "--latency", "0-0.01", "--include-cancel-default", "0"
+    )
     try:
         assert line.startswith("LibCal simulator listening on http://127.0.0.1:")
         base = line.rsplit(" ", 1)[1].strip()
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{base}/1.1/oauth/token", data=CREDENTIALS) as response:
                 token = (await response.json())["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
             async with session.get(
                 f"{base}/1.1/space/bookings",
-                params={"date": today, "form_answers": "1"},
-                headers={"Authorization": f"Bearer {token}"},
+                params={"date": today, "formAnswers": "1", "include_cancel": "1"},
+                headers=headers,
             ) as response:
                 rows = await response.json()
+            async with session.get(
+                f"{base}/1.1/space/bookings", params={"date": today}, headers=headers
+            ) as response:
+                without_cancelled = await response.json()
         assert [row["bookId"] for row in rows] == ["cs_cli", "cs_cli", "cs_cli_gone"]
+        assert [row["bookId"] for row in without_cancelled] == ["cs_cli", "cs_cli"]
         assert rows[0]["q12505"] == "G9"
         assert rows[2]["status"] == "Cancelled by Admin"
     finally:
