@@ -11,6 +11,7 @@ booking's row moves through these states::
     cancelled   cancelled in LibCal before it was registered: nothing to do
 
 A registered (or uncertain) booking later cancelled in LibCal keeps its state and gets ``cancelled_at`` set.
+The cache records the configuration file it belongs to (:attr:`Cache.configuration`).
 Exceptions: :class:`CacheError` (the file cannot be used, or is not a cache of this tool; the message
 says why), and its subclass :class:`CacheMissing` (the file does not exist and was not to be created).
 """
@@ -28,7 +29,7 @@ from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "Cache", "CacheError", "CacheMissing"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -84,6 +85,14 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX alerts_held_kind ON alerts_held (kind);
     """,
+    # Facts about the cache itself. 'configuration': the real path of the configuration file the
+    # cache belongs to, so that no other configuration's run takes it for its own.
+    3: """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 }
 
 
@@ -114,6 +123,7 @@ class Cache:
         self, path: str | os.PathLike[str], *, clock: Any = time.time, read_only: bool = False, create: bool = True
     ) -> None:
         self.path = os.path.abspath(path)
+        self.read_only = read_only
         self._clock = clock
         self.new = False
         try:
@@ -210,6 +220,24 @@ class Cache:
     def schema_version(self) -> int:
         """The schema version of the open file."""
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    @property
+    def configuration(self) -> str | None:
+        """The configuration file this cache belongs to (its real path); None if none is recorded."""
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'configuration'").fetchone()
+        except sqlite3.OperationalError:  # an older schema, read as it is: it records none
+            return None
+        return None if row is None else str(row[0])
+
+    def record_configuration(self, config_file: str) -> None:
+        """Record that this cache belongs to *config_file* (give its real, absolute path)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('configuration', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (config_file,),
+            )
 
     @property
     def journal_mode(self) -> str:

@@ -17,10 +17,10 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 from .cache import Cache, CacheError, CacheMissing
+from .cache_owner import check_no_cache_left_behind, claim_cache
 from .config import Config, ConfigError, load_config
 from .libcal import LibCalAuthError
 from .passagepoint import PassagePointAuthError
@@ -130,21 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             return _fail(str(exc))
     cache_path = default_cache_path(config, cache_override)
+    config_file = os.path.realpath(config_path)  # as the cache records it
     dry_run = args.command == "run" and args.dry_run
-    earlier = None if cache_override else _cache_left_in_working_directory(config_path, cache_path)
-    if earlier:
-        return _fail(
-            f"no cache at {cache_path}, but {earlier} exists: versions before this one kept the cache "
-            f"in the working directory; move it (with any -wal file beside it) to {cache_path}, or pass "
-            "--cache to choose; nothing was done"
-        )
     with contextlib.ExitStack() as held:
         try:
+            if not cache_override:
+                check_no_cache_left_behind(config_file, cache_path)
             if args.command == "run" and not dry_run:
                 held.enter_context(cache_lock(cache_path))  # before the cache is opened, or created
             # A dry run and status write nothing, not even a new file; purge never creates one either.
             read_only = dry_run or args.command == "status"
             cache = held.enter_context(Cache(cache_path, read_only=read_only, create=args.command == "run"))
+            if args.command == "run":
+                claim_cache(cache, config_file, given=cache_override is not None)
         except CacheMissing as exc:
             if cache_override:
                 return _fail(f"{exc} (given by --cache): check the path; nothing was created")
@@ -155,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (CacheBusy, CacheError) as exc:
             return _fail(str(exc))
         if args.command == "status":
-            return _status(cache)
+            return _status(cache, None if cache_override else config_file)
         if args.command == "purge":
             bookings, passes = cache.purge(older_than=args.older_than)
             print(f"purged {bookings} booking(s) and {passes} pass record(s) older than {_age(args.older_than)} from {cache.path}")
@@ -175,20 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if every is not None:
         return 0
     return result.exit_status
-
-
-def _cache_left_in_working_directory(config_path: str, cache_path: str) -> str | None:
-    """The cache an earlier version made in the working directory, when there is none beside the configuration.
-
-    Earlier versions resolved a relative LCPP.cache_path against the working directory (for cron,
-    ``$HOME``). Starting a new, empty cache beside the configuration instead would register every
-    booking of the day again in PassagePoint.
-    """
-    if os.path.exists(cache_path):
-        return None
-    as_written = os.path.relpath(cache_path, Path(config_path).resolve().parent)
-    earlier = os.path.abspath(as_written)
-    return earlier if earlier != cache_path and os.path.isfile(earlier) else None
 
 
 def _say_where(cache: Cache, *, dry_run: bool) -> None:
@@ -232,9 +216,17 @@ def _skips(result: PassResult) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(result.skipped.items())) or "none"
 
 
-def _status(cache: Cache) -> int:
+def _status(cache: Cache, config_file: str | None) -> int:
+    """Print the cache's state; *config_file* is the configuration that found it (None: --cache)."""
     counts = cache.counts()
     print(f"cache {cache.path} (schema {cache.schema_version})")
+    recorded = cache.configuration
+    if recorded is None:
+        print("configuration not recorded yet (made by an earlier version; the next run records its own)")
+    elif config_file is not None and recorded != config_file:
+        print(f"configuration {recorded} (not {config_file}: run refuses this cache)")
+    else:
+        print(f"configuration {recorded}")
     print("bookings: " + ", ".join(f"{counts[k]} {k}" for k in ("registered", "failed", "uncertain", "intent", "cancelled")))
     print(f"cancelled after registration: {counts['cancelled_after_registration']}; patrons: {counts['patrons']}")
     last = cache.last_pass()

@@ -29,14 +29,14 @@ def test_new_file_has_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
     """A fresh cache is created at SCHEMA_VERSION with WAL journaling; reopening keeps it."""
     path = tmp_path / "c.sqlite3"
     with Cache(path) as cache:
-        assert cache.schema_version == SCHEMA_VERSION == 2
+        assert cache.schema_version == SCHEMA_VERSION == 3
         assert cache.journal_mode == "wal"
     with Cache(path) as cache:
-        assert cache.schema_version == 2
+        assert cache.schema_version == 3
 
 
 def test_a_version_1_cache_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
-    """A cache written before held alerts existed (schema 1) gets the new table; its bookings stay."""
+    """A cache written before held alerts existed (schema 1) gets the new tables; its bookings stay."""
     path = tmp_path / "c.sqlite3"
     db = sqlite3.connect(path)
     db.executescript(_MIGRATIONS[1] + "PRAGMA user_version = 1;")
@@ -51,9 +51,34 @@ def test_a_version_1_cache_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
         assert cache.schema_version == 1 and cache.counts()["registered"] == 1
     assert path.read_bytes() == before
     with Cache(path) as cache:
-        assert cache.schema_version == 2 and cache.booking("cs_1")["state"] == "registered"
+        assert cache.schema_version == 3 and cache.booking("cs_1")["state"] == "registered"
+        assert cache.configuration is None
         cache.hold_alert("booking_failed", "subject", ["line"])
         assert cache.held_alerts() == {"booking_failed": (["subject"], ["line"])}
+
+
+def test_the_cache_records_the_configuration_it_belongs_to(tmp_path: Path) -> None:
+    """A new cache records no configuration; once recorded, the path is kept across opens and read
+    by a read-only open; recording another replaces it."""
+    path = tmp_path / "c.sqlite3"
+    with Cache(path) as cache:
+        assert cache.configuration is None
+        cache.record_configuration("/etc/lcpp/config.yml")
+    with Cache(path, read_only=True, create=False) as cache:
+        assert cache.configuration == "/etc/lcpp/config.yml"
+    with Cache(path) as cache:
+        cache.record_configuration("/etc/lcpp2/config.yml")
+        assert cache.configuration == "/etc/lcpp2/config.yml"
+
+
+def test_a_version_2_cache_read_only_records_no_configuration(tmp_path: Path) -> None:
+    """The previous version's cache (schema 2, no meta table), read as it is, records no configuration."""
+    path = tmp_path / "c.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[1] + _MIGRATIONS[2] + "PRAGMA user_version = 2;")
+    db.close()
+    with Cache(path, read_only=True, create=False) as cache:
+        assert (cache.schema_version, cache.configuration) == (2, None)
 
 
 def test_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
@@ -65,7 +90,7 @@ def test_newer_schema_is_refused_with_a_message(tmp_path: Path) -> None:
     with pytest.raises(CacheError) as excinfo:
         Cache(path)
     assert str(excinfo.value) == (
-        f"cache file {path} has schema version 7, newer than this tool's 2: upgrade the tool or point --cache at another file"
+        f"cache file {path} has schema version 7, newer than this tool's 3: upgrade the tool or point --cache at another file"
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 import test_lcpp_fixtures
 from test_lcpp_fixtures import DAY, Sims, write_config
 
+from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.config import load_config
 from libcal_passagepoint.runner import CacheBusy, cache_lock
 
@@ -109,13 +111,29 @@ async def test_cron_and_by_hand_runs_share_the_cache_beside_the_config(
     assert _messages(err)[0] == f"cache {cache}"
 
 
+def _as_made_by_the_previous_version(path: Path) -> None:
+    """Turn a cache into what the version before this one left: schema 2, no configuration recorded."""
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE meta; PRAGMA user_version = 2;")
+    db.close()
+
+
+def _recorded_configuration(path: Path) -> str | None:
+    with Cache(path, read_only=True, create=False) as cache:
+        return cache.configuration
+
+
+@pytest.mark.parametrize("made_by", ["previous-version", "this-version-with---cache"])
 async def test_a_cache_left_in_the_working_directory_by_an_earlier_version_is_not_replaced_by_an_empty_one(
-    sims: Sims, tmp_path: Path
+    sims: Sims, tmp_path: Path, made_by: str
 ) -> None:
     """Upgrading: cron's cache is in $HOME (earlier versions), none is beside the config yet.
 
     The run refuses (exit 2, says to move it) instead of starting an empty cache beside the
-    configuration and registering every booking again; once moved, nothing is registered twice.
+    configuration and registering every booking again; once moved, nothing is registered twice
+    and the cache records its configuration. A cache made by the previous version records no
+    configuration, so the message also says what to do if it is another configuration's; one
+    that records this configuration (run with --cache) is this configuration's.
     """
     etc, home = tmp_path / "etc", tmp_path / "home"
     config = _config_in(etc, sims, None)
@@ -125,17 +143,28 @@ async def test_a_cache_left_in_the_working_directory_by_an_earlier_version_is_no
     code, _, err = await _cli("run", "--config", str(config), "--cache", "lcpp_cache.sqlite3", "--date", DAY, cwd=home)
     assert code == 0, err  # what an earlier version did from cron: the cache in the working directory
     assert len(sims.pp.preregs) == 1
+    if made_by == "previous-version":
+        _as_made_by_the_previous_version(home / "lcpp_cache.sqlite3")
 
     refused = await asyncio.gather(*(
         _cli(*args, "--config", str(config), cwd=home)
-        for args in (["run", "--date", DAY], ["run", "--dry-run", "--date", DAY], ["status"])
+        for args in (["run", "--date", DAY], ["run", "--dry-run", "--date", DAY], ["status"], ["purge", "--older-than", "30d"])
     ))
-    message = (
-        f"error: no cache at {etc / 'lcpp_cache.sqlite3'}, but {home / 'lcpp_cache.sqlite3'} exists: versions "
-        "before this one kept the cache in the working directory; move it (with any -wal file beside it) to "
-        f"{etc / 'lcpp_cache.sqlite3'}, or pass --cache to choose; nothing was done\n"
-    )
-    assert refused == [(2, "", message)] * 3
+    if made_by == "previous-version":
+        message = (
+            f"error: no cache at {etc / 'lcpp_cache.sqlite3'}, but {home / 'lcpp_cache.sqlite3'} exists and records "
+            "no configuration: versions before this one kept the cache in the working directory. If it is this "
+            f"configuration's, move it (with any -wal file beside it) to {etc / 'lcpp_cache.sqlite3'}; if it is "
+            "another configuration's, run that one first (the cache then records it); or pass --cache to choose. "
+            "Nothing was done\n"
+        )
+    else:
+        message = (
+            f"error: no cache at {etc / 'lcpp_cache.sqlite3'}, but {home / 'lcpp_cache.sqlite3'} exists and records "
+            f"this configuration ({config}): move it (with any -wal file beside it) to {etc / 'lcpp_cache.sqlite3'}, "
+            "or pass --cache to choose; nothing was done\n"
+        )
+    assert refused == [(2, "", message)] * 4
     assert len(sims.pp.preregs) == 1
     assert _files(etc) == ["config.yml"]
 
@@ -144,10 +173,95 @@ async def test_a_cache_left_in_the_working_directory_by_an_earlier_version_is_no
     assert code == 0, err
     assert out.startswith("pass: 1 booking(s) fetched, 0 registered")
     assert len(sims.pp.preregs) == 1
+    assert _recorded_configuration(etc / "lcpp_cache.sqlite3") == str(config)
+
+
+async def test_another_configurations_cache_in_the_working_directory_is_never_offered(sims: Sims, tmp_path: Path) -> None:
+    """Config B's first run, typed in config A's directory (beside A's live cache): B gets its own
+    new cache beside B's config; A's cache is not offered to B (following such advice gave B A's
+    cache and made A start an empty one, registering every booking again); A is unaffected."""
+    etc_a, etc_b, home = tmp_path / "etc" / "lcpp", tmp_path / "etc2", tmp_path / "home"
+    config_a, config_b = _config_in(etc_a, sims, None), _config_in(etc_b, sims, None)
+    home.mkdir()
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    code, out, err = await _cli("run", "--date", DAY, cwd=etc_a)  # A, by hand in its directory
+    assert code == 0, err
+    assert out.startswith("pass: 1 booking(s) fetched, 1 registered")
+    cache_a, cache_b = etc_a / "lcpp_cache.sqlite3", etc_b / "lcpp_cache.sqlite3"
+    assert _recorded_configuration(cache_a) == str(config_a)
+    before = cache_a.read_bytes()
+
+    code, out, err = await _cli("status", "--config", "../../etc2/config.yml", cwd=etc_a)
+    assert (code, out, err.strip()) == (2, "", (
+        f"error: cache file {cache_b} does not exist (LCPP.cache_path of {config_b}): no pass has run with this "
+        "configuration yet, or the file was moved; nothing was created"
+    ))
+    code, out, err = await _cli("run", "--config", "../../etc2/config.yml", "--date", "2030-02-01", cwd=etc_a)
+    assert code == 0, err
+    assert out.startswith("pass: 0 booking(s) fetched, 0 registered")
+    assert _messages(err)[0] == (
+        f"created a new cache {cache_b}: every booking fetched counts as new (expected on the first run only)"
+    )
+    assert _recorded_configuration(cache_b) == str(config_b)
+    code, out, _ = await _cli("status", "--config", "../../etc2/config.yml", cwd=etc_a)
+    assert (code, out.splitlines()[:2]) == (0, [f"cache {cache_b} (schema 3)", f"configuration {config_b}"])
+
+    assert cache_a.read_bytes() == before
+    code, out, err = await _cli("run", "--config", str(config_a), "--date", DAY, cwd=home)  # A, from cron
+    assert code == 0, err
+    assert out.startswith("pass: 1 booking(s) fetched, 0 registered")
+    assert _messages(err)[0] == f"cache {cache_a}"
+    assert len(sims.pp.preregs) == 1
+
+
+async def test_a_cache_that_records_another_configuration_is_refused_unless_given_by_cache(sims: Sims, tmp_path: Path) -> None:
+    """A configuration directory copied with its cache (cp -r etc etc2): the copy's run refuses the
+    cache, which records the first configuration (exit 2, dry run too, nothing sent, file unchanged).
+    `run --cache` is the operator saying whose it is: it runs, says so, and the cache then records the
+    new configuration; the first configuration's own cache still records it."""
+    etc, etc2 = tmp_path / "etc", tmp_path / "etc2"
+    config = _config_in(etc, sims, None)
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    code, _, err = await _cli("run", "--config", str(config), "--date", DAY, cwd=tmp_path)
+    assert code == 0, err
+    shutil.copytree(etc, etc2)
+    config2, cache2 = etc2 / "config.yml", etc2 / "lcpp_cache.sqlite3"
+    before = cache2.read_bytes()
+    requests = sims.pp.count("")
+
+    refused = await asyncio.gather(*(
+        _cli(*args, "--config", str(config2), cwd=tmp_path)
+        for args in (["run", "--date", DAY], ["run", "--dry-run", "--date", DAY])
+    ))
+    message = (
+        f"error: cache {cache2} belongs to {config} (recorded in it), not to {config2}: give this configuration "
+        f"its own LCPP.cache_path, or, if it replaces {config} (moved or renamed), run once with --cache {cache2} "
+        "to make the cache its own; nothing was done"
+    )
+    assert [(code, out, err.splitlines()[-1]) for code, out, err in refused] == [(2, "", message)] * 2
+    assert sims.pp.count("") == requests
+    assert cache2.read_bytes() == before
+    code, out, _ = await _cli("status", "--config", str(config2), cwd=tmp_path)  # status says so, and reads on
+    assert (code, out.splitlines()[1]) == (0, f"configuration {config} (not {config2}: run refuses this cache)")
+
+    code, out, err = await _cli("run", "--config", str(config2), "--cache", str(cache2), "--date", DAY, cwd=tmp_path)
+    assert code == 0, err
+    assert out.startswith("pass: 1 booking(s) fetched, 0 registered")
+    assert f"cache {cache2} belonged to {config}; it now belongs to {config2} (given by --cache)" in _messages(err)
+    code, out, err = await _cli("run", "--config", str(config2), "--date", DAY, cwd=tmp_path)
+    assert (code, out.startswith("pass: 1 booking(s) fetched, 0 registered")) == (0, True), err
+    code, out, err = await _cli("run", "--config", str(config), "--date", DAY, cwd=tmp_path)
+    assert (code, out.startswith("pass: 1 booking(s) fetched, 0 registered")) == (0, True), err
+    assert _recorded_configuration(etc / "lcpp_cache.sqlite3") == str(config)
+    assert _recorded_configuration(cache2) == str(config2)
+    assert len(sims.pp.preregs) == 1
 
 
 async def test_status_prints_the_absolute_cache_path(sims: Sims, tmp_path: Path) -> None:
-    """`status` names the cache by its absolute path, whether found from the config or given as a relative --cache."""
+    """`status` names the cache by its absolute path, whether found from the config or given as a relative --cache,
+    and the configuration it belongs to."""
     etc, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
     config = _config_in(etc, sims, None)
     elsewhere.mkdir()
@@ -156,9 +270,9 @@ async def test_status_prints_the_absolute_cache_path(sims: Sims, tmp_path: Path)
     cache = etc / "lcpp_cache.sqlite3"
 
     code, out, _ = await _cli("status", "--config", str(config), cwd=elsewhere)
-    assert (code, out.splitlines()[0]) == (0, f"cache {cache} (schema 2)")
+    assert (code, out.splitlines()[:2]) == (0, [f"cache {cache} (schema 3)", f"configuration {config}"])
     code, out, _ = await _cli("status", "--cache", "../etc/lcpp_cache.sqlite3", cwd=elsewhere)
-    assert (code, out.splitlines()[0]) == (0, f"cache {cache} (schema 2)")
+    assert (code, out.splitlines()[:2]) == (0, [f"cache {cache} (schema 3)", f"configuration {config}"])
     code, out, _ = await _cli("purge", "--older-than", "30d", cwd=etc)
     assert (code, out.strip()) == (0, f"purged 0 booking(s) and 0 pass record(s) older than 30d from {cache}")
 
