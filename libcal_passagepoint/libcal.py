@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from .privacy import excerpt
+
 __all__ = [
     "PAGE_LIMIT",
     "Booking",
@@ -175,16 +177,16 @@ class LibCalClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise LibCalUnavailable(f"LibCal token endpoint {self._token_url} unreachable: {_describe(exc)}") from exc
         if status >= 500:
-            raise LibCalUnavailable(f"LibCal token endpoint answered HTTP {status}: {text[:200]}")
+            raise LibCalUnavailable(f"LibCal token endpoint answered HTTP {status}: {excerpt(text)}")
         try:
             body = json.loads(text) if text else {}
         except ValueError as exc:
-            raise LibCalUnavailable(f"LibCal token endpoint answered HTTP {status} with non-JSON: {text[:200]}") from exc
+            raise LibCalUnavailable(f"LibCal token endpoint answered HTTP {status} with non-JSON: {excerpt(text)}") from exc
         # Some deployments answer errors with status 200, so look for the key, not only the status.
         if not isinstance(body, dict) or "error" in body or status != 200 or not body.get("access_token"):
             detail = body.get("error_description") or body.get("error") if isinstance(body, dict) else text
             raise LibCalAuthError(
-                f"LibCal refused the client credentials (HTTP {status}: {detail or text[:200]}): "
+                f"LibCal refused the client credentials (HTTP {status}: {detail or excerpt(text)}): "
                 "check LibCal.client_id and LibCal.client_secret"
             )
         expires_in = body.get("expires_in", 3600)
@@ -220,17 +222,17 @@ class LibCalClient:
                 token = await self._token_value(force=True, stale=token)
                 continue
             if status >= 500:
-                raise LibCalUnavailable(f"LibCal answered HTTP {status}: {text[:200]}")
+                raise LibCalUnavailable(f"LibCal answered HTTP {status}: {excerpt(text)}")
             if status != 200:
-                raise LibCalRequestError(f"LibCal bookings request answered HTTP {status}: {text[:200]}", status, text)
+                raise LibCalRequestError(f"LibCal bookings request answered HTTP {status}: {excerpt(text)}", status, text)
             try:
                 body = json.loads(text)
             except ValueError as exc:
-                raise LibCalUnavailable(f"LibCal answered non-JSON: {text[:200]}") from exc
+                raise LibCalUnavailable(f"LibCal answered non-JSON: {excerpt(text)}") from exc
             if isinstance(body, dict) and "error" in body:
                 raise LibCalRequestError(f"LibCal bookings request failed: {body['error']}", status, text)
             if not isinstance(body, list):
-                raise LibCalUnavailable(f"LibCal bookings answer is not a list: {text[:200]}")
+                raise LibCalUnavailable(f"LibCal bookings answer is not a list: {excerpt(text)}")
             return body
         raise LibCalAuthError("LibCal rejected a fresh token (HTTP 401 twice): check the application's scopes")
 

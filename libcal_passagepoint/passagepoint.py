@@ -26,6 +26,8 @@ from typing import Any
 
 import aiohttp
 
+from .privacy import excerpt
+
 __all__ = [
     "PassagePointAuthError",
     "PassagePointClient",
@@ -136,14 +138,14 @@ class PassagePointClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise PassagePointUnavailable(f"PassagePoint login at {self._url('login')} failed: {str(exc) or type(exc).__name__}", maybe_applied=False) from exc
         if status >= 500:
-            raise PassagePointUnavailable(f"PassagePoint login answered HTTP {status}: {text[:200]}", maybe_applied=False)
+            raise PassagePointUnavailable(f"PassagePoint login answered HTTP {status}: {excerpt(text)}", maybe_applied=False)
         try:
             data = json.loads(text) if text else {}
         except ValueError:
             data = {}
         if status != 200 or not isinstance(data, dict) or "error" in data or not data.get("token"):
             raise PassagePointAuthError(
-                f"PassagePoint refused the login (HTTP {status}: {text[:200]}): "
+                f"PassagePoint refused the login (HTTP {status}: {excerpt(text)}): "
                 "check PassagePoint.username and PassagePoint.password"
             )
         self._token = str(data["token"])
@@ -198,13 +200,13 @@ class PassagePointClient:
         try:
             return json.loads(text)
         except ValueError as exc:
-            raise PassagePointUnavailable(f"PassagePoint {name} answered HTTP {status} with non-JSON: {text[:200]}", maybe_applied=True) from exc
+            raise PassagePointUnavailable(f"PassagePoint {name} answered HTTP {status} with non-JSON: {excerpt(text)}", maybe_applied=True) from exc
 
     def _check(self, name: str, status: int, text: str) -> Any:
         if status >= 500 and "ALREADY_EXIST_UNIQUE_ID" not in text:
-            raise PassagePointUnavailable(f"PassagePoint {name} answered HTTP {status}: {text[:200]}", maybe_applied=True)
+            raise PassagePointUnavailable(f"PassagePoint {name} answered HTTP {status}: {excerpt(text)}", maybe_applied=True)
         if status >= 400:
-            raise PassagePointRequestError(f"PassagePoint {name} answered HTTP {status}: {text[:200]}", status, text)
+            raise PassagePointRequestError(f"PassagePoint {name} answered HTTP {status}: {excerpt(text)}", status, text)
         body = self._json(name, status, text)
         if isinstance(body, dict) and body.get("error"):
             raise PassagePointRequestError(f"PassagePoint {name} failed: {str(body['error'])[:200]}", status, text)
@@ -227,7 +229,7 @@ class PassagePointClient:
             raise PassagePointVisitorExists(f"PassagePoint already has a visitor with uniqueId {unique_id}")
         visitor_id = _first_id(self._check("createVisitor", status, text))
         if visitor_id is None:
-            raise PassagePointRequestError(f"PassagePoint createVisitor answered without an id: {text[:200]}", status, text)
+            raise PassagePointRequestError(f"PassagePoint createVisitor answered without an id: {excerpt(text)}", status, text)
         return visitor_id
 
     async def find_visitor(self, unique_id: str) -> int | None:
@@ -265,7 +267,7 @@ class PassagePointClient:
         status, text = await self._request("createPreReg", "POST", json_body=body)
         prereg_id = _first_id(self._check("createPreReg", status, text))
         if prereg_id is None:
-            raise PassagePointUnavailable(f"PassagePoint createPreReg answered without an id: {text[:200]}", maybe_applied=True)
+            raise PassagePointUnavailable(f"PassagePoint createPreReg answered without an id: {excerpt(text)}", maybe_applied=True)
         return prereg_id
 
     async def get_destinations(self) -> list[str] | None:

@@ -404,7 +404,7 @@ async def _register(
             except PassagePointAuthError:
                 raise
             except PassagePointError as exc:
-                fail(work, f"PassagePoint visitor for barcode {user.barcode}: {exc}", "passagepoint")
+                fail(work, f"finding or creating the PassagePoint visitor failed: {exc}", "passagepoint")
                 return
             try:
                 prereg_id = await passagepoint.create_prereg(
