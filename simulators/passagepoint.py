@@ -17,7 +17,8 @@ Answers like the service described in ``/work/shared/reference/passagepoint.md``
   (some versions wrap it).
 - ``POST visit/createPreReg`` with JSON ``{"startTime", "endTime", "visitorId", "destination"}``;
   times are epoch **seconds as strings** -> ``{"data": [{"id": <15-digit integer>}]}``.
-- ``GET visit/getDestinations`` lists the destinations that exist.
+- ``GET visit/getDestinations`` lists the destinations that exist, in the shape chosen by
+  ``destinations_shape`` (below): its real answer has never been seen.
 - There is no endpoint to delete or update a pre-registration, and none is simulated.
 
 Unverified (no public source; the simulator's choice, documented so clients do not depend on it):
@@ -34,8 +35,28 @@ Unverified (no public source; the simulator's choice, documented so clients do n
   ``INVALID_TIME``; unknown ``visitorId`` (string or integer) -> 400 ``VISITOR_NOT_FOUND``;
   unknown ``destination`` -> 400 ``DESTINATION_NOT_FOUND``;
 - the visitor fields byUniqueId returns (the fields createVisitor received, plus ``id``);
-- the getDestinations body: ``{"data": [{"id": <int>, "name": "<destination>"}]}``;
+- the getDestinations answer (see the next section);
 - whether a second login invalidates earlier tokens (it does not here).
+
+getDestinations shapes (``destinations_shape=`` or ``--destinations-shape``). The one public
+integration configured this path but never called it, so **every shape is a guess**; none is
+confirmed. A client must survive all of them without blocking pre-registrations (createPreReg
+accepts the existing destinations whatever the shape):
+
+- ``data-name`` (default): ``{"data": [{"id": 1, "name": "LibCal Gelman"}, ...]}``, guessed from
+  the ``{"data": [...]}`` wrapping of the createVisitor and createPreReg answers;
+- ``list-name``: a bare array ``[{"id": 1, "name": "LibCal Gelman"}, ...]``, like byUniqueId's;
+- ``other-keys``: ``{"data": [{"destinationId": 1, "description": "LibCal Gelman"}, ...]}``: the
+  display name under another key, and no ``name``/``id``;
+- ``code-name``: ``{"data": [{"id": 1, "name": "DEST0001", "displayName": "LibCal Gelman"}, ...]}``:
+  ``name`` holds a code, not the destination name createPreReg takes;
+- ``empty``: ``{"data": []}`` although the destinations exist (a list filtered by permissions);
+- ``not-json``: status 200 with an HTML page (``text/html``), as a web front end answers a path
+  it does not route;
+- ``error``: status 500 with a JSON body ``{"error": "INTERNAL_SERVER_ERROR", "message": ...}``;
+- ``not-found``: status 404 with a JSON body ``{"error": "NOT_FOUND", "message": ...}``: this
+  PassagePoint version has no such endpoint.
+Every shape still checks the token first (401 as for any call).
 
 Test hooks: ``add_visitor()`` (bypasses the uniqueId check, so duplicates can be seeded),
 ``visitors``, ``preregs``, ``expire_tokens()``, ``inject_failure(endpoint, kind, count)`` with
@@ -45,7 +66,7 @@ kind ``500`` (JSON 500 body, nothing applied), ``timeout`` (nothing applied; the
 the answer is withheld the same way: a lost response), ``disconnect`` (connection closed at once,
 nothing applied); ``requests`` and ``count(prefix)``; ``latency=(min, max)``; ``clock``.
 Standalone: ``python -m simulators.passagepoint --port N [--destinations "LibCal Gelman,LibCal Eckles"]
-[--visitors-json FILE]`` binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL;
+[--destinations-shape SHAPE] [--visitors-json FILE]`` binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL;
 ``FILE`` is a JSON list of ``add_visitor`` keyword objects (``{"unique_id": "2222...", ...}``).
 """
 
@@ -77,6 +98,20 @@ BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
 FAILURE_KINDS = ("500", "timeout", "timeout_after_apply", "disconnect")
 VISITOR_FIELDS = ("category", "firstName", "lastName", "email", "mobilePhoneNo", "uniqueId")
+DESTINATIONS_SHAPES = (
+    "data-name",
+    "list-name",
+    "other-keys",
+    "code-name",
+    "empty",
+    "not-json",
+    "error",
+    "not-found",
+)
+NOT_JSON_PAGE = (
+    "<!DOCTYPE html><html><head><title>PassagePoint</title></head>"
+    "<body><p>Please sign in to continue.</p></body></html>"
+)
 
 
 class PassagePointState:
@@ -90,6 +125,7 @@ class PassagePointState:
         latency: tuple[float, float] = (0.0, 0.0),
         destinations: list[str] | None = None,
         wrap_byuniqueid: bool = False,
+        destinations_shape: str = "data-name",
         seed: int | None = 1,
         duplicate_status: int = 400,
         hang_seconds: float = 120.0,
@@ -103,6 +139,12 @@ class PassagePointState:
             destinations if destinations is not None else ["LibCal Gelman", "LibCal Eckles"]
         )
         self.wrap_byuniqueid = wrap_byuniqueid
+        if destinations_shape not in DESTINATIONS_SHAPES:
+            raise ValueError(
+                f"unknown destinations shape {destinations_shape!r} "
+                f"(known: {', '.join(DESTINATIONS_SHAPES)})"
+            )
+        self.destinations_shape = destinations_shape
         self.random = random.Random(seed)
         self.duplicate_status = duplicate_status
         self.hang_seconds = hang_seconds
@@ -316,15 +358,39 @@ async def create_prereg(request: web.Request) -> web.Response:
     return web.json_response({"data": [{"id": prereg_id}]})
 
 
+def destinations_answer(shape: str, destinations: list[str]) -> web.Response:
+    """The getDestinations answer in one of the guessed ``DESTINATIONS_SHAPES``."""
+    numbered = list(enumerate(destinations, start=1))
+    if shape == "data-name":
+        return web.json_response({"data": [{"id": n, "name": name} for n, name in numbered]})
+    if shape == "list-name":
+        return web.json_response([{"id": n, "name": name} for n, name in numbered])
+    if shape == "other-keys":
+        return web.json_response(
+            {"data": [{"destinationId": n, "description": name} for n, name in numbered]}
+        )
+    if shape == "code-name":
+        return web.json_response(
+            {"data": [{"id": n, "name": f"DEST{n:04d}", "displayName": name} for n, name in numbered]}
+        )
+    if shape == "empty":
+        return web.json_response({"data": []})
+    if shape == "not-json":
+        return web.Response(text=NOT_JSON_PAGE, content_type="text/html")
+    if shape == "error":
+        return error(500, "INTERNAL_SERVER_ERROR", "Could not list destinations")
+    if shape == "not-found":
+        return error(404, "NOT_FOUND", "No endpoint GET /pp/api/v2/visit/getDestinations")
+    raise ValueError(f"unknown destinations shape {shape!r}")
+
+
 async def get_destinations(request: web.Request) -> web.Response:
-    """GET visit/getDestinations: the destinations that exist."""
+    """GET visit/getDestinations: the destinations that exist, in the configured (guessed) shape."""
     state = request.app[STATE]
     refused = _authorized(request)
     if refused:
         return refused
-    return web.json_response(
-        {"data": [{"id": n, "name": name} for n, name in enumerate(state.destinations, start=1)]}
-    )
+    return destinations_answer(state.destinations_shape, state.destinations)
 
 
 ROUTES: dict[str, tuple[str, str, Callable[[web.Request], Awaitable[web.Response]]]] = {
@@ -410,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wrap-byuniqueid", action="store_true", help='answer byUniqueId as {"data": [...]}'
     )
+    parser.add_argument(
+        "--destinations-shape",
+        choices=DESTINATIONS_SHAPES,
+        default="data-name",
+        help="how getDestinations answers (its real shape is unknown; see the module docstring)",
+    )
     parser.add_argument("--duplicate-status", type=int, default=400)
     parser.add_argument("--visitors-json", help="JSON list of add_visitor keyword objects")
     args = parser.parse_args(argv)
@@ -420,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         destinations=[name.strip() for name in args.destinations.split(",") if name.strip()],
         wrap_byuniqueid=args.wrap_byuniqueid,
+        destinations_shape=args.destinations_shape,
         duplicate_status=args.duplicate_status,
     )
     if args.visitors_json:

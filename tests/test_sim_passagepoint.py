@@ -11,7 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from simulators.passagepoint import PassagePointState, create_app, load_visitors
+from simulators.passagepoint import (
+    DESTINATIONS_SHAPES,
+    PassagePointState,
+    create_app,
+    load_visitors,
+)
 
 BASE = "/pp/api/v2"
 LOGIN = {"username": "svc", "password": "pw"}
@@ -334,8 +339,9 @@ async def test_create_prereg_rejects_non_object_body(client):
 
 
 async def test_get_destinations_lists_configured_names(aiohttp_client):
-    """getDestinations lists the destinations given to the state."""
+    """getDestinations lists the destinations given to the state (default shape: data-name)."""
     state = PassagePointState(destinations=["LibCal Gelman", "LibCal Eckles", "LibCal VSTC"])
+    assert state.destinations_shape == "data-name"
     client = await aiohttp_client(create_app(state))
     response = await client.get(f"{BASE}/visit/getDestinations", headers=await token_header(client))
     assert response.status == 200
@@ -345,6 +351,109 @@ async def test_get_destinations_lists_configured_names(aiohttp_client):
         "LibCal Eckles",
         "LibCal VSTC",
     ]
+
+
+GELMAN_ECKLES = ["LibCal Gelman", "LibCal Eckles"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "status", "content_type", "expected"),
+    [
+        (
+            "data-name",
+            200,
+            "application/json",
+            {"data": [{"id": 1, "name": "LibCal Gelman"}, {"id": 2, "name": "LibCal Eckles"}]},
+        ),
+        (
+            "list-name",
+            200,
+            "application/json",
+            [{"id": 1, "name": "LibCal Gelman"}, {"id": 2, "name": "LibCal Eckles"}],
+        ),
+        (
+            "other-keys",
+            200,
+            "application/json",
+            {
+                "data": [
+                    {"destinationId": 1, "description": "LibCal Gelman"},
+                    {"destinationId": 2, "description": "LibCal Eckles"},
+                ]
+            },
+        ),
+        (
+            "code-name",
+            200,
+            "application/json",
+            {
+                "data": [
+                    {"id": 1, "name": "DEST0001", "displayName": "LibCal Gelman"},
+                    {"id": 2, "name": "DEST0002", "displayName": "LibCal Eckles"},
+                ]
+            },
+        ),
+        ("empty", 200, "application/json", {"data": []}),
+        (
+            "error",
+            500,
+            "application/json",
+            {"error": "INTERNAL_SERVER_ERROR", "message": "Could not list destinations"},
+        ),
+        (
+            "not-found",
+            404,
+            "application/json",
+            {"error": "NOT_FOUND", "message": "No endpoint GET /pp/api/v2/visit/getDestinations"},
+        ),
+    ],
+)
+async def test_get_destinations_json_shapes(aiohttp_client, shape, status, content_type, expected):
+    """Each guessed getDestinations shape answers exactly as documented in the module docstring."""
+    state = PassagePointState(destinations=GELMAN_ECKLES, destinations_shape=shape)
+    client = await aiohttp_client(create_app(state))
+    response = await client.get(f"{BASE}/visit/getDestinations", headers=await token_header(client))
+    assert response.status == status
+    assert response.content_type == content_type
+    assert await response.json() == expected
+
+
+async def test_get_destinations_not_json_is_a_200_html_page(aiohttp_client):
+    """The not-json shape answers 200 with an HTML page that json() cannot read."""
+    state = PassagePointState(destinations_shape="not-json")
+    client = await aiohttp_client(create_app(state))
+    response = await client.get(f"{BASE}/visit/getDestinations", headers=await token_header(client))
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    text = await response.text()
+    assert text.startswith("<!DOCTYPE html><html>") and "PassagePoint" in text
+    with pytest.raises(ValueError):
+        json.loads(text)
+
+
+@pytest.mark.parametrize("shape", DESTINATIONS_SHAPES)
+async def test_every_destinations_shape_still_needs_a_token_and_keeps_prereg_working(
+    aiohttp_client, shape
+):
+    """Whatever getDestinations answers, it needs a token first, and createPreReg takes the destinations."""
+    state = PassagePointState(destinations=GELMAN_ECKLES, destinations_shape=shape)
+    visitor_id = state.add_visitor(unique_id="1")
+    client = await aiohttp_client(create_app(state))
+    response = await client.get(f"{BASE}/visit/getDestinations")
+    assert response.status == 401
+    response = await client.post(
+        f"{BASE}/visit/createPreReg",
+        json=prereg_body(visitor_id, destination="LibCal Eckles"),
+        headers=await token_header(client),
+    )
+    assert response.status == 200
+    assert [prereg["destination"] for prereg in state.preregs] == ["LibCal Eckles"]
+
+
+def test_unknown_destinations_shape_is_refused():
+    """A shape the simulator does not know is refused with the list of known ones."""
+    with pytest.raises(ValueError, match=r"unknown destinations shape 'xml' \(known: data-name, list-name, "):
+        PassagePointState(destinations_shape="xml")
 
 
 @pytest.mark.parametrize(
@@ -517,6 +626,55 @@ async def test_standalone_serves_on_loopback_with_destinations(tmp_path):
         process.wait(timeout=10)
         process.stdout.close()
         process.stderr.close()
+
+
+async def test_standalone_destinations_shape_option():
+    """``--destinations-shape list-name`` makes getDestinations answer a bare array."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators.passagepoint",
+            "--port",
+            "0",
+            "--destinations",
+            "LibCal Gelman",
+            "--destinations-shape",
+            "list-name",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = process.stdout.readline().rsplit(" ", 1)[1].strip()
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}{BASE}/auth/login", json=LOGIN) as response:
+                headers = {"token": (await response.json())["token"]}
+            async with session.get(
+                f"{base}{BASE}/visit/getDestinations", headers=headers
+            ) as response:
+                assert await response.json() == [{"id": 1, "name": "LibCal Gelman"}]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_standalone_unknown_destinations_shape_is_usage_error():
+    """An unknown --destinations-shape exits 2 and lists the shapes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.passagepoint", "--destinations-shape", "xml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "argument --destinations-shape: invalid choice: 'xml' (choose from " in result.stderr
+    assert "'not-json'" in result.stderr
 
 
 def test_standalone_bad_latency_is_usage_error():
