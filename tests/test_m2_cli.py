@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from m2_code_store.embedded import free_port
 from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import main
 
@@ -176,7 +177,7 @@ def _env_without_store(**extra: str) -> dict[str, str]:
 COMMANDS = {
     "write_csv_to_redis": [str(Path(sys.executable).parent / "write_csv_to_redis"), "{csv}"],
     "load": [sys.executable, "-m", "m2_code_store", "load", "{csv}"],
-    "serve": [sys.executable, "-m", "m2_code_store", "serve", "--port", "1"],
+    "serve": [sys.executable, "-m", "m2_code_store", "serve", "--port", "{port}"],
     "stats": [sys.executable, "-m", "m2_code_store", "stats"],
 }
 
@@ -184,7 +185,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", COMMANDS, ids=list(COMMANDS))
 def test_malformed_redis_url_is_one_line_and_exit_2_for_every_command(command, csv_file, tmp_path):
     """redis://:pw@[::1/5 once gave a traceback and exit 1; now one line, the password never shown."""
-    argv = [arg.format(csv=csv_file) for arg in COMMANDS[command]]
+    argv = [arg.format(csv=csv_file, port=free_port()) for arg in COMMANDS[command]]
     env = _env_without_store(REDIS_URL="redis://:s3cret@[::1/5")
     done = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
@@ -196,7 +197,7 @@ def test_malformed_redis_url_is_one_line_and_exit_2_for_every_command(command, c
 @pytest.mark.parametrize("command", COMMANDS, ids=list(COMMANDS))
 def test_a_job_without_a_terminal_never_falls_back_to_the_embedded_store(command, csv_file, tmp_path):
     """A cron job that lost REDIS_URL must fail (exit 2, naming the settings), not fill a local store."""
-    argv = [arg.format(csv=csv_file) for arg in COMMANDS[command]]
+    argv = [arg.format(csv=csv_file, port=free_port()) for arg in COMMANDS[command]]
     data_dir = tmp_path / "m2-data"
     done = subprocess.run(argv, cwd=tmp_path, env=_env_without_store(M2_DATA_DIR=str(data_dir)),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
