@@ -111,6 +111,11 @@ def request_entry(request: web.Request, now: float) -> dict[str, Any]:
     }
 
 
+def repeated_parameters(request: web.Request) -> list[str]:
+    """Names that occur more than once in the query string, in order of first appearance."""
+    names = [name for name, _ in request.query.items()]  # keys() lists each name once
+    return [name for index, name in enumerate(names) if names.count(name) > 1 and names.index(name) == index]
+
 async def drop_connection(request: web.Request) -> web.StreamResponse:
     """Close the connection without an answer; the client sees a disconnect."""
     if request.transport is not None:

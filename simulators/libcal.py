@@ -43,6 +43,21 @@ client that depends on more fails here rather than in production):
 - ``include_cancel`` defaults to 1 as the spec says, but that default is unverified:
   ``include_cancel_default=False`` (``--include-cancel-default 0``) makes the simulator leave
   cancelled rows out unless ``include_cancel=1`` is sent, to show that a client sends it.
+- ``date`` must be exactly ``YYYY-MM-DD`` in ASCII digits (``2026-W47-1`` and ``20261122`` are
+  refused although Python's ``date.fromisoformat`` reads them); ``page``, ``limit``, ``days``,
+  ``lid``, ``cid`` and ``eid`` must be plain decimal integers (no ``+``, spaces or ``_``). A
+  parameter that is sent must be valid: an empty ``date=``, ``limit=``, ``lid=`` ... is a 400
+  like any other bad value, never "use the default" or "no filter".
+  A non-integer ``lid``/``cid``/``eid`` (``8827,10332`` included) -> 400 text/plain
+  ``invalid "lid" value`` (message unverified) instead of silently dropping the filter.
+- ``email`` matches exactly (case included): case-insensitive matching is unverified; an empty
+  ``email=`` -> 400 ``invalid "email" value``.
+- a parameter given twice -> 400 text/plain ``parameter "lid" given more than once``
+  (unverified: PHP would silently keep the last one, this server's framework the first).
+- ``Authorization`` must use the scheme spelled ``Bearer``, as the reference writes it.
+- the token endpoint reads ``application/x-www-form-urlencoded`` and ``application/json``
+  bodies only (the two the reference confirms): a multipart form, a body of another type or
+  credentials in the query string are not read, so the answer is 400 ``Grant type not supported``.
 
 Unverified (no public source; chosen here and kept simple):
 
@@ -81,6 +96,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import secrets
 import sys
 import time
@@ -94,6 +110,7 @@ from simulators._common import (
     Handler,
     drop_connection,
     latency_argument,
+    repeated_parameters,
     request_entry,
     serve,
     sleep_latency,
@@ -120,6 +137,9 @@ SERVER_ERROR_PAGE = "<html><body><h1>500 Internal Server Error</h1></body></html
 MAX_LIMIT = 500
 MAX_DAYS = 365
 DEFAULT_LIMIT = 20
+ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+INTEGER = re.compile(r"-?[0-9]+")
+FORM_TYPES = ("application/x-www-form-urlencoded", "application/json")
 
 
 def _default_timezone() -> tzinfo:
@@ -286,7 +306,7 @@ class LibCalState:
         """The 401 error body for this Authorization header, or None when it is valid."""
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        if scheme != "Bearer" or not token:
             return {
                 "error": "invalid_request",
                 "error_description": "The access token was not found",
@@ -333,7 +353,7 @@ class LibCalState:
                 continue
             if eid is not None and row["eid"] != eid:
                 continue
-            if email is not None and row["email"].lower() != email.lower():
+            if email is not None and row["email"] != email:
                 continue
             if not include_cancel and row["status"] in CANCELLED_STATUSES:
                 continue
@@ -378,16 +398,19 @@ def _switch(query: Any, name: str, default: bool) -> bool:
 
 
 def _int_param(query: Any, name: str) -> int | None:
+    """The parameter as a plain decimal integer, or None if it is absent or anything else."""
     value = query.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+    return int(value) if value is not None and INTEGER.fullmatch(value) else None
+
+
+def _repeated_400(request: web.Request) -> web.Response | None:
+    repeated = repeated_parameters(request)
+    return _text_400(f'parameter "{repeated[0]}" given more than once') if repeated else None
 
 
 async def _read_form(request: web.Request) -> dict[str, str]:
+    if request.content_type not in FORM_TYPES:
+        return {}
     if request.content_type == "application/json":
         try:
             body = await request.json()
@@ -437,15 +460,18 @@ async def space_bookings(request: web.Request) -> web.Response:
     problem = state.token_problem(request.headers.get("Authorization"))
     if problem:
         return _unauthorized(problem)
+    refused = _repeated_400(request)
+    if refused:
+        return refused
     query = request.query
     today = state.local_today()
     start = today
-    if query.get("date"):
+    if "date" in query:
         try:
+            if not ISO_DAY.fullmatch(query["date"]):
+                raise ValueError(query["date"])
             start = date.fromisoformat(query["date"])
         except ValueError:
-            return _text_400('invalid "date" value')
-        if len(query["date"]) != 10:
             return _text_400('invalid "date" value')
         if state.ignore_past_dates:
             start = max(start, today)
@@ -456,24 +482,29 @@ async def space_bookings(request: web.Request) -> web.Response:
             return _text_400('invalid "page" value, must be >= 1')
         page = parsed
     limit = DEFAULT_LIMIT
-    if query.get("limit"):
+    if "limit" in query:
         parsed = _int_param(query, "limit")
         if parsed is None or not 1 <= parsed <= MAX_LIMIT:
             return _text_400('invalid "limit" value')
         limit = parsed
     days = 0
-    if query.get("days"):
+    if "days" in query:
         parsed = _int_param(query, "days")
         if parsed is None or not 0 <= parsed <= MAX_DAYS:
             return _text_400('invalid "days" value')
         days = parsed
+    filters: dict[str, int | None] = {}
+    for name in ("lid", "cid", "eid"):
+        filters[name] = _int_param(query, name)
+        if name in query and filters[name] is None:
+            return _text_400(f'invalid "{name}" value')
+    if query.get("email") == "":
+        return _text_400('invalid "email" value')
     rows = state.select(
         start=start,
         days=days,
-        lid=_int_param(query, "lid"),
-        cid=_int_param(query, "cid"),
-        eid=_int_param(query, "eid"),
-        email=query.get("email") or None,
+        **filters,
+        email=query.get("email"),
         include_cancel=_switch(query, "include_cancel", state.include_cancel_default),
         include_tentative=_switch(query, "include_tentative", True),
         include_denied=_switch(query, "include_denied", False),
@@ -489,6 +520,9 @@ async def space_booking(request: web.Request) -> web.Response:
     problem = state.token_problem(request.headers.get("Authorization"))
     if problem:
         return _unauthorized(problem)
+    refused = _repeated_400(request)
+    if refused:
+        return refused
     wanted = [part for part in request.match_info["ids"].split(",") if part]
     form_answers = _switch(request.query, "formAnswers", False)
     rows = [

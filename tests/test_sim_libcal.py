@@ -101,6 +101,21 @@ async def test_token_errors_are_400_with_exact_body(client, override, expected, 
     assert await response.json() == expected
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"data": aiohttp.FormData(CREDENTIALS, default_to_multipart=True)}, id="multipart"),
+        pytest.param({"data": json.dumps(CREDENTIALS), "headers": {"Content-Type": "text/plain"}}, id="json-as-text"),
+        pytest.param({"params": CREDENTIALS}, id="query-string"),
+    ],
+)
+async def test_token_reads_only_form_encoded_or_json_bodies(client, kwargs):
+    """Only the two confirmed body types are read; anything else is as if no grant was sent."""
+    response = await client.post("/1.1/oauth/token", **kwargs)
+    assert response.status == 400
+    assert await response.json() == {"error": "Grant type not supported"}
+
+
 async def test_invalid_client_quirk_answers_200_with_error_key(aiohttp_client):
     """With the deployment quirk on, bad credentials answer 200 with an ``error`` key."""
     client = await aiohttp_client(create_app(make_state(invalid_client_quirk=True)))
@@ -121,6 +136,10 @@ async def test_invalid_client_quirk_answers_200_with_error_key(aiohttp_client):
             {"error": "invalid_request", "error_description": "The access token was not found"},
         ),
         (
+            {"Authorization": "Bearer"},
+            {"error": "invalid_request", "error_description": "The access token was not found"},
+        ),
+        (
             {"Authorization": "Bearer nope"},
             {"error": "invalid_token", "error_description": "The access token provided is invalid"},
         ),
@@ -131,6 +150,21 @@ async def test_bookings_without_valid_token_get_401(client, headers, expected):
     response = await client.get("/1.1/space/bookings", headers=headers)
     assert response.status == 401
     assert await response.json() == expected
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Token"])
+async def test_only_the_bearer_scheme_spelled_as_documented_is_read(client, scheme):
+    """``Authorization: Bearer <token>`` works; another spelling of the scheme is unverified: 401."""
+    token = (await bearer(client))["Authorization"].split(" ", 1)[1]
+    assert (
+        await client.get("/1.1/space/bookings", headers={"Authorization": f"Bearer {token}"})
+    ).status == 200
+    response = await client.get("/1.1/space/bookings", headers={"Authorization": f"{scheme} {token}"})
+    assert response.status == 401
+    assert await response.json() == {
+        "error": "invalid_request",
+        "error_description": "The access token was not found",
+    }
 
 
 async def test_expire_tokens_revokes_issued_tokens_only(client, state):
@@ -255,14 +289,43 @@ async def test_paging_by_limit(client, state):
         ({"limit": "501"}, 'invalid "limit" value'),
         ({"days": "366"}, 'invalid "days" value'),
         ({"days": "-1"}, 'invalid "days" value'),
+        # Strict where Python would be lenient: only YYYY-MM-DD, plain integers, no empty values.
+        ({"date": "2026-W48-1"}, 'invalid "date" value'),
+        ({"date": "2026-11-2\u0662"}, 'invalid "date" value'),
+        ({"date": ""}, 'invalid "date" value'),
+        ({"page": "+2"}, 'invalid "page" value, must be >= 1'),
+        ({"page": " 2"}, 'invalid "page" value, must be >= 1'),
+        ({"limit": "1_0"}, 'invalid "limit" value'),
+        ({"limit": ""}, 'invalid "limit" value'),
+        ({"days": ""}, 'invalid "days" value'),
+        ({"days": "\u0661"}, 'invalid "days" value'),
+        ({"lid": "gelman"}, 'invalid "lid" value'),
+        ({"lid": "8827,10332"}, 'invalid "lid" value'),
+        ({"lid": ""}, 'invalid "lid" value'),
+        ({"cid": "1.0"}, 'invalid "cid" value'),
+        ({"eid": " 44"}, 'invalid "eid" value'),
+        ({"email": ""}, 'invalid "email" value'),
+        ({"lid": ["8827", "8827"]}, 'parameter "lid" given more than once'),
+        ({"formAnswers": ["1", "1"]}, 'parameter "formAnswers" given more than once'),
     ],
 )
 async def test_bad_parameters_get_400_text_plain(client, params, message):
-    """Bad date/page (and limit/days) answer 400 text/plain with the exact message."""
-    response = await client.get("/1.1/space/bookings", params=params, headers=await bearer(client))
+    """Bad parameters answer 400 text/plain with the exact message (date/page ones are LibCal's)."""
+    query = [(name, value) for name, values in params.items() for value in (values if isinstance(values, list) else [values])]
+    response = await client.get("/1.1/space/bookings", params=query, headers=await bearer(client))
     assert response.status == 400
     assert response.content_type == "text/plain"
     assert await response.text() == message
+
+
+async def test_booking_by_ids_refuses_a_repeated_parameter(client, state):
+    """GET /1.1/space/booking/{id} refuses a parameter given twice, like /space/bookings."""
+    add(state, "cs_a", primary_id="G1")
+    response = await client.get(
+        "/1.1/space/booking/cs_a?formAnswers=1&formAnswers=0", headers=await bearer(client)
+    )
+    assert response.status == 400
+    assert await response.text() == 'parameter "formAnswers" given more than once'
 
 
 async def test_multi_seat_booking_repeats_book_id(client, state):
@@ -390,18 +453,22 @@ async def test_past_dates_honoured_when_quirk_off(aiohttp_client):
     assert [row["bookId"] for row in rows] == ["cs_old"]
 
 
-async def test_email_filter_and_api_prefix(client, state):
-    """email filters case-insensitively, and /api/1.1/space/bookings answers the same."""
+@pytest.mark.parametrize(
+    ("email", "expected"),
+    [("ada@example.edu", ["cs_ada"]), ("ADA@example.edu", []), ("ada", [])],
+)
+async def test_email_filter_is_exact_and_api_prefix(client, state, email, expected):
+    """email matches exactly (case-insensitivity is unverified); /api/1.1 answers the same."""
     add(state, "cs_ada", email="ada@example.edu")
     add(state, "cs_bob", email="bob@example.edu")
     rows = await (
         await client.get(
             "/api/1.1/space/bookings",
-            params={"email": "ADA@example.edu"},
+            params={"email": email},
             headers=await bearer(client),
         )
     ).json()
-    assert [row["bookId"] for row in rows] == ["cs_ada"]
+    assert [row["bookId"] for row in rows] == expected
 
 
 async def test_booking_by_ids_skips_cancelled(client, state):
@@ -463,6 +530,7 @@ async def test_request_log_keeps_the_exact_query_sent(client, state):
     ]
     assert sent["raw_query"] == "lid=8827&form_answers=1&formAnswers=1&email=a%2Bb@x.edu&lid=9"
     assert sent["query"]["lid"] == "8827"
+    assert sent["status"] == 400  # lid given twice: logged all the same
     assert (bare["params"], bare["raw_query"], bare["query"]) == ([], "", {})
     assert state.requests[0]["params"] == []  # the token's credentials travel in the body
 
