@@ -19,6 +19,7 @@ says why), and its subclass :class:`CacheMissing` (the file does not exist and w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -27,7 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "Cache", "CacheError", "CacheMissing"]
+__all__ = ["SCHEMA_VERSION", "Cache", "CacheError", "CacheMissing", "restrict_to_owner"]
+
+log = logging.getLogger("libcal_passagepoint")
 
 SCHEMA_VERSION = 3
 
@@ -131,6 +134,7 @@ class Cache:
                 self._db = self._connect_read_only(create)
             else:
                 if create:
+                    _create_private(self.path)
                     self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
                 else:  # mode=rw: SQLite itself refuses to create the file, with no window between check and open
                     if not os.path.exists(self.path):
@@ -142,6 +146,7 @@ class Cache:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
+                restrict_to_owner(self.path)  # SQLite gives -wal and -shm the main file's mode
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"cannot use cache file {self.path}: {exc}") from exc
 
@@ -457,10 +462,50 @@ class Cache:
             lines.append(row["line"])
         return held
 
-    def purge(self, *, older_than: float) -> tuple[int, int]:
-        """Drop bookings that ended, and passes that started, more than *older_than* seconds ago."""
+    def purge(self, *, older_than: float) -> tuple[int, int, int]:
+        """Drop bookings that ended, and passes that started, more than *older_than* seconds ago, and
+        the patrons (university id, barcode) with no booking left; returns the three counts."""
         cutoff = self._clock() - older_than
         with self.transaction() as conn:
             bookings = conn.execute("DELETE FROM bookings WHERE end_time < ?", (cutoff,)).rowcount
             passes = conn.execute("DELETE FROM passes WHERE started_at < ?", (cutoff,)).rowcount
-        return bookings, passes
+            patrons = conn.execute(
+                "DELETE FROM users WHERE primary_id NOT IN "
+                "(SELECT primary_id FROM bookings WHERE primary_id IS NOT NULL)"
+            ).rowcount
+            conn.execute("INSERT INTO meta (key, value) VALUES ('purged_at', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(self._clock()),))
+        return bookings, passes, patrons
+
+    def purge_due(self, *, every: float = 86400) -> bool:
+        """True when the last purge (by any command) is more than *every* seconds ago, or never was."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'purged_at'").fetchone()
+        return row is None or self._clock() - float(row[0]) >= every
+
+def _create_private(path: str) -> None:
+    """Create *path* empty, readable and writable by its owner only (whatever the umask), unless it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # SQLite's own open reports a directory that is missing or not writable
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def restrict_to_owner(path: str) -> None:
+    """Make the cache and its -wal/-shm files owner-only: they hold patrons' ids, barcodes and names.
+
+    A cache created by an earlier version (0644 under the usual umask) is tightened on first use.
+    """
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            log.warning("cannot make %s readable by its owner only: it holds patron data; fix its permissions", name)

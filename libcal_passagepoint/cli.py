@@ -12,12 +12,13 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
+
+import toolconfig
 
 from .cache import Cache, CacheError, CacheMissing
 from .cache_owner import check_no_cache_left_behind, claim_cache
@@ -30,15 +31,19 @@ from .sync import PassResult, cancellation_advice
 __all__ = ["main", "parse_duration"]
 
 log = logging.getLogger("libcal_passagepoint")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_duration(text: str) -> float:
-    """'30d', '12h', '90m', '45s', '2w' or a plain number of seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 30d, 12h, 90m or 45s")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+def parse_duration(text: str, *, bare: str | None = "s", name: str = "duration") -> float:
+    """'30d', '12h', '90m', '45s' or '2w' -> seconds; a bare number means *bare* (None: refused)."""
+    try:
+        return toolconfig.parse_duration(text, bare=bare, name=name)
+    except toolconfig.ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _older_than(text: str) -> float:
+    # A bare number is refused: "30" once meant 30 seconds here and deleted yesterday's bookings.
+    return parse_duration(text, bare=None, name="--older-than")
 
 
 def _date(text: str) -> str:
@@ -79,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="fetch and plan; write nothing to PassagePoint or the cache")
     commands.add_parser("status", parents=[common], help="cache counts and the last pass's result")
     purge = commands.add_parser("purge", parents=[common], help="drop bookings that ended long ago")
-    purge.add_argument("--older-than", type=parse_duration, required=True, metavar="AGE", help="e.g. 30d")
+    purge.add_argument("--older-than", type=_older_than, required=True, metavar="AGE",
+                       help="with a unit: 30d (days), 12h (hours) or 2w (weeks)")
     return parser
 
 
@@ -155,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(cache, None if cache_override else config_file)
         if args.command == "purge":
-            bookings, passes = cache.purge(older_than=args.older_than)
-            print(f"purged {bookings} booking(s) and {passes} pass record(s) older than {_age(args.older_than)} from {cache.path}")
+            bookings, passes, patrons = cache.purge(older_than=args.older_than)
+            print(f"purged {bookings} booking(s), {patrons} patron(s) with no booking left and {passes} pass record(s) "
+                  f"older than {_age(args.older_than)} from {cache.path}")
             return 0
         assert config is not None
         _say_where(cache, dry_run=dry_run)
@@ -201,8 +208,7 @@ def _print_result(result: PassResult) -> None:
         print(f"dry run: {result.fetched} booking(s) fetched, {len(result.planned) - failing} to register, "
               f"{failing} would fail, skipped {_skips(result)}")
         for plan in result.planned:
-            print(f"  would {plan.action} {plan.book_id} ({plan.patron}, primary id {plan.primary_id or '-'}) "
-                  f"at {plan.destination} from {plan.start}")
+            print(f"  would {plan.action} {plan.book_id} ({plan.patron}) at {plan.destination} from {plan.start}")
         return
     print(
         f"pass: {result.fetched} booking(s) fetched, {len(result.registered)} registered, "

@@ -61,6 +61,7 @@ async def open_clients(config: Config, *, limiter: AsyncLimiter | None = None) -
             libcal=LibCalClient(
                 session, token_url=config.libcal.credentials_endpt, bookings_url=config.libcal.bookings_endpt,
                 client_id=config.libcal.client_id, client_secret=config.libcal.client_secret, timeout=config.timeout,
+                form_answers_param=config.libcal.form_answers_param,
             ),
             alma=AlmaClient(
                 session, users_url=config.alma.users_endpt, api_keys=config.alma.apikeys,
@@ -135,6 +136,8 @@ async def run_passes(
                 installed.append(signum)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
+    for assumption in config.assumptions:  # an older config.yml: say what the original did instead
+        log.warning("assumed: %s", assumption)
     alerts = None
     if config.email is not None and not dry_run:
         alerts = EmailAlerts(config.email, cache, interval=every or config.interval, timeout=config.timeout)
@@ -148,6 +151,8 @@ async def run_passes(
                 )
                 if on_result is not None:
                     on_result(result)
+                if not dry_run and cache.purge_due():
+                    purge_old_records(cache, config.retention)
                 if every is None or stop.is_set():
                     return result
                 with contextlib.suppress(TimeoutError):
@@ -157,6 +162,14 @@ async def run_passes(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+
+
+def purge_old_records(cache: Cache, retention: float) -> None:
+    """Delete bookings that ended more than *retention* seconds ago and patrons with none left
+    (the original's plan: "delete rows with past appointments"); run at most once a day."""
+    bookings, passes, patrons = cache.purge(older_than=retention)
+    log.info("purged %d booking(s) that ended more than %d day(s) ago, %d patron(s) with no booking left and "
+             "%d pass record(s) (LCPP.retention)", bookings, round(retention / 86400), patrons, passes)
 
 
 def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:

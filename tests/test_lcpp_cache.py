@@ -20,8 +20,8 @@ class _Clock:
         return self.now
 
 
-def _book(book_id: str, end_time: float) -> dict:
-    return {"book_id": book_id, "lid": 8827, "primary_id": "G1", "patron": "Ada Lovelace",
+def _book(book_id: str, end_time: float, *, primary_id: str = "G1") -> dict:
+    return {"book_id": book_id, "lid": 8827, "primary_id": primary_id, "patron": "Ada Lovelace",
             "start_time": int(end_time - 3600), "end_time": int(end_time), "destination": "LibCal Gelman"}
 
 
@@ -136,18 +136,54 @@ def test_registered_clears_the_failure(tmp_path: Path) -> None:
         assert (row["state"], row["prereg_id"], row["reason"], row["next_retry_at"]) == ("registered", 9, None, None)
 
 
-def test_purge_drops_bookings_that_ended_before_the_cutoff(tmp_path: Path) -> None:
-    """purge --older-than 30d removes bookings that ended over 30 days ago and old pass records."""
+def test_purge_drops_bookings_that_ended_before_the_cutoff_and_patrons_with_none_left(tmp_path: Path) -> None:
+    """purge --older-than 30d removes bookings that ended over 30 days ago, the patrons (id, barcode)
+    with no booking left, and old pass records; a purge is due again a day later."""
     clock = _Clock(100 * DAY)
     with Cache(tmp_path / "c.sqlite3", clock=clock) as cache:
-        cache.record_registered(_book("cs_old", 60 * DAY), visitor_id=1, prereg_id=1)
-        cache.record_registered(_book("cs_recent", 120 * DAY), visitor_id=1, prereg_id=2)
+        cache.record_intent(_book("cs_old", 60 * DAY, primary_id="G1"), visitor_id=1, user=("G1", "2221", "UGRD"))
+        cache.record_registered(_book("cs_old", 60 * DAY, primary_id="G1"), visitor_id=1, prereg_id=1)
+        cache.record_intent(_book("cs_recent", 120 * DAY, primary_id="G2"), visitor_id=2, user=("G2", "2222", "UGRD"))
+        cache.record_registered(_book("cs_recent", 120 * DAY, primary_id="G2"), visitor_id=2, prereg_id=2)
         cache.finish_pass(cache.start_pass(), exit_status=0, summary={})
         clock.now = 100 * DAY + 31 * DAY
         cache.finish_pass(cache.start_pass(), exit_status=0, summary={})
-        assert cache.purge(older_than=30 * DAY) == (1, 1)  # cutoff: day 101
+        assert cache.purge_due()
+        assert cache.purge(older_than=30 * DAY) == (1, 1, 1)  # cutoff: day 101
         assert cache.booking("cs_old") is None and cache.booking("cs_recent") is not None
+        assert cache.user("G1") is None and cache.user("G2") is not None
         assert cache.last_pass() is not None
+        assert not cache.purge_due()
+        clock.now += DAY
+        assert cache.purge_due()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_the_cache_and_its_wal_files_are_readable_by_their_owner_only(tmp_path: Path, umask: int) -> None:
+    """They hold university ids, barcodes and names: 0600 whatever the umask."""
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        path = tmp_path / "c.sqlite3"
+        with Cache(path) as cache:
+            cache.record_registered(_book("cs_1", 2e9), visitor_id=1, prereg_id=1)
+            modes = {name: stat.S_IMODE(os.stat(f"{path}{name}").st_mode) for name in ("", "-wal", "-shm")}
+    finally:
+        os.umask(previous)
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def test_a_world_readable_cache_of_an_earlier_version_is_tightened_when_used(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    path = tmp_path / "c.sqlite3"
+    Cache(path).close()
+    os.chmod(path, 0o644)
+    Cache(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
 def test_alert_throttle_per_kind(tmp_path: Path) -> None:

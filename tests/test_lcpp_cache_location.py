@@ -274,7 +274,8 @@ async def test_status_prints_the_absolute_cache_path(sims: Sims, tmp_path: Path)
     code, out, _ = await _cli("status", "--cache", "../etc/lcpp_cache.sqlite3", cwd=elsewhere)
     assert (code, out.splitlines()[:2]) == (0, [f"cache {cache} (schema 3)", f"configuration {config}"])
     code, out, _ = await _cli("purge", "--older-than", "30d", cwd=etc)
-    assert (code, out.strip()) == (0, f"purged 0 booking(s) and 0 pass record(s) older than 30d from {cache}")
+    assert (code, out.strip()) == (0, f"purged 0 booking(s), 0 patron(s) with no booking left and 0 pass record(s) "
+                                      f"older than 30d from {cache}")
 
 
 @pytest.mark.parametrize("command", [["status"], ["purge", "--older-than", "30d"]], ids=["status", "purge"])

@@ -322,3 +322,24 @@ async def test_refused_passagepoint_login_stops_the_pass_with_the_keys_to_check(
     assert str(excinfo.value).endswith("check PassagePoint.username and PassagePoint.password")
     with sims.cache() as cache:
         assert cache.counts()["failed"] == 0 and cache.counts()["registered"] == 0
+
+
+async def test_a_run_purges_patron_data_past_the_retention_once_a_day(sims: Sims) -> None:
+    """The original's plan ("delete rows with past appointments"): bookings that ended more than
+    LCPP.retention ago and patrons with no booking left go, at most once a day, without a purge command."""
+    import time as _time
+
+    from libcal_passagepoint.runner import run_passes
+
+    old_end = _time.time() - 40 * 86400
+    with sims.cache() as cache:
+        old = {"book_id": "cs_old", "lid": GELMAN, "primary_id": "G7", "patron": "Old Booking",
+               "start_time": int(old_end - 3600), "end_time": int(old_end), "destination": "LibCal Gelman"}
+        cache.record_intent(old, visitor_id=7, user=("G7", "2227", "UGRD"))
+        cache.record_registered(old, visitor_id=7, prereg_id=7)
+        config = sims.with_config(retention=30 * 86400)
+        await run_passes(config, cache, date=DAY, install_signal_handlers=False)
+        assert cache.booking("cs_old") is None and cache.user("G7") is None
+        cache.record_intent(old, visitor_id=7, user=("G7", "2227", "UGRD"))
+        await run_passes(config, cache, date=DAY, install_signal_handlers=False)
+        assert cache.booking("cs_old") is not None  # purged already today
