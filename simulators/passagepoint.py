@@ -21,6 +21,25 @@ Answers like the service described in ``/work/shared/reference/passagepoint.md``
   ``destinations_shape`` (below): its real answer has never been seen.
 - There is no endpoint to delete or update a pre-registration, and none is simulated.
 
+Strict where the reference is uncertain (only what the original integration is known to have sent
+is accepted, so that a client depending on more fails here rather than in production):
+
+- ``auth/login`` and ``visit/createPreReg`` read their JSON body only with ``Content-Type:
+  application/json`` (what the original sent: ``requests``' ``json=``); another type -> 415.
+  Calls without a body (createVisitor, the GETs) work with or without that header: until
+  October 2020 the original sent them with a misspelled ``Content Type`` header (no real
+  Content-Type), and its commits from before that fix report it working.
+- createVisitor: ``uniqueId`` is required like ``firstName``/``lastName`` (every known call sends
+  it); ``category`` must be one of ``categories`` (default ``Student``, ``Faculty``, ``Staff``,
+  ``Visitor``: the reference's examples), not any text; a query parameter other than the six
+  fields (e.g. a misspelled ``mobilePhoneNumber``, which would silently be lost) -> 400.
+- createPreReg: ``visitorId`` must be a string of digits as the original sends it
+  (``"137505764541173"``): an integer is refused, not converted; a body field other than the four
+  -> 400.
+- createVisitor and byUniqueId refuse a query parameter given twice.
+- paths are matched exactly: ``//pp/api/v2/...`` (a root ending in ``/`` joined to a path starting
+  with ``/``) and a trailing ``/`` are 404.
+
 Unverified (no public source; the simulator's choice, documented so clients do not depend on it):
 
 - every error status and body except the ``ALREADY_EXIST_UNIQUE_ID`` marker; errors here are JSON
@@ -28,11 +47,16 @@ Unverified (no public source; the simulator's choice, documented so clients do n
   bad login -> 401 ``INVALID_CREDENTIALS``; a login body that is not a JSON object -> 400
   ``BAD_REQUEST``; missing/undecodable/unknown/expired token -> 401 ``UNAUTHORIZED``;
   duplicate uniqueId -> ``duplicate_status`` (400; 409 is as plausible) ``ALREADY_EXIST_UNIQUE_ID``;
-  createVisitor without ``firstName`` or ``lastName`` -> 400 ``MISSING_REQUIRED_FIELD``;
+  a JSON body sent with another Content-Type -> 415 ``UNSUPPORTED_MEDIA_TYPE``;
+  a query parameter given twice -> 400 ``BAD_REQUEST``;
+  createVisitor without ``firstName``, ``lastName`` or ``uniqueId`` -> 400
+  ``MISSING_REQUIRED_FIELD``; an unknown ``category`` -> 400 ``CATEGORY_NOT_FOUND``; an unknown
+  query parameter -> 400 ``BAD_REQUEST``;
   byUniqueId without ``uniqueId`` -> 400 ``MISSING_REQUIRED_FIELD``;
-  createPreReg: a body that is not a JSON object -> 400 ``BAD_REQUEST``; ``startTime``/``endTime``
-  not a string of digits -> 400 ``INVALID_TIME``; ``endTime`` not after ``startTime`` -> 400
-  ``INVALID_TIME``; unknown ``visitorId`` (string or integer) -> 400 ``VISITOR_NOT_FOUND``;
+  createPreReg: a body that is not a JSON object, or has a field other than the four -> 400
+  ``BAD_REQUEST``; ``startTime``/``endTime`` not a string of digits -> 400 ``INVALID_TIME``;
+  ``endTime`` not after ``startTime`` -> 400 ``INVALID_TIME``; ``visitorId`` not a string of
+  digits -> 400 ``INVALID_VISITOR_ID``; unknown ``visitorId`` -> 400 ``VISITOR_NOT_FOUND``;
   unknown ``destination`` -> 400 ``DESTINATION_NOT_FOUND``;
 - the visitor fields byUniqueId returns (the fields createVisitor received, plus ``id``);
 - the getDestinations answer (see the next section);
@@ -66,7 +90,7 @@ kind ``500`` (JSON 500 body, nothing applied), ``timeout`` (nothing applied; the
 the answer is withheld the same way: a lost response), ``disconnect`` (connection closed at once,
 nothing applied); ``requests`` and ``count(prefix)``; ``latency=(min, max)``; ``clock``.
 Standalone: ``python -m simulators.passagepoint --port N [--destinations "LibCal Gelman,LibCal Eckles"]
-[--destinations-shape SHAPE] [--visitors-json FILE]`` binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL;
+[--destinations-shape SHAPE] [--categories "Student,Faculty,Staff,Visitor"] [--visitors-json FILE]`` binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL;
 ``FILE`` is a JSON list of ``add_visitor`` keyword objects (``{"unique_id": "2222...", ...}``).
 """
 
@@ -89,6 +113,7 @@ from simulators._common import (
     Handler,
     drop_connection,
     latency_argument,
+    repeated_parameters,
     request_entry,
     serve,
     sleep_latency,
@@ -98,6 +123,9 @@ BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
 FAILURE_KINDS = ("500", "timeout", "timeout_after_apply", "disconnect")
 VISITOR_FIELDS = ("category", "firstName", "lastName", "email", "mobilePhoneNo", "uniqueId")
+REQUIRED_VISITOR_FIELDS = ("firstName", "lastName", "uniqueId")
+PREREG_FIELDS = ("startTime", "endTime", "visitorId", "destination")
+DEFAULT_CATEGORIES = ("Student", "Faculty", "Staff", "Visitor")
 DESTINATIONS_SHAPES = (
     "data-name",
     "list-name",
@@ -126,6 +154,7 @@ class PassagePointState:
         destinations: list[str] | None = None,
         wrap_byuniqueid: bool = False,
         destinations_shape: str = "data-name",
+        categories: list[str] | None = None,
         seed: int | None = 1,
         duplicate_status: int = 400,
         hang_seconds: float = 120.0,
@@ -145,6 +174,7 @@ class PassagePointState:
                 f"(known: {', '.join(DESTINATIONS_SHAPES)})"
             )
         self.destinations_shape = destinations_shape
+        self.categories = list(categories if categories is not None else DEFAULT_CATEGORIES)
         self.random = random.Random(seed)
         self.duplicate_status = duplicate_status
         self.hang_seconds = hang_seconds
@@ -257,9 +287,28 @@ def _authorized(request: web.Request) -> web.Response | None:
     return error(401, "UNAUTHORIZED", problem) if problem else None
 
 
+def _not_json_typed(request: web.Request) -> web.Response | None:
+    """415 unless the body is declared ``application/json`` (the only type known to work)."""
+    if request.content_type == "application/json":
+        return None
+    return error(
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        f"Content-Type must be application/json, got {request.headers.get('Content-Type', '')!r}",
+    )
+
+
+def _repeated(request: web.Request) -> web.Response | None:
+    repeated = repeated_parameters(request)
+    return error(400, "BAD_REQUEST", f"Parameter {repeated[0]} given more than once") if repeated else None
+
+
 async def login(request: web.Request) -> web.Response:
     """POST auth/login: exchange the service account's credentials for a token."""
     state = request.app[STATE]
+    refused = _not_json_typed(request)
+    if refused:
+        return refused
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -274,15 +323,20 @@ async def login(request: web.Request) -> web.Response:
 async def create_visitor(request: web.Request) -> web.Response:
     """POST person/createVisitor: fields come in the query string."""
     state = request.app[STATE]
-    refused = _authorized(request)
+    refused = _authorized(request) or _repeated(request)
     if refused:
         return refused
     query = request.query
-    for required in ("firstName", "lastName"):
+    unknown = [name for name in query if name not in VISITOR_FIELDS]
+    if unknown:
+        return error(400, "BAD_REQUEST", f"Unknown parameter(s): {', '.join(unknown)}")
+    for required in REQUIRED_VISITOR_FIELDS:
         if not query.get(required):
             return error(400, "MISSING_REQUIRED_FIELD", f"{required} is required")
     fields = {name: query[name] for name in VISITOR_FIELDS if name in query}
     fields.setdefault("category", "Visitor")
+    if fields["category"] not in state.categories:
+        return error(400, "CATEGORY_NOT_FOUND", f"No category named {fields['category']!r}")
     unique_id = fields.get("uniqueId")
     if unique_id and state.by_unique_id(unique_id):
         return error(
@@ -296,7 +350,7 @@ async def create_visitor(request: web.Request) -> web.Response:
 async def by_unique_id(request: web.Request) -> web.Response:
     """GET person/byUniqueId: visitors with that uniqueId."""
     state = request.app[STATE]
-    refused = _authorized(request)
+    refused = _authorized(request) or _repeated(request)
     if refused:
         return refused
     unique_id = request.query.get("uniqueId")
@@ -306,7 +360,7 @@ async def by_unique_id(request: web.Request) -> web.Response:
     return web.json_response({"data": visitors} if state.wrap_byuniqueid else visitors)
 
 
-def _epoch_string(body: dict[str, Any], name: str) -> int | None:
+def _digit_string(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
@@ -316,7 +370,7 @@ def _epoch_string(body: dict[str, Any], name: str) -> int | None:
 async def create_prereg(request: web.Request) -> web.Response:
     """POST visit/createPreReg: pre-register a visitor at a destination for a time span."""
     state = request.app[STATE]
-    refused = _authorized(request)
+    refused = _authorized(request) or _not_json_typed(request)
     if refused:
         return refused
     try:
@@ -325,7 +379,10 @@ async def create_prereg(request: web.Request) -> web.Response:
         body = None
     if not isinstance(body, dict):
         return error(400, "BAD_REQUEST", "Body must be a JSON object")
-    start, end = _epoch_string(body, "startTime"), _epoch_string(body, "endTime")
+    unknown = [name for name in body if name not in PREREG_FIELDS]
+    if unknown:
+        return error(400, "BAD_REQUEST", f"Unknown field(s): {', '.join(unknown)}")
+    start, end = _digit_string(body, "startTime"), _digit_string(body, "endTime")
     for name, value in (("startTime", start), ("endTime", end)):
         if value is None:
             return error(
@@ -336,11 +393,13 @@ async def create_prereg(request: web.Request) -> web.Response:
     if end <= start:  # type: ignore[operator]
         return error(400, "INVALID_TIME", "endTime must be after startTime")
     visitor_id = body.get("visitorId")
-    try:
-        known = int(str(visitor_id)) in state.visitors
-    except ValueError:
-        known = False
-    if not known:
+    if _digit_string(body, "visitorId") is None:
+        return error(
+            400,
+            "INVALID_VISITOR_ID",
+            f"visitorId must be the visitor's id as a string of digits, got {visitor_id!r}",
+        )
+    if int(visitor_id) not in state.visitors:
         return error(400, "VISITOR_NOT_FOUND", f"No visitor with id {visitor_id!r}")
     destination = body.get("destination")
     if destination not in state.destinations:
@@ -482,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         default="data-name",
         help="how getDestinations answers (its real shape is unknown; see the module docstring)",
     )
+    parser.add_argument(
+        "--categories",
+        default=",".join(DEFAULT_CATEGORIES),
+        help="comma-separated visitor categories that exist",
+    )
     parser.add_argument("--duplicate-status", type=int, default=400)
     parser.add_argument("--visitors-json", help="JSON list of add_visitor keyword objects")
     args = parser.parse_args(argv)
@@ -493,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         destinations=[name.strip() for name in args.destinations.split(",") if name.strip()],
         wrap_byuniqueid=args.wrap_byuniqueid,
         destinations_shape=args.destinations_shape,
+        categories=[name.strip() for name in args.categories.split(",") if name.strip()],
         duplicate_status=args.duplicate_status,
     )
     if args.visitors_json:

@@ -201,9 +201,9 @@ async def test_duplicate_unique_id_is_an_error_naming_already_exist(
     assert len(state.visitors) == 1
 
 
-@pytest.mark.parametrize("missing", ["firstName", "lastName"])
-async def test_create_visitor_requires_names(client, missing):
-    """firstName and lastName are required (unverified choice)."""
+@pytest.mark.parametrize("missing", ["firstName", "lastName", "uniqueId"])
+async def test_create_visitor_requires_names_and_unique_id(client, missing):
+    """firstName, lastName and uniqueId are required (every known call sends them; unverified choice)."""
     params = {k: v for k, v in VISITOR.items() if k != missing}
     response = await client.post(
         f"{BASE}/person/createVisitor", params=params, headers=await token_header(client)
@@ -212,6 +212,74 @@ async def test_create_visitor_requires_names(client, missing):
     assert await response.json() == {
         "error": "MISSING_REQUIRED_FIELD",
         "message": f"{missing} is required",
+    }
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {**VISITOR, "category": "Alumni"},
+            {"error": "CATEGORY_NOT_FOUND", "message": "No category named 'Alumni'"},
+        ),
+        (
+            {**VISITOR, "category": ""},
+            {"error": "CATEGORY_NOT_FOUND", "message": "No category named ''"},
+        ),
+        (
+            {**VISITOR, "category": "student"},
+            {"error": "CATEGORY_NOT_FOUND", "message": "No category named 'student'"},
+        ),
+        (
+            {**VISITOR, "mobilePhoneNumber": "G1", "barcode": "2"},
+            {"error": "BAD_REQUEST", "message": "Unknown parameter(s): mobilePhoneNumber, barcode"},
+        ),
+        (
+            [*VISITOR.items(), ("uniqueId", "33333")],
+            {"error": "BAD_REQUEST", "message": "Parameter uniqueId given more than once"},
+        ),
+    ],
+)
+async def test_create_visitor_refuses_what_is_not_confirmed(client, state, params, expected):
+    """An unknown category, an unknown or repeated parameter get 400 and create nothing."""
+    response = await client.post(
+        f"{BASE}/person/createVisitor", params=params, headers=await token_header(client)
+    )
+    assert response.status == 400
+    assert await response.json() == expected
+    assert state.visitors == {}
+
+
+@pytest.mark.parametrize(
+    ("categories", "category", "status"),
+    [
+        (None, "Visitor", 200),
+        (None, "Staff", 200),
+        (["Visitor", "Alumni"], "Alumni", 200),
+        (["Visitor", "Alumni"], "Student", 400),
+    ],
+)
+async def test_create_visitor_categories_are_configurable(aiohttp_client, categories, category, status):
+    """The categories that exist default to Student/Faculty/Staff/Visitor and can be set."""
+    client = await aiohttp_client(create_app(PassagePointState(categories=categories)))
+    response = await client.post(
+        f"{BASE}/person/createVisitor",
+        params={**VISITOR, "category": category},
+        headers=await token_header(client),
+    )
+    assert response.status == status
+
+
+async def test_by_unique_id_refuses_a_repeated_parameter(client, state):
+    """byUniqueId with uniqueId given twice is a 400, not the first (or last) one silently."""
+    state.add_visitor(unique_id="1")
+    response = await client.get(
+        f"{BASE}/person/byUniqueId?uniqueId=1&uniqueId=2", headers=await token_header(client)
+    )
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "BAD_REQUEST",
+        "message": "Parameter uniqueId given more than once",
     }
 
 
@@ -248,13 +316,10 @@ async def test_by_unique_id_requires_parameter(client):
 # -- pre-registrations and destinations -----------------------------------------------------
 
 
-@pytest.mark.parametrize("as_int", [False, True])
-async def test_create_prereg_records_and_answers_id(client, state, as_int):
+async def test_create_prereg_records_and_answers_id(client, state):
     """createPreReg stores the body as received and answers {"data": [{"id": ...}]}."""
     visitor_id = state.add_visitor(unique_id="1")
-    body = prereg_body(visitor_id if as_int else str(visitor_id))
-    if as_int:
-        body["visitorId"] = visitor_id
+    body = prereg_body(str(visitor_id))
     response = await client.post(
         f"{BASE}/visit/createPreReg", json=body, headers=await token_header(client)
     )
@@ -305,7 +370,21 @@ async def test_create_prereg_records_and_answers_id(client, state, as_int):
         ),
         (
             {"visitorId": "abc"},
-            {"error": "VISITOR_NOT_FOUND", "message": "No visitor with id 'abc'"},
+            {
+                "error": "INVALID_VISITOR_ID",
+                "message": "visitorId must be the visitor's id as a string of digits, got 'abc'",
+            },
+        ),
+        (
+            {"visitorId": None},
+            {
+                "error": "INVALID_VISITOR_ID",
+                "message": "visitorId must be the visitor's id as a string of digits, got None",
+            },
+        ),
+        (
+            {"note": "LibCal cs_1", "bookId": "cs_1"},
+            {"error": "BAD_REQUEST", "message": "Unknown field(s): note, bookId"},
         ),
         (
             {"destination": "LibCal Nowhere"},
@@ -314,7 +393,7 @@ async def test_create_prereg_records_and_answers_id(client, state, as_int):
     ],
 )
 async def test_create_prereg_rejections(client, state, override, expected):
-    """Non-string/non-numeric times, unknown visitors and unknown destinations get 400."""
+    """Non-string/non-numeric times or ids, unknown visitors, destinations or fields get 400."""
     visitor_id = state.add_visitor(unique_id="1")
     response = await client.post(
         f"{BASE}/visit/createPreReg",
@@ -326,16 +405,96 @@ async def test_create_prereg_rejections(client, state, override, expected):
     assert state.preregs == []
 
 
-async def test_create_prereg_rejects_non_object_body(client):
-    """A body that is not a JSON object is a 400 BAD_REQUEST."""
+async def test_create_prereg_refuses_an_integer_visitor_id(client, state):
+    """visitorId as a JSON integer is refused: the original always sent a string of digits."""
+    visitor_id = state.add_visitor(unique_id="1")
     response = await client.post(
-        f"{BASE}/visit/createPreReg", data="startTime=1", headers=await token_header(client)
+        f"{BASE}/visit/createPreReg",
+        json={**prereg_body(visitor_id), "visitorId": visitor_id},
+        headers=await token_header(client),
+    )
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "INVALID_VISITOR_ID",
+        "message": f"visitorId must be the visitor's id as a string of digits, got {visitor_id}",
+    }
+    assert state.preregs == []
+
+
+async def test_create_prereg_rejects_non_object_body(client):
+    """A JSON body that is not an object is a 400 BAD_REQUEST."""
+    response = await client.post(
+        f"{BASE}/visit/createPreReg", json=["startTime", "1"], headers=await token_header(client)
     )
     assert response.status == 400
     assert await response.json() == {
         "error": "BAD_REQUEST",
         "message": "Body must be a JSON object",
     }
+
+
+@pytest.mark.parametrize(
+    ("content_type", "shown"),
+    [
+        (None, "''"),
+        ("text/plain", "'text/plain'"),
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/auth/login", "/visit/createPreReg"])
+async def test_json_bodies_need_content_type_application_json(client, state, content_type, shown, path):
+    """login and createPreReg read their JSON body only when it is declared application/json: else 415."""
+    visitor_id = state.add_visitor(unique_id="1")
+    body = json.dumps(LOGIN if path == "/auth/login" else prereg_body(visitor_id)).encode()
+    headers = await token_header(client)
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = await client.post(f"{BASE}{path}", data=body, headers=headers, skip_auto_headers=["Content-Type"])
+    assert response.status == 415
+    assert await response.json() == {
+        "error": "UNSUPPORTED_MEDIA_TYPE",
+        "message": f"Content-Type must be application/json, got {shown}",
+    }
+    assert state.preregs == []
+    headers["Content-Type"] = "application/json; charset=utf-8"
+    assert (await client.post(f"{BASE}{path}", data=body, headers=headers)).status == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "text/plain"])
+async def test_calls_without_a_body_ignore_content_type(client, state, content_type):
+    """createVisitor and the GETs work with or without Content-Type (the original sent a misspelled one)."""
+    headers = await token_header(client)
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = await client.post(
+        f"{BASE}/person/createVisitor", params=VISITOR, headers=headers, skip_auto_headers=["Content-Type"]
+    )
+    assert response.status == 200
+    response = await client.get(
+        f"{BASE}/person/byUniqueId", params={"uniqueId": VISITOR["uniqueId"]}, headers=headers
+    )
+    assert response.status == 200
+    assert (await client.get(f"{BASE}/visit/getDestinations", headers=headers)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "//pp/api/v2/auth/login"),
+        ("POST", "/pp/api/v2/auth/login/"),
+        ("GET", "//pp/api/v2/visit/getDestinations"),
+        ("GET", "/pp/api/v2/visit/getDestinations/"),
+        ("GET", "/pp/api/v2visit/getDestinations"),
+        ("GET", "/pp/api/v2/visit/getdestinations"),
+    ],
+)
+async def test_paths_match_exactly(client, method, path):
+    """A doubled or trailing slash, a missing slash or another case is 404: paths are matched exactly."""
+    headers = await token_header(client)
+    url = f"http://{client.host}:{client.port}{path}"  # client.request() reads //pp as a host
+    async with client.session.request(method, url, json=LOGIN, headers=headers) as response:
+        assert response.url.path == path
+        assert response.status == 404
 
 
 async def test_get_destinations_lists_configured_names(aiohttp_client):
@@ -628,8 +787,8 @@ async def test_standalone_serves_on_loopback_with_destinations(tmp_path):
         process.stderr.close()
 
 
-async def test_standalone_destinations_shape_option():
-    """``--destinations-shape list-name`` makes getDestinations answer a bare array."""
+async def test_standalone_destinations_shape_and_categories_options():
+    """``--destinations-shape list-name`` answers a bare array; ``--categories`` sets the categories."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -641,6 +800,8 @@ async def test_standalone_destinations_shape_option():
             "LibCal Gelman",
             "--destinations-shape",
             "list-name",
+            "--categories",
+            "Visitor, Alumni",
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -656,6 +817,15 @@ async def test_standalone_destinations_shape_option():
                 f"{base}{BASE}/visit/getDestinations", headers=headers
             ) as response:
                 assert await response.json() == [{"id": 1, "name": "LibCal Gelman"}]
+            statuses = []
+            for category in ("Alumni", "Student"):
+                async with session.post(
+                    f"{base}{BASE}/person/createVisitor",
+                    params={**VISITOR, "category": category, "uniqueId": category},
+                    headers=headers,
+                ) as response:
+                    statuses.append(response.status)
+            assert statuses == [200, 400]
     finally:
         process.terminate()
         process.wait(timeout=10)
