@@ -88,3 +88,40 @@ async def test_an_html_401_from_alma_names_users_endpt_not_the_key(aiohttp_serve
         f"Alma.users_endpt {users_url} answered HTTP 401 with an HTML page, not an API error: it is probably the "
         "institution's Alma host; use the API gateway, e.g. https://api-na.hosted.exlibrisgroup.com/almaws/v1/users")
     assert "G00000001" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape", ["data-name", "list-name", "other-keys", "code-name", "empty", "not-json", "error",
+                                   "not-found"])
+async def test_no_shape_of_the_destinations_answer_blocks_registrations(shape: str, sims: Sims) -> None:  # noqa: F811
+    """getDestinations' real shape is unknown: whatever the simulator answers, the bookings register."""
+    sims.pp.destinations_shape = shape
+    sims.add_patron(1)
+    sims.add_booking("cs_1", "G00000001")
+    result = await sims.run()
+    assert (result.registered, result.failed) == (["cs_1"], [])
+
+
+async def test_a_destination_missing_from_an_answer_that_names_the_others_fails_its_bookings(sims: Sims) -> None:  # noqa: F811
+    sims.pp.destinations = ["LibCal Gelman"]  # LibCal Eckles is mapped but does not exist
+    sims.add_patron(1)
+    sims.add_patron(2)
+    sims.add_booking("cs_1", "G00000001")
+    sims.add_booking("cs_2", "G00000002", lid=9911)
+    result = await sims.run()
+    assert result.registered == ["cs_1"]
+    assert [(f.book_id, f.kind) for f in result.failed] == [("cs_2", "destination")]
+
+
+async def test_a_spelling_of_form_answers_that_libcal_ignores_is_one_alert(sims: Sims) -> None:  # noqa: F811
+    """The strict LibCal simulator, like a LibCal that honours only formAnswers, ignores form_answers."""
+    from dataclasses import replace
+
+    sims.add_patron(1)
+    sims.add_booking("cs_1", "G00000001")
+    config = replace(sims.config, libcal=replace(sims.config.libcal, form_answers_param="form_answers"))
+    result = await sims.run(config=config)
+    assert result.failed == [] and len(result.no_form_answers) == 1
+    assert "form_answers=1 (LibCal.form_answers_param)" in result.no_form_answers[0]
+    sent = [r for r in sims.libcal.requests if r["path"].endswith("/space/bookings")]
+    assert sent and all(r["query"].get("form_answers") == "1" for r in sent)
+    assert (await sims.run()).registered == ["cs_1"]  # the default spelling: the answers come back
