@@ -120,6 +120,7 @@ def write_config(sims: Simulators, directory: Path) -> Path:
           credentials_endpt: {sims.urls["libcal"]}/1.1/oauth/token
           bookings_endpt: {sims.urls["libcal"]}/1.1/space/bookings
           primary_id_field: q12505
+          statuses: [Confirmed, Mediated Approved]  # this library's spaces need no approval
         Alma:
           apikeys: [zone-main, zone-law]
           users_endpt: {sims.urls["alma"]}/almaws/v1/users

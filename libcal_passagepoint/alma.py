@@ -30,6 +30,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .privacy import excerpt
+
 __all__ = [
     "AlmaAuthError",
     "AlmaClient",
@@ -220,7 +222,7 @@ class AlmaClient:
                 delay = self._backoff_base * 2 ** (rate_limited - 1)
                 await self._sleep(delay + random.uniform(0, delay))
                 continue
-            if status in (401, 403) and not errors and _is_html(text):
+            if status in (401, 403) and not errors and text.lstrip().startswith("<"):  # HTML (or XML) but no Alma error
                 raise AlmaAuthError(
                     f"Alma.users_endpt {self._users_url} answered HTTP {status} with an HTML page, not an API error: "
                     "it is probably the institution's Alma host; use the API gateway, e.g. "
@@ -233,7 +235,7 @@ class AlmaClient:
                 if transient > 1:
                     raise AlmaUnavailable(f"Alma answered HTTP {status} to a user lookup: {_shape(text)}")
                 continue
-            detail = "; ".join(f"{code} {message}" for code, message in errors) or _shape(text)
+            detail = "; ".join(f"{code} {excerpt(message)}" for code, message in errors) or _shape(text)
             raise AlmaRequestError(f"Alma users API answered HTTP {status}: {detail}", status, next(iter(codes), None))
 
 

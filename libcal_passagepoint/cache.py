@@ -235,6 +235,16 @@ class Cache:
             return None
         return None if row is None else str(row[0])
 
+    def flags(self, name: str) -> set[str]:
+        """A set of strings kept under *name* (e.g. the locations already alerted about)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"flags:{name}",)).fetchone()
+        return set(json.loads(row[0])) if row else set()
+
+    def set_flags(self, name: str, values: set[str]) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (f"flags:{name}", json.dumps(sorted(values))))
+
     def record_configuration(self, config_file: str) -> None:
         """Record that this cache belongs to *config_file* (give its real, absolute path)."""
         with self.transaction() as conn:

@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "purge":
             bookings, passes, patrons = cache.purge(older_than=args.older_than)
             print(f"purged {bookings} booking(s), {patrons} patron(s) with no booking left and {passes} pass record(s) "
-                  f"older than {_age(args.older_than)} from {cache.path}")
+                  f"older than {toolconfig.format_duration(args.older_than)} from {cache.path}")
             return 0
         assert config is not None
         _say_where(cache, dry_run=dry_run)
@@ -193,13 +193,6 @@ def _say_where(cache: Cache, *, dry_run: bool) -> None:
         log.warning("created a new cache %s: every booking fetched counts as new (expected on the first run only)", cache.path)
     else:
         log.info("cache %s", cache.path)
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _print_result(result: PassResult) -> None:

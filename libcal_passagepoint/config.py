@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from toolconfig import ConfigError, load_yaml, parse_duration, refuse_unknown
+from toolconfig import ConfigError, format_duration, load_yaml, parse_duration, refuse_unknown
 
 __all__ = [
     "ENV_VARS",
@@ -58,7 +58,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
 ORIGINAL_INTERVAL = 300  # the original hard-coded it before LCPP.interval existed
 ORIGINAL_DESTINATION = "LibCal"  # the original's one destination before PassagePoint.location_mapping existed
 DEFAULT_RETENTION = "30d"
-DEFAULT_STATUSES = ("Confirmed", "Mediated Approved")
+DEFAULT_STATUSES = ("Mediated Approved",)  # the original registered only these (from 2020-09-01)
 DEFAULT_PRIMARY_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}"
 RECONCILE_POLICIES = ("report", "recreate")
 
@@ -179,9 +179,10 @@ def parse_config(
     environ = os.environ if environ is None else environ
     reader = _Reader(raw, environ, source)
     refuse_unknown(raw, KNOWN_KEYS, where="", source=source)
+    home = {key: name for name, keys in KNOWN_KEYS.items() for key in keys}
     for name, keys in KNOWN_KEYS.items():
         if isinstance(raw.get(name), Mapping):
-            refuse_unknown(raw[name], keys, where=name, source=source)
+            refuse_unknown(raw[name], keys, where=name, source=source, elsewhere=home)
     assumed: list[str] = []
 
     lcpp = reader.section("LCPP", required=False)
@@ -211,6 +212,7 @@ def parse_config(
         key = f"LibCal.locations[{index}]"
         if not isinstance(entry, Mapping) or "id" not in entry:
             raise reader.error(key, "must be a mapping with keys 'name' and 'id'")
+        refuse_unknown(entry, ("name", "id"), where=key, source=source)
         try:
             lid = int(str(entry["id"]).strip())
         except ValueError:
@@ -224,6 +226,10 @@ def parse_config(
             )
         locations.append(Location(id=lid, name=name, destination=destination.strip()))
 
+    if libcal.get("statuses") is None:
+        assumed.append("LibCal.statuses is not set: only 'Mediated Approved' bookings are registered, as the "
+                       "original app did; set LibCal.statuses: [Confirmed, Mediated Approved] to register bookings "
+                       "that need no approval too")
     statuses = reader.get(libcal, "LibCal", "statuses", default=list(DEFAULT_STATUSES))
     if isinstance(statuses, str):
         statuses = [part.strip() for part in statuses.split(",") if part.strip()]
@@ -272,7 +278,7 @@ def parse_config(
         create_visitor_endpt=reader.path(pp, "PassagePoint", "create_visitor_endpt"),
         create_prereg_endpt=reader.path(pp, "PassagePoint", "create_prereg_endpt"),
         get_destinations_endpt=reader.path(pp, "PassagePoint", "get_destinations_endpt"),
-        user_mapping={str(k): str(v) for k, v in user_mapping.items()},
+        user_mapping={str(k): str(v).strip() for k, v in user_mapping.items() if v is not None and str(v).strip()},
         default_category=default_category,
     )
 
@@ -304,7 +310,7 @@ def parse_config(
         retry_max=reader.integer(lcpp, "LCPP", "retry_max", default=6 * 3600, minimum=1),
         check_destinations=check,
         concurrency=reader.integer(lcpp, "LCPP", "concurrency", default=8, minimum=1),
-        retention=reader.duration(lcpp, "LCPP", "retention", default=DEFAULT_RETENTION),
+        retention=reader.duration(lcpp, "LCPP", "retention", default=DEFAULT_RETENTION, minimum=86400),
         assumptions=tuple(assumed),
     )
 
@@ -313,20 +319,25 @@ def _email(reader: _Reader, assumed: list[str]) -> EmailConfig | None:
     section = reader.section("Emails", required=False)
     if not section:
         return None
-    filled = {key for key, value in section.items() if value not in (None, "", [])}
-    if not filled - {"smtp_port", "smtp_starttls"} and not reader.environ.get(ENV_VARS["Emails.from_password"]):
-        assumed.append("the Emails section has no values (as in the original template): alerts are logged, "
-                       "not e-mailed")
+    missing = [key for key in ("from_email", "smtp_host", "to_email") if section.get(key) in (None, "", [])]
+    if missing:  # the template's blanks, or a half-filled section: the original ran, and could not mail
+        assumed.append(f"Emails.{', Emails.'.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
+                       "alerts are logged, not e-mailed")
         return None
     to_email = reader.get(section, "Emails", "to_email")
     if isinstance(to_email, str):
         to_email = [part.strip() for part in to_email.split(",") if part.strip()]
     if not isinstance(to_email, list) or not to_email:
         raise reader.error("Emails.to_email", "must be an e-mail address or a list of them")
-    starttls = reader.get(section, "Emails", "smtp_starttls", default=True)
+    username = reader.get(section, "Emails", "from_username", default=None)
+    if section.get("smtp_starttls") is None:  # the original used STARTTLS only to log in
+        starttls = bool(username)
+        assumed.append(f"Emails.smtp_starttls is not set: STARTTLS {'on' if starttls else 'off'} because "
+                       f"from_username is {'set' if starttls else 'not set'}, as the original app did")
+    else:
+        starttls = section["smtp_starttls"]
     if not isinstance(starttls, bool):
         raise reader.error("Emails.smtp_starttls", "must be true or false")
-    username = reader.get(section, "Emails", "from_username", default=None)
     password = reader.environ.get(ENV_VARS["Emails.from_password"]) or reader.get(
         section, "Emails", "from_password", default=None
     )
@@ -380,9 +391,12 @@ class _Reader:
         value = self.environ.get(var)
         if value:
             return value
-        if section.get(key) in (None, ""):
+        value = section.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
             raise self.error(f"{name}.{key}", f"is missing (set it in the file or in the environment variable {var})")
-        return self.string(section, name, key)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(f"{name}.{key}", "must be a text value")
+        return str(value)  # as written: YAML already trims an unquoted value, and a quoted one means it
 
     def url(self, section: Mapping[str, Any], name: str, key: str) -> str:
         value = self.string(section, name, key)
@@ -398,12 +412,15 @@ class _Reader:
             raise self.error(f"{name}.{key}", f"must be a path on the server such as /pp/api/v2/auth/login, not {value!r}")
         return "/" + value.lstrip("/")
 
-    def duration(self, section: Mapping[str, Any], name: str, key: str, *, default: str) -> float:
+    def duration(self, section: Mapping[str, Any], name: str, key: str, *, default: str, minimum: float) -> float:
         value = section.get(key)
         try:
-            return parse_duration(default if value is None else str(value), name=f"{name}.{key}")
+            seconds = parse_duration(default if value is None else str(value), name=f"{name}.{key}")
         except ConfigError as exc:
             raise self.error(f"{name}.{key}", str(exc).removeprefix(f"{name}.{key} ")) from None
+        if seconds < minimum:
+            raise self.error(f"{name}.{key}", f"must be at least {format_duration(minimum)}, not {value}")
+        return seconds
 
     def mapping(self, section: Mapping[str, Any], name: str, key: str, *, required: bool = True) -> Mapping[str, Any]:
         value = section.get(key)

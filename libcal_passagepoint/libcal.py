@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class Booking:
     @property
     def patron(self) -> str:
         """The patron's name for messages."""
-        return f"{self.first_name} {self.last_name}".strip() or self.email or "unknown patron"
+        return f"{self.first_name} {self.last_name}".strip() or "no name given"  # never the e-mail address
 
 
 def _describe(exc: BaseException) -> str:
@@ -92,6 +93,15 @@ def _parse_time(value: Any, book_id: str, key: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"booking {book_id}: {key} {value!r} has no UTC offset")
     return moment
+
+
+def normalise_primary_id(answer: Any) -> str | None:
+    """The university id a patron typed: trimmed; a one-letter prefix in lower case (``g12345678``)
+    upper-cased, as the original app did from 2020 on; None when blank."""
+    text = str(answer).strip() if answer is not None else ""
+    if re.fullmatch(r"[a-z]\d{5,}", text):
+        return text.upper()
+    return text or None
 
 
 def parse_bookings(
@@ -120,8 +130,7 @@ def parse_bookings(
         except (TypeError, ValueError):
             problems.append(f"booking {book_id}: lid {row.get('lid')!r} is not a location id")
             continue
-        raw_id = row.get(primary_id_field)
-        primary_id = str(raw_id).strip() if raw_id is not None and str(raw_id).strip() else None
+        primary_id = normalise_primary_id(row.get(primary_id_field))
         bookings[book_id] = Booking(
             book_id=book_id,
             lid=lid,

@@ -209,7 +209,7 @@ class PassagePointClient:
             raise PassagePointRequestError(f"PassagePoint {name} answered HTTP {status}: {excerpt(text)}", status, text)
         body = self._json(name, status, text)
         if isinstance(body, dict) and body.get("error"):
-            raise PassagePointRequestError(f"PassagePoint {name} failed: {str(body['error'])[:200]}", status, text)
+            raise PassagePointRequestError(f"PassagePoint {name} failed: {excerpt(str(body['error']))}", status, text)
         return body
 
     async def create_visitor(
@@ -226,7 +226,7 @@ class PassagePointClient:
         }
         status, text = await self._request("createVisitor", "POST", params=params)
         if status >= 400 and "ALREADY_EXIST_UNIQUE_ID" in text:
-            raise PassagePointVisitorExists(f"PassagePoint already has a visitor with uniqueId {unique_id}")
+            raise PassagePointVisitorExists("PassagePoint already has a visitor with this patron's barcode as uniqueId")
         visitor_id = _first_id(self._check("createVisitor", status, text))
         if visitor_id is None:
             raise PassagePointRequestError(f"PassagePoint createVisitor answered without an id: {excerpt(text)}", status, text)
@@ -252,7 +252,8 @@ class PassagePointClient:
             visitor_id = await self.find_visitor(unique_id)
             if visitor_id is None:
                 raise PassagePointRequestError(
-                    f"PassagePoint says uniqueId {unique_id} exists, but byUniqueId finds no visitor"
+                    "PassagePoint says a visitor with this patron's barcode exists (ALREADY_EXIST_UNIQUE_ID), "
+                    "but byUniqueId finds none"
                 ) from None
             return visitor_id
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiolimiter import AsyncLimiter
 
+from toolconfig import format_duration
+
 from .alerts import EmailAlerts
 from .alma import AlmaClient
 from .cache import Cache, CacheError
@@ -85,7 +87,7 @@ def cache_lock(cache_path: str) -> Iterator[None]:
     """
     path = f"{cache_path}.lock"
     try:
-        handle = open(path, "a+", encoding="ascii")
+        handle = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+", encoding="ascii")
     except FileNotFoundError:
         raise CacheError(
             f"cannot use cache file {cache_path}: the directory {os.path.dirname(path)} does not exist "
@@ -168,8 +170,8 @@ def purge_old_records(cache: Cache, retention: float) -> None:
     """Delete bookings that ended more than *retention* seconds ago and patrons with none left
     (the original's plan: "delete rows with past appointments"); run at most once a day."""
     bookings, passes, patrons = cache.purge(older_than=retention)
-    log.info("purged %d booking(s) that ended more than %d day(s) ago, %d patron(s) with no booking left and "
-             "%d pass record(s) (LCPP.retention)", bookings, round(retention / 86400), patrons, passes)
+    log.info("purged %d booking(s) that ended more than %s ago, %d patron(s) with no booking left and "
+             "%d pass record(s) (LCPP.retention)", bookings, format_duration(retention), patrons, passes)
 
 
 def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:

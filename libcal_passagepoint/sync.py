@@ -80,7 +80,7 @@ class PassResult:
     cancelled_after_registration: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     location_errors: list[str] = field(default_factory=list)
-    no_form_answers: list[str] = field(default_factory=list)  # locations whose rows carry no primary_id_field
+    no_form_answers: dict[int, str] = field(default_factory=dict)  # location id -> why its rows were not used
     bad_rows: list[str] = field(default_factory=list)
     planned: list[PlannedBooking] = field(default_factory=list)
     interrupted: bool = False
@@ -102,7 +102,7 @@ class PassResult:
             "cancelled_after_registration": len(self.cancelled_after_registration),
             "skipped": dict(self.skipped),
             "location_errors": list(self.location_errors),
-            "no_form_answers": list(self.no_form_answers),
+            "no_form_answers": list(self.no_form_answers.values()),
             "interrupted": self.interrupted,
         }
 
@@ -139,15 +139,16 @@ def cancellation_advice(row: Any) -> str:
 def category_for(user: AlmaUser, mapping: dict[str, str], default: str) -> str:
     """The PassagePoint category of an Alma user: mapped by group code, else by group description."""
     for key in (user.user_group, user.user_group_desc):
-        if key and key in mapping:
+        if key and mapping.get(key):  # an entry left blank counts as not mapped
             return mapping[key]
     return default
 
 
 def lacks_form_answers(rows: list[Any], primary_id_field: str) -> bool:
-    """True when LibCal sent bookings but no row carries the id question's key at all: the form
-    answers were not sent (a wrong parameter spelling or question id), not one patron's omission."""
-    return bool(rows) and not any(isinstance(row, dict) and primary_id_field in row for row in rows)
+    """True when LibCal sent several bookings and no row carries the id question's key at all: the
+    form answers were not sent (a wrong parameter spelling or question id). A single row without it
+    may be one patron's omission: that booking fails on its own."""
+    return len(rows) > 1 and not any(isinstance(row, dict) and primary_id_field in row for row in rows)
 
 
 def destination_check(known: list[str] | None, locations: Iterable[Location]) -> tuple[dict[str, str], str | None]:
@@ -203,7 +204,7 @@ async def _fetch(config: Config, libcal: LibCalClient, result: PassResult, date:
                 "none of these bookings was attempted"
             )
             log.error("%s", message)
-            result.no_form_answers.append(message)
+            result.no_form_answers[location.id] = message
             return []
         bookings, problems = parse_bookings(rows, config.libcal.primary_id_field)
         for problem in problems:
@@ -359,9 +360,7 @@ async def _register(
     if config.check_destinations:
         try:
             known = await passagepoint.get_destinations()
-        except PassagePointAuthError:
-            raise
-        except PassagePointError as exc:
+        except PassagePointError as exc:  # an optional check: even a 401 for it (bad credentials fail the next call)
             log.warning("could not list PassagePoint destinations (%s); going on without checking them", exc)
         else:
             missing, warning = destination_check(known, config.libcal.locations)
@@ -373,7 +372,8 @@ async def _register(
         booking = work.booking
         primary_id = booking.primary_id
         if primary_id is None:
-            fail(work, f"no primary id: the LibCal booking has no answer to {config.libcal.primary_id_field}", "bad_primary_id")
+            fail(work, f"no primary id: the LibCal booking has no answer to {config.libcal.primary_id_field} (if every "
+                       "booking says so, check LibCal.primary_id_field and LibCal.form_answers_param)", "bad_primary_id")
             return
         if not pattern.fullmatch(primary_id):
             fail(work, f"the answer to {config.libcal.primary_id_field} is not a well-formed university id "
@@ -490,9 +490,12 @@ async def _report(config: Config, cache: Cache, result: PassResult, alerts: Aler
             )
         if result.location_errors:
             await alerts.notify("libcal_error", "LibCal bookings could not be fetched", list(result.location_errors))
-        if result.no_form_answers:
-            await alerts.notify("no_form_answers", "LibCal sent bookings without the id question's answers",
-                                list(result.no_form_answers))
+        # Mailed when a location starts lacking the answers, not again every pass until it is fixed.
+        already = cache.flags("no_form_answers")
+        new = [message for lid, message in result.no_form_answers.items() if str(lid) not in already]
+        if new:
+            await alerts.notify("no_form_answers", "LibCal sent bookings without the id question's answers", new)
         await alerts.flush()
+    cache.set_flags("no_form_answers", {str(lid) for lid in result.no_form_answers})
     cache.mark_reported([f.book_id for f in new_failures] + [f.book_id for f in result.uncertain])
     cache.mark_reported(result.cancelled_after_registration, cancellation=True)

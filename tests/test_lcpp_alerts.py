@@ -167,3 +167,32 @@ async def test_unreachable_smtp_server_is_logged_not_raised(sims: Sims, caplog: 
         await EmailAlerts(email_config, cache, interval=300, timeout=2).notify("booking_failed", "subject", ["line"])
         assert cache.alert_due("booking_failed", interval=300)
     assert f"could not send the alert e-mail via 127.0.0.1:{port}" in caplog.text
+
+
+async def test_missing_form_answers_are_mailed_when_they_start_not_every_pass(sims: Sims, smtp: tuple[_Inbox, int]) -> None:
+    """A location whose bookings come without the id question's answers: one message when it starts;
+    the passes after it (the problem unchanged) log it and exit 1 but mail nothing more; once the
+    answers come back and then go missing again, a new message."""
+    inbox, port = smtp
+    email_config = EmailConfig(from_email="lcpp@example.edu", to_email=("desk@example.edu",), smtp_host="127.0.0.1",
+                               smtp_port=port, starttls=False)
+    config = replace(sims.config, email=email_config)
+    clock = _Clock(time.time())
+    cache = Cache(sims.config.cache_path, clock=clock)
+    alerts = EmailAlerts(email_config, cache, interval=300)
+    for n in (1, 2, 3):
+        sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", f"G0000000{n}", hour=10 + n)
+    ignored = replace(config, libcal=replace(config.libcal, form_answers_param="form_answers"))  # LibCal ignores it
+    for _ in range(3):
+        result = await sims.run(cache, config=ignored, alerts=alerts, now=clock.now)
+        assert result.exit_status == 1
+        clock.now += 301
+    assert [" ".join(m["Subject"].split()) for m in inbox.messages] == [  # a long subject is folded
+        "[LibCal-PassagePoint] LibCal sent bookings without the id question's answers"]
+    assert (await sims.run(cache, config=config, alerts=alerts, now=clock.now)).registered == ["cs_1", "cs_2", "cs_3"]
+    clock.now += 301
+    sims.add_booking("cs_4", "G00000003", hour=15)
+    await sims.run(cache, config=ignored, alerts=alerts, now=clock.now)
+    assert len(inbox.messages) == 2
+    cache.close()

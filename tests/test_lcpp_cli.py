@@ -61,7 +61,7 @@ async def test_run_exits_1_when_a_booking_failed_and_status_lists_it(sims: Sims)
     code, out, _ = await _cli("status", "--cache", sims.config.cache_path)
     assert code == 0
     assert "failed cs_noid (No Id), 1 attempt(s), retry in " in out
-    assert out.rstrip().endswith("no primary id: the LibCal booking has no answer to q12505")
+    assert out.rstrip().endswith("no primary id: the LibCal booking has no answer to q12505 (if every booking says so, check LibCal.primary_id_field and LibCal.form_answers_param)")
 
 
 async def test_dry_run_prints_the_plan_and_writes_nothing(sims: Sims) -> None:

@@ -88,7 +88,7 @@ def test_secret_only_in_environment(tmp_path: Path) -> None:
     [
         ("  reconcile: sometimes\n", "LCPP.reconcile must be one of report, recreate, not 'sometimes'"),
         ("  primary_id_pattern: '[a-'\n", "LCPP.primary_id_pattern is not a valid regular expression: unterminated character set at position 0"),
-        ("  interval: 0\n", "LCPP.interval must be at least 1, not 0"),
+        ("  retention: 12h\n", "LCPP.retention must be at least 1d, not 12h"),
         ("  check_destinations: maybe\n", "LCPP.check_destinations must be true or false"),
     ],
 )
@@ -98,6 +98,34 @@ def test_optional_settings_are_validated(tmp_path: Path, lcpp: str, message: str
     with pytest.raises(ConfigError) as excinfo:
         load_config(path, environ={})
     assert str(excinfo.value) == f"{path}: {message}"
+
+
+def test_an_interval_below_one_second_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(path.read_text().replace("  interval: 300", "  interval: 0"))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={})
+    assert str(excinfo.value) == f"{path}: LCPP.interval must be at least 1, not 0"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t + "LCPP:\n  interval: 60\n",
+         "is not valid YAML at line 35, column 1: the key 'LCPP' appears twice: keep one (the second would replace the first)"),
+        (lambda t: t.replace("  primary_id_field: q12505\n", "  primary_id_field: q12505\n  location_mapping: {}\n"),
+         "LibCal.location_mapping belongs in the PassagePoint section, not in LibCal"),
+        (lambda t: t.replace("      id: 8827\n", "      id: 8827\n      destination: LibCal Gelman\n"),
+         "LibCal.locations[0].destination is not a known setting: the known settings of LibCal.locations[0] are id, name"),
+    ],
+    ids=["section-twice", "key-in-another-section", "unknown-location-key"],
+)
+def test_mistakes_the_yaml_itself_hides_are_refused(tmp_path: Path, edit, message: str) -> None:
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={})
+    assert str(excinfo.value).endswith(message)
 
 
 def test_location_mapping_keys_may_be_strings(tmp_path: Path) -> None:
@@ -112,3 +140,39 @@ def test_example_config_in_the_package_is_valid() -> None:
     path = Path(__file__).parent.parent / "libcal_passagepoint" / "config.example.yml"
     config = load_config(path, environ={})
     assert [location.id for location in config.libcal.locations] == [8827, 9911]
+
+
+@pytest.mark.parametrize(
+    ("emails", "expected", "assumed"),
+    [
+        ("Emails:\n  to_email: desk@example.edu\n", None,
+         "Emails.from_email, Emails.smtp_host are not set: alerts are logged, not e-mailed"),
+        ("Emails:\n  from_email: a@example.edu\n  smtp_host: smtp.example.edu\n  to_email: b@example.edu\n", False,
+         "Emails.smtp_starttls is not set: STARTTLS off because from_username is not set, as the original app did"),
+        ("Emails:\n  from_email: a@example.edu\n  from_username: a\n  smtp_host: smtp.example.edu\n  to_email: b@example.edu\n",
+         True, "Emails.smtp_starttls is not set: STARTTLS on because from_username is set, as the original app did"),
+    ],
+    ids=["half-filled", "no-login-no-starttls", "login-starttls"],
+)
+def test_emails_as_the_original_read_them(tmp_path: Path, emails: str, expected: bool | None, assumed: str) -> None:
+    """A half-filled Emails section runs (the original ran, and could not mail); STARTTLS as it used it."""
+    config = load_config(write_config(tmp_path / "config.yml", **BASES, extra=emails), environ={"SMTP_PASSWORD": "pw"})
+    assert (config.email.starttls if config.email else None) == expected
+    assert assumed in config.assumptions
+
+
+def test_a_secret_in_the_file_is_taken_as_written(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(path.read_text().replace("  password: pw\n", "  password: 'pw with a trailing space '\n"))
+    assert load_config(path, environ={}).passagepoint.password == "pw with a trailing space "
+
+
+def test_a_user_mapping_entry_left_blank_counts_as_unmapped(tmp_path: Path) -> None:
+    from libcal_passagepoint.alma import AlmaUser
+    from libcal_passagepoint.sync import category_for
+
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(path.read_text().replace("    Faculty: Faculty\n", "    Faculty: Faculty\n    gw ocg:\n"))
+    config = load_config(path, environ={})
+    user = AlmaUser("G1", "2221", "OCG", "gw ocg")
+    assert category_for(user, config.passagepoint.user_mapping, config.passagepoint.default_category) == "Visitor"

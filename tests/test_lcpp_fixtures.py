@@ -27,7 +27,9 @@ from simulators.passagepoint import create_app as create_pp_app
 DAY = "2030-01-15"
 GELMAN, ECKLES = 8827, 9911
 
-#: The original app's config.yml, section and key names exactly as it used them.
+#: The original app's config.yml, section and key names exactly as it used them, plus LibCal.statuses
+#: (the tests book 'Confirmed' spaces; without it only 'Mediated Approved' ones register, as in the
+#: original: see test_lcpp_original_configs.py for the files exactly as the original had them).
 ORIGINAL_CONFIG = textwrap.dedent(
     """\
     LCPP:
@@ -43,6 +45,7 @@ ORIGINAL_CONFIG = textwrap.dedent(
       credentials_endpt: {libcal}/1.1/oauth/token
       bookings_endpt: {libcal}/1.1/space/bookings
       primary_id_field: q12505
+      statuses: [Confirmed, Mediated Approved]
     Alma:
       apikeys:
         - zone-one-key

@@ -45,7 +45,7 @@ LibCal:
   bookings_endpt: 'https://booking.library.example.edu/1.1/space/bookings'
   primary_id_field: q12505
 """
-_LIBCAL_V7 = _LIBCAL_V6.replace("    - name: 'Digital Studio'\n      id: 8874", "    - name: 'Science Campus Library'\n      id: 10332")
+_LIBCAL_V7 = _LIBCAL_V6.replace("    - name: 'Digital Studio'\n      id: 8874", "    - name: 'Science & Technology Campus Library'\n      id: 10332")
 _ALMA_ONE_KEY = """\
 Alma:
   apikey: 
@@ -129,7 +129,10 @@ def test_each_original_shape_loads_unchanged_and_says_what_it_assumed(version: s
         assert [location.destination for location in config.libcal.locations] == ["LibCal Main", "LibCal Science"]
         assert pp.user_mapping["gw fac"] == "Faculty"
     assert ("LCPP.interval is not set" in assumed) == (version not in ("V10", "V11"))
-    assert ("the Emails section has no values" in assumed) == (version in ("V9", "V10", "V11"))
+    assert config.libcal.statuses == ("Mediated Approved",)  # the original's filter
+    assert "LibCal.statuses is not set: only 'Mediated Approved' bookings are registered" in assumed
+    blank_emails = "Emails.from_email, Emails.smtp_host, Emails.to_email are not set: alerts are logged, not e-mailed"
+    assert (blank_emails in assumed) == (version in ("V9", "V10", "V11"))
 
 
 @pytest.mark.parametrize("version", EARLIER)

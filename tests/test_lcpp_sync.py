@@ -86,7 +86,7 @@ async def test_booking_without_primary_id_fails_alone_is_reported_once_and_retri
     assert sorted(first.failed, key=lambda f: f.book_id) == [
         Failure("cs_bad", "Bad Id", "the answer to q12505 is not a well-formed university id (LCPP.primary_id_pattern): "
                 "correct it in the LibCal booking", "bad_primary_id"),
-        Failure("cs_noid", "No Id", "no primary id: the LibCal booking has no answer to q12505", "bad_primary_id"),
+        Failure("cs_noid", "No Id", "no primary id: the LibCal booking has no answer to q12505 (if every booking says so, check LibCal.primary_id_field and LibCal.form_answers_param)", "bad_primary_id"),
     ]
     with sims.cache() as cache:
         row = cache.booking("cs_noid")

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "env_override", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration"]
+__all__ = ["ConfigError", "load_yaml", "env_override", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration",
+           "format_duration"]
 
 
 class ConfigError(Exception):
@@ -40,7 +41,7 @@ def load_yaml(path: str | os.PathLike[str], *, required: bool = True) -> dict[st
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -54,6 +55,22 @@ def load_yaml(path: str | os.PathLike[str], *, required: bool = True) -> dict[st
             f"not a {type(data).__name__}"
         )
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (a second ``LCPP:`` appended at the
+    end of a file would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice: keep one (the second would replace the first)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def env_override(
@@ -126,16 +143,19 @@ def suggestion(name: str, known: Collection[str]) -> str | None:
 
 
 def refuse_unknown(section: Mapping[str, object], known: Collection[str], *, where: str, source: str,
-                   what: str | None = None) -> None:
+                   what: str | None = None, elsewhere: Mapping[str, str] | None = None) -> None:
     """Raise ConfigError for a key of *section* that is not in *known*, suggesting the closest.
 
     *where* is the section's name (``""`` for the top level), *source* the file, *what* the kind
     of key (default: "section" at the top level, else "setting"); a misspelt key must never be
-    silently ignored (``Email:`` for ``Emails:`` would turn alerts off).
+    silently ignored (``Email:`` for ``Emails:`` would turn alerts off). *elsewhere* maps keys that
+    belong to another section to that section, so the message can say where the key goes.
     """
     for key in section:
         if key in known:
             continue
+        if elsewhere and elsewhere.get(key) and elsewhere[key] != where:
+            raise ConfigError(f"{source}: {where}.{key} belongs in the {elsewhere[key]} section, not in {where}")
         name = f"{where}.{key}" if where else str(key)
         what = what or ("setting" if where else "section")
         close = suggestion(str(key), known)
@@ -147,6 +167,14 @@ def refuse_unknown(section: Mapping[str, object], known: Collection[str], *, whe
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def format_duration(seconds: float) -> str:
+    """*seconds* written the way parse_duration reads it: ``30d``, ``12h``, ``90m``, ``45s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(text: str, *, bare: str | None = None, name: str = "duration") -> float:
