@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gen_las_export import write_export  # noqa: E402
 from bench.loadgen import run_load  # noqa: E402
-from m2_code_store.embedded import RedisServer, free_port  # noqa: E402
+from simulators.redis_server import RedisServer, free_port  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", 10))
 OUT = ROOT / "bench" / "out"

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gen_las_export import write_export  # noqa: E402
-from m2_code_store.embedded import RedisServer, free_port, redis_server_binary  # noqa: E402
+from m2_code_store.embedded import redis_server_binary  # noqa: E402
 from m2_code_store.store import buckets_for  # noqa: E402
+from simulators.redis_server import RedisServer, free_port  # noqa: E402
 
 ROWS = int(os.environ.get("BENCH_ROWS", 2_000_000))
 OUT = ROOT / "bench" / "out"

@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from m2_code_store.embedded import free_port, stop_local_server  # noqa: E402
+from m2_code_store.embedded import stop_local_server  # noqa: E402
+from simulators.redis_server import free_port  # noqa: E402
 
 SAMPLE = ROOT / "m2_code_store" / "sample" / "las_sample.csv"
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from m2_code_store.las_csv import (  # one barcode alphabet (and one way to quote a value) for loader and API
-    BARCODE_RE,
-    MAX_BARCODE_LENGTH,
-    shown,
-)
+from m2_code_store.rules import BARCODE_RE, MAX_BARCODE_LENGTH, shown  # the loader's own rules
 
 
 class BarcodeError(ValueError):

@@ -89,11 +89,9 @@ def stop_embedded(_: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``m2-code-store``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "load":
-        from m2_code_store.write_csv_to_redis import main as load_main
+    from m2_code_store import write_csv_to_redis as loader
 
-        return load_main(argv[1:])
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="m2-code-store", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve the lookup API")
@@ -105,10 +103,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="WSGI server (default granian: about twice gunicorn's throughput here, see bench/)")
     run.add_argument("--debug", action="store_true", help="Flask's development server with the debugger (never in production)")
     run.set_defaults(func=serve)
-    commands.add_parser("load", help="load a LAS export (same as write_csv_to_redis)")
+    load = commands.add_parser("load", help="load a LAS export (same as write_csv_to_redis)",
+                               description=loader.DESCRIPTION, epilog=loader.EPILOG)
+    loader.add_arguments(load)
+    load.set_defaults(func=loader.run, check=lambda args: loader.check_arguments(load, args))
     commands.add_parser("stats", help="record count and generation of the store").set_defaults(func=stats)
     commands.add_parser("stop-embedded", help="stop the embedded local Redis").set_defaults(func=stop_embedded)
     args = parser.parse_args(argv)
+    if getattr(args, "check", None):
+        args.check(args)
     return args.func(args)
 
 

@@ -44,10 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-BARCODE_PATTERN = r"^[A-Za-z0-9._-]{1,48}$"
-BARCODE_RE = re.compile(BARCODE_PATTERN)
-MAX_BARCODE_LENGTH = 48  # 1000 of them fit the API's 65,000-byte query string
-CUSTOMER_CODE_PATTERN = r"^[A-Za-z0-9._-]{1,32}$"
+from m2_code_store.rules import BARCODE_PATTERN, CUSTOMER_CODE_PATTERN, MAX_BARCODE_LENGTH, shown
 
 COLUMNS = {  # our name -> the LAS header
     "barcode": "Item barcode",
@@ -60,14 +57,6 @@ DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y")
 NOT_UTF8_ROW = "not UTF-8 text: export the file again as CSV (UTF-8)"
 OPEN_QUOTE_ROW = ('a quoted value opens on this line and does not close on it (a stray \'"\'?): fix or remove '
                   "the quote; the lines after it were read as they are")
-SHOWN_CHARACTERS = 40
-
-
-def shown(value: str) -> str:
-    """*value* quoted for a message, shortened past SHOWN_CHARACTERS (with its full length)."""
-    if len(value) <= SHOWN_CHARACTERS:
-        return repr(value)
-    return f"{value[:SHOWN_CHARACTERS]!r}… ({len(value):,} characters)"
 
 
 class ExportError(Exception):

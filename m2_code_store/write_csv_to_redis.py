@@ -40,14 +40,14 @@ from toolconfig import ConfigError
 SHOWN_BAD_ROWS = 20
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="write_csv_to_redis",
-        description="Load a LAS 'Barcodes by CUS/DATE' export (Item barcode, Accession date, "
-        "Customer code, Delete date) into the M2 customer code store.",
-        epilog="The store is REDIS_URL, else REDIS_ENDPOINT_ENCRYPTED (KMS), else (M2_STORE=embedded, or a person "
-        "at a terminal) the embedded local Redis.",
-    )
+DESCRIPTION = ("Load a LAS 'Barcodes by CUS/DATE' export (Item barcode, Accession date, Customer code, "
+               "Delete date) into the M2 customer code store.")
+EPILOG = ("The store is REDIS_URL, else REDIS_ENDPOINT_ENCRYPTED (KMS), else (M2_STORE=embedded, or a person at a "
+          "terminal) the embedded local Redis.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The loader's arguments: one definition for write_csv_to_redis and m2-code-store load."""
     parser.add_argument("csv_file", type=Path, help="the LAS export (CSV, UTF-8)")
     parser.add_argument(
         "batch_size", nargs="?", type=int, default=100,
@@ -61,13 +61,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"with --replace: refuse when the new data set is smaller by more than this share (default {DEFAULT_MAX_SHRINK})")
     parser.add_argument("--dry-run", action="store_true", help="parse and validate the whole file; never connect to Redis")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    args = parser.parse_args(argv)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse combinations argparse cannot express (exit 2 with the message)."""
     if args.batch_size < 1:
         parser.error(f"BATCHSIZE must be a positive whole number (got {args.batch_size})")
     if not 0 <= args.max_shrink <= 1:
         parser.error(f"--max-shrink must be between 0 and 1 (got {args.max_shrink})")
     if args.force and not args.replace:
         parser.error("--force only makes sense with --replace")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="write_csv_to_redis", description=DESCRIPTION, epilog=EPILOG)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
     return args
 
 
@@ -142,7 +152,11 @@ def _import_pandas_meanwhile() -> threading.Thread:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the loader; returns the exit status."""
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load with parsed arguments (``write_csv_to_redis`` and ``m2-code-store load``); the exit status."""
     importing = _import_pandas_meanwhile()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from m2_code_store.embedded import RedisServer, free_port
+from simulators.redis_server import RedisServer, free_port
 
 
 @pytest.fixture(scope="session")

@@ -41,9 +41,9 @@ from libcal_passagepoint.config import ENV_VARS as LCPP_SECRET_VARS
 from libcal_passagepoint.config import ConfigError as LcppConfigError
 from libcal_passagepoint.config import load_config
 from m2_code_store.config import NO_STORE, resolve_target
-from m2_code_store.embedded import free_port
 from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import parse_args as loader_parse_args
+from simulators.redis_server import free_port
 from toolconfig import ConfigError
 
 sims = test_lcpp_fixtures.sims  # the shared fixture

@@ -16,9 +16,9 @@ import redis
 
 from m2_code_store.api import create_app
 from m2_code_store.config import StoreTarget
-from m2_code_store.embedded import RedisServer, free_port
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
+from simulators.redis_server import RedisServer, free_port
 from toolconfig import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,3 +235,20 @@ def test_serve_runs_the_app_under_a_production_server(server, redis_url, tmp_pat
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def test_the_api_process_imports_no_pyarrow_numpy_or_pandas_even_after_a_lookup(redis_url, tmp_path):
+    """The loader's column machinery stays out of the API's workers (and the Lambda's 128 MB)."""
+    fill(redis.Redis.from_url(redis_url), tmp_path, "1234,,NX,\n")
+    script = (
+        "import sys\n"
+        "from m2_code_store.api import create_app\n"
+        "from m2_code_store.config import StoreTarget\n"
+        f"app = create_app({{'STORE_TARGET': StoreTarget({redis_url!r}, 'REDIS_URL')}})\n"
+        "body = app.test_client().get('/api/v0.1/m2-customer-codes?barcodes=1234,99').json\n"
+        "assert body['body']['data'][0]['m2CustomerCode'] == 'NX', body\n"
+        "print(sorted(m for m in ('pyarrow', 'numpy', 'pandas') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from m2_code_store.embedded import free_port
 from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import main
+from simulators.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"

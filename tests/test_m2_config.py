@@ -14,7 +14,8 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from m2_code_store.config import StoreTarget, connect, redact_url, resolve_target
-from m2_code_store.embedded import free_port, stop_local_server
+from m2_code_store.embedded import stop_local_server
+from simulators.redis_server import free_port
 from toolconfig import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

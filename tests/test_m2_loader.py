@@ -14,7 +14,6 @@ import redis
 
 from bench.gen_las_export import write_export
 from m2_code_store.bulk import BulkWriteError
-from m2_code_store.embedded import RedisServer, free_port
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import (
     LoadStopped,
@@ -25,6 +24,7 @@ from m2_code_store.loader import (
     load,
 )
 from m2_code_store.store import CodeStore, Layout, read_generation
+from simulators.redis_server import RedisServer, free_port
 
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 
