@@ -267,6 +267,8 @@ def write_generation(
     # The raw socket of redis-py's connection (handshake, TLS, AUTH and SELECT already done):
     # replies are counted in bulk instead of parsed one call at a time.
     sock = connection._sock
+    if sock is None:  # redis-py connects lazily: get_connection() has connected it, so this is a bug
+        raise redis.exceptions.ConnectionError("the connection to Redis is not open")
     connection_ok = False
     sender, receiver = _Sender(sock, before_send), _Receiver(sock)
     kinds: list[np.ndarray] = []

@@ -82,6 +82,7 @@ def stop_embedded(_: argparse.Namespace) -> int:
     """Stop the embedded local Redis (its data stays in the data directory)."""
     others = ("REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED", "M2_STORE")
     target = resolve_target({**{k: v for k, v in os.environ.items() if k not in others}, "M2_STORE": "embedded"})
+    assert target.data_dir is not None  # M2_STORE=embedded resolves to the embedded store
     stopped = stop_local_server(target.data_dir)
     print(f"{'stopped' if stopped else 'not running:'} the embedded Redis in {target.data_dir}")
     return 0

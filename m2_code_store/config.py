@@ -185,7 +185,7 @@ def connect(
     deadline (the API) keep *timeout* small.
     """
     url = target.url
-    if target.source == "embedded":
+    if target.data_dir is not None:  # the embedded store
         from m2_code_store.embedded import ensure_local_server
 
         url = ensure_local_server(target.data_dir, start=start_embedded)

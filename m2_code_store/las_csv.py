@@ -33,7 +33,7 @@ import csv
 import functools
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -191,9 +191,9 @@ def _column_indexes(header: list[str], path: Path) -> dict[str, int]:
     if missing:
         found_names = [shown(h.strip()) for h in header[:12]] + ([f"… {len(header) - 12:,} more"] if len(header) > 12 else [])
         found_text = ", ".join(found_names) or "nothing"
-        names = _and_list([repr(m) for m in missing])
+        missing_names = _and_list([repr(m) for m in missing])
         raise ExportError(
-            f"column{'s' if len(missing) > 1 else ''} {names} not found in {path.name} (found: {found_text}): is this the LAS "
+            f"column{'s' if len(missing) > 1 else ''} {missing_names} not found in {path.name} (found: {found_text}): is this the LAS "
             "'Barcodes by CUS/DATE' export?"
         )
     return indexes
@@ -325,7 +325,7 @@ def read_export(path: str | Path) -> ParsedExport:
         blank_line = pc.and_(blank_line, pc.equal(pc.binary_length(accession), zero))
     is_delete = pc.greater(pc.binary_length(deleted), zero)
 
-    problems: list[tuple[pa.Array | np.ndarray, object]] = [
+    problems: list[tuple[pa.Array | np.ndarray, str | Callable[[int], str]]] = [
         (blank_barcode, "blank barcode"),
         (pc.and_(pc.invert(blank_barcode), _not_matching(barcodes, BARCODE_PATTERN, MAX_BARCODE_LENGTH)),
          lambda i: _barcode_problem(barcodes[i].as_py())),
@@ -343,11 +343,8 @@ def read_export(path: str | Path) -> ParsedExport:
     ranks = []
     for (values, label), (indices, distinct, days) in zip(date_columns, encoded, strict=True):
         unparseable = np.array([bool(value) and day is None for value, day in zip(distinct, days, strict=True)])
-        problems.append((
-            unparseable[indices] if len(indices) else np.zeros(0, dtype=bool),
-            lambda i, values=values, label=label:
-                f"unparseable {label} {shown(values[i].as_py())} (expected YYYY-MM-DD or MM/DD/YYYY)",
-        ))
+        problems.append((unparseable[indices] if len(indices) else np.zeros(0, dtype=bool),
+                         functools.partial(_unparseable_date, values, label)))
         ranks.append(np.array([rank_of.get(day, 0) for day in days], dtype=rank_type)[indices])
     event_rank = ranks[0] if len(ranks) == 1 else np.where(ranks[0] > 0, ranks[0], ranks[1])  # Delete, else Accession
 
@@ -567,6 +564,10 @@ def _not_matching(values: pa.Array, pattern: str, max_length: int) -> pa.Array:
         matched = pc.match_substring_regex(pc.take(values, pa.array(suspects)), pattern)
         result[suspects] = ~matched.to_numpy(zero_copy_only=False)
     return pa.array(result)
+
+
+def _unparseable_date(values: pa.Array, label: str, i: int) -> str:
+    return f"unparseable {label} {shown(values[i].as_py())} (expected YYYY-MM-DD or MM/DD/YYYY)"
 
 
 def _barcode_problem(barcode: str) -> str:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -223,7 +224,7 @@ class Lock:
             f"loader's lock expires by itself within {self.ttl_ms // 1000} seconds"
         )
 
-    def _fenced(self, script: str, keys: list[str], *args: object) -> object:
+    def _fenced(self, script: str, keys: list[str], *args: str | int | float) -> Any:
         return self.client.eval(script, len(keys), *keys, self.token, *args)
 
     def renew(self) -> None:
