@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -18,9 +19,11 @@ import redis
 from m2_code_store.config import connect, describe_error, embedded_note, open_store, resolve_target
 from m2_code_store.embedded import EmbeddedServerError, stop_local_server
 from m2_code_store.store import CodeStore
-from toolconfig import ConfigError
+from toolconfig import ConfigError, add_logging_arguments, release
+from toolconfig.logs import setup_logging
 
 APP_FACTORY = "m2_code_store.api:create_app"
+log = logging.getLogger("m2_code_store")
 
 
 def server_command(server: str, host: str, port: int, workers: int, threads: int) -> list[str]:
@@ -46,12 +49,12 @@ def serve(args: argparse.Namespace) -> int:
         if target.source == "embedded":
             connect(target).close()  # starts the embedded server once, before the workers fork
     except (ConfigError, EmbeddedServerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     if note := embedded_note(target):
-        print(note, file=sys.stderr)
+        log.warning("%s", note)
         os.environ["M2_STORE"] = "embedded"  # the workers, which have no terminal, resolve the same store
-    print(f"serving the M2 customer code API on http://{args.host}:{args.port} (store: {target.shown})", file=sys.stderr)
+    log.info("serving the M2 customer code API on http://%s:%d (store: %s)", args.host, args.port, target.shown)
     if args.debug:
         from m2_code_store.api import create_app
 
@@ -67,13 +70,13 @@ def stats(_: argparse.Namespace) -> int:
     try:
         target, client = open_store(timeout=5)
         if note := embedded_note(target):
-            print(note, file=sys.stderr)
+            log.warning("%s", note)
         print(json.dumps({"store": target.shown, **CodeStore(client).stats()}))
     except (ConfigError, EmbeddedServerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     except redis.exceptions.RedisError as exc:
-        print(f"error: {target.shown} failed: {describe_error(exc, target)}", file=sys.stderr)
+        log.error("%s failed: %s", target.shown, describe_error(exc, target))
         return 2
     return 0
 
@@ -94,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="m2-code-store", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {release()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve the lookup API")
+    add_logging_arguments(run)
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)")
@@ -108,12 +113,18 @@ def main(argv: list[str] | None = None) -> int:
                                description=loader.DESCRIPTION, epilog=loader.EPILOG)
     loader.add_arguments(load)
     load.set_defaults(func=loader.run, check=lambda args: loader.check_arguments(load, args))
-    commands.add_parser("stats", help="record count and generation of the store").set_defaults(func=stats)
-    commands.add_parser("stop-embedded", help="stop the embedded local Redis").set_defaults(func=stop_embedded)
+    for name, func, text in (("stats", stats, "record count and generation of the store"),
+                             ("stop-embedded", stop_embedded, "stop the embedded local Redis")):
+        command = commands.add_parser(name, help=text)
+        add_logging_arguments(command)
+        command.set_defaults(func=func)
     args = parser.parse_args(argv)
     if getattr(args, "check", None):
         args.check(args)
+    if args.func is not loader.run:  # the loader sets its logging up itself
+        setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
     return args.func(args)
+
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def embedded_note(target: StoreTarget) -> str | None:
     """What a command tells the person at the terminal when it fell back to the embedded store."""
     if not target.fallback:
         return None
-    return (f"note: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local Redis in "
+    return (f"REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local Redis in "
             f"{target.data_dir} (set M2_STORE=embedded to choose it explicitly)")
 
 

@@ -1,11 +1,14 @@
-"""Progress output: a bar on a terminal, a plain line every tenth otherwise."""
+"""Progress output: a bar on a terminal, a log line every tenth otherwise."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TextIO
 
 from tqdm import tqdm
+
+log = logging.getLogger("m2_code_store")
 
 
 class Progress:
@@ -29,7 +32,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(step)
         elif done / self.total >= self._next_line or done == self.total:
-            print(f"loading: {done:,} of {self.total:,} rows sent ({done / self.total:.0%})", file=self.stream)
+            log.info("loading: %s of %s rows sent (%s)", f"{done:,}", f"{self.total:,}", f"{done / self.total:.0%}")
             while self._next_line <= done / self.total:
                 self._next_line += 0.1
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 import threading
@@ -35,9 +36,11 @@ from m2_code_store.embedded import EmbeddedServerError
 from m2_code_store.las_csv import BadRow, ExportError, ParsedExport, duplicate_count, read_export
 from m2_code_store.loader import DEFAULT_MAX_SHRINK, LoadError, LoadStopped, LockLost, load
 from m2_code_store.progress import Progress
-from toolconfig import ConfigError
+from toolconfig import ConfigError, add_logging_arguments
+from toolconfig.logs import setup_logging
 
 SHOWN_BAD_ROWS = 20
+log = logging.getLogger("m2_code_store")
 
 
 DESCRIPTION = ("Load a LAS 'Barcodes by CUS/DATE' export (Item barcode, Accession date, Customer code, "
@@ -60,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-shrink", type=float, default=DEFAULT_MAX_SHRINK, metavar="SHARE",
                         help=f"with --replace: refuse when the new data set is smaller by more than this share (default {DEFAULT_MAX_SHRINK})")
     parser.add_argument("--dry-run", action="store_true", help="parse and validate the whole file; never connect to Redis")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_logging_arguments(parser)
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -82,9 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def report_bad_rows(bad_rows: list[BadRow], csv_file: Path) -> None:
-    """Print the first skipped rows; write them all next to the file when there are more."""
+    """Log the first skipped rows; write them all next to the file when there are more."""
     for bad in bad_rows[:SHOWN_BAD_ROWS]:
-        print(f"skipped {csv_file.name} {bad}", file=sys.stderr)
+        log.warning("skipped %s %s", csv_file.name, bad)
     if len(bad_rows) > SHOWN_BAD_ROWS:
         listing = csv_file.with_name(csv_file.name + ".skipped.txt")
         try:
@@ -92,7 +95,7 @@ def report_bad_rows(bad_rows: list[BadRow], csv_file: Path) -> None:
             where = f"all {len(bad_rows):,} are listed in {listing}"
         except OSError as exc:
             where = f"could not write the full list to {listing}: {exc.strerror}"
-        print(f"… and {len(bad_rows) - SHOWN_BAD_ROWS:,} more skipped rows: {where}", file=sys.stderr)
+        log.warning("… and %s more skipped rows: %s", f"{len(bad_rows) - SHOWN_BAD_ROWS:,}", where)
 
 
 def summary(parsed: ParsedExport, seconds: float, *, written: str, deleted: str, removed: int | None = None,
@@ -157,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load with parsed arguments (``write_csv_to_redis`` and ``m2-code-store load``); the exit status."""
+    setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
     importing = _import_pandas_meanwhile()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _run(args)
     except KeyboardInterrupt as exc:  # before the load started: nothing was written
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what} before anything was written: the store is unchanged", file=sys.stderr)
+        log.error("%s before anything was written: the store is unchanged", what)
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -175,15 +179,18 @@ def _run(args: argparse.Namespace) -> int:
     try:
         parsed = read_export(args.csv_file)
     except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     report_bad_rows(parsed.bad_rows, args.csv_file)
     status = 1 if parsed.bad_rows else 0
 
     def finish(written: str, deleted: str, removed: int | None = None, records: int | None = None,
                store: StoreTarget | None = None) -> None:
-        print(summary(parsed, time.perf_counter() - started, written=written, deleted=deleted,
-                      removed=removed, records=records, store=store))
+        line = summary(parsed, time.perf_counter() - started, written=written, deleted=deleted,
+                       removed=removed, records=records, store=store)
+        print(line)
+        log.info("%s", line, extra={"printed": True, "event": "summary", "rows_read": parsed.rows_read,
+                                    "skipped": len(parsed.bad_rows), "records": records})
 
     if args.dry_run:
         duplicates = duplicate_count(parsed)
@@ -198,10 +205,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         target, client = open_store(timeout=30, interactive=has_terminal())
     except (ConfigError, EmbeddedServerError) as exc:
-        print(f"error: {exc}. Nothing was written.", file=sys.stderr)
+        log.error("%s. Nothing was written.", exc)
         return 2
     if note := embedded_note(target):
-        print(note, file=sys.stderr)
+        log.warning("%s", note)
 
     progress = Progress(len(parsed), enabled=not args.quiet)
     try:
@@ -209,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
                       source=args.csv_file.name, progress=progress.update)
     except LoadStopped as exc:
         progress.close()
-        print(f"error: {stop_reason(exc.cause, target)}: {exc.state}.", file=sys.stderr)
+        log.error("%s: %s.", stop_reason(exc.cause, target), exc.state)
         if isinstance(exc.cause, KeyboardInterrupt):
             return 143 if isinstance(exc.cause, Terminated) else 130
         if args.replace:
@@ -220,26 +227,26 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except LoadError as exc:  # another load runs, or a refused --replace: nothing was changed
         progress.close()
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         finish("0", "0", store=target)
         return 2
     except redis.exceptions.RedisError as exc:  # taking the lock failed
         progress.close()
-        print(f"error: Redis failed before the load started ({type(exc).__name__}: {describe_error(exc, target)}): "
-              "nothing was written. Re-running the same command is safe.", file=sys.stderr)
+        log.error("Redis failed before the load started (%s: %s): nothing was written. Re-running the same "
+                  "command is safe.", type(exc).__name__, describe_error(exc, target))
         return 2
     finally:
         client.close()
     progress.close()
     if result.rebuilt:
-        print(f"note: the store had outgrown its buckets, so this load rebuilt it into {result.buckets:,} "
-              "buckets (memory per record stays low)", file=sys.stderr)
+        log.info("the store had outgrown its buckets, so this load rebuilt it into %s buckets (memory per "
+                 "record stays low)", f"{result.buckets:,}")
     for note in result.notes or []:
-        print(f"note: {note}", file=sys.stderr)
+        log.warning("%s", note)
     finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records, store=target)
     if result.interrupted is not None:  # too late to stop: the new data set was already live
-        print(f"{stop_reason(result.interrupted, target)} after the switch: the new data set is live "
-              f"(generation {result.generation}); the previous one is deleted by the next load", file=sys.stderr)
+        log.error("%s after the switch: the new data set is live (generation %d); the previous one is deleted "
+                  "by the next load", stop_reason(result.interrupted, target), result.generation)
         return 143 if isinstance(result.interrupted, Terminated) else 130
     return status
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from logtext import messages
 
 from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import main
@@ -51,9 +52,9 @@ def test_skipped_rows_are_listed_and_exit_status_is_1(tmp_path, env, redis_clien
     path.write_text(HEADER + "1,2024-01-01,NA,\n,2024-01-01,NB,\n4,2024-01-01\n5,2024-01-01,NC,\n")
     assert main([str(path), "--quiet"]) == 1
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [
-        "skipped items.csv line 3: blank barcode",
-        "skipped items.csv line 4: wrong number of fields (2, expected 4)",
+    assert messages(captured.err) == [
+        "warning: skipped items.csv line 3: blank barcode",
+        "warning: skipped items.csv line 4: wrong number of fields (2, expected 4)",
     ]
     assert SUMMARY.match(captured.out.strip()).group("written", "skipped") == ("2", "2")
     assert CodeStore(redis_client).lookup(["1", "5"]) == ["NA", "NC"]
@@ -63,8 +64,8 @@ def test_many_skipped_rows_are_written_to_a_listing(tmp_path, env, capsys):
     path = tmp_path / "items.csv"
     path.write_text(HEADER + "".join(",2024-01-01,NB,\n" for _ in range(25)))
     assert main([str(path), "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert f"… and 5 more skipped rows: all 25 are listed in {path}.skipped.txt" in err
+    err = messages(capsys.readouterr().err)
+    assert f"warning: … and 5 more skipped rows: all 25 are listed in {path}.skipped.txt" in err
     assert (tmp_path / "items.csv.skipped.txt").read_text().splitlines()[-1] == "line 26: blank barcode"
 
 
@@ -72,10 +73,10 @@ def test_missing_column_is_refused_before_anything_is_written(tmp_path, env, red
     path = tmp_path / "items.csv"
     path.write_text("Item barcode,Customer code\n1,NA\n")
     assert main([str(path)]) == 2
-    assert capsys.readouterr().err == (
+    assert messages(capsys.readouterr().err) == [
         "error: column 'Delete date' not found in items.csv (found: 'Item barcode', 'Customer code'): "
-        "is this the LAS 'Barcodes by CUS/DATE' export?\n"
-    )
+        "is this the LAS 'Barcodes by CUS/DATE' export?"
+    ]
     assert redis_client.keys("*") == []
 
 
@@ -90,10 +91,11 @@ def test_dry_run_never_connects(csv_file, monkeypatch, capsys):
 def test_unreachable_store_is_reported_without_the_password(csv_file, monkeypatch, capsys):
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
     assert main([str(csv_file), "--quiet"]) == 2
-    err = capsys.readouterr().err
+    raw = capsys.readouterr().err
+    (err,) = messages(raw)
     assert err.startswith("error: cannot reach redis://:***@127.0.0.1:1/0: ")
-    assert err.rstrip().endswith("Nothing was written.")
-    assert "hunter2" not in err
+    assert err.endswith("Nothing was written.")
+    assert "hunter2" not in raw
 
 
 @pytest.mark.parametrize(
@@ -138,7 +140,7 @@ def test_every_documented_way_to_run_the_loader_works(command, csv_file, redis_u
     done = subprocess.run([*command, str(csv_file), "10000"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert SUMMARY.match(done.stdout.strip())
-    assert "loading: 3 of 3 rows sent (100%)" in done.stderr  # plain progress lines when not on a terminal
+    assert "loading: 3 of 3 rows sent (100%)" in messages(done.stderr)  # progress lines when not on a terminal
 
 
 def test_outgrown_buckets_are_rebuilt_and_said_so(tmp_path, env, redis_client, capsys):
@@ -147,8 +149,9 @@ def test_outgrown_buckets_are_rebuilt_and_said_so(tmp_path, env, redis_client, c
     assert main([str(first), "--quiet"]) == 0  # a new store: 1024 buckets
     grown = tmp_path / "grown.csv"
     grown.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(100_000, 200_000)))
-    assert main([str(grown), "--quiet"]) == 0
-    assert "note: the store had outgrown its buckets, so this load rebuilt it into 2,048 buckets" in capsys.readouterr().err
+    assert main([str(grown)]) == 0
+    assert ("the store had outgrown its buckets, so this load rebuilt it into 2,048 buckets (memory per record "
+            "stays low)") in messages(capsys.readouterr().err)
     assert CodeStore(redis_client).lookup(["1", "150000"]) == ["NA", "NA"]
 
 
@@ -161,9 +164,10 @@ def test_failed_load_reports_the_error_and_a_summary(tmp_path, env, redis_client
     finally:
         redis_client.config_set("maxmemory", "0")
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: Redis failed during the load (BulkWriteError: Redis refused ")
-    assert "OOM command not allowed" in captured.err
-    assert captured.err.rstrip().endswith("Re-running the same file is safe.")
+    (err,) = messages(captured.err)
+    assert err.startswith("error: Redis failed during the load (BulkWriteError: Redis refused ")
+    assert "OOM command not allowed" in err
+    assert err.endswith("Re-running the same file is safe.")
     assert captured.out.startswith("read 60,000 rows: up to 60,000 written, ? deleted, 0 skipped; ")
     assert main([str(big), "--quiet"]) == 0
     assert SUMMARY.match(capsys.readouterr().out.strip()).group("records") == "60,000"
@@ -189,9 +193,10 @@ def test_malformed_redis_url_is_one_line_and_exit_2_for_every_command(command, c
     env = _env_without_store(REDIS_URL="redis://:s3cret@[::1/5")
     done = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: REDIS_URL has an unclosed '[' (a bracketed IPv6 address): expected "
-                                  "redis://[:password@]host[:port][/db]")
-    assert len(done.stderr.strip().splitlines()) == 1 and "s3cret" not in done.stderr + done.stdout
+    errors = [line for line in messages(done.stderr) if not line.startswith("warning: skipped")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: REDIS_URL has an unclosed '[' (a bracketed IPv6 address): expected redis://[:password@]host[:port][/db]")
+    assert "s3cret" not in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=list(COMMANDS))
@@ -223,6 +228,48 @@ def test_at_a_terminal_the_embedded_store_is_announced_and_named_in_the_summary(
         os.close(controller)
         stop_local_server(data_dir)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == (f"note: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local "
-                           f"Redis in {data_dir} (set M2_STORE=embedded to choose it explicitly)\n")
+    assert messages(done.stderr) == [
+        f"warning: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local "
+        f"Redis in {data_dir} (set M2_STORE=embedded to choose it explicitly)"]
     assert SUMMARY.match(done.stdout.strip()).group("store") == f"the embedded local Redis in {data_dir}"
+
+
+def test_on_a_terminal_the_log_is_readable_lines_and_a_log_file_gets_json(csv_file, redis_url, tmp_path):
+    """stderr a terminal: 'HH:MM:SS warning: …' lines and the summary once (on stdout); --log-file:
+    the same events as JSON objects, the summary included, for cron users who want a file."""
+    import json
+    import pty
+
+    log_file = tmp_path / "loader.log"
+    csv_file.write_text(csv_file.read_text() + ",2024-01-01,NB,\n")  # one bad row: a warning
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "m2_code_store.write_csv_to_redis", str(csv_file), "--quiet",
+                               "--log-file", str(log_file)],
+                              cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url}, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=60)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 1
+    lines = shown.decode().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"\d\d:\d\d:\d\d warning: skipped items.csv line 5: blank barcode", lines[0])
+    assert SUMMARY.match(done.stdout.strip())
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [entry["level"] for entry in logged] == ["warning", "info"]
+    assert logged[1]["event"] == "summary" and logged[1]["message"] == done.stdout.strip()
+
+
+@pytest.mark.parametrize("command", [["write_csv_to_redis"], ["m2-code-store"]])
+def test_every_command_says_its_version(command):
+    done = subprocess.run([str(Path(sys.executable).parent / command[0]), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and re.fullmatch(rf"{command[0]} \d+\.\d+\.\d+\n", done.stdout)

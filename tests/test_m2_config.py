@@ -65,7 +65,7 @@ def test_at_a_terminal_without_settings_the_embedded_store_is_used_and_announced
     target = resolve_target({"M2_DATA_DIR": str(tmp_path)}, interactive=True)
     assert (target.source, target.data_dir, target.fallback) == ("embedded", tmp_path.resolve(), True)
     assert embedded_note(target) == (
-        f"note: REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local Redis in "
+        f"REDIS_URL and REDIS_ENDPOINT_ENCRYPTED are not set: using the embedded local Redis in "
         f"{tmp_path.resolve()} (set M2_STORE=embedded to choose it explicitly)")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "load_yaml", "env_override", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration",
+__all__ = ["ConfigError", "add_logging_arguments", "load_yaml", "env_override", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration",
            "format_duration"]
 
 
@@ -191,3 +191,22 @@ def parse_duration(text: str, *, bare: str | None = None, name: str = "duration"
         raise ConfigError(f"{name} {match.group(1)} has no unit: write {match.group(1)}d for days, "
                           f"{match.group(1)}h for hours or {match.group(1)}w for weeks")
     return float(match.group(1)) * _UNITS[unit]
+
+
+def release() -> str:
+    """This project's version, for --version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("library-systems-tools")
+    except PackageNotFoundError:  # pragma: no cover - a checkout that was not installed
+        return "unknown"
+
+
+def add_logging_arguments(parser: Any) -> None:
+    """``--version``, ``--quiet``, ``--verbose`` and ``--log-file``: the options every command has."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {release()}")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors (no progress)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug messages too")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="also append the log, one JSON object per line, to PATH (logrotate may move it)")
