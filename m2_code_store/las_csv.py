@@ -220,8 +220,20 @@ def _date_column(values: pa.Array) -> tuple[np.ndarray, list[str], list[date | N
 
 
 def read_export(path: str | Path) -> ParsedExport:
-    """Parse and validate a LAS export; raise ExportError if the file cannot be used at all."""
+    """Parse and validate a LAS export; raise ExportError if the file cannot be used at all.
+
+    Three steps: read the bytes and find the columns (:func:`_open_export`), read the rows with
+    Arrow, recovering from lines that would break it (:class:`_RowReader`), then decide which rows
+    are bad and in what order the good ones apply (:func:`_validate`).
+    """
     path = Path(path)
+    raw, delimiter, header, indexes = _open_export(path)
+    rows = _RowReader(path, delimiter, header, indexes).read(raw)
+    return _validate(rows, "accession_date" in indexes)
+
+
+def _open_export(path: Path) -> tuple[bytes, str, list[str], dict[str, int]]:
+    """The file's bytes (UTF-8, header line ended), its delimiter, header and our columns' indexes."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -242,82 +254,107 @@ def read_export(path: str | Path) -> ParsedExport:
     except csv.Error as exc:  # a header name over 128 KB
         raise ExportError(f"the header line of {path.name} cannot be read as CSV ({exc}): is this the LAS "
                           "'Barcodes by CUS/DATE' export?") from exc
-    indexes = _column_indexes(header, path)
+    return raw, delimiter, header, _column_indexes(header, path)
 
-    names = [f"c{i}" for i in range(len(header))]
-    invalid: list[tuple[int, str]] = []
-    blank_short_lines: list[int] = []  # too few fields, but nothing in them: a blank line, not a bad row
-    not_blank = re.compile(f"[^\\s\x1a{re.escape(delimiter)}]")  # Ctrl-Z: an old DOS end-of-file mark
 
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        if row.actual_columns < row.expected_columns and not not_blank.search(row.text or ""):
-            blank_short_lines.append(row.number)
+@dataclass
+class _Rows:
+    """What Arrow read: our columns (trimmed), each row's line number, and the lines it skipped."""
+
+    columns: dict[str, pa.Array]  # barcode, customer_code, delete_date and maybe accession_date
+    lines: np.ndarray  # the physical line of each row of the columns
+    invalid: list[tuple[int, str]]  # lines with the wrong number of fields
+    blank_short_lines: list[int]  # lines with too few fields but nothing in them
+    blanked_lines: dict[int, str]  # lines blanked out before reading (reason): read as blank, reported as bad
+
+    @property
+    def count(self) -> int:
+        return len(self.columns["barcode"])
+
+
+class _RowReader:
+    """Reads the rows with Arrow; a row that is not UTF-8 or opens a quote it never closes is
+    blanked out and reported, so it cannot stop the read or swallow the lines after it."""
+
+    def __init__(self, path: Path, delimiter: str, header: list[str], indexes: dict[str, int]) -> None:
+        self.path, self.delimiter, self.header, self.indexes = path, delimiter, header, indexes
+        self.names = [f"c{i}" for i in range(len(header))]
+        self.invalid: list[tuple[int, str]] = []
+        self.blank_short_lines: list[int] = []
+        self._not_blank = re.compile(f"[^\\s\x1a{re.escape(delimiter)}]")  # Ctrl-Z: an old DOS end-of-file mark
+
+    def _on_invalid(self, row: pacsv.InvalidRow) -> str:
+        if row.actual_columns < row.expected_columns and not self._not_blank.search(row.text or ""):
+            self.blank_short_lines.append(row.number)
         else:
-            invalid.append((row.number, f"wrong number of fields ({row.actual_columns}, expected {row.expected_columns})"))
+            self.invalid.append((row.number, f"wrong number of fields ({row.actual_columns}, expected {row.expected_columns})"))
         return "skip"
 
-    def read(raw: bytes) -> pa.Table:
-        invalid.clear()
-        blank_short_lines.clear()
+    def _arrow(self, raw: bytes) -> pa.Table:
+        self.invalid.clear()
+        self.blank_short_lines.clear()
         with _unreadable_row_text_ignored():
             return pacsv.read_csv(
                 pa.BufferReader(raw),
-                read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=names, block_size=8 << 20),
+                read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=self.names, block_size=8 << 20),
                 parse_options=pacsv.ParseOptions(
-                    delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+                    delimiter=self.delimiter, invalid_row_handler=self._on_invalid, ignore_empty_lines=False
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={n: pa.string() for n in names},
+                    column_types={n: pa.string() for n in self.names},
                     strings_can_be_null=False,
                     quoted_strings_can_be_null=False,
-                    include_columns=[names[i] for i in indexes.values()],
+                    include_columns=[self.names[i] for i in self.indexes.values()],
                 ),
             )
 
-    def read_checked(raw: bytes) -> tuple[pa.Table, bytes, list[int]]:
+    def _checked(self, raw: bytes) -> tuple[pa.Table, bytes, list[int]]:
         """The table, the bytes it was read from, and the lines blanked out as not UTF-8."""
         try:
-            return read(raw), raw, []
+            return self._arrow(raw), raw, []
         except pa.ArrowInvalid as exc:
             # Rare: a row that is not UTF-8 (Arrow's conversion fails, or its invalid-row handler
             # cannot decode a short row). Blank those rows out, read again, and report them.
-            blanked, lines = _blank_out_non_utf8(raw, delimiter, len(header), sorted(indexes.values()))
+            blanked, lines = _blank_out_non_utf8(raw, self.delimiter, len(self.header), sorted(self.indexes.values()))
             try:
                 if not lines:
                     raise exc
-                return read(blanked), blanked, lines
+                return self._arrow(blanked), blanked, lines
             except pa.ArrowInvalid as again:
                 if "UTF8" in str(again):
-                    raise ExportError(f"{path} is not UTF-8 text: export it again as CSV (UTF-8)") from again
-                raise ExportError(f"{path} could not be read as CSV: {again}") from again
+                    raise ExportError(f"{self.path} is not UTF-8 text: export it again as CSV (UTF-8)") from again
+                raise ExportError(f"{self.path} could not be read as CSV: {again}") from again
 
-    # A quoted value that opens and never closes would swallow every line after it. Lines with an
-    # odd number of quotes are checked before reading; should a record still span lines (an even
-    # number of quotes, one of them literal), every line with a quote is checked and it is read again.
-    read_from, open_quote_lines = _blank_out_open_quotes(raw, delimiter, len(header), every_line=False)
-    table, read_from, not_utf8_lines = read_checked(read_from)
-    records = table.num_rows + len(invalid) + len(blank_short_lines) + 1
-    if b'"' in read_from and records != _physical_lines(read_from):  # without quotes, a record is a line
-        read_from, open_quote_lines = _blank_out_open_quotes(raw, delimiter, len(header), every_line=True)
-        table, read_from, not_utf8_lines = read_checked(read_from)
-    blanked_lines = {**dict.fromkeys(open_quote_lines, OPEN_QUOTE_ROW), **dict.fromkeys(not_utf8_lines, NOT_UTF8_ROW)}
-
-    def column(name: str) -> pa.Array:
-        return _trimmed(table[names[indexes[name]]].combine_chunks())
-
-    barcodes = column("barcode")
-    codes = column("customer_code")
-    deleted = column("delete_date")
-    accession = column("accession_date") if "accession_date" in indexes else None
-
-    total_records = table.num_rows + len(invalid) + len(blank_short_lines)
-    if invalid or blank_short_lines:
-        skipped = [n for n, _ in invalid] + blank_short_lines
-        invalid_lines = np.fromiter(skipped, dtype=np.int64, count=len(skipped))
-        lines = np.setdiff1d(np.arange(2, total_records + 2, dtype=np.int64), invalid_lines, assume_unique=True)
-    else:
+    def read(self, raw: bytes) -> _Rows:
+        # A quoted value that opens and never closes would swallow every line after it. Lines with
+        # an odd number of quotes are checked before reading; should a record still span lines (an
+        # even number of quotes, one of them literal), every line with a quote is checked and it is
+        # read again.
+        fields = len(self.header)
+        read_from, open_quote_lines = _blank_out_open_quotes(raw, self.delimiter, fields, every_line=False)
+        table, read_from, not_utf8_lines = self._checked(read_from)
+        records = table.num_rows + len(self.invalid) + len(self.blank_short_lines) + 1
+        if b'"' in read_from and records != _physical_lines(read_from):  # without quotes, a record is a line
+            read_from, open_quote_lines = _blank_out_open_quotes(raw, self.delimiter, fields, every_line=True)
+            table, read_from, not_utf8_lines = self._checked(read_from)
+        total_records = table.num_rows + len(self.invalid) + len(self.blank_short_lines)
         lines = np.arange(2, total_records + 2, dtype=np.int64)
+        if self.invalid or self.blank_short_lines:
+            skipped = [n for n, _ in self.invalid] + self.blank_short_lines
+            lines = np.setdiff1d(lines, np.fromiter(skipped, dtype=np.int64, count=len(skipped)), assume_unique=True)
+        return _Rows(
+            columns={name: _trimmed(table[self.names[index]].combine_chunks()) for name, index in self.indexes.items()},
+            lines=lines,
+            invalid=list(self.invalid),
+            blank_short_lines=list(self.blank_short_lines),
+            blanked_lines={**dict.fromkeys(open_quote_lines, OPEN_QUOTE_ROW), **dict.fromkeys(not_utf8_lines, NOT_UTF8_ROW)},
+        )
 
+
+def _validate(rows: _Rows, has_accession: bool) -> ParsedExport:
+    """Which rows are bad (and why), which are blank, and the order the good ones apply in."""
+    barcodes, codes, deleted = rows.columns["barcode"], rows.columns["customer_code"], rows.columns["delete_date"]
+    accession = rows.columns["accession_date"] if has_accession else None
     zero = pa.scalar(0, pa.int32())
     blank_barcode = pc.equal(pc.binary_length(barcodes), zero)
     blank_line = pc.and_(blank_barcode, pc.and_(pc.equal(pc.binary_length(codes), zero), pc.equal(pc.binary_length(deleted), zero)))
@@ -333,9 +370,46 @@ def read_export(path: str | Path) -> ParsedExport:
         (pc.and_(pc.greater(pc.binary_length(codes), zero), _not_matching(codes, CUSTOMER_CODE_PATTERN, 32)),
          lambda i: f"customer code {shown(codes[i].as_py())} is not 1-32 letters, digits, '.', '_' or '-'"),
     ]
-    # Each row's event date as its rank among the distinct dates of the file (0: no date), so the
-    # valid rows can be put in event order with a radix sort of small integers.
     date_columns = [(deleted, "Delete date")] + ([(accession, "Accession date")] if accession is not None else [])
+    event_rank = _event_ranks(date_columns, problems)
+
+    blank_np = blank_line.to_numpy(zero_copy_only=False)
+    bad_mask = np.zeros(rows.count, dtype=bool)
+    reasons: dict[int, str] = {}
+    if rows.blanked_lines:  # read as blank rows, reported as bad ones
+        blanked = np.isin(rows.lines, list(rows.blanked_lines))
+        blank_np = blank_np & ~blanked
+        bad_mask |= blanked
+        reasons.update({i: rows.blanked_lines[int(rows.lines[i])] for i in np.flatnonzero(blanked).tolist()})
+    for mask, reason in problems:
+        mask_np = (mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)) & ~blank_np
+        for i in np.flatnonzero(mask_np & ~bad_mask):
+            reasons[int(i)] = reason if isinstance(reason, str) else reason(int(i))
+        bad_mask |= mask_np
+
+    bad_rows = [BadRow(n, reason) for n, reason in rows.invalid]
+    bad_rows += [BadRow(int(rows.lines[i]), reason) for i, reason in reasons.items()]
+    bad_rows.sort(key=lambda bad: bad.line)
+
+    keep = ~(bad_mask | blank_np)
+    blank_lines = int(blank_np.sum()) + len(rows.blank_short_lines)
+    total_records = rows.count + len(rows.invalid) + len(rows.blank_short_lines)
+    return ParsedExport(
+        source_barcodes=barcodes,
+        source_codes=codes,
+        source_deletes=is_delete.to_numpy(zero_copy_only=False),
+        rows_read=total_records - blank_lines,
+        bad_rows=bad_rows,
+        blank_lines=blank_lines,
+        apply_order=_apply_order(keep, event_rank),
+    )
+
+
+def _event_ranks(date_columns: list[tuple[pa.Array, str]],
+                 problems: list[tuple[pa.Array | np.ndarray, str | Callable[[int], str]]]) -> np.ndarray:
+    """Each row's event date (Delete date, else Accession date) as its rank among the file's
+    distinct dates (0: no date), so rows sort in event order with a radix sort of small integers;
+    unparseable dates are added to *problems*."""
     encoded = [_date_column(values) for values, _ in date_columns]
     ranked = sorted({day for _, _, days in encoded for day in days if day is not None})
     rank_type = np.uint16 if len(ranked) <= np.iinfo(np.uint16).max else np.uint32
@@ -346,43 +420,16 @@ def read_export(path: str | Path) -> ParsedExport:
         problems.append((unparseable[indices] if len(indices) else np.zeros(0, dtype=bool),
                          functools.partial(_unparseable_date, values, label)))
         ranks.append(np.array([rank_of.get(day, 0) for day in days], dtype=rank_type)[indices])
-    event_rank = ranks[0] if len(ranks) == 1 else np.where(ranks[0] > 0, ranks[0], ranks[1])  # Delete, else Accession
+    return ranks[0] if len(ranks) == 1 else np.where(ranks[0] > 0, ranks[0], ranks[1])
 
-    blank_np = blank_line.to_numpy(zero_copy_only=False)
-    bad_mask = np.zeros(table.num_rows, dtype=bool)
-    reasons: dict[int, str] = {}
-    if blanked_lines:  # read as blank rows, reported as bad ones
-        blanked = np.isin(lines, list(blanked_lines))
-        blank_np = blank_np & ~blanked
-        bad_mask |= blanked
-        reasons.update({i: blanked_lines[int(lines[i])] for i in np.flatnonzero(blanked).tolist()})
-    for mask, reason in problems:
-        mask_np = (mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)) & ~blank_np
-        for i in np.flatnonzero(mask_np & ~bad_mask):
-            reasons[int(i)] = reason if isinstance(reason, str) else reason(int(i))
-        bad_mask |= mask_np
 
-    bad_rows = [BadRow(n, reason) for n, reason in invalid]
-    bad_rows += [BadRow(int(lines[i]), reason) for i, reason in reasons.items()]
-    bad_rows.sort(key=lambda bad: bad.line)
-
-    keep = ~(bad_mask | blank_np)
-    blank_lines = int(blank_np.sum()) + len(blank_short_lines)
+def _apply_order(keep: np.ndarray, event_rank: np.ndarray) -> np.ndarray | None:
+    """Positions of the kept rows in stable event order; None when that is every row as read."""
     kept_rank = event_rank[keep]
     if np.all(kept_rank[1:] >= kept_rank[:-1]):  # already in event order
-        apply_order = None if keep.all() else np.flatnonzero(keep)
-    else:
-        order = np.argsort(kept_rank, kind="stable")
-        apply_order = order if keep.all() else np.flatnonzero(keep)[order]
-    return ParsedExport(
-        source_barcodes=barcodes,
-        source_codes=codes,
-        source_deletes=is_delete.to_numpy(zero_copy_only=False),
-        rows_read=total_records - blank_lines,
-        bad_rows=bad_rows,
-        blank_lines=blank_lines,
-        apply_order=apply_order,
-    )
+        return None if keep.all() else np.flatnonzero(keep)
+    order = np.argsort(kept_rank, kind="stable")
+    return order if keep.all() else np.flatnonzero(keep)[order]
 
 
 def _line_starts(raw: bytes) -> np.ndarray:
