@@ -1,16 +1,21 @@
-"""Small helpers shared by the vendor simulators: sliding-window rate counting, latency, ports."""
+"""Helpers the vendor simulators share: rate window, latency, request log, tokens, standalone runner.
+
+The request pipeline (failure injection, latency, logging) is in ``simulators._pipeline``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
@@ -73,13 +78,20 @@ def latency_argument(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"latency must look like 0.2-0.5, got {text!r}") from exc
 
 
+async def start_site(
+    app: web.Application, host: str, port: int, shutdown_timeout: float = 1.0
+) -> tuple[web.AppRunner, int]:
+    """Listen on host:port (0 = a free port); return the runner and the port it got."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner, runner.addresses[0][1]
+
+
 async def serve(app: web.Application, host: str, port: int, describe: Callable[[int], str]) -> None:
     """Listen on host:port (0 = a free port), print ``describe(port)``, serve until SIGTERM/SIGINT."""
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    print(describe(runner.addresses[0][1]), flush=True)
+    runner, bound = await start_site(app, host, port)
+    print(describe(bound), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -116,9 +128,102 @@ def repeated_parameters(request: web.Request) -> list[str]:
     names = [name for name, _ in request.query.items()]  # keys() lists each name once
     return [name for index, name in enumerate(names) if names.count(name) > 1 and names.index(name) == index]
 
-async def drop_connection(request: web.Request) -> web.StreamResponse:
-    """Close the connection without an answer; the client sees a disconnect."""
+
+def drop_connection(request: web.Request) -> NoReturn:
+    """Close the connection without a byte of answer; the client sees a disconnect.
+
+    Raising CancelledError is how aiohttp ends a request it must not answer: nothing is written,
+    and middlewares further out (the request log, Alma's headers) see no response.
+    """
     if request.transport is not None:
-        request.transport.close()
-    # aiohttp discards whatever is written to a closed transport; this only ends the handler.
-    return web.Response(status=500)
+        request.transport.abort()
+    raise asyncio.CancelledError
+
+
+class TokenBook:
+    """The tokens a simulator issued, each with its expiry; ``revoke_all`` plays a server reset."""
+
+    def __init__(self) -> None:
+        self.expiry: dict[str, float] = {}  # token -> when it stops working (the state's clock)
+        self.revoked: set[str] = set()
+
+    def issue(self, token: str, expires_at: float) -> str:
+        """Record ``token`` as valid until ``expires_at`` and return it."""
+        self.expiry[token] = expires_at
+        self.revoked.discard(token)
+        return token
+
+    def problem(self, token: str | None, now: float) -> str | None:
+        """Why ``token`` is refused at ``now``: "missing", "unknown" or "expired"; None if valid."""
+        if not token:
+            return "missing"
+        if token not in self.expiry:
+            return "unknown"
+        if token in self.revoked or now >= self.expiry[token]:
+            return "expired"
+        return None
+
+    def revoke_all(self) -> None:
+        """Make every token issued so far expired."""
+        self.revoked.update(self.expiry)
+
+
+# --- standalone -----------------------------------------------------------------------------
+
+State = TypeVar("State")
+
+
+def standalone_parser(module: str, description: str, port: int) -> argparse.ArgumentParser:
+    """The options every simulator takes standalone: --host, --port, --latency and --seed."""
+    parser = argparse.ArgumentParser(prog=f"python -m simulators.{module}", description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"default {port}; 0 picks a free port")
+    parser.add_argument(
+        "--latency", type=latency_argument, default=(0.0, 0.0), help="MIN-MAX seconds per request"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed (latencies, ids)")
+    return parser
+
+
+def run_standalone(
+    name: str,
+    args: argparse.Namespace,
+    build_state: Callable[[argparse.Namespace], State],
+    create_app: Callable[[State], web.Application],
+    summary: Callable[[State], str] = lambda state: "",
+) -> int:
+    """Build the state from the options and serve it until SIGTERM/SIGINT (exit 0).
+
+    A seed file that cannot be read is a usage error: a message on stderr, exit 2.
+    """
+    try:
+        state = build_state(args)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"{name.lower()} simulator: cannot load seed files: {exc}", file=sys.stderr)
+        return 2
+
+    def describe(port: int) -> str:
+        return f"{name} simulator listening on http://{args.host}:{port}{summary(state)}"
+
+    try:
+        asyncio.run(serve(create_app(state), args.host, args.port, describe))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def load_json_list(path: str, noun: str, add: Callable[[dict[str, Any]], object]) -> int:
+    """Call ``add`` with each object of a JSON list file; return how many there were.
+
+    A bad entry raises ValueError naming the file and the entry's number.
+    """
+    with open(path, encoding="utf-8") as handle:
+        entries = json.load(handle)
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of {noun}s, got {type(entries).__name__}")
+    for number, entry in enumerate(entries, start=1):
+        try:
+            add(entry)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: {noun} #{number}: {exc}") from exc
+    return len(entries)

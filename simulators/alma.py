@@ -4,9 +4,10 @@ It answers like Alma as described in shared/reference/alma.md (the contract), qu
 Everything lives in one `AlmaState` that tests build, inspect and mutate; `create_app(state)`
 wraps it in an aiohttp application (`app[STATE]` is the state).
 
-Request pipeline (in this order, for every request):
+Request pipeline (`simulators._pipeline`, with Alma's gateway in it; in this order, for every
+request):
 1. Recorded in `state.requests` (status filled in when the answer is sent; None if the
-   connection was dropped).
+   connection was dropped; `api_key` is the key it sent, `failure` the injected failure it took).
 2. Per-second threshold: requests admitted in any sliding one-second window, all keys together,
    may not exceed `per_second_limit`; over it -> HTTP 429 `PER_SECOND_THRESHOLD`. A rejected
    request has no effect, does not use the daily quota and does not occupy the window.
@@ -20,7 +21,7 @@ Request pipeline (in this order, for every request):
    request that passed 1-3. When it is 0 -> `DAILY_THRESHOLD` with HTTP `daily_status`
    (default 429; *unverified*). `X-Exl-Api-Remaining` (calls left) and `X-Request-ID` are on
    every response, errors and injected failures included (not on dropped connections).
-5. Latency: a uniform random sleep within `latency` (min, max) seconds.
+5. Latency: a uniform random sleep within `latency` (min, max) seconds (`sleep` does it).
 6. Injected failure, if one is pending (see `inject_failure`), else the real handler.
 
 Format: JSON when `Accept` contains `application/json` or `format=json`; otherwise XML, as Alma
@@ -72,11 +73,13 @@ barcode and `primary_id` the primary id, else `401890` "User with identifier X o
 not found."; any other type -> the same 401890 (*unverified*: real Alma may validate the type).
 
 Injected failures (`inject_failure(kind, count=1, item_pid=None, applied=False)`), taken in FIFO
-order by requests that passed the gateway checks (optionally only scans of `item_pid`):
-- "500": HTTP 500 JSON/XML Alma body `INTERNAL_SERVER_ERROR`.
-- "502_text": HTTP 502 `text/plain` gateway body. "503_html": HTTP 503 HTML page.
-- "timeout": sleeps `state.timeout_sleep` seconds (default 60) then answers 504 text/plain.
-- "disconnect": closes the connection without any answer.
+order by requests that passed the gateway checks (optionally only scans of `item_pid`). The
+kinds every simulator knows (`simulators._pipeline`): "500" (HTTP 500 JSON/XML Alma body
+`INTERNAL_SERVER_ERROR`), "502_text", "503_html", "gateway_timeout" (504 text/plain after
+`state.hang_seconds`, default 60), "hang" (no answer; the connection is closed after
+`hang_seconds`), "slow" (the real answer, `hang_seconds` late) and "disconnect" (the connection is
+closed at once). "timeout" is an old name of "gateway_timeout", and `timeout_sleep=` an old name
+of `hang_seconds=`, kept for callers that use them. Alma's own kinds:
 - "429": the real PER_SECOND_THRESHOLD 429 (never applied, uses no quota, no latency).
 - "redirect": what a proxy or load balancer in front of Alma answers (the contract describes no
   redirect from Alma's API itself): HTTP `state.redirect_status` (default 301) with `Location:
@@ -85,13 +88,13 @@ order by requests that passed the gateway checks (optionally only scans of `item
 - "single_error_object" / "errors_exist_string": the request is answered with its own Alma
   error if it has one, else with a generic 400 `INTERNAL_SERVER_ERROR`-style error (and not
   applied), shaped with `error` as one object / `errorsExist` as the string "true".
-`applied=True` (scan-ins only, not "429", "redirect" or the shape kinds) runs the scan first and
-then fails: the realistic case of a 5xx or timeout after Alma did the work. Default False:
+`applied=True` (not "429", "redirect" or the shape kinds) runs the call first and then fails:
+for a scan-in, the realistic case of a 5xx or timeout after Alma did the work. Default False:
 nothing happens. An injected failure (other than "429" and "redirect") uses one call of the
 daily quota, like any answered call.
 
 Standalone: `python -m simulators.alma --host 127.0.0.1 --port 8081 --rate-limit 25
---daily-quota 100000 --latency 0.3-0.8 --api-key KEY [--api-key KEY2] [--items-csv EXPORT]
+--daily-quota 100000 --latency 0.3-0.8 --seed 1 --api-key KEY [--api-key KEY2] [--items-csv EXPORT]
 [--desks-csv desks.csv] [--users-csv users.csv]` prints "Alma simulator listening on
 http://HOST:PORT (...)" once bound (`--port 0` picks a free port). `--items-csv` takes an
 Analytics export (real headers, UTF-8 with or without BOM, or UTF-16 TSV) and seeds every row
@@ -121,7 +124,7 @@ import string
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -132,25 +135,14 @@ from aiohttp import web
 from simulators._common import (
     Handler,
     SlidingWindowCounter,
-    parse_latency,
-    request_entry,
-    serve,
-    sleep_latency,
+    run_standalone,
+    standalone_parser,
 )
+from simulators._pipeline import Failure, FailureQueue, SimulatorState, simulator_pipeline
 
-FAILURE_KINDS = (
-    "500",
-    "502_text",
-    "503_html",
-    "single_error_object",
-    "errors_exist_string",
-    "timeout",
-    "disconnect",
-    "429",
-    "redirect",
-)
-NEVER_APPLIED_KINDS = ("429", "redirect")
 SHAPE_KINDS = ("single_error_object", "errors_exist_string")
+GATEWAY_KINDS = ("429", "redirect")  # answered by the gateway: no quota, no latency
+LEGACY_KINDS = {"timeout": ("gateway_timeout", False)}
 ITEM_STATES = ("loan", "in_place", "requested", "in_transit", "hold_shelf", "work_order")
 ON_LOAN_STATES = ("loan", "requested")
 
@@ -160,11 +152,6 @@ DAILY_MESSAGE = (
     "https://developers.exlibrisgroup.com/alma/apis/#threshold"
 )
 UNAUTHORIZED_MESSAGE = "API-key not defined or not configured to allow this API."
-GATEWAY_502_TEXT = "Bad Gateway: the upstream server did not answer. Please try again later.\n"
-HTML_503 = (
-    "<html><head><title>503 Service Temporarily Unavailable</title></head><body>"
-    "<center><h1>503 Service Temporarily Unavailable</h1></center></body></html>\n"
-)
 
 
 class AlmaAPIError(Exception):
@@ -221,15 +208,7 @@ class AlmaUser:
 
 
 @dataclass
-class _Failure:
-    kind: str
-    remaining: int
-    item_pid: str | None
-    applied: bool
-
-
-@dataclass
-class AlmaState:
+class AlmaState(SimulatorState):
     """Everything the simulator knows: items, users, desks, limits, failures and a request log."""
 
     per_second_limit: int = 25
@@ -240,13 +219,16 @@ class AlmaState:
     daily_status: int = 429
     unauthorized_status: int = 400
     desk_error_code: str = "401872"
-    timeout_sleep: float = 60.0
+    hang_seconds: float = 60.0
     redirect_status: int = 301
     redirect_location: str | None = None  # None: the request's URL on https://
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep  # latency sleeps (tests record)
+    timeout_sleep: InitVar[float | None] = None  # the old name of hang_seconds
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, timeout_sleep: float | None) -> None:
+        if timeout_sleep is not None:
+            self.hang_seconds = timeout_sleep
         self.items: dict[str, AlmaItem] = {}
         self.users: dict[str, AlmaUser] = {}
         self.desks: set[tuple[str, str]] = set()
@@ -255,7 +237,11 @@ class AlmaState:
         self.remaining = self.daily_quota
         self.rng = random.Random(self.seed)
         self.window = SlidingWindowCounter(self.per_second_limit, 1.0, self.clock)
-        self._failures: list[_Failure] = []
+        self.failures = FailureQueue(
+            (*SHAPE_KINDS, *GATEWAY_KINDS),
+            never_applied=(*SHAPE_KINDS, *GATEWAY_KINDS),
+            legacy=LEGACY_KINDS,
+        )
 
     def add_item(self, item: AlmaItem) -> AlmaItem:
         """Add (or replace) an item, keyed by item_pid."""
@@ -275,11 +261,7 @@ class AlmaState:
         self, kind: str, count: int = 1, item_pid: str | None = None, applied: bool = False
     ) -> None:
         """Make the next `count` requests (or scans of `item_pid`) fail with `kind`."""
-        if kind not in FAILURE_KINDS:
-            raise ValueError(f"unknown failure kind {kind!r}: use one of {FAILURE_KINDS}")
-        if applied and kind in (*NEVER_APPLIED_KINDS, *SHAPE_KINDS):
-            raise ValueError(f"a {kind!r} failure is never applied: drop applied=True")
-        self._failures.append(_Failure(kind, count, item_pid, applied))
+        self.failures.add(kind, count, item_pid, applied)
 
     def admit(self) -> bool:
         """Count one request start in the sliding second, or refuse it (limit and clock are live)."""
@@ -290,20 +272,6 @@ class AlmaState:
     def reset_daily_quota(self) -> None:
         """Midnight GMT: the daily quota is whole again."""
         self.remaining = self.daily_quota
-
-    def count(self, path_prefix: str = "/almaws/v1") -> int:
-        """Number of requests received under `path_prefix`, whatever their status."""
-        return sum(1 for entry in self.requests if entry["path"].startswith(path_prefix))
-
-    def take_failure(self, item_pid: str | None) -> _Failure | None:
-        """Consume and return the first pending failure that applies to this request."""
-        for failure in self._failures:
-            if failure.item_pid is None or failure.item_pid == item_pid:
-                failure.remaining -= 1
-                if failure.remaining <= 0:
-                    self._failures.remove(failure)
-                return failure
-        return None
 
     def tracking_id(self) -> str:
         """A tracking id shaped like Alma's ("E01-2211125012-ABCDE")."""
@@ -596,84 +564,75 @@ def _per_second_error() -> AlmaAPIError:
     return AlmaAPIError(429, "PER_SECOND_THRESHOLD", PER_SECOND_MESSAGE)
 
 
+class AlmaGateway:
+    """Alma's API gateway: per-second threshold, API key and daily quota, then its own failures."""
+
+    def refuse(self, request: web.Request, entry: dict[str, Any]) -> web.Response | None:
+        """The gateway's refusal of this request, or None to let it on."""
+        state = request.app[STATE]
+        entry["api_key"] = _api_key(request)
+        if not state.admit():
+            return _error_response(state, request, _per_second_error())
+        if entry["api_key"] not in state.api_keys:
+            error = AlmaAPIError(state.unauthorized_status, "UNAUTHORIZED", UNAUTHORIZED_MESSAGE)
+            return _error_response(state, request, error)
+        if state.remaining <= 0:
+            error = AlmaAPIError(state.daily_status, "DAILY_THRESHOLD", DAILY_MESSAGE)
+            return _error_response(state, request, error)
+        return None
+
+    def admit(self, request: web.Request, failure: Failure | None) -> web.Response | None:
+        """Answer an injected 429 or redirect (no quota used), else count the call in the quota."""
+        state = request.app[STATE]
+        if failure is not None and failure.kind == "429":
+            return _error_response(state, request, _per_second_error())  # a gateway rejection
+        if failure is not None and failure.kind == "redirect":
+            return _redirect_response(state, request)
+        state.remaining -= 1
+        return None
+
+
 @web.middleware
-async def alma_gateway(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record, rate-limit, authenticate, count quota, delay and inject failures."""
+async def quota_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Add Alma's X-Exl-Api-Remaining and X-Request-ID to every answer, errors included."""
     state = request.app[STATE]
-    entry = {**request_entry(request, state.clock()), "api_key": _api_key(request)}
-    state.requests.append(entry)
     try:
-        response = await _through_gateway(state, request, handler, entry)
+        response = await handler(request)
     except web.HTTPException as exc:  # unknown path or method: aiohttp's own 404/405
-        _stamp(state, entry, exc)
+        _stamp(state, exc)
         raise
-    _stamp(state, entry, response)
+    _stamp(state, response)
     return response
 
 
-def _stamp(state: AlmaState, entry: dict[str, Any], response: web.StreamResponse) -> None:
-    """Add Alma's quota and request-id headers, and log the status."""
+def _stamp(state: AlmaState, response: web.StreamResponse) -> None:
     response.headers["X-Exl-Api-Remaining"] = str(state.remaining)
     response.headers["X-Request-ID"] = state.request_id()
-    entry["status"] = response.status
 
 
-async def _through_gateway(
-    state: AlmaState, request: web.Request, handler: Handler, entry: dict[str, Any]
-) -> web.StreamResponse:
-    if not state.admit():
-        return _error_response(state, request, _per_second_error())
-    if entry["api_key"] not in state.api_keys:
-        error = AlmaAPIError(state.unauthorized_status, "UNAUTHORIZED", UNAUTHORIZED_MESSAGE)
-        return _error_response(state, request, error)
-    if state.remaining <= 0:
-        error = AlmaAPIError(state.daily_status, "DAILY_THRESHOLD", DAILY_MESSAGE)
-        return _error_response(state, request, error)
-    failure = state.take_failure(request.match_info.get("item_pid"))
-    if failure is not None and failure.kind == "429":
-        return _error_response(state, request, _per_second_error())  # a gateway rejection
-    if failure is not None and failure.kind == "redirect":
-        return _redirect_response(state, request)
-    state.remaining -= 1
-    await sleep_latency(state.rng, state.latency, state.sleep)
-    if failure is None:
-        try:
-            return await handler(request)
-        except AlmaAPIError as error:
-            return _error_response(state, request, error)
-    return await _inject(state, request, handler, failure)
+@web.middleware
+async def alma_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer an AlmaAPIError raised by a handler with Alma's error body."""
+    try:
+        return await handler(request)
+    except AlmaAPIError as error:
+        return _error_response(request.app[STATE], request, error)
 
 
-async def _inject(
-    state: AlmaState, request: web.Request, handler: Handler, failure: _Failure
-) -> web.StreamResponse:
-    """Answer with an injected failure, running the real handler first if it was `applied`."""
-    if failure.kind in SHAPE_KINDS:
-        try:
-            _check_only(state, request)
-            error = AlmaAPIError(400, "INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR")
-        except AlmaAPIError as real_error:
-            error = real_error
-        return _error_response(state, request, error, shape=failure.kind)
-    if failure.applied and "item_pid" in request.match_info:
-        try:
-            await handler(request)
-        except AlmaAPIError:
-            pass
-    if failure.kind == "500":
-        error = AlmaAPIError(500, "INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR")
-        return _error_response(state, request, error)
-    if failure.kind == "502_text":
-        return web.Response(text=GATEWAY_502_TEXT, status=502, content_type="text/plain")
-    if failure.kind == "503_html":
-        return web.Response(text=HTML_503, status=503, content_type="text/html")
-    if failure.kind == "timeout":
-        await asyncio.sleep(state.timeout_sleep)
-        return web.Response(text="Gateway Timeout\n", status=504, content_type="text/plain")
-    # "disconnect": drop the connection without a byte of answer.
-    if request.transport is not None:
-        request.transport.abort()
-    raise asyncio.CancelledError()
+def _server_error(request: web.Request, kind: str) -> web.Response:
+    error = AlmaAPIError(500, "INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR")
+    return _error_response(request.app[STATE], request, error)
+
+
+def _shaped_error(request: web.Request, shape: str) -> web.Response:
+    """The request's own Alma error (or a generic 400) in a quirky shape; nothing is applied."""
+    state = request.app[STATE]
+    try:
+        _check_only(state, request)
+        error = AlmaAPIError(400, "INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR")
+    except AlmaAPIError as real_error:
+        error = real_error
+    return _error_response(state, request, error, shape=shape)
 
 
 def _redirect_response(state: AlmaState, request: web.Request) -> web.Response:
@@ -732,7 +691,13 @@ def _base_url(request: web.Request) -> str:
 
 def create_app(state: AlmaState | None = None) -> web.Application:
     """The aiohttp application answering like Alma from `state`."""
-    app = web.Application(middlewares=[alma_gateway])
+    pipeline = simulator_pipeline(
+        STATE,
+        target=lambda request: request.match_info.get("item_pid"),
+        answers={"500": _server_error, **{shape: _shaped_error for shape in SHAPE_KINDS}},
+        gateway=AlmaGateway(),
+    )
+    app = web.Application(middlewares=[quota_headers, pipeline, alma_errors])
     app[STATE] = state if state is not None else AlmaState()
     app.router.add_post("/almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}", scan_in)
     app.router.add_get("/almaws/v1/users/{user_id}", get_user)
@@ -872,14 +837,9 @@ def load_users(state: AlmaState, path: Path, api_key: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m simulators.alma", description="Run the local Alma API simulator."
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
+    parser = standalone_parser("alma", "Run the local Alma API simulator.", port=8081)
     parser.add_argument("--rate-limit", type=int, default=25, help="requests per second")
     parser.add_argument("--daily-quota", type=int, default=100_000)
-    parser.add_argument("--latency", type=parse_latency, default=(0.0, 0.0), help="MIN-MAX s")
     parser.add_argument(
         "--api-key",
         action="append",
@@ -892,7 +852,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--items-csv", type=Path, help="Analytics export of on-loan items")
     parser.add_argument("--desks-csv", type=Path, help="location_code,circ_desk[,library_code]")
     parser.add_argument("--users-csv", type=Path, help="users for the first --api-key")
-    parser.add_argument("--seed", type=int, default=1)
     return parser
 
 
@@ -918,19 +877,15 @@ def build_state(args: argparse.Namespace) -> AlmaState:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until interrupted; exit 2 if the seed files cannot be read."""
-    args = _parser().parse_args(argv)
-    try:
-        state = build_state(args)
-    except (OSError, ValueError, UnicodeError) as exc:
-        print(f"alma simulator: cannot load seed files: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(create_app(state), args.host, args.port, lambda port: (
-            f"Alma simulator listening on http://{args.host}:{port} "
-            f"({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)")))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_standalone(
+        "Alma",
+        _parser().parse_args(argv),
+        build_state,
+        create_app,
+        lambda state: (
+            f" ({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)"
+        ),
+    )
 
 
 # --- recorded real bodies (shared/reference/examples), the templates of the answers ----------

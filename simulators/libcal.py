@@ -74,11 +74,12 @@ Unverified (no public source; chosen here and kept simple):
 
 Test hooks: ``expire_tokens()``, ``requests`` (one dict per request received: ``method``,
 ``path``, ``query`` (first value of each parameter), ``params`` (every ``(name, value)`` pair as
-sent, in order), ``raw_query`` (the query string as received), ``status``), ``count(prefix)``,
-``latency=(min, max)`` seconds slept per request, ``clock`` (epoch seconds) and ``today`` to pin
-time, ``inject_failure(endpoint, kind, count)`` with endpoint ``token`` | ``bookings`` | ``booking``
-and kind ``500`` | ``timeout`` (no answer for ``hang_seconds``, then the connection drops) |
-``disconnect`` (the connection closes at once).
+sent, in order), ``raw_query`` (the query string as received), ``status``, ``failure``),
+``count(prefix)``, ``latency=(min, max)`` seconds slept per request, ``clock`` (epoch seconds) and
+``today`` to pin time, ``inject_failure(endpoint, kind, count=1, applied=False)`` with endpoint
+``token`` | ``bookings`` | ``booking`` and any kind of the shared vocabulary (``simulators._pipeline``:
+``500``, ``502_text``, ``503_html``, ``gateway_timeout``, ``hang``, ``slow``, ``disconnect``); the
+stalls last ``hang_seconds``. ``timeout`` is an old name of ``hang``, kept for callers that use it.
 
 Not simulated: ``GET /1.1/space/bookings/updates`` and the ``check_in_status``/``internal_notes``/
 ``include_remote`` parameters (accepted and ignored); no rate limit (none is documented).
@@ -87,7 +88,7 @@ Standalone: ``python -m simulators.libcal --port N [--bookings-json FILE] [--lat
 binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL. ``FILE`` is a JSON list
 of ``add_booking`` keyword objects, e.g. ``{"book_id": "cs_1", "lid": 8827, "from_date": "...",
 "to_date": "...", "primary_id": "G1", "seats": 2}``; an extra ``"cancel": "Cancelled by User"``
-cancels that booking after adding it.
+cancels that booking after adding it. A file that cannot be read: a message on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -100,21 +101,20 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from aiohttp import web
 
 from simulators._common import (
-    Handler,
-    drop_connection,
-    latency_argument,
+    TokenBook,
+    load_json_list,
     repeated_parameters,
-    request_entry,
-    serve,
-    sleep_latency,
+    run_standalone,
+    standalone_parser,
 )
+from simulators._pipeline import FailureQueue, TokenService, simulator_pipeline
 
 SCOPE = "cal_r ev_r ms_r rm_r sp_r sp_w h_r"
 CANCELLED_STATUSES = (
@@ -132,7 +132,7 @@ STATUSES = (
     *CANCELLED_STATUSES,
 )
 ENDPOINTS = ("token", "bookings", "booking")
-FAILURE_KINDS = ("500", "timeout", "disconnect")
+LEGACY_KINDS = {"timeout": ("hang", False)}
 SERVER_ERROR_PAGE = "<html><body><h1>500 Internal Server Error</h1></body></html>"
 MAX_LIMIT = 500
 MAX_DAYS = 365
@@ -154,7 +154,7 @@ def _default_timezone() -> tzinfo:
         return timezone(timedelta(hours=-5))
 
 
-class LibCalState:
+class LibCalState(TokenService):
     """Everything the LibCal simulator knows: credentials, tokens, bookings and the request log."""
 
     def __init__(
@@ -172,12 +172,13 @@ class LibCalState:
         ignore_past_dates: bool = True,
         hang_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_lifetime = token_lifetime
         self.latency = latency
-        self.random = random.Random(seed)
+        self.rng = random.Random(seed)
         self.form_answer_key = form_answer_key
         self.invalid_client_quirk = invalid_client_quirk
         self.include_cancel_default = include_cancel_default
@@ -186,9 +187,9 @@ class LibCalState:
         self.ignore_past_dates = ignore_past_dates
         self.hang_seconds = hang_seconds
         self.clock = clock
-        self.failures: dict[str, list[str]] = {}
-        self.tokens: dict[str, float] = {}  # access token -> expiry (epoch seconds)
-        self.revoked: set[str] = set()
+        self.sleep = sleep
+        self.failures = FailureQueue(targets=ENDPOINTS, legacy=LEGACY_KINDS)
+        self.tokens = TokenBook()
         self.bookings: list[dict[str, Any]] = []  # one dict per row, in insertion order
         self.requests: list[dict[str, Any]] = []
         self._next_row_id = 23657
@@ -274,54 +275,16 @@ class LibCalState:
             row["status"] = status
             row["cancelled"] = stamp
 
-    def expire_tokens(self) -> None:
-        """Make every token issued so far answer 401."""
-        self.revoked.update(self.tokens)
-
-    def inject_failure(self, endpoint: str, kind: str, count: int = 1) -> None:
-        """Make the next ``count`` calls of ``endpoint`` fail with ``kind``."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
-        if kind not in FAILURE_KINDS:
-            raise ValueError(f"unknown failure kind {kind!r} (known: {', '.join(FAILURE_KINDS)})")
-        self.failures.setdefault(endpoint, []).extend([kind] * count)
-
-    def take_failure(self, endpoint: str) -> str | None:
-        """The next injected failure for ``endpoint``, consuming it, or None."""
-        queue = self.failures.get(endpoint)
-        return queue.pop(0) if queue else None
-
-    def count(self, path_prefix: str = "") -> int:
-        """Number of requests received whose path starts with ``path_prefix``."""
-        return sum(1 for entry in self.requests if entry["path"].startswith(path_prefix))
-
     # -- behaviour ------------------------------------------------------------------------
     def issue_token(self) -> str:
         """Create a bearer token valid for ``token_lifetime`` seconds."""
-        token = secrets.token_hex(20)
-        self.tokens[token] = self.clock() + self.token_lifetime
-        return token
+        return self.tokens.issue(secrets.token_hex(20), self.clock() + self.token_lifetime)
 
     def token_problem(self, authorization: str | None) -> dict[str, str] | None:
         """The 401 error body for this Authorization header, or None when it is valid."""
         scheme, _, token = (authorization or "").partition(" ")
-        token = token.strip()
-        if scheme != "Bearer" or not token:
-            return {
-                "error": "invalid_request",
-                "error_description": "The access token was not found",
-            }
-        if token not in self.tokens:
-            return {
-                "error": "invalid_token",
-                "error_description": "The access token provided is invalid",
-            }
-        if token in self.revoked or self.clock() >= self.tokens[token]:
-            return {
-                "error": "invalid_token",
-                "error_description": "The access token provided has expired",
-            }
-        return None
+        problem = self.tokens.problem(token.strip() if scheme == "Bearer" else "", self.clock())
+        return TOKEN_PROBLEMS[problem] if problem else None
 
     def local_today(self) -> date:
         """Today in the library's time zone (or the pinned ``today``)."""
@@ -369,10 +332,15 @@ class LibCalState:
         return datetime.fromtimestamp(self.clock(), self.timezone)
 
     def _check_in_code(self) -> str:
-        return "".join(self.random.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(6))
+        return "".join(self.rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(6))
 
 
 STATE = web.AppKey("libcal_state", LibCalState)
+TOKEN_PROBLEMS = {
+    "missing": {"error": "invalid_request", "error_description": "The access token was not found"},
+    "unknown": {"error": "invalid_token", "error_description": "The access token provided is invalid"},
+    "expired": {"error": "invalid_token", "error_description": "The access token provided has expired"},
+}
 
 
 def public_row(row: dict[str, Any], form_answers: bool) -> dict[str, Any]:
@@ -403,7 +371,15 @@ def _int_param(query: Any, name: str) -> int | None:
     return int(value) if value is not None and INTEGER.fullmatch(value) else None
 
 
-def _repeated_400(request: web.Request) -> web.Response | None:
+def _refused(request: web.Request) -> web.Response | None:
+    """401 without a valid bearer token, 400 for a parameter given twice; None if neither."""
+    problem = request.app[STATE].token_problem(request.headers.get("Authorization"))
+    if problem:
+        return web.json_response(
+            problem,
+            status=401,
+            headers={"WWW-Authenticate": f'Bearer realm="Service", error="{problem["error"]}"'},
+        )
     repeated = repeated_parameters(request)
     return _text_400(f'parameter "{repeated[0]}" given more than once') if repeated else None
 
@@ -446,21 +422,10 @@ async def token(request: web.Request) -> web.Response:
     )
 
 
-def _unauthorized(problem: dict[str, str]) -> web.Response:
-    return web.json_response(
-        problem,
-        status=401,
-        headers={"WWW-Authenticate": f'Bearer realm="Service", error="{problem["error"]}"'},
-    )
-
-
 async def space_bookings(request: web.Request) -> web.Response:
     """GET /1.1/space/bookings: bookings of a day range, paged by ``limit``."""
     state = request.app[STATE]
-    problem = state.token_problem(request.headers.get("Authorization"))
-    if problem:
-        return _unauthorized(problem)
-    refused = _repeated_400(request)
+    refused = _refused(request)
     if refused:
         return refused
     query = request.query
@@ -517,10 +482,7 @@ async def space_bookings(request: web.Request) -> web.Response:
 async def space_booking(request: web.Request) -> web.Response:
     """GET /1.1/space/booking/{ids}: rows of the given bookIds; cancelled ones return nothing."""
     state = request.app[STATE]
-    problem = state.token_problem(request.headers.get("Authorization"))
-    if problem:
-        return _unauthorized(problem)
-    refused = _repeated_400(request)
+    refused = _refused(request)
     if refused:
         return refused
     wanted = [part for part in request.match_info["ids"].split(",") if part]
@@ -534,49 +496,19 @@ async def space_booking(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-def _endpoint(request: web.Request) -> str | None:
-    route = request.match_info.route.resource
-    name = route.canonical if route is not None else ""
-    if name.endswith("/oauth/token"):
-        return "token"
-    if name.endswith("/space/bookings"):
-        return "bookings"
-    if "/space/booking/" in name:
-        return "booking"
-    return None
-
-
-@web.middleware
-async def _log_and_delay(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every request, sleep the configured latency and apply injected failures."""
-    state = request.app[STATE]
-    entry = request_entry(request, time.monotonic())
-    state.requests.append(entry)
-    await sleep_latency(state.random, state.latency)
-    endpoint = _endpoint(request)
-    failure = state.take_failure(endpoint) if endpoint else None
-    if failure:
-        entry["failure"] = failure
-    if failure == "500":
-        entry["status"] = 500
-        return web.Response(status=500, text=SERVER_ERROR_PAGE, content_type="text/html")
-    if failure == "disconnect":
-        return await drop_connection(request)
-    if failure == "timeout":
-        await asyncio.sleep(state.hang_seconds)
-        return await drop_connection(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        entry["status"] = exc.status
-        raise
-    entry["status"] = response.status
-    return response
+def _server_error(request: web.Request, kind: str) -> web.Response:
+    return web.Response(status=500, text=SERVER_ERROR_PAGE, content_type="text/html")
 
 
 def create_app(state: LibCalState | None = None) -> web.Application:
     """The LibCal simulator as an aiohttp application; ``app[STATE]`` is its state."""
-    app = web.Application(middlewares=[_log_and_delay])
+    endpoints = {token: "token", space_bookings: "bookings", space_booking: "booking"}
+    pipeline = simulator_pipeline(
+        STATE,
+        target=lambda request: endpoints.get(request.match_info.handler),
+        answers={"500": _server_error},
+    )
+    app = web.Application(middlewares=[pipeline])
     app[STATE] = state or LibCalState()
     for base in ("/1.1", "/api/1.1"):
         app.router.add_post(f"{base}/oauth/token", token)
@@ -587,30 +519,38 @@ def create_app(state: LibCalState | None = None) -> web.Application:
 
 def load_bookings(state: LibCalState, path: str) -> int:
     """Add the bookings of a JSON file (a list of ``add_booking`` keyword objects); return how many."""
-    with open(path, encoding="utf-8") as handle:
-        bookings = json.load(handle)
-    if not isinstance(bookings, list):
-        raise ValueError(f"{path}: expected a JSON list of bookings, got {type(bookings).__name__}")
-    for number, booking in enumerate(bookings, start=1):
-        cancelled_status = booking.pop("cancel", None)
-        try:
-            state.add_booking(**booking)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: booking #{number}: {exc}") from exc
+
+    def add(booking: dict[str, Any]) -> None:
+        fields = dict(booking)
+        cancelled_status = fields.pop("cancel", None)
+        state.add_booking(**fields)
         if cancelled_status:
-            state.cancel(booking["book_id"], status=cancelled_status)
-    return len(bookings)
+            state.cancel(fields["book_id"], status=cancelled_status)
+
+    return load_json_list(path, "booking", add)
+
+
+def build_state(args: argparse.Namespace) -> LibCalState:
+    """A LibCalState from parsed command-line options, with the bookings file's bookings."""
+    state = LibCalState(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime=args.token_lifetime,
+        latency=args.latency,
+        seed=args.seed,
+        form_answer_key=args.form_answer_key,
+        invalid_client_quirk=args.invalid_client_quirk,
+        include_cancel_default=bool(args.include_cancel_default),
+    )
+    if args.bookings_json:
+        load_bookings(state, args.bookings_json)
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the LibCal simulator standalone."""
-    parser = argparse.ArgumentParser(
-        prog="python -m simulators.libcal", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8082, help="0 picks a free port")
+    parser = standalone_parser("libcal", __doc__.splitlines()[0], port=8082)
     parser.add_argument("--bookings-json", help="JSON list of add_booking keyword objects")
-    parser.add_argument("--latency", type=latency_argument, default=(0.0, 0.0), help="MIN-MAX seconds")
     parser.add_argument("--client-id", default="cid")
     parser.add_argument("--client-secret", default="secret")
     parser.add_argument("--token-lifetime", type=int, default=3600)
@@ -627,27 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="answer bad credentials with 200 {error: invalid_client}",
     )
-    args = parser.parse_args(argv)
-    state = LibCalState(
-        client_id=args.client_id,
-        client_secret=args.client_secret,
-        token_lifetime=args.token_lifetime,
-        latency=args.latency,
-        form_answer_key=args.form_answer_key,
-        invalid_client_quirk=args.invalid_client_quirk,
-        include_cancel_default=bool(args.include_cancel_default),
-    )
-    if args.bookings_json:
-        try:
-            load_bookings(state, args.bookings_json)
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        asyncio.run(serve(create_app(state), args.host, args.port, lambda port: f"LibCal simulator listening on http://{args.host}:{port}"))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_standalone("LibCal", parser.parse_args(argv), build_state, create_app)
 
 
 if __name__ == "__main__":

@@ -83,15 +83,20 @@ accepts the existing destinations whatever the shape):
 Every shape still checks the token first (401 as for any call).
 
 Test hooks: ``add_visitor()`` (bypasses the uniqueId check, so duplicates can be seeded),
-``visitors``, ``preregs``, ``expire_tokens()``, ``inject_failure(endpoint, kind, count)`` with
-endpoint ``login`` | ``createVisitor`` | ``byUniqueId`` | ``createPreReg`` | ``getDestinations`` and
-kind ``500`` (JSON 500 body, nothing applied), ``timeout`` (nothing applied; the server waits
-``hang_seconds`` then drops the connection), ``timeout_after_apply`` (the call takes effect, then
-the answer is withheld the same way: a lost response), ``disconnect`` (connection closed at once,
-nothing applied); ``requests`` and ``count(prefix)``; ``latency=(min, max)``; ``clock``.
+``visitors``, ``preregs``, ``expire_tokens()``, ``inject_failure(endpoint, kind, count=1,
+applied=False)`` with endpoint ``login`` | ``createVisitor`` | ``byUniqueId`` | ``createPreReg`` |
+``getDestinations`` and any kind of the shared vocabulary (``simulators._pipeline``: ``500`` (a JSON
+500 body), ``502_text``, ``503_html``, ``gateway_timeout``, ``hang``, ``slow``, ``disconnect``); the
+stalls last ``hang_seconds``, and ``applied=True`` makes the call take effect before the failure (a
+lost response). Old names kept for callers that use them: ``timeout`` is ``hang``,
+``timeout_after_apply`` is ``hang`` with ``applied=True``. ``requests`` and ``count(prefix)``;
+``latency=(min, max)``; ``clock``.
+
 Standalone: ``python -m simulators.passagepoint --port N [--destinations "LibCal Gelman,LibCal Eckles"]
-[--destinations-shape SHAPE] [--categories "Student,Faculty,Staff,Visitor"] [--visitors-json FILE]`` binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL;
-``FILE`` is a JSON list of ``add_visitor`` keyword objects (``{"unique_id": "2222...", ...}``).
+[--destinations-shape SHAPE] [--categories "Student,Faculty,Staff,Visitor"] [--visitors-json FILE]``
+binds 127.0.0.1 (``--port 0`` picks a free port) and prints its base URL; ``FILE`` is a JSON list of
+``add_visitor`` keyword objects (``{"unique_id": "2222...", ...}``). A file that cannot be read: a
+message on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -99,7 +104,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import binascii
 import json
 import random
 import sys
@@ -110,18 +114,17 @@ from typing import Any
 from aiohttp import web
 
 from simulators._common import (
-    Handler,
-    drop_connection,
-    latency_argument,
+    TokenBook,
+    load_json_list,
     repeated_parameters,
-    request_entry,
-    serve,
-    sleep_latency,
+    run_standalone,
+    standalone_parser,
 )
+from simulators._pipeline import FailureQueue, TokenService, simulator_pipeline
 
 BASE = "/pp/api/v2"
 ENDPOINTS = ("login", "createVisitor", "byUniqueId", "createPreReg", "getDestinations")
-FAILURE_KINDS = ("500", "timeout", "timeout_after_apply", "disconnect")
+LEGACY_KINDS = {"timeout": ("hang", False), "timeout_after_apply": ("hang", True)}
 VISITOR_FIELDS = ("category", "firstName", "lastName", "email", "mobilePhoneNo", "uniqueId")
 REQUIRED_VISITOR_FIELDS = ("firstName", "lastName", "uniqueId")
 PREREG_FIELDS = ("startTime", "endTime", "visitorId", "destination")
@@ -142,7 +145,7 @@ NOT_JSON_PAGE = (
 )
 
 
-class PassagePointState:
+class PassagePointState(TokenService):
     """Everything the PassagePoint simulator knows: account, tokens, visitors, pre-registrations."""
 
     def __init__(
@@ -159,6 +162,7 @@ class PassagePointState:
         duplicate_status: int = 400,
         hang_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.username = username
         self.password = password
@@ -175,16 +179,16 @@ class PassagePointState:
             )
         self.destinations_shape = destinations_shape
         self.categories = list(categories if categories is not None else DEFAULT_CATEGORIES)
-        self.random = random.Random(seed)
+        self.rng = random.Random(seed)
         self.duplicate_status = duplicate_status
         self.hang_seconds = hang_seconds
         self.clock = clock
-        self.tokens: set[str] = set()
-        self.revoked: set[str] = set()
+        self.sleep = sleep
+        self.tokens = TokenBook()
         self.visitors: dict[int, dict[str, Any]] = {}
         self.preregs: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
-        self.failures: dict[str, list[str]] = {}
+        self.failures = FailureQueue(targets=ENDPOINTS, legacy=LEGACY_KINDS)
         self._used_ids: set[int] = set()
 
     # -- test hooks -----------------------------------------------------------------------
@@ -209,51 +213,22 @@ class PassagePointState:
             fields["mobilePhoneNo"] = mobile_phone_no
         return self.store_visitor(fields)
 
-    def expire_tokens(self) -> None:
-        """Make every token issued so far answer 401."""
-        self.revoked.update(self.tokens)
-
-    def inject_failure(self, endpoint: str, kind: str, count: int = 1) -> None:
-        """Make the next ``count`` calls of ``endpoint`` fail with ``kind``."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
-        if kind not in FAILURE_KINDS:
-            raise ValueError(f"unknown failure kind {kind!r} (known: {', '.join(FAILURE_KINDS)})")
-        self.failures.setdefault(endpoint, []).extend([kind] * count)
-
-    def count(self, path_prefix: str = "") -> int:
-        """Number of requests received whose path starts with ``path_prefix``."""
-        return sum(1 for entry in self.requests if entry["path"].startswith(path_prefix))
-
     # -- behaviour ------------------------------------------------------------------------
     def issue_token(self) -> str:
         """A token for the service account expiring ``token_lifetime`` seconds from now."""
         exp_ms = int((self.clock() + self.token_lifetime) * 1000)
         payload = json.dumps({"exp": exp_ms, "username": self.username}, separators=(",", ":"))
-        token = base64.b64encode(payload.encode()).decode()
-        self.tokens.add(token)
-        self.revoked.discard(token)
-        return token
+        return self.tokens.issue(base64.b64encode(payload.encode()).decode(), exp_ms / 1000)
 
     def token_problem(self, token: str | None) -> str | None:
         """Why this ``token`` header is refused, or None when it is valid."""
-        if not token:
-            return "Missing token header"
-        try:
-            claims = json.loads(base64.b64decode(token, validate=True))
-            exp_ms = int(claims["exp"])
-        except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
-            return "Invalid token"
-        if token not in self.tokens:
-            return "Invalid token"
-        if token in self.revoked or self.clock() * 1000 >= exp_ms:
-            return "Token expired"
-        return None
+        problem = self.tokens.problem(token, self.clock())
+        return TOKEN_PROBLEMS[problem] if problem else None
 
     def new_id(self) -> int:
         """A fresh 15-digit id, unique across visitors and pre-registrations."""
         while True:
-            candidate = self.random.randint(10**14, 10**15 - 1)
+            candidate = self.rng.randint(10**14, 10**15 - 1)
             if candidate not in self._used_ids:
                 self._used_ids.add(candidate)
                 return candidate
@@ -268,13 +243,9 @@ class PassagePointState:
         """Visitors whose uniqueId equals ``unique_id``, oldest first."""
         return [v for v in self.visitors.values() if v.get("uniqueId") == unique_id]
 
-    def take_failure(self, endpoint: str) -> str | None:
-        """The next injected failure for ``endpoint``, consuming it, or None."""
-        queue = self.failures.get(endpoint)
-        return queue.pop(0) if queue else None
-
 
 STATE = web.AppKey("passagepoint_state", PassagePointState)
+TOKEN_PROBLEMS = {"missing": "Missing token header", "unknown": "Invalid token", "expired": "Token expired"}
 
 
 def error(status: int, code: str, message: str) -> web.Response:
@@ -298,6 +269,15 @@ def _not_json_typed(request: web.Request) -> web.Response | None:
     )
 
 
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    """The body as a JSON object, or None if it is not one."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _repeated(request: web.Request) -> web.Response | None:
     repeated = repeated_parameters(request)
     return error(400, "BAD_REQUEST", f"Parameter {repeated[0]} given more than once") if repeated else None
@@ -309,11 +289,8 @@ async def login(request: web.Request) -> web.Response:
     refused = _not_json_typed(request)
     if refused:
         return refused
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
+    body = await _json_object(request)
+    if body is None:
         return error(400, "BAD_REQUEST", "Body must be a JSON object with username and password")
     if body.get("username") != state.username or body.get("password") != state.password:
         return error(401, "INVALID_CREDENTIALS", "Invalid username or password")
@@ -373,11 +350,8 @@ async def create_prereg(request: web.Request) -> web.Response:
     refused = _authorized(request) or _not_json_typed(request)
     if refused:
         return refused
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict):
+    body = await _json_object(request)
+    if body is None:
         return error(400, "BAD_REQUEST", "Body must be a JSON object")
     unknown = [name for name in body if name not in PREREG_FIELDS]
     if unknown:
@@ -459,43 +433,21 @@ ROUTES: dict[str, tuple[str, str, Callable[[web.Request], Awaitable[web.Response
     "createPreReg": ("POST", f"{BASE}/visit/createPreReg", create_prereg),
     "getDestinations": ("GET", f"{BASE}/visit/getDestinations", get_destinations),
 }
-ENDPOINT_BY_PATH = {path: name for name, (_, path, _) in ROUTES.items()}
 
-@web.middleware
-async def _log_delay_and_fail(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record every request, sleep the configured latency and apply injected failures."""
-    state = request.app[STATE]
-    entry = request_entry(request, time.monotonic())
-    state.requests.append(entry)
-    await sleep_latency(state.random, state.latency)
-    endpoint = ENDPOINT_BY_PATH.get(request.path)
-    failure = state.take_failure(endpoint) if endpoint else None
-    if failure:
-        entry["failure"] = failure
-    if failure == "500":
-        entry["status"] = 500
-        return error(500, "INTERNAL_SERVER_ERROR", "Unexpected server error")
-    if failure == "disconnect":
-        return await drop_connection(request)
-    if failure == "timeout":
-        await asyncio.sleep(state.hang_seconds)
-        return await drop_connection(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        entry["status"] = exc.status
-        raise
-    if failure == "timeout_after_apply":
-        entry["applied_status"] = response.status
-        await asyncio.sleep(state.hang_seconds)
-        return await drop_connection(request)
-    entry["status"] = response.status
-    return response
+
+def _server_error(request: web.Request, kind: str) -> web.Response:
+    return error(500, "INTERNAL_SERVER_ERROR", "Unexpected server error")
 
 
 def create_app(state: PassagePointState | None = None) -> web.Application:
     """The PassagePoint simulator as an aiohttp application; ``app[STATE]`` is its state."""
-    app = web.Application(middlewares=[_log_delay_and_fail])
+    endpoints = {handler: name for name, (_, _, handler) in ROUTES.items()}
+    pipeline = simulator_pipeline(
+        STATE,
+        target=lambda request: endpoints.get(request.match_info.handler),
+        answers={"500": _server_error},
+    )
+    app = web.Application(middlewares=[pipeline])
     app[STATE] = state or PassagePointState()
     for method, path, handler in ROUTES.values():
         app.router.add_route(method, path, handler)
@@ -504,25 +456,35 @@ def create_app(state: PassagePointState | None = None) -> web.Application:
 
 def load_visitors(state: PassagePointState, path: str) -> int:
     """Add the visitors of a JSON file (a list of ``add_visitor`` keyword objects); return how many."""
-    with open(path, encoding="utf-8") as handle:
-        visitors = json.load(handle)
-    if not isinstance(visitors, list):
-        raise ValueError(f"{path}: expected a JSON list of visitors, got {type(visitors).__name__}")
-    for number, visitor in enumerate(visitors, start=1):
-        try:
-            state.add_visitor(**visitor)
-        except TypeError as exc:
-            raise ValueError(f"{path}: visitor #{number}: {exc}") from exc
-    return len(visitors)
+    return load_json_list(path, "visitor", lambda visitor: state.add_visitor(**visitor))
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def build_state(args: argparse.Namespace) -> PassagePointState:
+    """A PassagePointState from parsed command-line options, with the visitors file's visitors."""
+    state = PassagePointState(
+        username=args.username,
+        password=args.password,
+        token_lifetime=args.token_lifetime,
+        latency=args.latency,
+        destinations=_names(args.destinations),
+        wrap_byuniqueid=args.wrap_byuniqueid,
+        destinations_shape=args.destinations_shape,
+        categories=_names(args.categories),
+        seed=args.seed,
+        duplicate_status=args.duplicate_status,
+    )
+    if args.visitors_json:
+        load_visitors(state, args.visitors_json)
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the PassagePoint simulator standalone."""
-    parser = argparse.ArgumentParser(
-        prog="python -m simulators.passagepoint", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=2444, help="0 picks a free port")
+    parser = standalone_parser("passagepoint", __doc__.splitlines()[0], port=2444)
     parser.add_argument(
         "--destinations",
         default="LibCal Gelman,LibCal Eckles",
@@ -531,7 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--username", default="svc")
     parser.add_argument("--password", default="pw")
     parser.add_argument("--token-lifetime", type=int, default=3600)
-    parser.add_argument("--latency", type=latency_argument, default=(0.0, 0.0), help="MIN-MAX seconds")
     parser.add_argument(
         "--wrap-byuniqueid", action="store_true", help='answer byUniqueId as {"data": [...]}'
     )
@@ -548,29 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duplicate-status", type=int, default=400)
     parser.add_argument("--visitors-json", help="JSON list of add_visitor keyword objects")
-    args = parser.parse_args(argv)
-    state = PassagePointState(
-        username=args.username,
-        password=args.password,
-        token_lifetime=args.token_lifetime,
-        latency=args.latency,
-        destinations=[name.strip() for name in args.destinations.split(",") if name.strip()],
-        wrap_byuniqueid=args.wrap_byuniqueid,
-        destinations_shape=args.destinations_shape,
-        categories=[name.strip() for name in args.categories.split(",") if name.strip()],
-        duplicate_status=args.duplicate_status,
-    )
-    if args.visitors_json:
-        try:
-            load_visitors(state, args.visitors_json)
-        except (OSError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    try:
-        asyncio.run(serve(create_app(state), args.host, args.port, lambda port: f"PassagePoint simulator listening on http://{args.host}:{port}"))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_standalone("PassagePoint", parser.parse_args(argv), build_state, create_app)
 
 
 if __name__ == "__main__":

@@ -691,10 +691,10 @@ async def test_errors_exist_string_quirk_on_a_valid_scan(client, state):
 
 
 @pytest.mark.parametrize("applied", [False, True])
-async def test_injected_timeout(client, state, applied):
-    """A timeout holds the answer past the client's timeout; applied decides if the scan ran."""
-    state.timeout_sleep = 0.3
-    state.inject_failure("timeout", applied=applied)
+async def test_injected_gateway_timeout(client, state, applied):
+    """A gateway timeout holds the answer past the client's timeout; applied decides if the scan ran."""
+    state.hang_seconds = 0.3
+    state.inject_failure("gateway_timeout", applied=applied)
     with pytest.raises(asyncio.TimeoutError):
         await client.post(
             scan_path(LOANED.item_pid),
@@ -712,6 +712,17 @@ async def test_injected_disconnect(client, state):
         await scan(client, LOANED.item_pid)
     assert state.requests[-1]["status"] is None
     assert state.scans == []
+
+
+async def test_old_timeout_name_is_a_gateway_timeout(aiohttp_client):
+    """"timeout" and timeout_sleep=, the old names, still give a 504 text/plain after the wait."""
+    state = AlmaState(timeout_sleep=0.1)
+    state.add_item(make_item(LOANED.item_pid, "loan"))
+    client = await aiohttp_client(create_app(state))
+    state.inject_failure("timeout")
+    response = await scan(client, LOANED.item_pid)
+    assert (response.status, response.content_type) == (504, "text/plain")
+    assert state.requests[-1]["failure"] == "gateway_timeout"
 
 
 async def test_injected_redirect_is_a_301_to_https_and_changes_nothing(client, state):
@@ -749,7 +760,8 @@ async def scan_no_follow(client, item_pid: str):
 @pytest.mark.parametrize(
     ("kind", "applied", "message"),
     [
-        ("boom", False, "unknown failure kind 'boom'"),
+        ("boom", False, "unknown failure kind 'boom' (known: 500, 502_text, 503_html, "),
+        ("single_error_object", True, "a 'single_error_object' failure is never applied"),
         ("429", True, "a '429' failure is never applied: drop applied=True"),
         ("redirect", True, "a 'redirect' failure is never applied: drop applied=True"),
     ],

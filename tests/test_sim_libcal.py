@@ -570,16 +570,18 @@ async def test_injected_token_failures(client, state):
     assert (await client.post("/1.1/oauth/token", data=CREDENTIALS)).status == 200
 
 
-async def test_injected_timeout_withholds_the_answer(aiohttp_client):
-    """An injected timeout answers nothing before the client gives up."""
+@pytest.mark.parametrize("kind", ["hang", "timeout"])  # "timeout": the old name of "hang"
+async def test_injected_hang_withholds_the_answer(aiohttp_client, kind):
+    """An injected hang answers nothing before the client gives up."""
     state = make_state(hang_seconds=60)
     client = await aiohttp_client(create_app(state))
     headers = await bearer(client)
-    state.inject_failure("bookings", "timeout", count=1)
+    state.inject_failure("bookings", kind, count=1)
     with pytest.raises(TimeoutError):
         await client.get(
             "/1.1/space/bookings", headers=headers, timeout=aiohttp.ClientTimeout(total=0.1)
         )
+    assert state.requests[-1]["failure"] == "hang"
     assert (await client.get("/1.1/space/bookings", headers=headers)).status == 200
 
 
@@ -724,4 +726,16 @@ def test_standalone_bad_bookings_file_exits_2(tmp_path):
         timeout=30,
     )
     assert result.returncode == 2
-    assert result.stderr == f"error: [Errno 2] No such file or directory: '{missing}'\n"
+    assert result.stderr == (
+        f"libcal simulator: cannot load seed files: [Errno 2] No such file or directory: '{missing}'\n"
+    )
+
+
+def test_load_bookings_reports_a_bad_cancel_status(tmp_path):
+    """A "cancel" that is not a cancelled status names the file and the entry too."""
+    path = tmp_path / "bookings.json"
+    booking = {"book_id": "a", "lid": 1, "from_date": "2026-11-22T13:15:00-05:00",
+               "to_date": "2026-11-22T15:15:00-05:00", "cancel": "Confirmed"}
+    path.write_text(json.dumps([booking]))
+    with pytest.raises(ValueError, match=r"bookings.json: booking #1: 'Confirmed' is not a cancelled status"):
+        load_bookings(make_state(), str(path))

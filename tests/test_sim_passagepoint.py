@@ -666,11 +666,19 @@ async def test_injected_disconnect_closes_connection(client, state):
     assert len(state.preregs) == 1
 
 
-@pytest.mark.parametrize(("kind", "applied"), [("timeout", 0), ("timeout_after_apply", 1)])
-async def test_injected_timeout(client, state, kind, applied):
-    """A timeout withholds the answer past the client's timeout; _after_apply still creates it."""
+@pytest.mark.parametrize(
+    ("kind", "options", "applied"),
+    [
+        ("hang", {}, 0),
+        ("hang", {"applied": True}, 1),
+        ("timeout", {}, 0),  # the old names of the two above
+        ("timeout_after_apply", {}, 1),
+    ],
+)
+async def test_injected_hang(client, state, kind, options, applied):
+    """A hang withholds the answer past the client's timeout; applied=True still creates the visitor."""
     headers = await token_header(client)
-    state.inject_failure("createVisitor", kind)
+    state.inject_failure("createVisitor", kind, **options)
     with pytest.raises(TimeoutError):
         await client.post(
             f"{BASE}/person/createVisitor",
@@ -882,7 +890,7 @@ def test_standalone_bad_visitors_file_exits_2(tmp_path):
         timeout=30,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {path}: visitor #2: ")
+    assert result.stderr.startswith(f"passagepoint simulator: cannot load seed files: {path}: visitor #2: ")
     assert "'barcode'" in result.stderr
 
 
