@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loan_discharge.discharge_loans import main  # noqa: E402
-from loan_discharge.sim_thread import SimulatorThread  # noqa: E402
 from simulators.alma import AlmaItem, AlmaState  # noqa: E402
+from simulators.thread import SimulatorThread  # noqa: E402
 
 KEY = "bench-key"
 ITEMS = int(os.environ.get("BENCH_DISCHARGE_ITEMS", "2000"))

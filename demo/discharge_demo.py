@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from loan_discharge.sim_thread import SimulatorThread  # noqa: E402
 from simulators.alma import AlmaItem, AlmaState  # noqa: E402
+from simulators.thread import SimulatorThread  # noqa: E402
 
 KEY = "demo-key-not-a-secret"
 

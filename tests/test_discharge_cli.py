@@ -21,8 +21,8 @@ import pytest
 from loan_discharge.discharge_loans import main
 from loan_discharge.items import read_items
 from loan_discharge.run import read_journal
-from loan_discharge.sim_thread import SimulatorThread
 from simulators.alma import AlmaItem, AlmaState
+from simulators.thread import SimulatorThread
 
 KEY = "cli-secret-key-5678"
 REPO = Path(__file__).resolve().parent.parent
