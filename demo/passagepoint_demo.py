@@ -7,32 +7,27 @@ id, so exit status 1), a steady-state pass, a pass after a cancellation, and `st
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
+from contextlib import ExitStack
 from pathlib import Path
-
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simulators.alma import AlmaState, AlmaUser  # noqa: E402
-from simulators.alma import create_app as create_alma_app  # noqa: E402
 from simulators.libcal import LibCalState  # noqa: E402
-from simulators.libcal import create_app as create_libcal_app  # noqa: E402
 from simulators.passagepoint import PassagePointState  # noqa: E402
-from simulators.passagepoint import create_app as create_pp_app  # noqa: E402
+from simulators.thread import SimulatorThread  # noqa: E402
 
 DAY = "2030-01-15"
 
 
 class Simulators:
-    """The three simulators served from a background thread's event loop."""
+    """The three simulators, each served from a background thread."""
 
     def __init__(self) -> None:
         self.libcal = LibCalState(client_id="demo-client", client_secret="demo-secret", latency=(0.02, 0.05))
@@ -40,39 +35,15 @@ class Simulators:
         self.pp = PassagePointState(username="svc-libcal", password="demo-pw", latency=(0.02, 0.05),
                                     destinations=["LibCal Gelman", "LibCal Eckles"])
         self.urls: dict[str, str] = {}
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._runners: list[web.AppRunner] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _start(self) -> None:
-        for name, app in (("libcal", create_libcal_app(self.libcal)), ("alma", create_alma_app(self.alma)),
-                          ("pp", create_pp_app(self.pp))):
-            runner = web.AppRunner(app, shutdown_timeout=0.5)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self._runners.append(runner)
-            self.urls[name] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self._threads = ExitStack()
 
     def __enter__(self) -> Simulators:
-        self._thread.start()
-        self._ready.wait(10)
+        for name, state in (("libcal", self.libcal), ("alma", self.alma), ("pp", self.pp)):
+            self.urls[name] = self._threads.enter_context(SimulatorThread(state)).base_url
         return self
 
     def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            for runner in self._runners:
-                await runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._threads.close()
 
 
 def seed(sims: Simulators) -> None:
