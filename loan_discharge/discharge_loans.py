@@ -27,7 +27,7 @@ if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
 import aiohttp  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from loan_discharge.alma import AlmaClient  # noqa: E402
+from alma import AlmaClient, SlidingWindowLimiter  # noqa: E402
 from loan_discharge.config import DEFAULT_CONFIG_FILE, ConfigError, DischargeConfig, load_config  # noqa: E402
 from loan_discharge.items import (  # noqa: E402
     DeskMap,
@@ -49,7 +49,6 @@ from loan_discharge.run import (  # noqa: E402
     ItemResult,
     RetryPolicy,
     RunSummary,
-    SlidingWindowLimiter,
     by_count,
     discharge,
     new_run_id,
@@ -284,7 +283,7 @@ async def _run(
     connector = aiohttp.TCPConnector(limit=config.concurrency)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
-            client = AlmaClient(config.base_url, config.apikey or "", session, request_timeout=config.request_timeout)
+            client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
             return await discharge(
                 plan.requests,
                 table,

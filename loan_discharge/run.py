@@ -2,7 +2,9 @@
 
 ``run_discharge`` takes everything it uses as arguments (the Alma client, the rate limiter, the
 journal, a per-batch callback, the sleep function and random source), so tests drive it against
-the simulator with fast clocks. ``discharge`` wires it to the files under ``data_dir``.
+the simulator with fast clocks. ``discharge`` wires it to the files under ``data_dir``. The client,
+its exceptions and the limiter are the shared ones (package ``alma``); the retry policy for
+scan-ins is this module's: a POST that got no answer may have been applied.
 """
 
 from __future__ import annotations
@@ -12,16 +14,13 @@ import json
 import os
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loan_discharge.alma import (
-    OUTCOME_NOT_ON_LOAN,
-    OUTCOME_RETURNED,
-    OUTCOME_STILL_ON_LOAN,
+from alma import (
     AlmaClient,
     AlmaDailyQuotaExceeded,
     AlmaError,
@@ -29,9 +28,9 @@ from loan_discharge.alma import (
     AlmaNotSent,
     AlmaRateLimited,
     AlmaRedirected,
+    AlmaResponse,
     AlmaServerError,
     AlmaUnauthorized,
-    scan_outcome,
 )
 from loan_discharge.items import (
     ItemsTable,
@@ -40,10 +39,15 @@ from loan_discharge.items import (
     items_fingerprint,
     write_items_atomic,
 )
+from loan_discharge.outcomes import (
+    OUTCOME_NOT_ON_LOAN,
+    OUTCOME_RETURNED,
+    OUTCOME_STILL_ON_LOAN,
+    scan_outcome,
+)
 
 __all__ = [
     "JOURNAL",
-    "SlidingWindowLimiter",
     "RetryPolicy",
     "ItemResult",
     "RunSummary",
@@ -58,65 +62,6 @@ __all__ = [
 Sleep = Callable[[float], Awaitable[None]]
 
 JOURNAL = "journal.jsonl"  # in data_dir: one line per completed item of the current run
-
-
-class SlidingWindowLimiter:
-    """At most ``rate`` acquisitions in any window of ``period + margin`` s, and none closer than period/rate.
-
-    aiolimiter's AsyncLimiter(rate, 1) is a leaky bucket: from empty it lets ``rate`` through at
-    once and then one every 1/rate s, so the first second can see almost 2 x rate starts, and so can
-    any second after a pause (a 429 backoff empties the bucket). Alma counts a sliding second, so
-    this limiter remembers the last ``rate`` start times instead. Starts are also spaced evenly
-    (``smooth``): a burst of ``rate`` requests leaves together but reaches Alma spread out, and the
-    next second's requests could then land in the same window. ``margin`` absorbs the remaining
-    jitter between our start time and Alma's arrival time.
-    """
-
-    def __init__(
-        self,
-        rate: int,
-        period: float = 1.0,
-        *,
-        margin: float = 0.01,
-        smooth: bool = True,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        if rate < 1:
-            raise ValueError("rate must be at least 1")
-        self.rate = rate
-        self.window = period + margin
-        self.interval = period / rate if smooth else 0.0
-        self._clock = clock
-        self._sleep = sleep
-        self._starts: deque[float] = deque()
-        self._next_start = 0.0
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        """Wait until one more start fits in the window, then record it."""
-        async with self._lock:  # FIFO: waiters start in the order they asked
-            while True:
-                now = self._clock()
-                while self._starts and self._starts[0] <= now - self.window:
-                    self._starts.popleft()
-                wait = self._next_start - now if self._starts else 0.0
-                if len(self._starts) >= self.rate:
-                    wait = max(wait, self._starts[0] + self.window - now)
-                if wait <= 0:
-                    # Pace from the schedule, not from the last actual start: a sleep that
-                    # overshoots by a millisecond must not slow every later start down.
-                    base = max(self._next_start, now - self.interval / 2) if self._starts else now
-                    self._next_start = base + self.interval
-                    self._starts.append(now)
-                    return
-                await self._sleep(wait)
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -255,10 +200,9 @@ def results_path(data_dir: Path, run_id: str, batch: int | str) -> Path:
     return data_dir / f"results-{run_id}-batch-{batch}.json"
 
 
-def _raw(error_or_response: Any) -> dict[str, Any]:
-    if isinstance(error_or_response, AlmaError):
-        return {"url": error_or_response.url, "status": error_or_response.status, "response": error_or_response.response}
-    return {"url": error_or_response.url, "status": error_or_response.status, "response": error_or_response.item}
+def _raw(answer: AlmaError | AlmaResponse) -> dict[str, Any]:
+    body = answer.response if isinstance(answer, AlmaError) else answer.body
+    return {"url": answer.url, "status": answer.status, "response": body}
 
 
 async def run_discharge(
@@ -373,14 +317,17 @@ async def run_discharge(
                 return failed(exc)
             except AlmaUnauthorized as exc:
                 responses.append(_raw(exc))
-                request_stop(f"Alma refused the API key ({exc.code}: {exc.message}); check apikey / ALMA_API_KEY")
+                if exc.key_refused:
+                    request_stop(f"Alma refused the API key ({exc.code}: {exc.message}); check apikey / ALMA_API_KEY")
+                else:  # an HTML page: base_url is not Alma's API gateway, the message says so
+                    request_stop(exc.message)
                 return failed(exc)
             except AlmaError as exc:
                 answered(exc)
                 return failed(exc)
             responses.append(_raw(response))
             check_floor(response.remaining)
-            outcome = scan_outcome(response.item)
+            outcome = scan_outcome(response.body)
             if outcome == OUTCOME_STILL_ON_LOAN:
                 return ItemResult(
                     request, False, "error", "still on loan after the scan-in", "STILL_ON_LOAN", attempts, responses

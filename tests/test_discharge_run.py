@@ -12,13 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from loan_discharge.alma import AlmaClient
+from alma import AlmaClient, SlidingWindowLimiter
 from loan_discharge.items import ItemsTable, build_plan, read_desks, read_items
 from loan_discharge.run import (
     Journal,
     RetryPolicy,
     RunSummary,
-    SlidingWindowLimiter,
     discharge,
     new_run_id,
     read_journal,
@@ -58,7 +57,7 @@ async def run(
     server = await aiohttp_server(create_app(state))
     plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
     async with aiohttp.ClientSession() as session:
-        client = AlmaClient(str(server.make_url("")).rstrip("/"), key, session, request_timeout=timeout)
+        client = AlmaClient(str(server.make_url("")).rstrip("/"), key, session, timeout=timeout)
         return await discharge(
             plan.requests, table, client=client, limiter=SlidingWindowLimiter(rate), data_dir=tmp_path / "data",
             concurrency=20, batch_size=batch_size, daily_quota_floor=floor, retry=retry,
@@ -271,7 +270,7 @@ async def test_unreachable_alma_stops_the_run_and_leaves_every_item_pending(tmp_
     table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 40)
     plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
     async with aiohttp.ClientSession() as session:
-        client = AlmaClient(f"http://127.0.0.1:{unused_tcp_port}", KEY, session, request_timeout=5)
+        client = AlmaClient(f"http://127.0.0.1:{unused_tcp_port}", KEY, session, timeout=5)
         summary = await discharge(
             plan.requests, table, client=client, limiter=SlidingWindowLimiter(1000), data_dir=tmp_path / "data",
             concurrency=4, batch_size=10, retry=FAST, echo=lambda _: None,
@@ -345,3 +344,28 @@ def test_run_ids_are_never_reused(tmp_path: Path) -> None:
     results_path(tmp_path, f"{first}.3", 1).write_text("[]")  # an earlier process that had this pid
     assert new_run_id(tmp_path, now) == f"{first}.4"
     assert results_path(tmp_path, first, 7).name == f"results-{first}-batch-7.json"
+
+
+async def test_an_html_401_stops_the_run_naming_base_url_not_the_key(aiohttp_server: Any, tmp_path: Path) -> None:
+    """base_url on the institution's Alma host (a sign-in page, HTTP 401): the run stops as for a
+    refused key, but the message says base_url is not Alma's API gateway, not that the key is wrong."""
+    from aiohttp import web
+
+    async def sign_in(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="<!DOCTYPE html><html><body>Please sign in</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", sign_in)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 3)
+    plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
+    async with aiohttp.ClientSession() as session:
+        summary = await discharge(
+            plan.requests, table, client=AlmaClient(base, KEY, session), limiter=SlidingWindowLimiter(5),
+            data_dir=tmp_path / "data", concurrency=3, batch_size=10, retry=FAST, echo=lambda _: None,
+        )
+    assert summary.stop_reason == (
+        f"base_url {base} answered HTTP 401 with an HTML page, not an API error: it is probably the institution's "
+        "Alma host; use the API gateway, e.g. https://api-na.hosted.exlibrisgroup.com")
+    assert summary.failed == {"HTTP 401": 1} and summary.not_processed == 2

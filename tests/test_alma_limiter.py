@@ -1,4 +1,4 @@
-"""SlidingWindowLimiter under a fake clock: never more than `rate` starts in any second, and no slower."""
+"""alma.SlidingWindowLimiter under a fake clock: never more than `rate` starts in any second, and no slower."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from loan_discharge.run import SlidingWindowLimiter
+from alma import SlidingWindowLimiter
 
 
 class FakeClock:
@@ -108,3 +108,29 @@ def test_rate_must_be_positive() -> None:
     """A zero rate is a programming error, refused at construction."""
     with pytest.raises(ValueError, match="rate must be at least 1"):
         SlidingWindowLimiter(0)
+
+
+@pytest.mark.parametrize(
+    ("calls", "rate", "window"),
+    [(25, 25, 1.01), (12.5, 12, 1.01), (1, 1, 1.01), (0.5, 1, 2.01), (0.1, 1, 10.01)],
+)
+def test_per_second_never_allows_more_than_the_configured_rate(calls: float, rate: int, window: float) -> None:
+    """A configured rate may be fractional (libcal_passagepoint's Alma.rate_per_second): it is
+    rounded down to whole calls per second, and below one call a second it becomes one call per period."""
+    limiter = SlidingWindowLimiter.per_second(calls)
+    assert (limiter.rate, limiter.window) == (rate, pytest.approx(window))
+
+
+async def test_per_second_fractional_rate_under_a_fake_clock() -> None:
+    """12.5 calls a second: never 13 starts in any second."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter.per_second(12.5, clock=clock, sleep=clock.sleep)
+    starts = await starts_of(limiter, clock, tasks=20, each=3)
+    assert max_in_any_second(starts) == 12
+
+
+@pytest.mark.parametrize("calls", [0, -1])
+def test_per_second_must_be_positive(calls: float) -> None:
+    """No calls at all is a configuration error the caller refuses first; here it is a ValueError."""
+    with pytest.raises(ValueError, match="calls per second must be more than 0"):
+        SlidingWindowLimiter.per_second(calls)
