@@ -69,7 +69,8 @@ async def bench(bookings: int, patrons: int, latency: float, concurrency: int) -
         "LibCal": {"client_id": "cid", "client_secret": "secret", "primary_id_field": "q12505",
                    "locations": [{"name": v, "id": k} for k, v in LOCATIONS.items()],
                    "credentials_endpt": f"{urls['libcal']}/1.1/oauth/token",
-                   "bookings_endpt": f"{urls['libcal']}/1.1/space/bookings"},
+                   "bookings_endpt": f"{urls['libcal']}/1.1/space/bookings",
+                   "statuses": ["Confirmed", "Mediated Approved"]},  # the simulator books Confirmed spaces
         "Alma": {"apikeys": ["bench-key"], "users_endpt": f"{urls['alma']}/almaws/v1/users"},
         "PassagePoint": {"username": "svc", "password": "pw", "pp_api_root": urls["pp"],
                          "login_endpt": "/pp/api/v2/auth/login", "uniqueId_endpt": "/pp/api/v2/person/byUniqueId",
