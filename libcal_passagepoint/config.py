@@ -91,8 +91,13 @@ class AlmaConfig:
     """Settings of the ``Alma`` section."""
 
     apikeys: tuple[str, ...]
-    users_endpt: str
+    users_endpt: str  # …/almaws/v1/users, as the original app named it
     rate_per_second: float = 25.0
+
+    @property
+    def api_root(self) -> str:
+        """The Alma API root the shared client is given: users_endpt without its ``/users``."""
+        return self.users_endpt.removesuffix("/users")
 
 
 @dataclass(frozen=True)
@@ -260,7 +265,7 @@ def parse_config(
         raise reader.error("Alma.apikeys", f"must be a list of Alma API keys, one per institution zone (or set {ENV_VARS['Alma.apikeys']})")
     alma_config = AlmaConfig(
         apikeys=tuple(k.strip() for k in apikeys),
-        users_endpt=reader.url(alma, "Alma", "users_endpt").rstrip("/"),
+        users_endpt=_users_endpt(reader, alma),
         rate_per_second=reader.number(alma, "Alma", "rate_per_second", default=25.0, minimum=0.1),
     )
 
@@ -313,6 +318,15 @@ def parse_config(
         retention=reader.duration(lcpp, "LCPP", "retention", default=DEFAULT_RETENTION, minimum=86400),
         assumptions=tuple(assumed),
     )
+
+
+def _users_endpt(reader: _Reader, alma: Mapping[str, Any]) -> str:
+    """Alma.users_endpt: the Users API of Alma's API gateway (the shared Alma client is given its root)."""
+    value = reader.url(alma, "Alma", "users_endpt").rstrip("/")
+    if not value.endswith("/almaws/v1/users"):
+        raise reader.error("Alma.users_endpt", "must be the Users API of Alma's API gateway, ending in /almaws/v1/users "
+                           f"(e.g. https://api-na.hosted.exlibrisgroup.com/almaws/v1/users), not {value!r}")
+    return value
 
 
 def _email(reader: _Reader, assumed: list[str]) -> EmailConfig | None:

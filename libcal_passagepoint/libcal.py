@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from .privacy import excerpt
+from alma.privacy import excerpt
 
 __all__ = [
     "PAGE_LIMIT",

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from .privacy import excerpt
+from alma.privacy import excerpt
 
 __all__ = [
     "PassagePointAuthError",

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .alma import AlmaClient, AlmaError, AlmaUser
+from alma import AlmaError
+
+from .alma_users import AlmaUser, AlmaUsers
 from .cache import Cache
 from .config import Config, Location
 from .libcal import Booking, LibCalAuthError, LibCalClient, LibCalError, parse_bookings
@@ -226,7 +228,7 @@ async def run_pass(
     config: Config,
     *,
     libcal: LibCalClient,
-    alma: AlmaClient,
+    alma: AlmaUsers,
     passagepoint: PassagePointClient,
     cache: Cache,
     date: str | None = None,
@@ -319,7 +321,7 @@ async def _register(
     config: Config,
     todo: list[_Work],
     *,
-    alma: AlmaClient,
+    alma: AlmaUsers,
     passagepoint: PassagePointClient,
     cache: Cache,
     result: PassResult,

@@ -12,20 +12,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiolimiter import AsyncLimiter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libcal_passagepoint.alma import (
-    AlmaClient,
-    AlmaRateLimited,
-    AlmaUnavailable,
+from alma import AlmaNotFound, AlmaRateLimited, AlmaUnavailable, SlidingWindowLimiter
+from libcal_passagepoint.alma_users import (
     AlmaUser,
     AlmaUserHasNoBarcode,
-    AlmaUserNotFound,
-    parse_alma_errors,
+    AlmaUsers,
     user_from_record,
 )
+from libcal_passagepoint.config import AlmaConfig
 from libcal_passagepoint.libcal import (
     PAGE_LIMIT,
     LibCalAuthError,
@@ -159,26 +156,6 @@ def test_parse_bookings_keeps_first_row_of_each_book_id_in_order(book_ids: list[
 
 # -- Alma --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    ("body", "expected"),
-    [
-        ('{"errorsExist": true, "errorList": {"error": [{"errorCode": "401861", "errorMessage": "User with identifier X was not found."}]}, "result": null}',
-         [("401861", "User with identifier X was not found.")]),
-        ('{"errorsExist": "true", "errorList": {"error": {"errorCode": "401890", "errorMessage": "User with identifier X of type Y was not found."}}}',
-         [("401890", "User with identifier X of type Y was not found.")]),
-        ("<web_service_result><errorsExist>true</errorsExist><errorList><error><errorCode>PER_SECOND_THRESHOLD</errorCode>"
-         "<errorMessage>HTTP requests are more than allowed per second</errorMessage></error></errorList></web_service_result>",
-         [("PER_SECOND_THRESHOLD", "HTTP requests are more than allowed per second")]),
-        ("Bad Gateway", []),
-        ("<html><body>503 Service Unavailable</body></html>", []),
-    ],
-    ids=["json-list", "single-object-string-flag", "xml", "text-plain", "html"],
-)
-def test_parse_alma_errors(body: str, expected: list[tuple[str, str]]) -> None:
-    """Error codes come out of every error shape Alma is known to send."""
-    assert parse_alma_errors(body) == expected
-
-
 def test_user_from_the_reference_example_record() -> None:
     """The real user record: the ACTIVE BARCODE identifier and the group code and description."""
     record = json.loads(USER_EXAMPLE)  # shared/reference/examples/alma_user_200.json, as recorded
@@ -188,16 +165,17 @@ def test_user_from_the_reference_example_record() -> None:
         user_from_record(record, "ID12345")
 
 
-async def _alma(aiohttp_server: Any, session: aiohttp.ClientSession, state: AlmaState, **kw: Any) -> tuple[AlmaClient, list[float]]:
+async def _alma(aiohttp_server: Any, session: aiohttp.ClientSession, state: AlmaState, **kw: Any) -> tuple[AlmaUsers, list[float]]:
+    """The lookup as the tool wires it (one shared Alma client per zone's key), with a recorded sleep."""
     server = await aiohttp_server(create_alma_app(state))
     sleeps: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    client = AlmaClient(session, users_url=str(server.make_url("/almaws/v1/users")), api_keys=["k1", "k2"],
-                        limiter=kw.pop("limiter", AsyncLimiter(1000, 1)), timeout=5, sleep=fake_sleep, **kw)
-    return client, sleeps
+    config = AlmaConfig(apikeys=("k1", "k2"), users_endpt=str(server.make_url("/almaws/v1/users")))
+    limiter = kw.pop("limiter", SlidingWindowLimiter(1000))
+    return AlmaUsers.configured(config, session, limiter=limiter, timeout=5, sleep=fake_sleep, **kw), sleeps
 
 
 def _sim_user(n: int, key: str = "k1") -> SimUser:
@@ -217,14 +195,15 @@ async def test_alma_429_backs_off_with_growing_delays_then_succeeds(aiohttp_serv
 
 
 async def test_alma_429_forever_gives_up(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
-    """After max_429_retries the lookup fails with AlmaRateLimited, it does not loop forever."""
+    """After max_429_retries the lookup fails with AlmaRateLimited, it does not loop forever: the
+    client raises on each 429, the lookup's policy sends it again (through the limiter) and gives up."""
     state = AlmaState(api_keys={"k1", "k2"})
     state.add_user(_sim_user(1))
     state.inject_failure("429", count=10)
     client, sleeps = await _alma(aiohttp_server, session, state, max_429_retries=3)
     with pytest.raises(AlmaRateLimited, match="^Alma kept answering 429 to a user lookup after 3 retries$"):
         await client.lookup_user("G00000001")
-    assert len(sleeps) == 3
+    assert len(sleeps) == 3 and len(state.requests) == 4
 
 
 @pytest.mark.parametrize("shape", ["single_error_object", "errors_exist_string"])
@@ -236,12 +215,12 @@ async def test_alma_not_found_in_any_shape_moves_to_the_next_key(aiohttp_server:
     client, _ = await _alma(aiohttp_server, session, state)
     assert (await client.lookup_user("G00000002")).barcode == "22220000000002"
     assert [r["api_key"] for r in state.requests] == ["k1", "k2"]
-    with pytest.raises(AlmaUserNotFound, match=r"^no Alma user has this university id \(tried 2 institution zones\)$"):
+    with pytest.raises(AlmaNotFound, match=r"^no Alma user has this university id \(tried 2 institution zones\)$"):
         await client.lookup_user("G77777777")
 
 
 async def test_alma_gateway_error_is_retried_once(aiohttp_server: Any, session: aiohttp.ClientSession) -> None:
-    """A text/plain 502 is retried once (a GET); two in a row raise AlmaUnavailable."""
+    """A text/plain 502 is retried once (a GET); two in a row raise AlmaUnavailable (AlmaServerError)."""
     state = AlmaState(api_keys={"k1", "k2"})
     state.add_user(_sim_user(1))
     state.inject_failure("502_text")
@@ -261,6 +240,14 @@ async def test_alma_concurrent_lookups_stay_under_the_per_second_limit(aiohttp_s
     users = await asyncio.gather(*(client.lookup_user(f"G{n:08d}") for n in range(60)))
     assert len(users) == 60
     assert [r["status"] for r in state.requests].count(429) == 0 and sleeps == []
+
+
+def test_the_tools_alma_limiter_leaves_room_for_arrival_jitter() -> None:
+    """Alma.rate_per_second starts in any 1.05 s, evenly spaced: the slack the old leaky bucket
+    (drained at rate - 2) gave, now on the shared sliding-window limiter; a fractional rate rounds down."""
+    limiter = alma_limiter(25)
+    assert (limiter.rate, limiter.window, limiter.interval) == (25, pytest.approx(1.05), pytest.approx(0.04))
+    assert alma_limiter(12.5).rate == 12
 
 
 # -- PassagePoint ------------------------------------------------------------------------------

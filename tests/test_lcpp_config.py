@@ -128,6 +128,27 @@ def test_mistakes_the_yaml_itself_hides_are_refused(tmp_path: Path, edit, messag
     assert str(excinfo.value).endswith(message)
 
 
+@pytest.mark.parametrize("users_endpt", ["https://api-na.hosted.exlibrisgroup.com/almaws/v1", "https://proxy.example.edu/alma/users"])
+def test_users_endpt_must_be_the_gateways_users_api(tmp_path: Path, users_endpt: str) -> None:
+    """The shared Alma client is given users_endpt without /users: anything but …/almaws/v1/users is refused."""
+    path = write_config(tmp_path / "config.yml", **BASES)
+    text = path.read_text()
+    start = text.index("  users_endpt: ")
+    path.write_text(text[:start] + f"  users_endpt: {users_endpt}\n" + text[text.index("\n", start) + 1:])
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path, environ={})
+    assert str(excinfo.value) == (
+        f"{path}: Alma.users_endpt must be the Users API of Alma's API gateway, ending in /almaws/v1/users "
+        f"(e.g. https://api-na.hosted.exlibrisgroup.com/almaws/v1/users), not {users_endpt!r}")
+
+
+def test_the_alma_api_root_is_users_endpt_without_users(tmp_path: Path) -> None:
+    """…/almaws/v1/users/ (a trailing slash too) -> …/almaws/v1, the root the shared client is given."""
+    path = write_config(tmp_path / "config.yml", **BASES)
+    path.write_text(path.read_text().replace("/almaws/v1/users\n", "/almaws/v1/users/\n"))
+    assert load_config(path, environ={}).alma.api_root == BASES["alma"] + "/almaws/v1"
+
+
 def test_location_mapping_keys_may_be_strings(tmp_path: Path) -> None:
     """YAML may quote the location ids in location_mapping; they still match the numeric ids."""
     path = write_config(tmp_path / "config.yml", **BASES)
@@ -168,7 +189,7 @@ def test_a_secret_in_the_file_is_taken_as_written(tmp_path: Path) -> None:
 
 
 def test_a_user_mapping_entry_left_blank_counts_as_unmapped(tmp_path: Path) -> None:
-    from libcal_passagepoint.alma import AlmaUser
+    from libcal_passagepoint.alma_users import AlmaUser
     from libcal_passagepoint.sync import category_for
 
     path = write_config(tmp_path / "config.yml", **BASES)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiolimiter import AsyncLimiter
 
+from alma import SlidingWindowLimiter
 from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.config import Config, load_config
 from libcal_passagepoint.runner import open_clients
@@ -122,7 +122,7 @@ class Sims:
         cache = cache or self.cache()
         try:
             config = config or self.config
-            async with open_clients(config, limiter=AsyncLimiter(1000, 1)) as clients:
+            async with open_clients(config, limiter=SlidingWindowLimiter(1000)) as clients:
                 kw.setdefault("date", DAY)
                 return await run_pass(
                     config, libcal=clients.libcal, alma=clients.alma, passagepoint=clients.passagepoint,

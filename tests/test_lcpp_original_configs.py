@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiolimiter import AsyncLimiter
 
+from alma import SlidingWindowLimiter
 from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.config import ConfigError, load_config
 from libcal_passagepoint.runner import open_clients
@@ -167,7 +167,7 @@ async def test_each_original_shape_runs_a_pass_against_the_simulators(version: s
         libcal.add_booking(book_id=f"cs_{n}", lid=lid, from_date=f"{DAY}T1{n}:00:00-05:00",
                            to_date=f"{DAY}T1{n + 1}:00:00-05:00", primary_id=f"G{n:08d}", status="Mediated Approved")
     with Cache(config.cache_path) as cache:
-        async with open_clients(config, limiter=AsyncLimiter(1000, 1)) as clients:
+        async with open_clients(config, limiter=SlidingWindowLimiter(1000)) as clients:
             result = await run_pass(config, libcal=clients.libcal, alma=clients.alma,
                                     passagepoint=clients.passagepoint, cache=cache, date=DAY)
     assert (result.registered, result.failed, result.exit_status) == (["cs_1", "cs_2"], [], 0)

@@ -111,7 +111,7 @@ async def test_user_not_found_in_any_zone_and_alma_second_zone(sims: Sims) -> No
     sims.add_booking("cs_ghost", "G99999999", hour=16)
     result = await sims.run()
     assert result.registered == ["cs_zone2"]
-    assert result.failed == [Failure("cs_ghost", "Ada Lovelace", "no Alma user has this university id (tried 2 institution zones)", "AlmaUserNotFound")]
+    assert result.failed == [Failure("cs_ghost", "Ada Lovelace", "no Alma user has this university id (tried 2 institution zones)", "AlmaNotFound")]
     keys = [r["api_key"] for r in sims.alma.requests if r["path"].endswith("G99999999")]
     assert keys == ["zone-one-key", "zone-two-key"]
 

@@ -8,11 +8,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiolimiter import AsyncLimiter
 from test_lcpp_fixtures import GELMAN, Sims, sims  # noqa: F401 - the fixture
 
-from libcal_passagepoint.alma import AlmaAuthError, AlmaClient
-from libcal_passagepoint.config import Location
+from alma import AlmaUnauthorized, SlidingWindowLimiter
+from libcal_passagepoint.alma_users import AlmaUsers
+from libcal_passagepoint.config import AlmaConfig, Location
 from libcal_passagepoint.sync import destination_check, lacks_form_answers
 
 MAIN, SCIENCE = Location(1, "Main", "LibCal Main"), Location(2, "Science", "LibCal Science")
@@ -84,9 +84,10 @@ async def test_an_html_401_from_alma_names_users_endpt_not_the_key(page: str, ai
     server = await aiohttp_server(app)
     users_url = str(server.make_url("/almaws/v1/users"))
     async with aiohttp.ClientSession() as session:
-        client = AlmaClient(session, users_url=users_url, api_keys=["k"], limiter=AsyncLimiter(100, 1))
-        with pytest.raises(AlmaAuthError) as info:
-            await client.lookup_user("G00000001")
+        users = AlmaUsers.configured(AlmaConfig(apikeys=("k",), users_endpt=users_url), session,
+                                     limiter=SlidingWindowLimiter(100), timeout=30)
+        with pytest.raises(AlmaUnauthorized) as info:
+            await users.lookup_user("G00000001")
     assert str(info.value) == (
         f"Alma.users_endpt {users_url} answered HTTP 401 with an HTML page, not an API error: it is probably the "
         "institution's Alma host; use the API gateway, e.g. https://api-na.hosted.exlibrisgroup.com/almaws/v1/users")
@@ -141,7 +142,7 @@ ID, BARCODE, EMAIL = "G00000001", "22222000000001", "jane.doe@example.edu"
 
 async def test_no_message_quotes_a_patrons_id_barcode_or_e_mail(aiohttp_server: Any) -> None:
     """Alma and PassagePoint error bodies that echo what they were sent are quoted scrubbed."""
-    from libcal_passagepoint.alma import AlmaRequestError
+    from alma import AlmaRequestError
     from libcal_passagepoint.passagepoint import PassagePointClient, PassagePointError
 
     async def alma(request: web.Request) -> web.Response:
@@ -161,10 +162,10 @@ async def test_no_message_quotes_a_patrons_id_barcode_or_e_mail(aiohttp_server: 
     server = await aiohttp_server(app)
     messages = []
     async with aiohttp.ClientSession() as session:
-        client = AlmaClient(session, users_url=str(server.make_url("/almaws/v1/users")), api_keys=["k"],
-                            limiter=AsyncLimiter(100, 1))
+        users = AlmaUsers.configured(AlmaConfig(apikeys=("k",), users_endpt=str(server.make_url("/almaws/v1/users"))),
+                                     session, limiter=SlidingWindowLimiter(100), timeout=30)
         with pytest.raises(AlmaRequestError) as alma_error:
-            await client.lookup_user(ID)
+            await users.lookup_user(ID)
         messages.append(str(alma_error.value))
         pp = PassagePointClient(session, api_root=str(server.make_url("/pp")), username="u", password="p",
                                 login_endpt="/auth/login", create_visitor_endpt="/person/createVisitor")
