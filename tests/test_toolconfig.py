@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import boto3
 import pytest
@@ -117,3 +118,46 @@ def test_a_duration_without_a_unit_is_refused_unless_the_caller_says_what_it_mea
     with pytest.raises(ConfigError) as info:
         parse_duration("30", name="--older-than")
     assert str(info.value) == "--older-than 30 has no unit: write 30d for days, 30h for hours or 30w for weeks"
+
+
+@pytest.mark.parametrize(
+    ("values", "read", "message"),
+    [
+        ({"interval": 0}, lambda s: s.integer("interval", minimum=1), "c.yml: LCPP.interval must be at least 1, not 0"),
+        ({"interval": "soon"}, lambda s: s.integer("interval", default=300), "c.yml: LCPP.interval must be a whole number, not 'soon'"),
+        ({"interval": True}, lambda s: s.integer("interval", default=300), "c.yml: LCPP.interval must be a whole number, not True"),
+        ({}, lambda s: s.text("name"), "c.yml: LCPP.name is missing"),
+        ({"timeout": 0}, lambda s: s.number("timeout", above=0), "c.yml: LCPP.timeout must be more than 0, not 0"),
+        ({"check": "maybe"}, lambda s: s.boolean("check", default=True), "c.yml: LCPP.check must be true or false"),
+        ({"mode": "both"}, lambda s: s.choice("mode", ("auto", "temp"), default="auto"),
+         "c.yml: LCPP.mode must be one of auto, temp, not 'both'"),
+        ({"root": "pp.example.edu"}, lambda s: s.url("root"), "c.yml: LCPP.root must be an http(s) URL, not 'pp.example.edu'"),
+        ({"retention": "30"}, lambda s: s.duration("retention", default="30d", minimum=86400),
+         "c.yml: LCPP.retention 30 has no unit: write 30d for days, 30h for hours or 30w for weeks"),
+        ({"retention": "2h"}, lambda s: s.duration("retention", default="30d", minimum=86400),
+         "c.yml: LCPP.retention must be at least 1d, not 2h"),
+        ({}, lambda s: s.secret("password", "PP_PASSWORD"),
+         "c.yml: LCPP.password is missing (set it in the file or in the environment variable PP_PASSWORD)"),
+    ],
+)
+def test_each_getter_names_the_file_and_the_key_and_what_to_write(values, read, message):
+    from toolconfig.settings import Section
+
+    with pytest.raises(ConfigError) as info:
+        read(Section(values, name="LCPP", source="c.yml", environ={}))
+    assert str(info.value) == message
+
+
+def test_getters_read_what_is_right(tmp_path):
+    from toolconfig.settings import Section
+
+    config = tmp_path / "etc" / "c.yml"
+    section = Section({"n": "12", "t": " x ", "p": "data", "a": "/abs", "s": "'sp '", "l": "a, b"}, source=config,
+                      environ={"S": ""}, known=["n", "t", "p", "a", "s", "l"])
+    assert section.integer("n") == 12 and section.text("t") == "x"
+    assert section.file_path("p") == tmp_path / "etc" / "data"  # beside the file, not the working directory
+    assert section.file_path("a") == Path("/abs")
+    assert section.secret("s", "S") == "'sp '"  # an empty variable counts as unset; the file's value as written
+    assert section.text_list("l") == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"^.*c.yml: nn is not a known setting: did you mean n\?$"):
+        Section({"nn": 1}, source=config, known=["n"])
