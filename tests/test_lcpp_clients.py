@@ -324,7 +324,7 @@ async def test_pp_prereg_sends_epoch_seconds_as_strings(aiohttp_server: Any, ses
         "startTime": "1603732500", "endTime": "1603739700", "visitorId": str(visitor), "destination": "LibCal Gelman"}
 
 
-@pytest.mark.parametrize(("kind", "maybe_applied"), [("disconnect", True), ("timeout", True), ("500", True)])
+@pytest.mark.parametrize(("kind", "maybe_applied"), [("disconnect", True), ("hang", True), ("500", True)])
 async def test_pp_lost_answers_may_have_been_applied(aiohttp_server: Any, session: aiohttp.ClientSession, kind: str, maybe_applied: bool) -> None:
     """A dropped connection, a timeout or a 5xx on createPreReg: PassagePointUnavailable(maybe_applied=True)."""
     state = PassagePointState(hang_seconds=2)
@@ -360,7 +360,7 @@ async def test_pp_connect_timeout_was_not_applied(aiohttp_server: Any) -> None:
         holder = PassagePointClient(one_connection, api_root=root, username="svc", password="pw", timeout=5, **paths)
         client = PassagePointClient(one_connection, api_root=root, username="svc", password="pw", timeout=1, **paths)
         await client.get_destinations()
-        state.inject_failure("getDestinations", "timeout")
+        state.inject_failure("getDestinations", "hang")
         hanging = asyncio.ensure_future(holder.get_destinations())  # holds the only connection for 3 s
         await asyncio.sleep(0.2)
         with pytest.raises(PassagePointUnavailable) as excinfo:

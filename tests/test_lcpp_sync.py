@@ -209,7 +209,7 @@ async def test_lost_prereg_answer_is_uncertain_and_never_recreated(sims: Sims) -
     pid, _ = sims.add_patron(1)
     sims.add_booking("cs_1", pid)
     sims.pp.hang_seconds = 3.0
-    sims.pp.inject_failure("createPreReg", "timeout_after_apply")
+    sims.pp.inject_failure("createPreReg", "hang", applied=True)
     config = sims.with_config(timeout=0.5)
     first = await sims.run(config=config)
     assert first.registered == [] and [f.book_id for f in first.uncertain] == ["cs_1"]
@@ -244,7 +244,7 @@ async def test_uncertain_booking_cancelled_in_libcal_is_reported_not_left_for_cr
     pid, _ = sims.add_patron(1)
     sims.add_booking("cs_1", pid)
     sims.pp.hang_seconds = 2.0
-    sims.pp.inject_failure("createPreReg", "timeout_after_apply")
+    sims.pp.inject_failure("createPreReg", "hang", applied=True)
     first = await sims.run(config=sims.with_config(timeout=0.5))
     assert [f.book_id for f in first.uncertain] == ["cs_1"] and len(sims.pp.preregs) == 1
     sims.libcal.cancel("cs_1")
