@@ -1,9 +1,11 @@
 """Settings of the loan discharge tool: one YAML file, the API key optionally from the environment.
 
-Resolution order: command line (``--config``), then the environment (``ALMA_API_KEY`` overrides
-``apikey``), then the YAML file. Relative paths in the file are resolved against the directory of
-the configuration file (the original tool read ``./loan_discharge_config.yml``, so for it that is
-the working directory, as before).
+Resolution order: command line (``--config``), then the environment (``ALMA_API_KEY`` wins over
+``apikey``), then the YAML file. The settings are declared once, in :class:`DischargeConfig`, and
+read with :class:`toolconfig.settings.Section`, as every tool reads its file: unknown keys are
+refused with the closest known one, relative paths are taken from the configuration file's
+directory (the original tool read ``./loan_discharge_config.yml``, so for it that is the working
+directory, as before), and a wrong value is named as ``file: key must …``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from toolconfig import ConfigError, env_override, load_yaml, refuse_unknown
+from toolconfig import ConfigError, load_yaml
+from toolconfig.settings import Section
 
-__all__ = ["ConfigError", "DischargeConfig", "load_config", "DEFAULT_CONFIG_FILE", "API_KEY_ENV"]
+__all__ = [
+    "API_KEY_ENV",
+    "ConfigError",
+    "DEFAULT_CONFIG_FILE",
+    "DischargeConfig",
+    "KNOWN_KEYS",
+    "default_concurrency",
+    "load_config",
+]
 
 DEFAULT_CONFIG_FILE = "loan_discharge_config.yml"
+TEMPLATE = "loan_discharge_config.template.yml"
 API_KEY_ENV = "ALMA_API_KEY"
 DEFAULT_BASE_URL = "https://api-na.hosted.exlibrisgroup.com"
 LOCATION_TYPES = ("auto", "temp", "perm")
@@ -39,6 +50,11 @@ KNOWN_KEYS = (
     "request_timeout",
     "max_attempts",
 )
+
+
+def default_concurrency(rate_limit: int) -> int:
+    """Concurrency that keeps ``rate_limit`` requests a second going at up to ~1 s per call."""
+    return max(1, math.ceil(rate_limit * 1.2))
 
 
 @dataclass(frozen=True)
@@ -64,83 +80,52 @@ class DischargeConfig:
         shown["apikey"] = "***" if self.apikey else None
         return f"DischargeConfig({shown})"
 
+    @classmethod
+    def from_section(cls, section: Section, *, need_key: bool = True) -> DischargeConfig:
+        """The settings of a flat configuration file's top level.
 
-def default_concurrency(rate_limit: int) -> int:
-    """Concurrency that keeps ``rate_limit`` requests a second going at up to ~1 s per call."""
-    return max(1, math.ceil(rate_limit * 1.2))
+        The API key is ``ALMA_API_KEY`` when set, else ``apikey``; without *need_key* (a dry run,
+        which sends nothing) it may be missing, and is then None.
+        """
+        rate_limit = section.integer("rate_limit", default=25, minimum=1)
+        has_key = bool(section.environ.get(API_KEY_ENV)) or section.given("apikey")
+        return cls(
+            apikey=section.secret("apikey", API_KEY_ENV) if need_key or has_key else None,
+            loans_data_file=_required_path(section, "loans_data_file"),
+            circ_desks_file=_required_path(section, "circ_desks_file"),
+            data_dir=_required_path(section, "data_dir"),
+            location_type=section.choice("location_type", LOCATION_TYPES, default="auto"),
+            base_url=_base_url(section),
+            rate_limit=rate_limit,
+            concurrency=section.integer("concurrency", default=default_concurrency(rate_limit), minimum=1),
+            batch_size=section.integer("batch_size", default=1000, minimum=1),
+            daily_quota_floor=section.integer("daily_quota_floor", default=0, minimum=0),
+            request_timeout=section.number("request_timeout", default=30.0, above=0),
+            max_attempts=section.integer("max_attempts", default=3, minimum=1),
+        )
 
 
 def load_config(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, need_key: bool = True
 ) -> DischargeConfig:
     """Read and validate the configuration file at *path*; raise ConfigError saying what to fix."""
-    path = Path(path)
-    raw = env_override(load_yaml(path), {"apikey": API_KEY_ENV}, environ)
-    refuse_unknown(raw, KNOWN_KEYS, where="", source=str(path), what="setting")
-    base_dir = path.parent
-    for key in ("loans_data_file", "circ_desks_file", "data_dir"):
-        if not raw.get(key):
-            raise ConfigError(f"{path}: key '{key}' is missing: add it (see loan_discharge_config.template.yml)")
+    section = Section(load_yaml(path), source=path, environ=environ, known=KNOWN_KEYS)
+    return DischargeConfig.from_section(section, need_key=need_key)
 
-    location_type = str(raw.get("location_type", "auto")).strip().lower()
-    if location_type not in LOCATION_TYPES:
-        raise ConfigError(
-            f"{path}: location_type is {raw.get('location_type')!r}: use one of auto, temp, perm"
+
+def _required_path(section: Section, key: str) -> Path:
+    if not section.given(key):
+        raise section.error(key, f"is missing: add it (see {TEMPLATE})")
+    return section.file_path(key)
+
+
+def _base_url(section: Section) -> str:
+    """The region's API host; a trailing ``/almaws/v1`` (the client adds it) and ``/`` are dropped."""
+    url = section.text("base_url", default=DEFAULT_BASE_URL).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise section.error(
+            "base_url",
+            f"must be the region's API host, e.g. {DEFAULT_BASE_URL} or "
+            f"https://api-eu.hosted.exlibrisgroup.com, not {section.raw('base_url')!r}",
         )
-    rate_limit = _positive_int(path, raw, "rate_limit", 25)
-    apikey = raw.get("apikey")
-    return DischargeConfig(
-        apikey=str(apikey).strip() if apikey else None,
-        loans_data_file=_resolve(base_dir, raw["loans_data_file"]),
-        circ_desks_file=_resolve(base_dir, raw["circ_desks_file"]),
-        data_dir=_resolve(base_dir, raw["data_dir"]),
-        location_type=location_type,
-        base_url=_base_url(path, raw.get("base_url", DEFAULT_BASE_URL)),
-        rate_limit=rate_limit,
-        concurrency=_positive_int(path, raw, "concurrency", default_concurrency(rate_limit)),
-        batch_size=_positive_int(path, raw, "batch_size", 1000),
-        daily_quota_floor=_positive_int(path, raw, "daily_quota_floor", 0, minimum=0),
-        request_timeout=_positive_float(path, raw, "request_timeout", 30.0),
-        max_attempts=_positive_int(path, raw, "max_attempts", 3),
-    )
-
-
-def _resolve(base_dir: Path, value: Any) -> Path:
-    candidate = Path(str(value)).expanduser()
-    return candidate if candidate.is_absolute() else base_dir / candidate
-
-
-def _positive_int(path: Path, raw: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
-    value = raw.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | str) or not re.fullmatch(r"\s*\d+\s*", str(value)):
-        raise ConfigError(f"{path}: {key} is {value!r}: use a whole number >= {minimum}")
-    number = int(value)
-    if number < minimum:
-        raise ConfigError(f"{path}: {key} is {value!r}: use a whole number >= {minimum}")
-    return number
-
-
-def _positive_float(path: Path, raw: Mapping[str, Any], key: str, default: float) -> float:
-    value = raw.get(key)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = -1.0
-    if isinstance(value, bool) or not number > 0:
-        raise ConfigError(f"{path}: {key} is {value!r}: use a number of seconds > 0")
-    return number
-
-
-def _base_url(path: Path, value: Any) -> str:
-    url = str(value).strip().rstrip("/")
-    if not re.match(r"^https?://[^/]+", url):
-        raise ConfigError(
-            f"{path}: base_url is {value!r}: use the region's API host, "
-            f"e.g. {DEFAULT_BASE_URL} or https://api-eu.hosted.exlibrisgroup.com"
-        )
-    # Accept a base that already ends in /almaws/v1; the client adds it.
     return re.sub(r"/almaws/v1$", "", url)

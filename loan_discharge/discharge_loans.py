@@ -162,7 +162,7 @@ def _interrupted_status(exc: KeyboardInterrupt) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, need_key=not args.dry_run)  # a dry run sends nothing
         # Read now to refuse bad input before anything is created; a run reads the file again
         # once it holds the lock (another run may have rewritten it until then).
         table = read_items(config.loans_data_file, config.location_type)
@@ -173,8 +173,6 @@ def _main(args: argparse.Namespace) -> int:
             return 0
     except (ConfigError, InputError) as exc:
         return _fail(str(exc))
-    if not config.apikey:
-        return _fail(f"no API key: set apikey in {args.config} or the ALMA_API_KEY environment variable")
     if not os.access(config.loans_data_file.parent, os.W_OK):
         return _fail(
             f"cannot write to {config.loans_data_file.parent}: the items file is rewritten with the "

@@ -138,6 +138,18 @@ def test_dry_run_sends_nothing_and_writes_nothing(
     assert not (tmp_path / "data").exists()
 
 
+def test_dry_run_needs_no_api_key(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dry run sends nothing, so neither apikey nor ALMA_API_KEY is needed for it."""
+    monkeypatch.delenv("ALMA_API_KEY")
+    write_inputs(tmp_path, state, 2)
+    assert main(["--config", str(write_config(tmp_path, sim.base_url)), "--dry-run"]) == 0
+    assert capsys.readouterr().out.endswith("dry run: nothing was sent\n")
+    assert state.requests == []
+
+
 def test_unmapped_rows_make_exit_1_and_are_explained_in_the_file(
     tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -186,9 +198,9 @@ def test_original_tool_configuration_runs(
     ("setup", "message"),
     [
         ("no-config", "configuration file {tmp}/missing.yml not found: create it (see the template in the README) or pass --config PATH"),
-        ("bad-location-type", "{tmp}/loan_discharge_config.yml: location_type is 'both': use one of auto, temp, perm"),
+        ("bad-location-type", "{tmp}/loan_discharge_config.yml: location_type must be one of auto, temp, perm, not 'both'"),
         ("missing-column", "items file {tmp}/items.csv: column 'Holding Id' not found (found: MMS Id, Physical Item Id, Library Code, Location Code); export the Analytics report with that column"),
-        ("no-key", "no API key: set apikey in {tmp}/loan_discharge_config.yml or the ALMA_API_KEY environment variable"),
+        ("no-key", "{tmp}/loan_discharge_config.yml: apikey is missing (set it in the file or in the environment variable ALMA_API_KEY)"),
         ("no-desks", "desks file {tmp}/desks.csv not found: check the path in the configuration"),
     ],
 )

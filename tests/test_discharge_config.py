@@ -1,4 +1,5 @@
-"""loan_discharge.config: the original tool's file works, new keys have defaults, bad values are named."""
+"""loan_discharge.config: the original tool's file works, new keys have defaults, bad values are named
+in toolconfig's words ("file: key must …")."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_new_keys_and_defaults(tmp_path: Path) -> None:
         "base_url: https://api-eu.hosted.exlibrisgroup.com/almaws/v1/\nrate_limit: 10\n"
         "batch_size: 50\ndaily_quota_floor: 5000\n"
     )
-    config = load_config(write(tmp_path, text), environ={})
+    config = load_config(write(tmp_path, text), environ={}, need_key=False)
     assert config.apikey is None
     assert config.location_type == "auto"
     assert config.base_url == "https://api-eu.hosted.exlibrisgroup.com"
@@ -64,22 +65,28 @@ BASE = "loans_data_file: l.csv\ncirc_desks_file: d.csv\ndata_dir: out\n"
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("location_type: both\n", "location_type is 'both': use one of auto, temp, perm"),
-        ("rate_limit: 0\n", "rate_limit is 0: use a whole number >= 1"),
-        ("rate_limit: fast\n", "rate_limit is 'fast': use a whole number >= 1"),
-        ("concurrency: 2.5\n", "concurrency is 2.5: use a whole number >= 1"),
-        ("daily_quota_floor: -1\n", "daily_quota_floor is -1: use a whole number >= 0"),
-        ("request_timeout: 0\n", "request_timeout is 0: use a number of seconds > 0"),
-        ("base_url: api-na.hosted.exlibrisgroup.com\n", "base_url is 'api-na.hosted.exlibrisgroup.com': use the region's API host"),
+        ("location_type: both\n", "location_type must be one of auto, temp, perm, not 'both'"),
+        ("rate_limit: 0\n", "rate_limit must be at least 1, not 0"),
+        ("rate_limit: fast\n", "rate_limit must be a whole number, not 'fast'"),
+        ("rate_limit: true\n", "rate_limit must be a whole number, not True"),
+        ("concurrency: 2.5\n", "concurrency must be a whole number, not 2.5"),
+        ("batch_size: 0\n", "batch_size must be at least 1, not 0"),
+        ("max_attempts: 0\n", "max_attempts must be at least 1, not 0"),
+        ("daily_quota_floor: -1\n", "daily_quota_floor must be at least 0, not -1"),
+        ("request_timeout: 0\n", "request_timeout must be more than 0, not 0"),
+        ("request_timeout: soon\n", "request_timeout must be a number, not 'soon'"),
+        ("base_url: api-na.hosted.exlibrisgroup.com\n",
+         "base_url must be the region's API host, e.g. https://api-na.hosted.exlibrisgroup.com or "
+         "https://api-eu.hosted.exlibrisgroup.com, not 'api-na.hosted.exlibrisgroup.com'"),
         ("ratelimit: 5\n", "ratelimit is not a known setting: did you mean rate_limit?"),
     ],
 )
 def test_bad_values_are_named(tmp_path: Path, extra: str, message: str) -> None:
-    """Each bad value is refused with the file, the key and what to use instead."""
+    """Each bad value is refused with the file, the key and what to write instead."""
     path = write(tmp_path, BASE + extra)
     with pytest.raises(ConfigError) as caught:
-        load_config(path, environ={})
-    assert str(caught.value).startswith(f"{path}: {message}")
+        load_config(path, environ={}, need_key=False)
+    assert str(caught.value) == f"{path}: {message}"
 
 
 @pytest.mark.parametrize("key", ["loans_data_file", "circ_desks_file", "data_dir"])
@@ -88,8 +95,33 @@ def test_missing_path_key(tmp_path: Path, key: str) -> None:
     text = "".join(line + "\n" for line in BASE.splitlines() if not line.startswith(key))
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
-        load_config(path, environ={})
-    assert str(caught.value) == f"{path}: key '{key}' is missing: add it (see loan_discharge_config.template.yml)"
+        load_config(path, environ={"ALMA_API_KEY": "env-key"})
+    assert str(caught.value) == f"{path}: {key} is missing: add it (see loan_discharge_config.template.yml)"
+
+
+def test_the_key_may_be_missing_only_when_none_is_needed(tmp_path: Path) -> None:
+    """No apikey and no ALMA_API_KEY: a run that sends (need_key) is refused, saying where a key
+    goes; a dry run loads without one. An empty ALMA_API_KEY counts as unset."""
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"ALMA_API_KEY": ""})
+    assert str(caught.value) == (
+        f"{path}: apikey is missing (set it in the file or in the environment variable ALMA_API_KEY)"
+    )
+    assert load_config(path, environ={}, need_key=False).apikey is None
+    assert load_config(path, environ={"ALMA_API_KEY": "env-key"}, need_key=False).apikey == "env-key"
+
+
+def test_paths_are_taken_from_the_configuration_files_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths (and ~) resolve beside the configuration file, whatever the working directory."""
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc", "loans_data_file: loans.csv\ncirc_desks_file: ~/desks.csv\ndata_dir: /srv/data\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = load_config(Path("etc") / path.name, environ={}, need_key=False)
+    assert config.loans_data_file == tmp_path / "etc" / "loans.csv"
+    assert config.circ_desks_file == tmp_path / "home" / "desks.csv"
+    assert config.data_dir == Path("/srv/data")
 
 
 def test_missing_file(tmp_path: Path) -> None:
