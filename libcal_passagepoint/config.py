@@ -4,6 +4,9 @@ Resolution order, one per setting: command line (``--config``, ``--cache``), the
 variables (secrets only, listed in ``ENV_VARS``), then the YAML file. A relative path in the file
 (``LCPP.cache_path``) is relative to the file's directory, never to the working directory. Every
 problem is reported as a :class:`toolconfig.ConfigError` whose message names the key to fix.
+
+The settings are declared once, as the frozen dataclasses below; one function per section fills
+its dataclass through :class:`toolconfig.settings.Section`, the typed reader every tool shares.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from toolconfig import ConfigError, format_duration, load_yaml, parse_duration, refuse_unknown
+from toolconfig import ConfigError, load_yaml, refuse_unknown
+from toolconfig.settings import Section
 
 __all__ = [
     "ENV_VARS",
@@ -27,7 +30,6 @@ __all__ = [
     "LibCalConfig",
     "Location",
     "PassagePointConfig",
-    "beside_config",
     "load_config",
     "parse_config",
 ]
@@ -164,312 +166,212 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     of the configuration file, so that every run of one configuration uses one cache, whatever its
     working directory (cron starts in ``$HOME``).
     """
-    config = parse_config(load_yaml(path), environ=environ, source=str(path))
-    return replace(config, cache_path=beside_config(path, config.cache_path))
-
-
-def beside_config(config_path: str | os.PathLike[str], path: str) -> str:
-    """*path* (``~`` expanded) made absolute against the directory of the configuration file.
-
-    The file's real directory (symlinks followed): a config.yml reached under two names, or
-    through a deploy symlink, still has one cache.
-    """
-    return os.path.normpath(os.path.join(Path(config_path).resolve().parent, os.path.expanduser(path)))
+    return parse_config(load_yaml(path), environ=environ, source=str(path))
 
 
 def parse_config(
     raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, source: str = "config.yml"
 ) -> Config:
-    """Validate an already-loaded configuration mapping; raise ConfigError naming the bad key."""
-    environ = os.environ if environ is None else environ
-    reader = _Reader(raw, environ, source)
-    refuse_unknown(raw, KNOWN_KEYS, where="", source=source)
-    home = {key: name for name, keys in KNOWN_KEYS.items() for key in keys}
-    for name, keys in KNOWN_KEYS.items():
-        if isinstance(raw.get(name), Mapping):
-            refuse_unknown(raw[name], keys, where=name, source=source, elsewhere=home)
-    assumed: list[str] = []
+    """Validate an already-loaded configuration mapping; raise ConfigError naming the bad key.
 
-    lcpp = reader.section("LCPP", required=False)
-    if lcpp.get("interval") is None:
-        assumed.append(f"LCPP.interval is not set: a pass every {ORIGINAL_INTERVAL} seconds with run --every, "
-                       "as the original app did")
-    interval = reader.integer(lcpp, "LCPP", "interval", default=ORIGINAL_INTERVAL, minimum=1)
-
-    libcal = reader.section("LibCal")
-    alma = reader.section("Alma")
-    pp = raw.get("PassagePoint")
-    if not isinstance(pp, Mapping) or pp.get("pp_api_root") is None:
-        raise reader.error("PassagePoint", "has no pp_api_root and login, uniqueId, create_visitor, create_prereg and "
-                                           "get_destinations paths: this file predates the original app's PassagePoint "
-                                           "settings (August 2020); add them as in config.example.yml")
-
-    location_mapping = reader.mapping(pp, "PassagePoint", "location_mapping", required=False)
-    if not location_mapping:
-        assumed.append(f"PassagePoint.location_mapping is not set: every location's bookings go to the destination "
-                       f"{ORIGINAL_DESTINATION!r}, as the original app did before it had location_mapping")
-    destinations = {str(key).strip(): value for key, value in location_mapping.items()}
-    locations = []
-    raw_locations = reader.get(libcal, "LibCal", "locations")
-    if not isinstance(raw_locations, list) or not raw_locations:
-        raise reader.error("LibCal.locations", "must be a list of {name, id} entries, e.g. [{name: Gelman, id: 8827}]")
-    for index, entry in enumerate(raw_locations):
-        key = f"LibCal.locations[{index}]"
-        if not isinstance(entry, Mapping) or "id" not in entry:
-            raise reader.error(key, "must be a mapping with keys 'name' and 'id'")
-        refuse_unknown(entry, ("name", "id"), where=key, source=source)
-        try:
-            lid = int(str(entry["id"]).strip())
-        except ValueError:
-            raise reader.error(f"{key}.id", f"must be a LibCal location id (a number), not {entry['id']!r}") from None
-        name = str(entry.get("name") or lid)
-        destination = destinations.get(str(lid)) if location_mapping else ORIGINAL_DESTINATION
-        if not isinstance(destination, str) or not destination.strip():
-            raise reader.error(
-                "PassagePoint.location_mapping",
-                f"has no destination for LibCal location {lid} ({name}): add '{lid}: <PassagePoint destination name>'",
-            )
-        locations.append(Location(id=lid, name=name, destination=destination.strip()))
-
-    if libcal.get("statuses") is None:
-        assumed.append("LibCal.statuses is not set: only 'Mediated Approved' bookings are registered, as the "
-                       "original app did; set LibCal.statuses: [Confirmed, Mediated Approved] to register bookings "
-                       "that need no approval too")
-    statuses = reader.get(libcal, "LibCal", "statuses", default=list(DEFAULT_STATUSES))
-    if isinstance(statuses, str):
-        statuses = [part.strip() for part in statuses.split(",") if part.strip()]
-    if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
-        raise reader.error("LibCal.statuses", "must be a list of LibCal booking statuses, e.g. [Confirmed, Mediated Approved]")
-
-    libcal_config = LibCalConfig(
-        client_id=reader.secret(libcal, "LibCal", "client_id"),
-        client_secret=reader.secret(libcal, "LibCal", "client_secret"),
-        credentials_endpt=reader.url(libcal, "LibCal", "credentials_endpt"),
-        bookings_endpt=reader.url(libcal, "LibCal", "bookings_endpt"),
-        primary_id_field=reader.string(libcal, "LibCal", "primary_id_field"),
-        locations=tuple(locations),
-        statuses=tuple(statuses),
-        form_answers_param=reader.string(libcal, "LibCal", "form_answers_param", default="formAnswers"),
-    )
-
-    env_keys = environ.get(ENV_VARS["Alma.apikeys"], "")
-    if env_keys.strip():
-        apikeys = [key.strip() for key in env_keys.split(",") if key.strip()]
-    else:
-        apikeys = reader.get(alma, "Alma", "apikeys", default=None)
-        if apikeys is None and "apikey" in alma:  # the app's first version had one key
-            apikeys = [alma["apikey"]]
-        if isinstance(apikeys, str):
-            apikeys = [apikeys]
-    if not isinstance(apikeys, list) or not apikeys or not all(isinstance(k, str) and k.strip() for k in apikeys):
-        raise reader.error("Alma.apikeys", f"must be a list of Alma API keys, one per institution zone (or set {ENV_VARS['Alma.apikeys']})")
-    alma_config = AlmaConfig(
-        apikeys=tuple(k.strip() for k in apikeys),
-        users_endpt=_users_endpt(reader, alma),
-        rate_per_second=reader.number(alma, "Alma", "rate_per_second", default=25.0, minimum=0.1),
-    )
-
-    user_mapping = reader.mapping(pp, "PassagePoint", "user_mapping", required=False)
-    default_category = reader.string(pp, "PassagePoint", "default_category", default="Visitor")
-    if not user_mapping:
-        assumed.append(f"PassagePoint.user_mapping is not set: every visitor's category is {default_category!r}, "
-                       "as the original app did before it had user_mapping")
-    pp_config = PassagePointConfig(
-        username=reader.secret(pp, "PassagePoint", "username"),
-        password=reader.secret(pp, "PassagePoint", "password"),
-        pp_api_root=reader.url(pp, "PassagePoint", "pp_api_root").rstrip("/"),
-        login_endpt=reader.path(pp, "PassagePoint", "login_endpt"),
-        uniqueId_endpt=reader.path(pp, "PassagePoint", "uniqueId_endpt"),
-        create_visitor_endpt=reader.path(pp, "PassagePoint", "create_visitor_endpt"),
-        create_prereg_endpt=reader.path(pp, "PassagePoint", "create_prereg_endpt"),
-        get_destinations_endpt=reader.path(pp, "PassagePoint", "get_destinations_endpt"),
-        user_mapping={str(k): str(v).strip() for k, v in user_mapping.items() if v is not None and str(v).strip()},
-        default_category=default_category,
-    )
-
-    email = _email(reader, assumed)
-
-    reconcile = reader.string(lcpp, "LCPP", "reconcile", default="report")
-    if reconcile not in RECONCILE_POLICIES:
-        raise reader.error("LCPP.reconcile", f"must be one of {', '.join(RECONCILE_POLICIES)}, not {reconcile!r}")
-    pattern = reader.string(lcpp, "LCPP", "primary_id_pattern", default=DEFAULT_PRIMARY_ID_PATTERN)
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise reader.error("LCPP.primary_id_pattern", f"is not a valid regular expression: {exc}") from exc
-    check = reader.get(lcpp, "LCPP", "check_destinations", default=True)
-    if not isinstance(check, bool):
-        raise reader.error("LCPP.check_destinations", "must be true or false")
-
+    *source* is the file the mapping came from: messages name it, and a relative ``LCPP.cache_path``
+    is taken from its directory (its real one: a symlink to the file is followed).
+    """
+    sections = _sections(raw, source=source, environ=os.environ if environ is None else environ)
+    lcpp = sections["LCPP"]
+    assumed: list[str] = []  # what the original app did where an older file lacks a setting
+    interval = _interval(lcpp, assumed)
+    libcal = _libcal(sections["LibCal"], _locations(sections["LibCal"], sections["PassagePoint"], assumed), assumed)
+    alma = _alma(sections["Alma"])
+    passagepoint = _passagepoint(sections["PassagePoint"], assumed)
+    email = _email(sections["Emails"], assumed)
     return Config(
         interval=interval,
-        libcal=libcal_config,
-        alma=alma_config,
-        passagepoint=pp_config,
+        libcal=libcal,
+        alma=alma,
+        passagepoint=passagepoint,
         email=email,
-        cache_path=reader.string(lcpp, "LCPP", "cache_path", default="lcpp_cache.sqlite3"),
-        timeout=reader.number(lcpp, "LCPP", "timeout", default=30.0, minimum=0.1),
-        primary_id_pattern=pattern,
-        reconcile=reconcile,
-        retry_base=reader.integer(lcpp, "LCPP", "retry_base", default=300, minimum=1),
-        retry_max=reader.integer(lcpp, "LCPP", "retry_max", default=6 * 3600, minimum=1),
-        check_destinations=check,
-        concurrency=reader.integer(lcpp, "LCPP", "concurrency", default=8, minimum=1),
-        retention=reader.duration(lcpp, "LCPP", "retention", default=DEFAULT_RETENTION, minimum=86400),
+        reconcile=lcpp.choice("reconcile", RECONCILE_POLICIES, default="report"),
+        primary_id_pattern=_primary_id_pattern(lcpp),
+        check_destinations=lcpp.boolean("check_destinations", default=True),
+        cache_path=os.path.normpath(lcpp.file_path("cache_path", default="lcpp_cache.sqlite3")),
+        timeout=lcpp.number("timeout", default=30.0, minimum=0.1),
+        retry_base=lcpp.integer("retry_base", default=300, minimum=1),
+        retry_max=lcpp.integer("retry_max", default=6 * 3600, minimum=1),
+        concurrency=lcpp.integer("concurrency", default=8, minimum=1),
+        retention=lcpp.duration("retention", default=DEFAULT_RETENTION, minimum=86400),
         assumptions=tuple(assumed),
     )
 
 
-def _users_endpt(reader: _Reader, alma: Mapping[str, Any]) -> str:
-    """Alma.users_endpt: the Users API of Alma's API gateway (the shared Alma client is given its root)."""
-    value = reader.url(alma, "Alma", "users_endpt").rstrip("/")
-    if not value.endswith("/almaws/v1/users"):
-        raise reader.error("Alma.users_endpt", "must be the Users API of Alma's API gateway, ending in /almaws/v1/users "
-                           f"(e.g. https://api-na.hosted.exlibrisgroup.com/almaws/v1/users), not {value!r}")
-    return value
+def _sections(raw: Mapping[str, Any], *, source: str, environ: Mapping[str, str]) -> dict[str, Section]:
+    """The five sections, every one checked for unknown keys before any value is read (a misspelt
+    key must never be silently ignored: ``Email:`` for ``Emails:`` would turn alerts off)."""
+    refuse_unknown(raw, KNOWN_KEYS, where="", source=source)
+    home = {key: name for name, keys in KNOWN_KEYS.items() for key in keys}  # for "belongs in the … section"
+    root = Section(raw, source=source, environ=environ)
+    return {
+        name: root.section(name, required=name in ("LibCal", "Alma"), known=keys, elsewhere=home)
+        for name, keys in KNOWN_KEYS.items()
+    }
 
 
-def _email(reader: _Reader, assumed: list[str]) -> EmailConfig | None:
-    section = reader.section("Emails", required=False)
-    if not section:
+def _secret(section: Section, key: str) -> str:
+    """A secret of ENV_VARS: its environment variable when set, else the file's value as written."""
+    return section.secret(key, ENV_VARS[section.key(key)])
+
+
+def _interval(lcpp: Section, assumed: list[str]) -> int:
+    """LCPP.interval; the original hard-coded 300 s before the key existed."""
+    if not lcpp.given("interval"):
+        assumed.append(f"LCPP.interval is not set: a pass every {ORIGINAL_INTERVAL} seconds with run --every, "
+                       "as the original app did")
+    return lcpp.integer("interval", default=ORIGINAL_INTERVAL, minimum=1)
+
+
+def _locations(libcal: Section, pp: Section, assumed: list[str]) -> tuple[Location, ...]:
+    """LibCal.locations, each with its destination from PassagePoint.location_mapping (or the original's one)."""
+    if pp.values.get("pp_api_root") is None:
+        raise ConfigError(f"{pp.source}: PassagePoint has no pp_api_root and login, uniqueId, create_visitor, "
+                          "create_prereg and get_destinations paths: this file predates the original app's "
+                          "PassagePoint settings (August 2020); add them as in config.example.yml")
+    location_mapping = pp.mapping("location_mapping", required=False)
+    if not location_mapping:
+        assumed.append(f"PassagePoint.location_mapping is not set: every location's bookings go to the destination "
+                       f"{ORIGINAL_DESTINATION!r}, as the original app did before it had location_mapping")
+    destinations = {str(key).strip(): value for key, value in location_mapping.items()}
+    entries = libcal.raw("locations")
+    if not isinstance(entries, list) or not entries:
+        raise libcal.error("locations", "must be a list of {name, id} entries, e.g. [{name: Gelman, id: 8827}]")
+    locations = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or "id" not in entry:
+            raise libcal.error(f"locations[{index}]", "must be a mapping with keys 'name' and 'id'")
+        where = Section(entry, name=libcal.key(f"locations[{index}]"), source=libcal.source, environ=libcal.environ,
+                        base_dir=libcal.base_dir, known=("name", "id"))
+        try:
+            lid = int(str(entry["id"]).strip())
+        except ValueError:
+            raise where.error("id", f"must be a LibCal location id (a number), not {entry['id']!r}") from None
+        name = str(entry.get("name") or lid)
+        destination = destinations.get(str(lid)) if location_mapping else ORIGINAL_DESTINATION
+        if not isinstance(destination, str) or not destination.strip():
+            raise pp.error("location_mapping", f"has no destination for LibCal location {lid} ({name}): "
+                                               f"add '{lid}: <PassagePoint destination name>'")
+        locations.append(Location(id=lid, name=name, destination=destination.strip()))
+    return tuple(locations)
+
+
+def _libcal(libcal: Section, locations: tuple[Location, ...], assumed: list[str]) -> LibCalConfig:
+    """The LibCal section; without ``statuses`` only the original's 'Mediated Approved' bookings."""
+    if not libcal.given("statuses"):
+        assumed.append("LibCal.statuses is not set: only 'Mediated Approved' bookings are registered, as the "
+                       "original app did; set LibCal.statuses: [Confirmed, Mediated Approved] to register bookings "
+                       "that need no approval too")
+    statuses = libcal.raw("statuses", default=list(DEFAULT_STATUSES))
+    if isinstance(statuses, str):
+        statuses = [part.strip() for part in statuses.split(",") if part.strip()]
+    if not isinstance(statuses, list) or not statuses or not all(isinstance(s, str) for s in statuses):
+        raise libcal.error("statuses", "must be a list of LibCal booking statuses, e.g. [Confirmed, Mediated Approved]")
+    return LibCalConfig(
+        client_id=_secret(libcal, "client_id"),
+        client_secret=_secret(libcal, "client_secret"),
+        credentials_endpt=libcal.url("credentials_endpt"),
+        bookings_endpt=libcal.url("bookings_endpt"),
+        primary_id_field=libcal.text("primary_id_field"),
+        locations=locations,
+        statuses=tuple(statuses),
+        form_answers_param=libcal.text("form_answers_param", default="formAnswers"),
+    )
+
+
+def _alma(alma: Section) -> AlmaConfig:
+    """The Alma section: ``apikeys`` (ALMA_API_KEYS, comma-separated, wins; the first version's single
+    ``apikey``), and ``users_endpt``, the Users API of Alma's API gateway."""
+    variable = ENV_VARS["Alma.apikeys"]
+    from_environment = alma.environ.get(variable, "")
+    if from_environment.strip():
+        apikeys: Any = [key.strip() for key in from_environment.split(",") if key.strip()]
+    else:
+        apikeys = alma.values.get("apikeys")
+        if apikeys is None and "apikey" in alma.values:  # the app's first version had one key
+            apikeys = [alma.values["apikey"]]
+        if isinstance(apikeys, str):
+            apikeys = [apikeys]
+    if not isinstance(apikeys, list) or not apikeys or not all(isinstance(k, str) and k.strip() for k in apikeys):
+        raise alma.error("apikeys", f"must be a list of Alma API keys, one per institution zone (or set {variable})")
+    users_endpt = alma.url("users_endpt").rstrip("/")
+    if not users_endpt.endswith("/almaws/v1/users"):
+        raise alma.error("users_endpt", "must be the Users API of Alma's API gateway, ending in /almaws/v1/users "
+                         f"(e.g. https://api-na.hosted.exlibrisgroup.com/almaws/v1/users), not {users_endpt!r}")
+    return AlmaConfig(
+        apikeys=tuple(key.strip() for key in apikeys),
+        users_endpt=users_endpt,
+        rate_per_second=alma.number("rate_per_second", default=25.0, minimum=0.1),
+    )
+
+
+def _passagepoint(pp: Section, assumed: list[str]) -> PassagePointConfig:
+    """The PassagePoint section; paths are joined to ``pp_api_root`` as the original joined them."""
+    user_mapping = pp.mapping("user_mapping", required=False)
+    default_category = pp.text("default_category", default="Visitor")
+    if not user_mapping:
+        assumed.append(f"PassagePoint.user_mapping is not set: every visitor's category is {default_category!r}, "
+                       "as the original app did before it had user_mapping")
+
+    def path(key: str) -> str:  # the template's pp/api/v2/visit/getDestinations has no leading slash
+        return pp.server_path(key, example="/pp/api/v2/auth/login")
+
+    return PassagePointConfig(
+        username=_secret(pp, "username"),
+        password=_secret(pp, "password"),
+        pp_api_root=pp.url("pp_api_root").rstrip("/"),
+        login_endpt=path("login_endpt"),
+        uniqueId_endpt=path("uniqueId_endpt"),
+        create_visitor_endpt=path("create_visitor_endpt"),
+        create_prereg_endpt=path("create_prereg_endpt"),
+        get_destinations_endpt=path("get_destinations_endpt"),
+        # an entry left blank counts as unmapped
+        user_mapping={str(k): str(v).strip() for k, v in user_mapping.items() if v is not None and str(v).strip()},
+        default_category=default_category,
+    )
+
+
+def _email(emails: Section, assumed: list[str]) -> EmailConfig | None:
+    """The optional Emails section; one left as the template has it (blanks) means no e-mail, as in the original."""
+    if not emails.values:
         return None
-    missing = [key for key in ("from_email", "smtp_host", "to_email") if section.get(key) in (None, "", [])]
+    missing = [key for key in ("from_email", "smtp_host", "to_email") if emails.values.get(key) in (None, "", [])]
     if missing:  # the template's blanks, or a half-filled section: the original ran, and could not mail
         assumed.append(f"Emails.{', Emails.'.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
                        "alerts are logged, not e-mailed")
         return None
-    to_email = reader.get(section, "Emails", "to_email")
+    to_email = emails.raw("to_email")
     if isinstance(to_email, str):
         to_email = [part.strip() for part in to_email.split(",") if part.strip()]
     if not isinstance(to_email, list) or not to_email:
-        raise reader.error("Emails.to_email", "must be an e-mail address or a list of them")
-    username = reader.get(section, "Emails", "from_username", default=None)
-    if section.get("smtp_starttls") is None:  # the original used STARTTLS only to log in
-        starttls = bool(username)
-        assumed.append(f"Emails.smtp_starttls is not set: STARTTLS {'on' if starttls else 'off'} because "
-                       f"from_username is {'set' if starttls else 'not set'}, as the original app did")
-    else:
-        starttls = section["smtp_starttls"]
-    if not isinstance(starttls, bool):
-        raise reader.error("Emails.smtp_starttls", "must be true or false")
-    password = reader.environ.get(ENV_VARS["Emails.from_password"]) or reader.get(
-        section, "Emails", "from_password", default=None
-    )
+        raise emails.error("to_email", "must be an e-mail address or a list of them")
+    username = emails.values.get("from_username")
+    if not emails.given("smtp_starttls"):  # the original used STARTTLS only to log in
+        assumed.append(f"Emails.smtp_starttls is not set: STARTTLS {'on' if username else 'off'} because "
+                       f"from_username is {'set' if username else 'not set'}, as the original app did")
+    password = emails.environ.get(ENV_VARS["Emails.from_password"]) or emails.values.get("from_password")
     return EmailConfig(
-        from_email=reader.string(section, "Emails", "from_email"),
+        from_email=emails.text("from_email"),
         to_email=tuple(str(address) for address in to_email),
-        smtp_host=reader.string(section, "Emails", "smtp_host"),
-        smtp_port=reader.integer(section, "Emails", "smtp_port", default=587, minimum=1),
-        starttls=starttls,
+        smtp_host=emails.text("smtp_host"),
+        smtp_port=emails.integer("smtp_port", default=587, minimum=1),
+        starttls=emails.boolean("smtp_starttls", default=bool(username)),
         from_username=str(username) if username else None,
         from_password=str(password) if password else None,
     )
 
 
-class _Reader:
-    """Typed access to the raw mapping with messages that name the key."""
-
-    def __init__(self, raw: Mapping[str, Any], environ: Mapping[str, str], source: str) -> None:
-        self.raw = raw
-        self.environ = environ
-        self.source = source
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key} {problem}")
-
-    def section(self, name: str, *, required: bool = True) -> Mapping[str, Any]:
-        value = self.raw.get(name)
-        if value is None:
-            if required:
-                raise self.error(name, "section is missing")
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.error(name, "must be a section of keys (a mapping)")
-        return value
-
-    def get(self, section: Mapping[str, Any], name: str, key: str, **kw: Any) -> Any:
-        if key in section and section[key] is not None:
-            return section[key]
-        if "default" in kw:
-            return kw["default"]
-        raise self.error(f"{name}.{key}", "is missing")
-
-    def string(self, section: Mapping[str, Any], name: str, key: str, **kw: Any) -> str:
-        value = self.get(section, name, key, **kw)
-        if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).strip():
-            raise self.error(f"{name}.{key}", "must be a non-empty text value")
-        return str(value).strip()
-
-    def secret(self, section: Mapping[str, Any], name: str, key: str) -> str:
-        var = ENV_VARS[f"{name}.{key}"]
-        value = self.environ.get(var)
-        if value:
-            return value
-        value = section.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise self.error(f"{name}.{key}", f"is missing (set it in the file or in the environment variable {var})")
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise self.error(f"{name}.{key}", "must be a text value")
-        return str(value)  # as written: YAML already trims an unquoted value, and a quoted one means it
-
-    def url(self, section: Mapping[str, Any], name: str, key: str) -> str:
-        value = self.string(section, name, key)
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise self.error(f"{name}.{key}", f"must be an http(s) URL, not {value!r}")
-        return value
-
-    def path(self, section: Mapping[str, Any], name: str, key: str) -> str:
-        """A path on the server, joined to its root as the original did (it concatenated the
-        strings): the original template's ``pp/api/v2/visit/getDestinations`` has no leading slash."""
-        value = self.string(section, name, key)
-        if "://" in value or " " in value:
-            raise self.error(f"{name}.{key}", f"must be a path on the server such as /pp/api/v2/auth/login, not {value!r}")
-        return "/" + value.lstrip("/")
-
-    def duration(self, section: Mapping[str, Any], name: str, key: str, *, default: str, minimum: float) -> float:
-        value = section.get(key)
-        try:
-            seconds = parse_duration(default if value is None else str(value), name=f"{name}.{key}")
-        except ConfigError as exc:
-            raise self.error(f"{name}.{key}", str(exc).removeprefix(f"{name}.{key} ")) from None
-        if seconds < minimum:
-            raise self.error(f"{name}.{key}", f"must be at least {format_duration(minimum)}, not {value}")
-        return seconds
-
-    def mapping(self, section: Mapping[str, Any], name: str, key: str, *, required: bool = True) -> Mapping[str, Any]:
-        value = section.get(key)
-        if value is None:
-            if required:
-                raise self.error(f"{name}.{key}", "is missing")
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.error(f"{name}.{key}", "must be a mapping")
-        return value
-
-    def integer(self, section: Mapping[str, Any], name: str, key: str, *, default: int, minimum: int) -> int:
-        value = section.get(key, default)
-        if value is None:
-            value = default
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            raise self.error(f"{name}.{key}", f"must be a whole number, not {value!r}")
-        try:
-            number = int(value)
-        except ValueError:
-            raise self.error(f"{name}.{key}", f"must be a whole number, not {value!r}") from None
-        if number < minimum:
-            raise self.error(f"{name}.{key}", f"must be at least {minimum}, not {number}")
-        return number
-
-    def number(self, section: Mapping[str, Any], name: str, key: str, *, default: float, minimum: float) -> float:
-        value = section.get(key, default)
-        if value is None:
-            value = default
-        if isinstance(value, bool):
-            raise self.error(f"{name}.{key}", f"must be a number, not {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise self.error(f"{name}.{key}", f"must be a number, not {value!r}") from None
-        if number < minimum:
-            raise self.error(f"{name}.{key}", f"must be at least {minimum}, not {number}")
-        return number
+def _primary_id_pattern(lcpp: Section) -> str:
+    """LCPP.primary_id_pattern: a regular expression a university id must match in full."""
+    pattern = lcpp.text("primary_id_pattern", default=DEFAULT_PRIMARY_ID_PATTERN)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise lcpp.error("primary_id_pattern", f"is not a valid regular expression: {exc}") from exc
+    return pattern
