@@ -1,10 +1,12 @@
-"""The discharge engine: rate-limited concurrent scan-ins, retries, journal, per-batch saves.
+"""The discharge engine: rate-limited concurrent scan-ins, the journal, per-batch saves.
 
-``run_discharge`` takes everything it uses as arguments (the Alma client, the rate limiter, the
-journal, a per-batch callback, the sleep function and random source), so tests drive it against
-the simulator with fast clocks. ``discharge`` wires it to the files under ``data_dir``. The client,
-its exceptions and the limiter are the shared ones (package ``alma``); the retry policy for
-scan-ins is this module's: a POST that got no answer may have been applied.
+``run_discharge`` only does I/O: it enters the limiter, sends, sleeps, and hands each completed
+item and batch to a callback; what an answer means (done, failed, retry, stop the run) is decided
+by the plain functions of :mod:`loan_discharge.decisions`, and the counting by :class:`RunSummary`
+and :class:`Batches`. It takes everything it uses as arguments (the Alma client, the rate limiter,
+the callbacks, the sleep function and random source), so tests drive it against the simulator with
+fast clocks. ``discharge`` wires it to the files under ``data_dir``. The client, its exceptions and
+the limiter are the shared ones (package ``alma``).
 """
 
 from __future__ import annotations
@@ -20,18 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alma import (
-    AlmaClient,
-    AlmaDailyQuotaExceeded,
-    AlmaError,
-    AlmaNoAnswer,
-    AlmaNotSent,
-    AlmaRateLimited,
-    AlmaRedirected,
-    AlmaResponse,
-    AlmaServerError,
-    AlmaUnauthorized,
-)
+from alma import AlmaClient, AlmaError, AlmaRateLimited, AlmaResponse
+from loan_discharge.decisions import ERROR, Next, RetryPolicy, Tries, Verdict, judge, when_stopped
 from loan_discharge.items import (
     ItemsTable,
     ScanRequest,
@@ -39,15 +31,10 @@ from loan_discharge.items import (
     items_fingerprint,
     write_items_atomic,
 )
-from loan_discharge.outcomes import (
-    OUTCOME_NOT_ON_LOAN,
-    OUTCOME_RETURNED,
-    OUTCOME_STILL_ON_LOAN,
-    scan_outcome,
-)
 
 __all__ = [
     "JOURNAL",
+    "Batches",
     "RetryPolicy",
     "ItemResult",
     "RunSummary",
@@ -64,21 +51,6 @@ Sleep = Callable[[float], Awaitable[None]]
 JOURNAL = "journal.jsonl"  # in data_dir: one line per completed item of the current run
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often to try again, and how long to wait (exponential backoff with full jitter)."""
-
-    max_attempts: int = 3  # sends of one item that may have been applied (timeout, 5xx)
-    max_rate_limited: int = 12  # 429s of one item before it is recorded as failed
-    max_not_sent: int = 5  # connection failures before sending
-    backoff_base: float = 0.5
-    backoff_cap: float = 20.0
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """Seconds to wait after the *failures*-th failure of one item."""
-        return rng.uniform(0.5, 1.0) * min(self.backoff_cap, self.backoff_base * 2 ** (failures - 1))
-
-
 @dataclass
 class ItemResult:
     """What happened to one item."""
@@ -90,6 +62,16 @@ class ItemResult:
     error_code: str | None = None
     attempts: int = 0
     responses: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, request: ScanRequest, verdict: Verdict, attempts: int, responses: list[dict[str, Any]]) -> ItemResult:
+        """The result an item's final verdict records."""
+        return cls(request, verdict.done, verdict.outcome, verdict.error, verdict.error_code, attempts, responses)
+
+    @property
+    def failed(self) -> bool:
+        """Tried and failed (the outcome "error"), as opposed to done or left pending."""
+        return not self.done and self.outcome == ERROR and bool(self.error_code)
 
     def journal_entry(self) -> dict[str, Any]:
         """The line journalled for this item."""
@@ -116,6 +98,16 @@ class RunSummary:
     not_processed: int = 0
     elapsed: float = 0.0
     stop_reason: str | None = None
+
+    def record(self, result: ItemResult | None) -> None:
+        """Count an item's result (None: never sent, left for the next run)."""
+        if result is not None and result.done:
+            self.done += 1
+            self.outcomes[result.outcome] += 1
+        elif result is not None and result.failed:
+            self.failed[str(result.error_code)] += 1
+        else:
+            self.not_processed += 1
 
     @property
     def failed_total(self) -> int:
@@ -205,6 +197,32 @@ def _raw(answer: AlmaError | AlmaResponse) -> dict[str, Any]:
     return {"url": answer.url, "status": answer.status, "response": body}
 
 
+class Batches:
+    """Which batch each item of a run belongs to, and when a batch is complete (every item finished)."""
+
+    def __init__(self, items: int, size: int) -> None:
+        self.size = size
+        self._left = Counter(index // size for index in range(items))
+        self._results: dict[int, list[ItemResult]] = {}
+
+    def add(self, index: int, result: ItemResult | None) -> tuple[int, list[ItemResult]] | None:
+        """Record the result of item *index* (None: never sent); the batch (number from 0, results)
+        if this completed it and it has results to save."""
+        batch = index // self.size
+        if result is not None:
+            self._results.setdefault(batch, []).append(result)
+        self._left[batch] -= 1
+        if self._left[batch] == 0 and batch in self._results:
+            return batch, self._results.pop(batch)
+        return None
+
+    def cut_short(self) -> list[tuple[int, list[ItemResult]]]:
+        """The batches with results that never completed (the run stopped or failed), in order; forgotten."""
+        left = sorted(self._results.items())
+        self._results.clear()
+        return left
+
+
 async def run_discharge(
     requests: Sequence[ScanRequest],
     *,
@@ -223,136 +241,60 @@ async def run_discharge(
     """Scan in every request; call *on_item* as each completes and *on_batch* as each batch completes.
 
     *limiter* is an async context manager entered before every request (one request start each).
-    Stops starting new items on DAILY_THRESHOLD, an unaccepted key, X-Exl-Api-Remaining below
-    *daily_quota_floor*, or an Alma that cannot be reached; items in flight finish and are saved.
+    Stops starting new items when :func:`~loan_discharge.decisions.judge` says so (DAILY_THRESHOLD,
+    a refused key, a redirect, X-Exl-Api-Remaining below *daily_quota_floor*, an Alma that cannot be
+    reached); items in flight finish and are saved.
     """
-    retry = retry or RetryPolicy()
+    policy = retry or RetryPolicy()
     rng = rng or random.Random()
     summary = RunSummary(planned=len(requests))
     stop = asyncio.Event()
-    batches: dict[int, list[ItemResult]] = {}
-    remaining_in_batch = Counter(i // batch_size for i in range(len(requests)))
+    batches = Batches(len(requests), batch_size)
     next_index = 0
 
     def request_stop(reason: str) -> None:
-        if not stop.is_set():
+        if not stop.is_set():  # the first reason is the one reported
             summary.stop_reason = reason
             stop.set()
 
-    def check_floor(remaining: int | None) -> None:
-        if remaining is not None and remaining < daily_quota_floor:
-            request_stop(f"X-Exl-Api-Remaining is {remaining}, below daily_quota_floor {daily_quota_floor}")
-
     async def send(request: ScanRequest) -> ItemResult | None:
-        attempts = uncertain = rate_limited = not_sent = 0
+        tries = Tries()
         responses: list[dict[str, Any]] = []
-
-        def failed(exc: AlmaError, note: str = "") -> ItemResult:
-            return ItemResult(request, False, "error", f"{exc.code}: {exc.message}{note}", exc.code, attempts, responses)
-
-        def answered(exc: AlmaError) -> None:
-            responses.append(_raw(exc))
-            check_floor(exc.remaining)  # error answers use the daily quota too
-
         while True:
             if stop.is_set():
-                if attempts == 0:
-                    return None  # never sent: left for the next run
-                if uncertain == 0:  # only rejected (429, not sent): nothing was applied
-                    return ItemResult(
-                        request, False, "", f"not finished: {summary.stop_reason}", None, attempts, responses
-                    )
-                return ItemResult(
-                    request, False, "error", f"not finished ({summary.stop_reason}); it may have been returned",
-                    "STOPPED", attempts, responses,
-                )
+                verdict = when_stopped(tries, summary.stop_reason)
+                return None if verdict is None else ItemResult.of(request, verdict, tries.sent, responses)
             async with limiter:
                 if stop.is_set():
                     continue  # the run stopped while this item waited for its start: not sent
-                attempts += 1
+                tries = tries.started()
                 summary.requests += 1
+            answer: AlmaResponse | AlmaError
             try:
-                response = await client.scan_in(
+                answer = await client.scan_in(
                     request.mms_id, request.holding_id, request.item_pid,
                     library=request.library, circ_desk=request.circ_desk,
                 )
-            except AlmaRateLimited as exc:
-                answered(exc)
-                summary.rate_limited += 1
-                rate_limited += 1
-                if rate_limited > retry.max_rate_limited:
-                    return failed(exc, f" ({rate_limited} times)")
-                await sleep(retry.delay(rate_limited, rng))
-                continue
-            except AlmaNotSent as exc:
-                answered(exc)
-                not_sent += 1
-                if not_sent > retry.max_not_sent:
-                    # Alma cannot be reached at all: every other item would wait out the same
-                    # retries. Stop; nothing was sent, so this item stays pending like the rest.
-                    request_stop(f"cannot reach Alma ({exc.code}: {exc.message}); check base_url and the "
-                                 "network, then run again: the items not done stay pending")
-                    return ItemResult(request, False, "", f"not sent: {exc.code}: {exc.message}", None,
-                                      attempts, responses)
-                await sleep(retry.delay(not_sent, rng))
-                continue
-            except (AlmaNoAnswer, AlmaServerError) as exc:
-                answered(exc)
-                uncertain += 1
-                if uncertain >= retry.max_attempts:
-                    return failed(exc, f" (after {attempts} attempts)")
-                # A second scan-in of a returned item is harmless (register_in_house_use=false).
-                await sleep(retry.delay(uncertain, rng))
-                continue
-            except AlmaDailyQuotaExceeded as exc:
-                responses.append(_raw(exc))
-                request_stop(f"Alma's daily API quota is used up ({exc.code}); run again after midnight GMT")
-                return ItemResult(request, False, "", f"{exc.code}: {exc.message}", exc.code, attempts, responses)
-            except AlmaRedirected as exc:
-                answered(exc)
-                # alma.md describes no redirect from Alma's API: a 3xx comes from something in front of it
-                # (http:// for https://, a retired host name), and every other item would get it too.
-                request_stop(f"base_url answered a scan-in with a redirect ({exc.message}): "
-                             "set base_url to the address Alma's API answers at")
-                return failed(exc)
-            except AlmaUnauthorized as exc:
-                responses.append(_raw(exc))
-                if exc.key_refused:
-                    request_stop(f"Alma refused the API key ({exc.code}: {exc.message}); check apikey / ALMA_API_KEY")
-                else:  # an HTML page: base_url is not Alma's API gateway, the message says so
-                    request_stop(exc.message)
-                return failed(exc)
             except AlmaError as exc:
-                answered(exc)
-                return failed(exc)
-            responses.append(_raw(response))
-            check_floor(response.remaining)
-            outcome = scan_outcome(response.body)
-            if outcome == OUTCOME_STILL_ON_LOAN:
-                return ItemResult(
-                    request, False, "error", "still on loan after the scan-in", "STILL_ON_LOAN", attempts, responses
-                )
-            if outcome == OUTCOME_RETURNED and request.known_not_on_loan:
-                outcome = OUTCOME_NOT_ON_LOAN
-            return ItemResult(request, True, outcome, "", None, attempts, responses)
+                answer = exc
+            responses.append(_raw(answer))
+            tries = tries.after(answer)
+            summary.rate_limited += isinstance(answer, AlmaRateLimited)
+            verdict = judge(answer, tries, policy, known_not_on_loan=request.known_not_on_loan,
+                            quota_floor=daily_quota_floor)
+            if verdict.stop:
+                request_stop(verdict.stop)
+            if verdict.next is not Next.RETRY:
+                return ItemResult.of(request, verdict, tries.sent, responses)
+            await sleep(policy.delay(verdict.backoff, rng))
 
     def finish(index: int, result: ItemResult | None) -> None:
-        batch = index // batch_size
-        if result is None:
-            summary.not_processed += 1
-        else:
-            if result.done:
-                summary.done += 1
-                summary.outcomes[result.outcome] += 1
-            elif result.error_code and result.outcome == "error":
-                summary.failed[result.error_code] += 1
-            else:
-                summary.not_processed += 1
-            batches.setdefault(batch, []).append(result)
+        summary.record(result)
+        if result is not None:
             on_item(result)
-        remaining_in_batch[batch] -= 1
-        if remaining_in_batch[batch] == 0 and batch in batches:
-            on_batch(batch, batches.pop(batch))
+        completed = batches.add(index, result)
+        if completed is not None:
+            on_batch(*completed)
 
     async def worker() -> None:
         nonlocal next_index
@@ -367,8 +309,8 @@ async def run_discharge(
         await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(requests))))))
     finally:
         summary.elapsed = clock() - started
-        for batch in sorted(batches):  # batches cut short by an error or a stop
-            on_batch(batch, batches.pop(batch))
+        for batch, results in batches.cut_short():  # batches cut short by an error or a stop
+            on_batch(batch, results)
     return summary
 
 
@@ -380,7 +322,7 @@ def by_count(counter: Counter[Any]) -> list[tuple[Any, int]]:
 def _batch_snippet(number: int, results: Iterable[ItemResult]) -> str:
     results = list(results)
     outcomes = Counter(r.outcome for r in results if r.done)
-    failures = Counter(r.error_code for r in results if not r.done and r.outcome == "error")
+    failures = Counter(r.error_code for r in results if r.failed)
     parts = [f"{count} {outcome}" for outcome, count in by_count(outcomes)]
     if failures:
         parts.append("failed: " + ", ".join(f"{code} x{count}" for code, count in by_count(failures)))
