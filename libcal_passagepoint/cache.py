@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .decisions import must_report, retry_delay
+
 __all__ = ["SCHEMA_VERSION", "Cache", "CacheError", "CacheMissing", "restrict_to_owner"]
 
 log = logging.getLogger("libcal_passagepoint")
@@ -331,8 +333,8 @@ class Cache:
                 "SELECT attempts, reason, reported FROM bookings WHERE book_id = ?", (book["book_id"],)
             ).fetchone()
             attempts = (previous["attempts"] if previous else 0) + 1
-            delay = min(retry_max, retry_base * 2 ** (attempts - 1))
-            report = previous is None or previous["reason"] != reason or not previous["reported"]
+            delay = retry_delay(attempts, base=retry_base, maximum=retry_max)
+            report = must_report(previous, reason)
             self._upsert(
                 conn, book, state="failed", reason=reason, attempts=attempts,
                 next_retry_at=(self._clock() if now is None else now) + delay, reported=0 if report else 1,
@@ -404,7 +406,9 @@ class Cache:
         """Record the start of a pass and return its id."""
         with self.transaction() as conn:
             cursor = conn.execute("INSERT INTO passes (started_at) VALUES (?)", (self._clock(),))
-        return int(cursor.lastrowid)
+        if cursor.lastrowid is None:  # never after an INSERT; the check tells mypy so
+            raise CacheError(f"cache file {self.path}: the pass record was not written")
+        return cursor.lastrowid
 
     def finish_pass(self, pass_id: int, *, exit_status: int, summary: dict[str, Any]) -> None:
         """Record a pass's result."""

@@ -1,5 +1,8 @@
 """One sync pass: fetch LibCal bookings -> decide what is new -> register in PassagePoint -> save.
 
+The decisions (what to register, skip or retry, what an answer means) are plain functions in
+decisions.py; this module fetches, calls them, talks to the services and saves the answers.
+
 The pass never stops for one bad booking: a missing or malformed primary id, a user Alma does not
 know, a PassagePoint error each fail only their booking, which is stored with its reason and a
 ``next_retry_at`` (doubling backoff) and reported once. Crash safety: the intent is committed to
@@ -12,30 +15,58 @@ endpoint to list or delete pre-registrations), and only re-created when the conf
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from alma import AlmaError
 
 from .alma_users import AlmaUser, AlmaUsers
 from .cache import Cache
 from .config import Config, Location
-from .libcal import Booking, LibCalAuthError, LibCalClient, LibCalError, parse_bookings
-from .passagepoint import (
-    PassagePointAuthError,
-    PassagePointClient,
-    PassagePointError,
-    PassagePointUnavailable,
+from .decisions import (
+    Decision,
+    Failure,
+    Outcome,
+    PlannedBooking,
+    alerts_for,
+    booking_problem,
+    cancellation_advice,
+    category_for,
+    decide,
+    destination_check,
+    format_when,
+    lacks_form_answers,
+    lookup_outcome,
+    open_intent_failure,
+    patron_from_cache,
+    plan,
+    prereg_outcome,
+    unexpected_outcome,
+    visitor_outcome,
 )
+from .libcal import Booking, LibCalAuthError, LibCalClient, LibCalError, parse_bookings
+from .passagepoint import PassagePointAuthError, PassagePointClient, PassagePointError
 
-__all__ = ["Alerts", "Failure", "PassResult", "PlannedBooking", "cancellation_advice", "run_pass"]
+__all__ = [
+    "Alerts",
+    "Failure",
+    "PassResult",
+    "PlannedBooking",
+    "cancellation_advice",
+    "category_for",
+    "destination_check",
+    "lacks_form_answers",
+    "run_pass",
+]
 
 log = logging.getLogger("libcal_passagepoint")
+T = TypeVar("T")
 
 
 class Alerts(Protocol):
@@ -46,28 +77,6 @@ class Alerts(Protocol):
 
     async def flush(self) -> None:
         """Send what throttling held back, where it may go out now (once per pass, after notify)."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A booking that could not be registered in this pass."""
-
-    book_id: str
-    patron: str
-    reason: str
-    kind: str
-
-
-@dataclass(frozen=True)
-class PlannedBooking:
-    """What a dry run would do with a booking."""
-
-    book_id: str
-    patron: str
-    primary_id: str | None
-    start: str
-    destination: str
-    action: str
 
 
 @dataclass
@@ -108,11 +117,13 @@ class PassResult:
             "interrupted": self.interrupted,
         }
 
-    def _skip(self, reason: str) -> None:
+    def skip(self, reason: str) -> None:
+        """Count one booking skipped for *reason*."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 def _book_row(booking: Booking, location: Location) -> dict[str, Any]:
+    """The booking as the cache stores it."""
     return {
         "book_id": booking.book_id,
         "lid": booking.lid,
@@ -122,68 +133,6 @@ def _book_row(booking: Booking, location: Location) -> dict[str, Any]:
         "end_time": int(booking.end.timestamp()),
         "destination": location.destination,
     }
-
-
-def _when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def cancellation_advice(row: Any) -> str:
-    """What to do about a booking cancelled in LibCal after its pre-registration was (maybe) created."""
-    if row["prereg_id"] is not None:
-        return (f"was cancelled in LibCal after pre-registration {row['prereg_id']} was created: remove it in "
-                "PassagePoint by hand (no API to delete it is known)")
-    return (f"was cancelled in LibCal while its pre-registration is uncertain: if PassagePoint has a pre-registration "
-            f"of visitor {row['visitor_id']} at {row['destination']} from {_when(row['start_time'])}, remove it by "
-            "hand (do not create one)")
-
-
-def category_for(user: AlmaUser, mapping: dict[str, str], default: str) -> str:
-    """The PassagePoint category of an Alma user: mapped by group code, else by group description."""
-    for key in (user.user_group, user.user_group_desc):
-        if key and mapping.get(key):  # an entry left blank counts as not mapped
-            return mapping[key]
-    return default
-
-
-def lacks_form_answers(rows: list[Any], primary_id_field: str) -> bool:
-    """True when LibCal sent several bookings and no row carries the id question's key at all: the
-    form answers were not sent (a wrong parameter spelling or question id). A single row without it
-    may be one patron's omission: that booking fails on its own."""
-    return len(rows) > 1 and not any(isinstance(row, dict) and primary_id_field in row for row in rows)
-
-
-def destination_check(known: list[str] | None, locations: Iterable[Location]) -> tuple[dict[str, str], str | None]:
-    """Reasons to fail the bookings of each mapped destination PassagePoint positively lacks, and a
-    warning when its getDestinations answer cannot tell (its shape is not public).
-
-    An answer that is empty, not understood (*known* None), or names none of the mapped
-    destinations is far more likely misread than proof that every destination is gone: nothing
-    fails on it.
-    """
-    mapped: dict[str, list[Location]] = {}
-    for location in locations:
-        mapped.setdefault(location.destination, []).append(location)
-    off = "set LCPP.check_destinations: false to stop asking"
-    if not known:
-        return {}, f"PassagePoint's getDestinations answer was empty or not understood: destinations not checked ({off})"
-    if not set(known) & set(mapped):
-        shown = ", ".join(repr(name) for name in list(known)[:5])
-        return {}, (f"PassagePoint's getDestinations answer names none of the mapped destinations (it names {shown}"
-                    f"{', …' if len(known) > 5 else ''}): taken as not understood, destinations not checked ({off})")
-    return {
-        destination: (f"destination {destination!r} (PassagePoint.location_mapping for LibCal location "
-                      f"{', '.join(str(location.id) for location in where)}) does not exist in PassagePoint: "
-                      "create it there or fix the mapping")
-        for destination, where in mapped.items() if destination not in known
-    }, None
-
-
-@dataclass
-class _Work:
-    booking: Booking
-    location: Location
-    row: dict[str, Any]
 
 
 async def _fetch(config: Config, libcal: LibCalClient, result: PassResult, date: str | None, days: int) -> list[tuple[Booking, Location]]:
@@ -242,262 +191,245 @@ async def run_pass(
 ) -> PassResult:
     """Run one pass and return what happened; only LibCal/PassagePoint auth errors propagate."""
     now = time.time() if now is None else now
-    stop = stop or asyncio.Event()
     result = PassResult(dry_run=dry_run)
-    pass_id = None if dry_run else cache.start_pass()
-
-    # Reconcile: an intent left open means the process died between createPreReg and the save.
-    if not dry_run and config.reconcile == "report":
-        for row in cache.in_state("intent"):
-            reason = (
-                f"the previous run stopped between createPreReg and saving its answer: check PassagePoint "
-                f"for a pre-registration of visitor {row['visitor_id']} at {row['destination']} from "
-                f"{_when(row['start_time'])} and create it by hand if it is missing"
-            )
-            cache.record_uncertain(row["book_id"], reason)
-            result.uncertain.append(Failure(row["book_id"], row["patron"], reason, "prereg_uncertain"))
-
-    fetched = await _fetch(config, libcal, result, date, days)
-    result.fetched = len(fetched)
-    cached = cache.bookings(booking.book_id for booking, _ in fetched)
-    statuses = set(config.libcal.statuses)
-    todo: list[_Work] = []
-    for booking, location in fetched:
-        row = cached.get(booking.book_id)
-        state = row["state"] if row else None
-        if booking.cancelled:
-            result._skip("cancelled")
-            if dry_run:
-                continue
-            if state in ("registered", "uncertain", "intent") and row["cancelled_at"] is None:
-                cache.mark_cancelled_after_registration(booking.book_id, datetime.fromtimestamp(now, UTC).isoformat())
-            elif state == "failed":
-                cache.record_cancelled(_book_row(booking, location), cancelled_at=datetime.fromtimestamp(now, UTC).isoformat())
-            continue
-        if state in ("registered", "uncertain", "cancelled"):
-            result._skip(state)
-            continue
-        if state == "intent" and config.reconcile == "report":
-            result._skip("uncertain")
-            continue
-        if booking.status not in statuses:
-            result._skip("status")
-            continue
-        if state == "failed" and row["next_retry_at"] and row["next_retry_at"] > now:
-            result._skip("waiting_retry")
-            continue
-        if state is None and booking.end.timestamp() <= now:
-            result._skip("ended")
-            continue
-        todo.append(_Work(booking, location, _book_row(booking, location)))
-
     if dry_run:
-        pattern = re.compile(config.primary_id_pattern)
-        for work in todo:
-            action = "retry" if work.booking.book_id in cached else "register"
-            if work.booking.primary_id is None:
-                action = "fail (no primary id)"
-            elif not pattern.fullmatch(work.booking.primary_id):
-                action = "fail (malformed primary id)"
-            result.planned.append(PlannedBooking(
-                work.booking.book_id, work.booking.patron, work.booking.primary_id,
-                work.booking.start.isoformat(), work.location.destination, action,
-            ))
+        decisions = await _fetch_and_decide(config, libcal, cache, result, date=date, days=days, now=now)
+        result.planned = plan(decisions, pattern=re.compile(config.primary_id_pattern),
+                              primary_id_field=config.libcal.primary_id_field)
         return result
 
+    pass_id = cache.start_pass()
+    if config.reconcile == "report":
+        # An intent left open means the process died between createPreReg and the save.
+        for row in cache.in_state("intent"):
+            failure = open_intent_failure(row)
+            cache.record_uncertain(failure.book_id, failure.reason)
+            result.uncertain.append(failure)
+    decisions = await _fetch_and_decide(config, libcal, cache, result, date=date, days=days, now=now)
+    _save_cancellations(cache, decisions, now)
+    todo = [decision for decision in decisions if decision.action != "skip"]
     result.attempted = len(todo)
     if todo:
-        await _register(config, todo, alma=alma, passagepoint=passagepoint, cache=cache, result=result,
-                        stop=stop, concurrency=concurrency, on_prereg_created=on_prereg_created, now=now)
+        registration = _Registration(
+            config, alma=alma, passagepoint=passagepoint, cache=cache, result=result, stop=stop or asyncio.Event(),
+            now=now, slots=asyncio.Semaphore(max(1, concurrency)), on_prereg_created=on_prereg_created,
+        )
+        await registration.run(todo)
 
-    for row in cache.unreported_cancellations():
-        result.cancelled_after_registration.append(row["book_id"])
+    result.cancelled_after_registration.extend(row["book_id"] for row in cache.unreported_cancellations())
     await _report(config, cache, result, alerts)
     cache.finish_pass(pass_id, exit_status=result.exit_status, summary=result.summary())
     return result
 
 
-async def _register(
-    config: Config,
-    todo: list[_Work],
-    *,
-    alma: AlmaUsers,
-    passagepoint: PassagePointClient,
-    cache: Cache,
-    result: PassResult,
-    stop: asyncio.Event,
-    concurrency: int,
-    on_prereg_created: Callable[[str, int], None] | None,
-    now: float,
-) -> None:
-    pattern = re.compile(config.primary_id_pattern)
-    pp_slots = asyncio.Semaphore(max(1, concurrency))
-    users: dict[str, asyncio.Task[tuple[AlmaUser | None, int | None]]] = {}
-    visitors: dict[str, asyncio.Task[int]] = {}
-    destinations_checked: dict[str, str | None] = {}
+async def _fetch_and_decide(
+    config: Config, libcal: LibCalClient, cache: Cache, result: PassResult, *, date: str | None, days: int, now: float
+) -> list[Decision]:
+    """Fetch every location's bookings, read their cache rows, and decide what to do with each."""
+    fetched = await _fetch(config, libcal, result, date, days)
+    result.fetched = len(fetched)
+    cached = cache.bookings(booking.book_id for booking, _ in fetched)
+    decisions = decide(fetched, cached, now, statuses=config.libcal.statuses, reconcile=config.reconcile)
+    for decision in decisions:
+        if decision.skipped:
+            result.skip(decision.skipped)
+    return decisions
 
-    def fail(work: _Work, reason: str, kind: str) -> None:
-        if cache.record_failure(work.row, reason=reason, retry_base=config.retry_base, retry_max=config.retry_max, now=now):
-            result.failed.append(Failure(work.booking.book_id, work.booking.patron, reason, kind))
-        else:
-            result.failed.append(Failure(work.booking.book_id, work.booking.patron, reason, "repeat"))
 
-    async def resolve_user(primary_id: str) -> tuple[AlmaUser | None, int | None]:
-        row = cache.user(primary_id)
-        if row is not None and row["visitor_id"] is not None:
-            return AlmaUser(primary_id, row["barcode"], row["user_group"], ""), int(row["visitor_id"])
-        return await alma.lookup_user(primary_id), None
+def _save_cancellations(cache: Cache, decisions: list[Decision], now: float) -> None:
+    """Note in the cache the bookings cancelled in LibCal that it knows (reported later, once)."""
+    cancelled_at = datetime.fromtimestamp(now, UTC).isoformat()
+    for decision in decisions:
+        if decision.cancellation == "after_registration":
+            cache.mark_cancelled_after_registration(decision.booking.book_id, cancelled_at)
+        elif decision.cancellation == "before_registration":
+            cache.record_cancelled(_book_row(decision.booking, decision.location), cancelled_at=cancelled_at)
 
-    async def create_visitor(work: _Work, user: AlmaUser) -> int:
-        booking = work.booking
-        return await passagepoint.find_or_create_visitor(
+
+class _OncePerPatron(Generic[T]):
+    """One call per patron, its answer shared by all of the patron's bookings in the pass: bookings
+    running concurrently never look one patron up twice in Alma, nor create two visitors."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Future[T]] = {}
+
+    async def get(self, primary_id: str, call: Callable[[], Awaitable[T]]) -> T:
+        """The answer of *call* for this patron, started by the first booking that asks."""
+        if primary_id not in self._tasks:
+            self._tasks[primary_id] = asyncio.ensure_future(call())
+        # shielded: a booking cancelled while it waits must not cancel the call other bookings share
+        return await asyncio.shield(self._tasks[primary_id])
+
+    def cancel(self) -> None:
+        """Cancel the calls still running (the pass is over)."""
+        for task in self._tasks.values():
+            task.cancel()
+
+
+@dataclass
+class _Registration:
+    """The register step of a pass: for each booking to attempt, the calls in order, each answer saved.
+
+    At most ``slots`` bookings are in PassagePoint's hands at once; Alma lookups run concurrently
+    under the client's own limiter. Once ``stop`` is set no new booking enters PassagePoint.
+    """
+
+    config: Config
+    alma: AlmaUsers
+    passagepoint: PassagePointClient
+    cache: Cache
+    result: PassResult
+    stop: asyncio.Event
+    now: float
+    slots: asyncio.Semaphore
+    on_prereg_created: Callable[[str, int], None] | None = None
+    missing_destinations: dict[str, str] = field(default_factory=dict)
+    users: _OncePerPatron[tuple[AlmaUser, int | None]] = field(default_factory=_OncePerPatron)
+    visitors: _OncePerPatron[int] = field(default_factory=_OncePerPatron)
+    fatal: list[Exception] = field(default_factory=list)
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pattern = re.compile(self.config.primary_id_pattern)
+
+    async def run(self, todo: list[Decision]) -> None:
+        """Attempt every booking; raise the first refusal of credentials after the others finished."""
+        if self.config.check_destinations:
+            await self._check_destinations()
+        try:
+            await asyncio.gather(*(self._guarded(decision) for decision in todo))
+        finally:
+            self.users.cancel()
+            self.visitors.cancel()
+        if self.fatal:
+            raise self.fatal[0]
+
+    async def _check_destinations(self) -> None:
+        try:
+            known = await self.passagepoint.get_destinations()
+        except PassagePointError as exc:  # an optional check: even a 401 for it (bad credentials fail the next call)
+            log.warning("could not list PassagePoint destinations (%s); going on without checking them", exc)
+            return
+        self.missing_destinations, warning = destination_check(known, self.config.libcal.locations)
+        if warning:
+            log.warning("%s", warning)
+
+    async def _guarded(self, decision: Decision) -> None:
+        try:
+            await self._register(decision)
+        except (PassagePointAuthError, LibCalAuthError) as exc:
+            # Credentials refused: no booking can succeed. Let the ones in flight finish, start no more.
+            self.fatal.append(exc)
+            self.stop.set()
+        except Exception as exc:  # bad data must never stop the pass
+            log.exception("unexpected error on booking %s", decision.booking.book_id)
+            self._save(decision, unexpected_outcome(exc))
+
+    async def _register(self, decision: Decision) -> None:
+        booking, location = decision.booking, decision.location
+        problem = booking_problem(booking, location, pattern=self.pattern,
+                                  primary_id_field=self.config.libcal.primary_id_field,
+                                  missing_destinations=self.missing_destinations)
+        if problem is not None:
+            self._fail(decision, problem.reason, problem.kind)
+            return
+        primary_id = booking.primary_id
+        assert primary_id is not None  # booking_problem fails a booking without one
+        try:
+            user, visitor_id = await self.users.get(primary_id, functools.partial(self._patron, primary_id))
+        except AlmaError as exc:
+            self._save(decision, lookup_outcome(exc))
+            return
+        async with self.slots:
+            if self.stop.is_set():
+                self.result.interrupted = True
+                return
+            cached_visitor = visitor_id is not None
+            if visitor_id is None:
+                try:
+                    visitor_id = await self.visitors.get(primary_id, functools.partial(self._create_visitor, booking, user))
+                except PassagePointError as exc:
+                    outcome = visitor_outcome(exc)
+                    if outcome.verdict == "stop":
+                        raise
+                    self._save(decision, outcome)
+                    return
+            row = _book_row(booking, location)
+            self.cache.record_intent(row, visitor_id=visitor_id, user=(primary_id, user.barcode, user.user_group))
+            try:
+                prereg_id = await self.passagepoint.create_prereg(
+                    start=row["start_time"], end=row["end_time"], visitor_id=visitor_id, destination=location.destination,
+                )
+            except PassagePointError as exc:
+                outcome = prereg_outcome(exc, reconcile=self.config.reconcile, visitor_id=visitor_id,
+                                         cached_visitor=cached_visitor, destination=location.destination,
+                                         start=row["start_time"])
+                if outcome.verdict == "stop":
+                    raise
+                if outcome.forget_visitor:
+                    self.cache.forget_visitor(primary_id)
+                self._save(decision, outcome)
+                return
+            if self.on_prereg_created is not None:
+                self.on_prereg_created(booking.book_id, prereg_id)
+            self.cache.record_registered(row, visitor_id=visitor_id, prereg_id=prereg_id)
+            self.result.registered.append(booking.book_id)
+            log.info("registered booking %s (%s) as pre-registration %s", booking.book_id, booking.patron, prereg_id)
+
+    async def _patron(self, primary_id: str) -> tuple[AlmaUser, int | None]:
+        """The patron's barcode and group (and visitor id, if known): from the cache, else from Alma."""
+        known = patron_from_cache(primary_id, self.cache.user(primary_id))
+        if known is not None:
+            return known
+        return await self.alma.lookup_user(primary_id), None
+
+    async def _create_visitor(self, booking: Booking, user: AlmaUser) -> int:
+        pp = self.config.passagepoint
+        return await self.passagepoint.find_or_create_visitor(
             unique_id=user.barcode,
             first_name=booking.first_name,
             last_name=booking.last_name,
             email=booking.email,
-            category=category_for(user, config.passagepoint.user_mapping, config.passagepoint.default_category),
+            category=category_for(user, pp.user_mapping, pp.default_category),
             mobile_phone=user.primary_id,
         )
 
-    if config.check_destinations:
-        try:
-            known = await passagepoint.get_destinations()
-        except PassagePointError as exc:  # an optional check: even a 401 for it (bad credentials fail the next call)
-            log.warning("could not list PassagePoint destinations (%s); going on without checking them", exc)
+    def _save(self, decision: Decision, outcome: Outcome) -> None:
+        """Store a failed or uncertain booking as its Outcome says."""
+        booking = decision.booking
+        if outcome.verdict == "uncertain":
+            self.cache.record_uncertain(booking.book_id, outcome.reason)
+            self.result.uncertain.append(Failure(booking.book_id, booking.patron, outcome.reason, outcome.kind))
         else:
-            missing, warning = destination_check(known, config.libcal.locations)
-            destinations_checked.update(missing)
-            if warning:
-                log.warning("%s", warning)
+            self._fail(decision, outcome.reason, outcome.kind)
 
-    async def process(work: _Work) -> None:
-        booking = work.booking
-        primary_id = booking.primary_id
-        if primary_id is None:
-            fail(work, f"no primary id: the LibCal booking has no answer to {config.libcal.primary_id_field} (if every "
-                       "booking says so, check LibCal.primary_id_field and LibCal.form_answers_param)", "bad_primary_id")
-            return
-        if not pattern.fullmatch(primary_id):
-            fail(work, f"the answer to {config.libcal.primary_id_field} is not a well-formed university id "
-                       "(LCPP.primary_id_pattern): correct it in the LibCal booking", "bad_primary_id")
-            return
-        problem = destinations_checked.get(work.location.destination)
-        if problem:
-            fail(work, problem, "destination")
-            return
-        if primary_id not in users:
-            users[primary_id] = asyncio.ensure_future(resolve_user(primary_id))
-        try:
-            user, visitor_id = await asyncio.shield(users[primary_id])
-        except AlmaError as exc:
-            fail(work, str(exc), type(exc).__name__)
-            return
-        cached_visitor = visitor_id is not None
-        async with pp_slots:
-            if stop.is_set():
-                result.interrupted = True
-                return
-            try:
-                if visitor_id is None:
-                    if primary_id not in visitors:
-                        visitors[primary_id] = asyncio.ensure_future(create_visitor(work, user))
-                    visitor_id = await asyncio.shield(visitors[primary_id])
-                cache.record_intent(work.row, visitor_id=visitor_id, user=(primary_id, user.barcode, user.user_group))
-            except PassagePointAuthError:
-                raise
-            except PassagePointError as exc:
-                fail(work, f"finding or creating the PassagePoint visitor failed: {exc}", "passagepoint")
-                return
-            try:
-                prereg_id = await passagepoint.create_prereg(
-                    start=work.row["start_time"], end=work.row["end_time"],
-                    visitor_id=visitor_id, destination=work.location.destination,
-                )
-            except PassagePointAuthError:
-                raise
-            except PassagePointUnavailable as exc:
-                if exc.maybe_applied and config.reconcile == "report":
-                    reason = (
-                        f"createPreReg got no clear answer ({exc}); it may have been created: check PassagePoint "
-                        f"for visitor {visitor_id} at {work.location.destination} from {_when(work.row['start_time'])}"
-                    )
-                    cache.record_uncertain(booking.book_id, reason)
-                    result.uncertain.append(Failure(booking.book_id, booking.patron, reason, "prereg_uncertain"))
-                else:
-                    fail(work, f"PassagePoint createPreReg: {exc}", "passagepoint")
-                return
-            except PassagePointError as exc:
-                note = ""
-                if cached_visitor:
-                    # The visitor may have been removed or merged in PassagePoint since it was
-                    # cached: the next try looks it up (or creates it) again by barcode.
-                    cache.forget_visitor(primary_id)
-                    note = f"; the cached visitor id {visitor_id} was dropped, the next try looks the visitor up again"
-                fail(work, f"PassagePoint createPreReg: {exc}{note}", "passagepoint")
-                return
-            if on_prereg_created is not None:
-                on_prereg_created(booking.book_id, prereg_id)
-            cache.record_registered(work.row, visitor_id=visitor_id, prereg_id=prereg_id)
-            result.registered.append(booking.book_id)
-            log.info("registered booking %s (%s) as pre-registration %s", booking.book_id, booking.patron, prereg_id)
-
-    fatal: list[Exception] = []
-
-    async def guarded(work: _Work) -> None:
-        try:
-            await process(work)
-        except (PassagePointAuthError, LibCalAuthError) as exc:
-            # Credentials refused: no booking can succeed. Let the ones in flight finish, start no more.
-            fatal.append(exc)
-            stop.set()
-        except Exception as exc:  # bad data must never stop the pass
-            log.exception("unexpected error on booking %s", work.booking.book_id)
-            fail(work, f"unexpected error: {exc!r}", "unexpected")
-
-    try:
-        await asyncio.gather(*(guarded(work) for work in todo))
-    finally:
-        for task in [*users.values(), *visitors.values()]:
-            task.cancel()
-    if fatal:
-        raise fatal[0]
+    def _fail(self, decision: Decision, reason: str, kind: str) -> None:
+        """Store the failure with its next retry time; one reported before with this reason is a repeat."""
+        booking = decision.booking
+        config = self.config
+        report = self.cache.record_failure(_book_row(booking, decision.location), reason=reason,
+                                           retry_base=config.retry_base, retry_max=config.retry_max, now=self.now)
+        self.result.failed.append(Failure(booking.book_id, booking.patron, reason, kind if report else "repeat"))
 
 
 async def _report(config: Config, cache: Cache, result: PassResult, alerts: Alerts | None) -> None:
     new_failures = [f for f in result.failed if f.kind != "repeat"]
     for failure in new_failures:
         row = cache.booking(failure.book_id)
-        retry = f"; next try after {_when(row['next_retry_at'])}" if row and row["next_retry_at"] else ""
+        retry = f"; next try after {format_when(row['next_retry_at'])}" if row and row["next_retry_at"] else ""
         log.error("booking %s (%s) failed: %s%s", failure.book_id, failure.patron, failure.reason, retry)
     for failure in result.uncertain:
         log.error("booking %s (%s) is uncertain: %s", failure.book_id, failure.patron, failure.reason)
-    cancelled = [cache.booking(book_id) for book_id in result.cancelled_after_registration]
+    cancelled = [row for book_id in result.cancelled_after_registration if (row := cache.booking(book_id)) is not None]
     for row in cancelled:
         log.warning("booking %s (%s) %s", row["book_id"], row["patron"], cancellation_advice(row))
     if alerts is not None:
-        if new_failures:
-            await alerts.notify(
-                "booking_failed", f"{len(new_failures)} LibCal booking(s) could not be pre-registered",
-                [f"{f.book_id} ({f.patron}): {f.reason}" for f in new_failures],
-            )
-        if result.uncertain:
-            await alerts.notify(
-                "prereg_uncertain", f"{len(result.uncertain)} pre-registration(s) may or may not exist",
-                [f"{f.book_id} ({f.patron}): {f.reason}" for f in result.uncertain],
-            )
-        if cancelled:
-            await alerts.notify(
-                "booking_cancelled", f"{len(cancelled)} pre-registered booking(s) were cancelled in LibCal",
-                [f"{r['book_id']} ({r['patron']}): {cancellation_advice(r)}" for r in cancelled],
-            )
-        if result.location_errors:
-            await alerts.notify("libcal_error", "LibCal bookings could not be fetched", list(result.location_errors))
-        # Mailed when a location starts lacking the answers, not again every pass until it is fixed.
-        already = cache.flags("no_form_answers")
-        new = [message for lid, message in result.no_form_answers.items() if str(lid) not in already]
-        if new:
-            await alerts.notify("no_form_answers", "LibCal sent bookings without the id question's answers", new)
+        for alert in alerts_for(new_failures=new_failures, uncertain=result.uncertain, cancelled=cancelled,
+                                location_errors=result.location_errors, no_form_answers=result.no_form_answers,
+                                already_alerted=cache.flags("no_form_answers")):
+            await alerts.notify(alert.kind, alert.subject, alert.lines)
         await alerts.flush()
     cache.set_flags("no_form_answers", {str(lid) for lid in result.no_form_answers})
     cache.mark_reported([f.book_id for f in new_failures] + [f.book_id for f in result.uncertain])
     cache.mark_reported(result.cancelled_after_registration, cancellation=True)
+
