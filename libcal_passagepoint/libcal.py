@@ -125,8 +125,9 @@ def parse_bookings(
         except ValueError as exc:
             problems.append(str(exc))
             continue
+        lid_value: Any = row.get("lid")
         try:
-            lid = int(row.get("lid"))
+            lid = int(lid_value)
         except (TypeError, ValueError):
             problems.append(f"booking {book_id}: lid {row.get('lid')!r} is not a location id")
             continue

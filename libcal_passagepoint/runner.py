@@ -170,8 +170,8 @@ async def run_passes(
                 if stop.is_set():
                     return result
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        for installed_signal in installed:
+            loop.remove_signal_handler(installed_signal)
 
 
 def purge_old_records(cache: Cache, retention: float) -> None:
