@@ -1,5 +1,10 @@
 """Command line: ``python -m libcal_passagepoint run|status|purge``; options only, logic elsewhere.
 
+Every command takes ``--config``, ``--cache`` and the options every tool has (``--version``,
+``--quiet``, ``--verbose``, ``--log-file``), before or after the command's name. Logs go to stderr
+through :func:`toolconfig.logs.setup_logging`: readable lines on a terminal, one JSON object per
+line otherwise (cron, systemd); a pass's summary line is printed on stdout and logged with its counts.
+
 Exit status: 0 all good, 1 some booking failed (the pass finished), 2 bad usage or configuration
 (nothing was done).
 """
@@ -9,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import io
 import logging
 import os
 import sys
@@ -19,6 +24,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import toolconfig
+from toolconfig.logs import setup_logging
 
 from .cache import Cache, CacheError, CacheMissing
 from .cache_owner import check_no_cache_left_behind, claim_cache
@@ -67,10 +73,12 @@ def _every(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help="configuration file (default: config.yml in the working directory)")
-    common.add_argument("--cache", default=argparse.SUPPRESS, metavar="PATH", help="SQLite cache file (default: LCPP.cache_path, relative to the configuration file)")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+    # Every default is SUPPRESS, so that an option given before the command is not reset by the
+    # command's parser, which accepts the same options after it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--config", metavar="PATH", help="configuration file (default: config.yml in the working directory)")
+    common.add_argument("--cache", metavar="PATH", help="SQLite cache file (default: LCPP.cache_path, relative to the configuration file)")
+    toolconfig.add_logging_arguments(common)
     parser = argparse.ArgumentParser(
         prog="libcal-passagepoint", parents=[common],
         description="Pre-register patrons who booked a LibCal space as PassagePoint visitors.",
@@ -89,31 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    else:
-        handler.setFormatter(_JsonFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
-    log.propagate = False
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
-            "level": record.levelname.lower(),
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """Log why nothing was done; exit status 2."""
+    log.error("%s", message)
     return 2
 
 
@@ -125,7 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return 2 if exc.code else 0
     options: dict[str, Any] = vars(args)
-    _setup_logging(options.get("verbose", False))
+    log_file = options.get("log_file")
+    try:
+        setup_logging("libcal_passagepoint", verbose=options.get("verbose", False), quiet=options.get("quiet", False),
+                      log_file=log_file)
+    except OSError as exc:
+        print(f"error: cannot open --log-file {log_file}: {exc.strerror or exc}; nothing was done", file=sys.stderr)
+        return 2
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # each summary line as it is printed (run --every, a pipe)
     config_path = os.path.abspath(options.get("config", "config.yml"))
     cache_override = options.get("cache")
 
@@ -162,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(cache, None if cache_override else config_file)
         if args.command == "purge":
             bookings, passes, patrons = cache.purge(older_than=args.older_than)
-            print(f"purged {bookings} booking(s), {patrons} patron(s) with no booking left and {passes} pass record(s) "
-                  f"older than {toolconfig.format_duration(args.older_than)} from {cache.path}")
+            line = (f"purged {bookings} booking(s), {patrons} patron(s) with no booking left and {passes} pass "
+                    f"record(s) older than {toolconfig.format_duration(args.older_than)} from {cache.path}")
+            print(line)
+            log.info("%s", line, extra={"printed": True, "event": "purge", "bookings": bookings, "patrons": patrons,
+                                        "passes": passes})
             return 0
         assert config is not None
         _say_where(cache, dry_run=dry_run)
@@ -196,19 +193,23 @@ def _say_where(cache: Cache, *, dry_run: bool) -> None:
 
 
 def _print_result(result: PassResult) -> None:
+    """Print a pass's summary line (and a dry run's plan) on stdout; log the line with the pass's counts."""
     if result.dry_run:
         failing = sum(plan.action.startswith("fail") for plan in result.planned)
-        print(f"dry run: {result.fetched} booking(s) fetched, {len(result.planned) - failing} to register, "
-              f"{failing} would fail, skipped {_skips(result)}")
-        for plan in result.planned:
-            print(f"  would {plan.action} {plan.book_id} ({plan.patron}) at {plan.destination} from {plan.start}")
-        return
-    print(
-        f"pass: {result.fetched} booking(s) fetched, {len(result.registered)} registered, "
-        f"{len(result.failed)} failed, {len(result.uncertain)} uncertain, "
-        f"{len(result.cancelled_after_registration)} cancelled after registration; skipped {_skips(result)}"
-        + ("; interrupted" if result.interrupted else "")
-    )
+        line = (f"dry run: {result.fetched} booking(s) fetched, {len(result.planned) - failing} to register, "
+                f"{failing} would fail, skipped {_skips(result)}")
+    else:
+        line = (
+            f"pass: {result.fetched} booking(s) fetched, {len(result.registered)} registered, "
+            f"{len(result.failed)} failed, {len(result.uncertain)} uncertain, "
+            f"{len(result.cancelled_after_registration)} cancelled after registration; skipped {_skips(result)}"
+            + ("; interrupted" if result.interrupted else "")
+        )
+    print(line)
+    for plan in result.planned:
+        print(f"  would {plan.action} {plan.book_id} ({plan.patron}) at {plan.destination} from {plan.start}")
+    log.info("%s", line, extra={"printed": True, "event": "summary", "dry_run": result.dry_run,
+                                "exit_status": result.exit_status, **result.summary()})
 
 
 def _skips(result: PassResult) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import test_lcpp_fixtures
+from logtext import messages
 from test_lcpp_fixtures import DAY, Sims, write_config
 
 from libcal_passagepoint.cache import Cache
@@ -156,15 +157,15 @@ async def test_a_cache_left_in_the_working_directory_by_an_earlier_version_is_no
             "no configuration: versions before this one kept the cache in the working directory. If it is this "
             f"configuration's, move it (with any -wal file beside it) to {etc / 'lcpp_cache.sqlite3'}; if it is "
             "another configuration's, run that one first (the cache then records it); or pass --cache to choose. "
-            "Nothing was done\n"
+            "Nothing was done"
         )
     else:
         message = (
             f"error: no cache at {etc / 'lcpp_cache.sqlite3'}, but {home / 'lcpp_cache.sqlite3'} exists and records "
             f"this configuration ({config}): move it (with any -wal file beside it) to {etc / 'lcpp_cache.sqlite3'}, "
-            "or pass --cache to choose; nothing was done\n"
+            "or pass --cache to choose; nothing was done"
         )
-    assert refused == [(2, "", message)] * 4
+    assert [(code, out, messages(err)) for code, out, err in refused] == [(2, "", [message])] * 4
     assert len(sims.pp.preregs) == 1
     assert _files(etc) == ["config.yml"]
 
@@ -193,10 +194,10 @@ async def test_another_configurations_cache_in_the_working_directory_is_never_of
     before = cache_a.read_bytes()
 
     code, out, err = await _cli("status", "--config", "../../etc2/config.yml", cwd=etc_a)
-    assert (code, out, err.strip()) == (2, "", (
+    assert (code, out, messages(err)) == (2, "", [
         f"error: cache file {cache_b} does not exist (LCPP.cache_path of {config_b}): no pass has run with this "
         "configuration yet, or the file was moved; nothing was created"
-    ))
+    ])
     code, out, err = await _cli("run", "--config", "../../etc2/config.yml", "--date", "2030-02-01", cwd=etc_a)
     assert code == 0, err
     assert out.startswith("pass: 0 booking(s) fetched, 0 registered")
@@ -240,7 +241,7 @@ async def test_a_cache_that_records_another_configuration_is_refused_unless_give
         f"its own LCPP.cache_path, or, if it replaces {config} (moved or renamed), run once with --cache {cache2} "
         "to make the cache its own; nothing was done"
     )
-    assert [(code, out, err.splitlines()[-1]) for code, out, err in refused] == [(2, "", message)] * 2
+    assert [(code, out, messages(err)[-1]) for code, out, err in refused] == [(2, "", message)] * 2
     assert sims.pp.count("") == requests
     assert cache2.read_bytes() == before
     code, out, _ = await _cli("status", "--config", str(config2), cwd=tmp_path)  # status says so, and reads on
@@ -299,7 +300,7 @@ async def test_status_and_purge_refuse_a_cache_that_does_not_exist(tmp_path: Pat
             "no pass has run with this configuration yet, or the file was moved; nothing was created"
         )
     code, out, err = await _cli(*args, cwd=elsewhere)
-    assert (code, out, err.strip()) == (2, "", expected)
+    assert (code, out, messages(err)) == (2, "", [expected])
     assert _files(elsewhere) == []
     assert _files(etc) == ["config.yml"]
 
@@ -330,7 +331,7 @@ async def test_status_and_purge_refuse_a_file_that_is_not_a_cache_and_leave_it_u
     expected = _not_a_cache(path, kind)
     before = path.read_bytes()
     code, out, err = await _cli(*command, "--cache", path.name, cwd=tmp_path)
-    assert (code, out, err) == (2, "", f"error: {expected}\n")
+    assert (code, out, messages(err)) == (2, "", [f"error: {expected}"])
     assert path.read_bytes() == before
     assert _files(tmp_path) == [path.name]
 
@@ -345,7 +346,7 @@ async def test_run_refuses_another_programs_database_and_leaves_it_unchanged(tmp
     before = path.read_bytes()
     code, out, err = await _cli("run", *(["--dry-run"] if dry_run else []), "--config", str(config), cwd=tmp_path)
     assert (code, out) == (2, "")
-    assert err.splitlines()[-1] == f"error: {expected}"
+    assert messages(err)[-1] == f"error: {expected}"
     assert path.read_bytes() == before
 
 
@@ -356,7 +357,7 @@ async def test_run_refuses_a_cache_directory_that_does_not_exist(tmp_path: Path)
     config = write_config(etc / "config.yml", **UNREACHABLE, lcpp="  cache_path: stat/lcpp.sqlite3\n")
     code, out, err = await _cli("run", "--config", str(config), cwd=tmp_path)
     assert (code, out) == (2, "")
-    assert err.strip().splitlines()[-1] == (
+    assert messages(err)[-1] == (
         f"error: cannot use cache file {etc / 'stat/lcpp.sqlite3'}: the directory {etc / 'stat'} does not exist "
         "(create it, or correct LCPP.cache_path or --cache)"
     )
@@ -395,7 +396,7 @@ async def test_two_runs_at_once_register_each_booking_once(sims: Sims, tmp_path:
     assert out1.startswith("pass: 12 booking(s) fetched, 12 registered")
     assert (code2, out2) == (2, "")
     lock = etc / "lcpp_cache.sqlite3.lock"
-    assert err2.strip().splitlines()[-1] == (
+    assert messages(err2)[-1] == (
         f"error: another libcal_passagepoint run (pid {first.pid}) holds {lock}: nothing was done; "
         "run again when it has finished"
     )

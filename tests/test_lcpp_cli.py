@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 import test_lcpp_fixtures
+from logtext import messages
 from test_lcpp_fixtures import DAY, Sims, write_config
 
 from libcal_passagepoint.cache import Cache
@@ -39,6 +41,9 @@ async def test_run_exit_status_0_then_status_and_purge(sims: Sims) -> None:
     logs = [json.loads(line) for line in err.splitlines()]  # not a terminal: one JSON object per line
     assert any(entry["message"].startswith("registered booking cs_1 (Ada Lovelace)") for entry in logs)
     assert all("pw" != entry["message"] and "1234567c7be467e51fc47157abcdefg" not in entry["message"] for entry in logs)
+    summary = [entry for entry in logs if entry.get("event") == "summary"]  # the printed line, logged with its counts
+    assert [(e["message"], e["fetched"], e["registered"], e["failed"], e["exit_status"]) for e in summary] == [
+        (out.splitlines()[0], 1, 1, 0, 0)]
 
     code, out, _ = await _cli("status", "--config", str(sims.config_path))
     assert code == 0
@@ -200,7 +205,7 @@ def test_bad_configuration_is_refused_with_exit_2_naming_the_key(tmp_path: Path,
         patch.setattr(os, "environ", env)
         patch.chdir(tmp_path)  # the default cache path is relative: nothing may be written
         assert main(["run", "--config", path]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {path}: {message}"
+    assert messages(capsys.readouterr().err) == [f"error: {path}: {message}"]
     assert not (tmp_path / "lcpp_cache.sqlite3").exists()
 
 
@@ -226,10 +231,10 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
         assert main(["run"]) == 2
-    assert capsys.readouterr().err.strip() == (
+    assert messages(capsys.readouterr().err) == [
         f"error: configuration file {tmp_path / 'config.yml'} not found: create it (see the template in the README) "
         "or pass --config PATH"
-    )
+    ]
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("45s", 45), ("2w", 14 * 86400), ("600", 600)])
@@ -243,7 +248,7 @@ async def test_bad_libcal_credentials_exit_2(sims: Sims) -> None:
     sims.libcal.client_secret = "rotated"
     code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
     assert code == 2
-    assert err.strip().splitlines()[-1] == (
+    assert messages(err)[-1] == (
         "error: LibCal refused the client credentials (HTTP 400: The client credentials are invalid): "
         "check LibCal.client_id and LibCal.client_secret"
     )
@@ -254,8 +259,38 @@ async def test_a_second_run_on_the_same_cache_is_refused(sims: Sims, capsys: pyt
     with cache_lock(sims.config.cache_path):
         code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
     assert code == 2
-    assert err.strip().splitlines()[-1] == (
+    assert messages(err)[-1] == (
         f"error: another libcal_passagepoint run (pid {os.getpid()}) holds {sims.config.cache_path}.lock: "
         "nothing was done; run again when it has finished"
     )
     assert sims.libcal.count("") == 0
+
+
+async def test_log_file_quiet_and_version(sims: Sims, tmp_path: Path) -> None:
+    """--log-file appends every log line as JSON (the summary and a refusal too); --quiet leaves only
+    warnings and errors on stderr (not in the file), and the summary is still printed; --version exits 0."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    log_file = tmp_path / "sync.log"
+    code, out, err = await _cli("run", "--quiet", "--log-file", str(log_file), "--config", str(sims.config_path), "--date", DAY)
+    assert (code, messages(err)) == (0, [
+        f"warning: created a new cache {sims.config.cache_path}: every booking fetched counts as new "
+        "(expected on the first run only)"])
+    assert out.startswith("pass: 1 booking(s) fetched, 1 registered")
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [entry["message"] for entry in logged if entry.get("event") == "summary"] == [out.splitlines()[0]]
+    assert any(entry["message"].startswith("registered booking cs_1") for entry in logged)
+
+    with cache_lock(sims.config.cache_path):
+        code, out, err = await _cli("--log-file", str(log_file), "run", "--config", str(sims.config_path), "--date", DAY)
+    assert (code, out) == (2, "")
+    assert json.loads(log_file.read_text().splitlines()[-1])["message"] == messages(err)[-1].removeprefix("error: ")
+
+    code, out, _ = await _cli("--version")
+    assert code == 0 and re.fullmatch(r"libcal-passagepoint \S+\n", out)
+
+
+def test_a_log_file_that_cannot_be_opened_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--log-file", str(tmp_path / "no" / "such.log")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot open --log-file {tmp_path / 'no' / 'such.log'}: No such file or directory; nothing was done\n")
