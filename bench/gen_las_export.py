@@ -32,6 +32,29 @@ def write_export(path: Path, rows: int, *, seed: int = 7, delete_share: float = 
     return path
 
 
+def write_next_export(previous: Path, path: Path, *, seed: int = 11, changed: float = 0.01, gone: float = 0.005,
+                      new: float = 0.005) -> Path:
+    """The next night's export of *previous*: *changed* of the rows get another customer code,
+    *gone* are left out, and *new* more rows with new barcodes are added."""
+    rng = random.Random(seed)
+    lines = previous.read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    out = [header]
+    for line in rows:
+        draw = rng.random()
+        if draw < gone:
+            continue
+        if draw < gone + changed:
+            barcode, accession, code, deleted = line.rstrip("\r\n").split(",")
+            other = CUSTOMER_CODES[(CUSTOMER_CODES.index(code) + 1) % len(CUSTOMER_CODES)] if code in CUSTOMER_CODES else "NX"
+            line = f"{barcode},{accession},{other},{deleted}\r\n"
+        out.append(line)
+    base = 93433000000000
+    out.extend(f"{base + i * 7},2025-01-01,{CUSTOMER_CODES[i % len(CUSTOMER_CODES)]},\r\n" for i in range(int(len(rows) * new)))
+    path.write_text("".join(out), encoding="utf-8", newline="")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("path", type=Path)

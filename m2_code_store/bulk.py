@@ -19,9 +19,11 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import hiredis
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,17 +36,17 @@ CHUNK_BYTES = 1 << 20
 SLICE_ROWS_MIN = 250_000  # with at least ~16 rows a bucket per slice: full commands
 
 
-def _crc_table() -> np.ndarray:
+def _crc_table(polynomial: int) -> np.ndarray:
     table = np.zeros(256, dtype=np.uint32)
     for i in range(256):
         c = i
         for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+            c = (c >> 1) ^ polynomial if c & 1 else c >> 1
         table[i] = c
     return table
 
 
-CRC_TABLE = _crc_table()
+CRC_TABLE = _crc_table(0xEDB88320)  # CRC-32, zlib's: the bucket of a barcode
 
 
 @dataclass
@@ -213,32 +215,96 @@ class _Sender(threading.Thread):
 
 
 class _Receiver(threading.Thread):
-    """Reads the replies (one line each: ``:n`` or ``-ERR …``) until *expected* have come."""
+    """Reads the replies with hiredis' reader until *expected* have come, keeping ``each(reply)``
+    of each (an error reply is kept as it is)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, each: Callable[[Any], Any]) -> None:
         super().__init__(name="m2-bulk-receiver", daemon=True)
         self.sock = sock
-        self.chunks: list[bytes] = []
-        self.lines = 0
+        self.each = each
+        self.reader = hiredis.Reader()
+        self.kept: list[Any] = []
         self.expected: int | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            while self.expected is None or self.lines < self.expected:
-                if self.expected is None:
-                    if not select.select([self.sock], [], [], 0.05)[0]:
-                        continue
+            while self.expected is None or len(self.kept) < self.expected:
+                reply = self.reader.gets()
+                if reply is not False:
+                    self.kept.append(reply if isinstance(reply, hiredis.ReplyError) else self.each(reply))
+                    continue
+                if self.expected is None and not select.select([self.sock], [], [], 0.05)[0]:
+                    continue
                 chunk = self.sock.recv(1 << 20)
                 if not chunk:
                     raise redis.exceptions.ConnectionError("Redis closed the connection during the load")
-                self.chunks.append(chunk)
-                self.lines += chunk.count(b"\n")
+                self.reader.feed(chunk)
         except BaseException as exc:
             self.error = exc
 
-    def replies(self) -> list[bytes]:
-        return b"".join(self.chunks).split(b"\r\n")[:-1]
+
+def _stream(
+    client: redis.Redis,
+    slices: Iterator[tuple[memoryview, int, int]],
+    *,
+    progress: Callable[[int], None] | None = None,
+    before_send: Callable[[], None] | None = None,
+    each: Callable[[Any], Any] = int,
+) -> list[Any]:
+    """Send each slice's pre-built commands on one connection while the next is built; return
+    ``each(reply)`` of every reply, in order (an error reply as it is, for the caller to raise).
+
+    *slices* yields (protocol, commands in it, rows done). *before_send* runs (in the sending
+    thread) before each chunk of about a megabyte goes out; if it raises, nothing more is sent and
+    the error is raised here. If this function is left by an exception (an interrupt included),
+    slices still queued are dropped, not sent.
+    """
+    connection = client.connection_pool.get_connection()
+    # The raw socket of redis-py's connection (handshake, TLS, AUTH and SELECT already done):
+    # replies are counted in bulk instead of parsed one call at a time.
+    sock = connection._sock
+    if sock is None:  # redis-py connects lazily: get_connection() has connected it, so this is a bug
+        raise redis.exceptions.ConnectionError("the connection to Redis is not open")
+    connection_ok = False
+    sender, receiver = _Sender(sock, before_send), _Receiver(sock, each)
+    commands = 0
+    # OpenSSL does not allow one thread to read while another writes on the same TLS socket:
+    # over TLS the replies are read once everything is sent (Redis buffers them meanwhile).
+    read_while_sending = not isinstance(sock, ssl.SSLSocket)
+    try:
+        sender.start()
+        if read_while_sending:
+            receiver.start()
+        try:
+            for data, count, done in slices:
+                commands += count
+                sender.queue.put(data)
+                if sender.error:
+                    break
+                if progress:
+                    progress(done)
+        except BaseException:
+            sender.abort.set()  # a load that stops sends nothing more than the chunk on the wire
+            raise
+        finally:
+            sender.queue.put(None)
+            sender.join()
+        if sender.error:
+            raise _as_redis_error(sender.error)
+        receiver.expected = commands
+        if not read_while_sending:
+            receiver.start()
+        receiver.join(timeout=None)
+        if receiver.error:
+            raise _as_redis_error(receiver.error)
+        connection_ok = True
+        return receiver.kept
+    finally:
+        if not connection_ok:
+            receiver.expected = 0  # stop the receiver if it still waits
+            connection.disconnect()  # replies may be unread: never hand this connection back mid-stream
+        client.connection_pool.release(connection)
 
 
 def write_generation(
@@ -252,72 +318,151 @@ def write_generation(
     before_send: Callable[[], None] | None = None,
     slice_rows: int | None = None,
 ) -> WriteResult:
-    """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets* buckets.
-
-    *before_send* runs (in the sending thread) before each chunk of about a megabyte goes out; if
-    it raises, nothing more is sent and the error is raised here. If this function is left by an
-    exception (an interrupt included), slices still queued are dropped, not sent.
-    """
+    """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets*
+    buckets; *progress* and *before_send* as for :func:`_stream`."""
     result = WriteResult()
     total = len(parsed)
     if total == 0:
         return result
-    slice_rows = slice_rows or max(SLICE_ROWS_MIN, buckets * 16)
-    connection = client.connection_pool.get_connection()
-    # The raw socket of redis-py's connection (handshake, TLS, AUTH and SELECT already done):
-    # replies are counted in bulk instead of parsed one call at a time.
-    sock = connection._sock
-    if sock is None:  # redis-py connects lazily: get_connection() has connected it, so this is a bug
-        raise redis.exceptions.ConnectionError("the connection to Redis is not open")
-    connection_ok = False
-    sender, receiver = _Sender(sock, before_send), _Receiver(sock)
+    slice_rows = slice_rows or SLICE_ROWS_MIN
     kinds: list[np.ndarray] = []
     tails = _CodeSegments.of(parsed.source_codes, parsed.source_deletes)
-    order = parsed.order
-    crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)  # by source row; skipped rows are never hashed
-    crc[order] = crc32_array(parsed.source_barcodes, order)  # once for the file; each slice masks it
+    crc = row_crc(parsed)  # once for the file; each slice masks it
     commute = _kinds_commute(parsed)
-    # OpenSSL does not allow one thread to read while another writes on the same TLS socket:
-    # over TLS the replies are read once everything is sent (Redis buffers them meanwhile).
-    read_while_sending = not isinstance(sock, ssl.SSLSocket)
-    try:
-        sender.start()
-        if read_while_sending:
-            receiver.start()
-        try:
-            for first in range(0, total, slice_rows):
-                last = min(first + slice_rows, total)
-                data, run_kinds = _slice_protocol(
-                    layout.prefix, gen, buckets, parsed, crc, tails, order[first:last], commute,
-                )
-                kinds.append(run_kinds)
-                sender.queue.put(data)
-                if sender.error:
-                    break
-                if progress:
-                    progress(last)
-        except BaseException:
-            sender.abort.set()  # a load that stops sends nothing more than the chunk on the wire
-            raise
-        finally:
-            sender.queue.put(None)
-            sender.join()
-        if sender.error:
-            raise _as_redis_error(sender.error)
-        receiver.expected = sum(len(k) for k in kinds)
-        if not read_while_sending:
-            receiver.start()
-        receiver.join(timeout=None)
-        if receiver.error:
-            raise _as_redis_error(receiver.error)
-        _tally(receiver.replies(), np.concatenate(kinds), result)
-        connection_ok = True
-    finally:
-        if not connection_ok:
-            receiver.expected = 0  # stop the receiver if it still waits
-            connection.disconnect()  # replies may be unread: never hand this connection back mid-stream
-        client.connection_pool.release(connection)
+    # The rows sorted by bucket once (stable: apply order holds within a bucket) and the slices
+    # cut where a bucket ends, so each bucket gets one command per kind of row, not one per slice.
+    bucket = crc[parsed.order] & np.uint32(buckets - 1)
+    by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
+    order, bucket = parsed.order[by_bucket], bucket[by_bucket]
+    del by_bucket
+
+    def slices() -> Iterator[tuple[memoryview, int, int]]:
+        first = 0
+        while first < total:
+            last = min(first + slice_rows, total)
+            if last < total:
+                last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+            data, run_kinds = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, order[first:last], commute)
+            kinds.append(run_kinds)
+            yield data, len(run_kinds), last
+            first = last
+
+    replies = _stream(client, slices(), progress=progress, before_send=before_send)
+    _tally(replies, np.concatenate(kinds), result)
     return result
+
+
+def row_crc(parsed: ParsedExport) -> np.ndarray:
+    """CRC-32 of every valid row's barcode, by source row (skipped rows are never hashed); computed
+    once per file and kept on *parsed*."""
+    if parsed.row_crc is None:
+        crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)
+        crc[parsed.order] = crc32_array(parsed.source_barcodes, parsed.order)
+        parsed.row_crc = crc
+    return parsed.row_crc
+
+
+def final_rows(parsed: ParsedExport) -> np.ndarray:
+    """Positions (into ``source_*``, in apply order) of the rows that decide each barcode's final
+    state and leave it present: each barcode's last row, when that row is not a deletion.
+
+    Rows whose CRC-32 no other row shares hold distinct barcodes; only the few that share one
+    (repeats, and the odd collision) are compared as text.
+    """
+    order = parsed.order
+    if len(order) == 0:
+        return order
+    crc = row_crc(parsed)[order]
+    by_crc = np.argsort(crc, kind="stable")
+    sorted_crc = crc[by_crc]
+    same = np.zeros(len(order), dtype=bool)
+    same[1:] = sorted_crc[1:] == sorted_crc[:-1]
+    same[:-1] |= same[1:]
+    last = np.ones(len(order), dtype=bool)
+    shared = np.sort(by_crc[same])  # positions (in apply order) of rows whose CRC another row shares
+    if len(shared):
+        latest: dict[str, int] = {}
+        barcodes = pc.take(parsed.source_barcodes, pa.array(order[shared])).to_pylist()
+        for position, barcode in zip(shared.tolist(), barcodes, strict=True):
+            latest[barcode] = position  # in apply order: the last one stays
+        last[shared] = False
+        last[list(latest.values())] = True
+    return order[last & ~parsed.source_deletes[order]]
+
+
+def count_present(
+    client: redis.Redis,
+    layout: Layout,
+    gen: int,
+    buckets: int,
+    parsed: ParsedExport,
+    *,
+    progress: Callable[[int], None] | None = None,
+    before_send: Callable[[], None] | None = None,
+    slice_rows: int = SLICE_ROWS_MIN,
+) -> int:
+    """How many of the barcodes present once *parsed* is applied (:func:`final_rows`) generation
+    *gen* already holds, counted from Redis' HMGET answers bucket by bucket (each command touches
+    one key: cluster-safe). Nothing but the count is kept of the answers."""
+    rows = final_rows(parsed)
+    if len(rows) == 0:
+        return 0
+    # One HMGET per bucket with all its barcodes (per-command overhead is most of Redis' work
+    # here): the rows sorted by bucket once, the slices cut where a bucket ends.
+    bucket = row_crc(parsed)[rows] & np.uint32(buckets - 1)
+    bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket
+    by_bucket = np.argsort(bucket, kind="stable")
+    rows, bucket = rows[by_bucket], bucket[by_bucket]
+
+    def slices() -> Iterator[tuple[memoryview, int, int]]:
+        first = 0
+        while first < len(rows):
+            last = min(first + slice_rows, len(rows))
+            if last < len(rows):
+                last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+            values = pc.take(parsed.source_barcodes, pa.array(rows[first:last]))
+            data, runs = _runs_protocol(layout.prefix, gen, bucket[first:last], values, "\r\n$5\r\nHMGET\r\n$",
+                                        extra_args=1)
+            yield data, runs, last
+            first = last
+
+    replies = _stream(client, slices(), progress=progress, before_send=before_send,
+                      each=lambda values: len(values) - values.count(None))
+    _refused(replies)
+    return int(sum(replies))
+
+
+def _runs_protocol(prefix: str, gen: int, bucket: np.ndarray, values: pa.Array, command: str,
+                   *, extra_args: int) -> tuple[memoryview, int]:
+    """One command per bucket run: ``*N<command><key>`` then each value as a bulk string.
+
+    *command* is the protocol between the array length and the key's ``$len``; *extra_args*
+    counts the arguments it holds besides the key and the values.
+    """
+    bucket = bucket.astype(np.uint16) if bucket.max(initial=0) < 1 << 16 else bucket  # uint16 sorts by radix
+    order = np.argsort(bucket, kind="stable")
+    bucket = bucket[order]
+    sorted_values = pc.take(values, pa.array(order))
+    is_start = np.ones(len(bucket), dtype=bool)
+    is_start[1:] = bucket[1:] != bucket[:-1]
+    starts = np.flatnonzero(is_start)
+    run_lengths = np.diff(np.append(starts, len(bucket)))
+    keys = pc.binary_join_element_wise(pa.scalar(f"{prefix}:{gen}:"), pc.cast(pa.array(bucket[starts]), pa.string()), "")
+    headers = pc.binary_join_element_wise(
+        pa.scalar("*"), pc.cast(pa.array(1 + extra_args + run_lengths), pa.string()), pa.scalar(command),
+        pc.cast(pc.binary_length(keys), pa.string()), pa.scalar("\r\n"), keys, pa.scalar("\r\n"), "",
+    )
+    headers = pa.concat_arrays([headers, pa.array([""], type=pa.string())])  # last: "no header"
+    header_of_row = np.where(is_start, np.cumsum(is_start) - 1, len(starts)).astype(np.int32)
+    protocol = pc.binary_join_element_wise(
+        pc.take(headers, pa.array(header_of_row)),
+        pc.take(_length_prefixes(), pc.binary_length(sorted_values)),
+        sorted_values,
+        pa.scalar("\r\n"),
+        "",
+    )
+    offsets, _ = _string_buffers(protocol)
+    return memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]], len(starts)
 
 
 def _as_redis_error(exc: BaseException) -> BaseException:
@@ -330,14 +475,19 @@ def _as_redis_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _tally(replies: list[bytes], kinds: np.ndarray, result: WriteResult) -> None:
-    """Add integer replies to *result* by command kind; raise on error replies."""
-    errors = [r[1:].decode(errors="replace") for r in replies if r.startswith(b"-")]
+def _refused(replies: list[Any]) -> None:
+    """Raise BulkWriteError naming the first error reply, if any."""
+    errors = [str(r) for r in replies if isinstance(r, hiredis.ReplyError)]
     if errors:
         raise BulkWriteError(f"Redis refused {len(errors)} command(s): {errors[0]}")
+
+
+def _tally(replies: list[Any], kinds: np.ndarray, result: WriteResult) -> None:
+    """Add integer replies to *result* by command kind; raise on error replies."""
+    _refused(replies)
     if len(replies) != len(kinds):
         raise BulkWriteError(f"expected {len(kinds)} replies from Redis, got {len(replies)}")
-    values = np.array([int(r[1:]) for r in replies], dtype=np.int64)
+    values = np.array(replies, dtype=np.int64)
     result.commands += len(values)
     result.removed += int(values[kinds].sum())
     result.added += int(values[~kinds].sum())

@@ -94,6 +94,7 @@ class ParsedExport:
     bad_rows: list[BadRow] = field(default_factory=list)
     blank_lines: int = 0
     apply_order: np.ndarray | None = None  # positions into source_*; None: all of them, as read
+    row_crc: np.ndarray | None = None  # CRC-32 of each valid row's barcode (by source row), filled by bulk on first use
 
     def __len__(self) -> int:
         return len(self.source_barcodes) if self.apply_order is None else len(self.apply_order)
@@ -228,8 +229,9 @@ def read_export(path: str | Path) -> ParsedExport:
     """
     path = Path(path)
     raw, delimiter, header, indexes = _open_export(path)
-    rows = _RowReader(path, delimiter, header, indexes).read(raw)
-    return _validate(rows, "accession_date" in indexes)
+    reader = _RowReader(path, delimiter, header, indexes)
+    reader.raw, raw = raw, b""  # the reader lets go of the file's bytes as soon as Arrow has read them
+    return _validate(reader.read(), "accession_date" in indexes)
 
 
 def _open_export(path: Path) -> tuple[bytes, str, list[str], dict[str, int]]:
@@ -279,6 +281,7 @@ class _RowReader:
     def __init__(self, path: Path, delimiter: str, header: list[str], indexes: dict[str, int]) -> None:
         self.path, self.delimiter, self.header, self.indexes = path, delimiter, header, indexes
         self.names = [f"c{i}" for i in range(len(header))]
+        self.raw = b""
         self.invalid: list[tuple[int, str]] = []
         self.blank_short_lines: list[int] = []
         self._not_blank = re.compile(f"[^\\s\x1a{re.escape(delimiter)}]")  # Ctrl-Z: an old DOS end-of-file mark
@@ -325,25 +328,31 @@ class _RowReader:
                     raise ExportError(f"{self.path} is not UTF-8 text: export it again as CSV (UTF-8)") from again
                 raise ExportError(f"{self.path} could not be read as CSV: {again}") from again
 
-    def read(self, raw: bytes) -> _Rows:
+    def read(self) -> _Rows:
         # A quoted value that opens and never closes would swallow every line after it. Lines with
         # an odd number of quotes are checked before reading; should a record still span lines (an
         # even number of quotes, one of them literal), every line with a quote is checked and it is
         # read again.
         fields = len(self.header)
+        raw, self.raw = self.raw, b""
         read_from, open_quote_lines = _blank_out_open_quotes(raw, self.delimiter, fields, every_line=False)
         table, read_from, not_utf8_lines = self._checked(read_from)
         records = table.num_rows + len(self.invalid) + len(self.blank_short_lines) + 1
         if b'"' in read_from and records != _physical_lines(read_from):  # without quotes, a record is a line
             read_from, open_quote_lines = _blank_out_open_quotes(raw, self.delimiter, fields, every_line=True)
             table, read_from, not_utf8_lines = self._checked(read_from)
+        del raw, read_from  # memory: the columns below are all that is kept
         total_records = table.num_rows + len(self.invalid) + len(self.blank_short_lines)
         lines = np.arange(2, total_records + 2, dtype=np.int64)
         if self.invalid or self.blank_short_lines:
             skipped = [n for n, _ in self.invalid] + self.blank_short_lines
             lines = np.setdiff1d(lines, np.fromiter(skipped, dtype=np.int64, count=len(skipped)), assume_unique=True)
+        columns = {}
+        for name, index in self.indexes.items():  # one column at a time, each chunked original let go at once
+            columns[name] = _trimmed(table[self.names[index]].combine_chunks())
+            table = table.drop_columns([self.names[index]])
         return _Rows(
-            columns={name: _trimmed(table[self.names[index]].combine_chunks()) for name, index in self.indexes.items()},
+            columns=columns,
             lines=lines,
             invalid=list(self.invalid),
             blank_short_lines=list(self.blank_short_lines),

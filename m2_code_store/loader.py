@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 
-from m2_code_store.bulk import write_generation
+from m2_code_store.bulk import count_present, row_crc, write_generation
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
@@ -290,6 +290,18 @@ def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: in
     _batched(client, layout, gen, buckets, "UNLINK", before_batch)
 
 
+def expire_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int, milliseconds: int,
+                      before_batch: Callable[[], None] | None = None) -> None:
+    """Let every bucket key of a generation expire after *milliseconds* (0: now), pipelined."""
+    for start in range(0, buckets, PIPELINE_BATCH):
+        if before_batch:
+            before_batch()
+        pipe = client.pipeline(transaction=False)
+        for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
+            pipe.pexpire(layout.bucket_key(gen, bucket), milliseconds)
+        pipe.execute()
+
+
 def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int,
                   before_batch: Callable[[], None] | None = None) -> int:
     """The exact number of records in a generation (HLEN of every bucket)."""
@@ -452,13 +464,15 @@ class _Run:
     """One load: the client, the lease, the options, and how far it got."""
 
     def __init__(self, client: redis.Redis, layout: Layout, lock: Lock, *, source: str, grace: float,
-                 progress: Callable[[int], None] | None, sleep: Callable[[float], None]) -> None:
+                 progress: Callable[[int], None] | None, sleep: Callable[[float], None],
+                 phase: Callable[[str], None] | None = None) -> None:
         self.client = client
         self.layout = layout
         self.lock = lock
         self.source = source
         self.grace = grace
         self.user_progress = progress
+        self.user_phase = phase
         self.sleep = sleep
         self.rows_sent = 0
         self.published: int | None = None  # the generation this load switched to
@@ -520,12 +534,14 @@ class _Run:
 
     # -- a new generation: replace and rebuild ----------------------------------------------
 
-    def write_new(self, parsed: ParsedExport) -> tuple[int, int, int]:
+    def write_new(self, parsed: ParsedExport, *, rows_progress: bool = True) -> tuple[int, int, int]:
         """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records)."""
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
-        written = write_generation(self.client, self.layout, gen, buckets, parsed, progress=self.progress,
-                                   before_send=self.lock.renew)
+        if not rows_progress:
+            self.phase(f"rebuilding the store into {buckets:,} buckets")
+        written = write_generation(self.client, self.layout, gen, buckets, parsed,
+                                   progress=self.progress if rows_progress else None, before_send=self.lock.renew)
         return gen, buckets, written.added - written.removed  # exact: the generation started empty
 
     def discard(self, gen: int, buckets: int) -> str:
@@ -563,6 +579,10 @@ class _Run:
             raise LoadError(f"the live data set changed under this load (switch refused: {status}); nothing was switched")
         self.published = gen
 
+    def phase(self, name: str) -> None:
+        if self.user_phase:
+            self.user_phase(name)
+
     def publish(self, gen: int, buckets: int, records: int, live: Generation | None) -> None:
         """Switch to *gen*, then delete the previous generation after the grace period.
 
@@ -571,6 +591,7 @@ class _Run:
         be checked raises _SwitchUnknown. Once the switch is done nothing here raises: an interrupt
         is kept in ``interrupted`` and what is left undone is noted.
         """
+        self.phase("switching to the new data set")
         try:
             self._switch_to(gen, buckets, records, live)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KeyboardInterrupt) as exc:
@@ -591,8 +612,11 @@ class _Run:
         try:
             if self.interrupted:
                 raise self.interrupted
-            self.sleep(self.grace)  # readers that read m2:meta just before the switch finish on the old generation
-            delete_generation(self.client, self.layout, live.gen, live.buckets, self.lock.renew)
+            # Readers that read m2:meta just before the switch finish on the old generation: its
+            # keys expire by themselves after the grace period, and nobody waits for that.
+            self.phase("cleaning up: the previous data set expires in "
+                       f"{self.grace:g} s" if self.grace else "cleaning up: deleting the previous data set")
+            expire_generation(self.client, self.layout, live.gen, live.buckets, int(self.grace * 1000), self.lock.renew)
             self.lock.forget(live.gen)
         except (redis.exceptions.RedisError, LockLost, KeyboardInterrupt) as exc:
             if isinstance(exc, KeyboardInterrupt):
@@ -679,6 +703,7 @@ def load(
     grace: float = REPLACE_GRACE,
     source: str = "",
     progress: Callable[[int], None] | None = None,
+    phase: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     lock_ttl_ms: int = LOCK_TTL_MS,
 ) -> LoadResult:
@@ -690,7 +715,7 @@ def load(
     layout = layout or Layout()
     lock = Lock(client, layout, ttl_ms=lock_ttl_ms)
     lock.acquire()
-    run = _Run(client, layout, lock, source=source, grace=grace, progress=progress, sleep=sleep)
+    run = _Run(client, layout, lock, source=source, grace=grace, progress=progress, sleep=sleep, phase=phase)
     try:
         try:
             live = read_generation(client, layout)
@@ -702,7 +727,7 @@ def load(
                                    "(old data sets may remain to be cleaned by the next load)", rows_sent=0) from exc
         if replace:
             return _replace(run, parsed, live, force, max_shrink)
-        if live is not None and (live.count + parsed.upserts) / live.buckets > CROWDED_PER_BUCKET:
+        if live is not None and _crowded(run, parsed, live):
             return _rebuild(run, parsed, live)
         return run.incremental(parsed, live)
     finally:
@@ -713,6 +738,66 @@ def load(
             pass  # the store is gone: the lock expires by itself; keep the original error
 
 
+class _Counting:
+    """count_present() of *parsed* against *live* in a thread, beside the main thread's write.
+
+    Leaving the block by an exception stops the count before its next chunk and waits for it.
+    """
+
+    def __init__(self, run: _Run, parsed: ParsedExport, live: Generation | None) -> None:
+        self.run, self.parsed, self.live = run, parsed, live
+        self.stop = threading.Event()
+        self.kept = 0
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise LoadError("the count was stopped")
+        self.run.lock.renew()
+
+    def _count(self) -> None:
+        assert self.live is not None
+        try:
+            self.kept = count_present(self.run.client, self.run.layout, self.live.gen, self.live.buckets, self.parsed,
+                                      before_send=self._check)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> _Counting:
+        if self.live is not None:
+            row_crc(self.parsed)  # once, before two threads use it
+            self.thread = threading.Thread(target=self._count, name="m2-compare", daemon=True)
+            self.thread.start()
+        return self
+
+    def result(self) -> int:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.kept
+
+    def __exit__(self, kind: object, exc: object, traceback: object) -> None:
+        if exc is not None and self.thread is not None:
+            self.stop.set()
+            self.thread.join()
+
+
+def _crowded(run: _Run, parsed: ParsedExport, live: Generation) -> bool:
+    """Whether applying *parsed* would leave more than CROWDED_PER_BUCKET records a bucket.
+
+    Checked against what is really new: when every upsert might be (an upper bound), Redis
+    counts which of the file's barcodes the store already holds, so reloading a file never
+    triggers a rebuild.
+    """
+    if (live.count + parsed.upserts) / live.buckets <= CROWDED_PER_BUCKET:
+        return False
+    run.phase("counting the file's new barcodes")
+    known = count_present(run.client, run.layout, live.gen, live.buckets, parsed, before_send=run.lock.renew)
+    return (live.count + parsed.upserts - known) / live.buckets > CROWDED_PER_BUCKET
+
+
 def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) -> Generation:
     count = count_records(client, layout, live.gen, live.buckets, lock.renew)
     lock._fenced(_RECOUNTED, [lock.key, layout.meta], live.gen, live.dirty, count)
@@ -721,24 +806,23 @@ def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) 
 
 def _replace(run: _Run, parsed: ParsedExport, live: Generation | None, force: bool, max_shrink: float) -> LoadResult:
     try:
-        gen, buckets, records = run.write_new(parsed)
         previous = live.count if live else 0
-        removed, added = 0, records
-        if live is not None and previous:
-            old = generation_barcodes(run.client, run.layout, live.gen, live.buckets, run.lock.renew)
-            new = generation_barcodes(run.client, run.layout, gen, buckets, run.lock.renew)
-            kept = int(pc.sum(pc.is_in(old, value_set=new)).as_py() or 0)
-            removed, added = len(old) - kept, records - kept
-            if removed > previous * max_shrink:
-                if not force:
-                    run.discard(gen, buckets)
-                    run.lock.writing = None
-                    raise ReplaceRefused(
-                        f"refusing to replace: {removed:,} of the {previous:,} records in the store "
-                        f"({removed / previous:.0%}) are not in the file, more than the {max_shrink:.0%} allowed. "
-                        "Is the export truncated, or the wrong one? Nothing was changed. "
-                        "Re-run with --force to replace anyway."
-                    )
+        # Redis counts which of the file's barcodes the live data set holds (for the shrink check)
+        # while the new generation is written: the two passes overlap.
+        with _Counting(run, parsed, live if previous else None) as counting:
+            gen, buckets, records = run.write_new(parsed)
+            run.phase("comparing with the live data set")
+            kept = counting.result()
+        removed, added = (previous - kept, records - kept) if previous else (0, records)
+        if previous and removed > previous * max_shrink and not force:
+            run.discard(gen, buckets)
+            run.lock.writing = None
+            raise ReplaceRefused(
+                f"refusing to replace: {removed:,} of the {previous:,} records in the store "
+                f"({removed / previous:.0%}) are not in the file, more than the {max_shrink:.0%} allowed. "
+                "Is the export truncated, or the wrong one? Nothing was changed. "
+                "Re-run with --force to replace anyway."
+            )
         run.publish(gen, buckets, records, live)
     except ReplaceRefused:
         raise
@@ -758,7 +842,7 @@ def _rebuild(run: _Run, parsed: ParsedExport, live: Generation) -> LoadResult:
             source_deletes=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
             rows_read=parsed.rows_read,
         )
-        gen, buckets, records = run.write_new(merged)
+        gen, buckets, records = run.write_new(merged, rows_progress=False)
         new = generation_barcodes(run.client, run.layout, gen, buckets, run.lock.renew)
         kept = int(pc.sum(pc.is_in(barcodes, value_set=new)).as_py() or 0)
         run.publish(gen, buckets, records, live)

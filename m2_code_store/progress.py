@@ -1,4 +1,4 @@
-"""Progress output: a bar on a terminal, a log line every tenth otherwise."""
+"""Progress output: a bar on a terminal, a log line every tenth otherwise; then each phase by name."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ class Progress:
             log.info("loading: %s of %s rows sent (%s)", f"{done:,}", f"{self.total:,}", f"{done / self.total:.0%}")
             while self._next_line <= done / self.total:
                 self._next_line += 0.1
+
+    def phase(self, name: str) -> None:
+        """A step after the rows are sent (comparing, switching, cleaning up): said, not left at 100%."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_description_str(name)
+            self.bar.refresh()
+        else:
+            log.info("loading: %s", name)
 
     def close(self) -> None:
         if self.bar is not None:

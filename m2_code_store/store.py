@@ -7,7 +7,7 @@ Layout (every command touches one key, so it works on Redis Cluster as it is):
   into the live generation: the count is exact again when that load ends, or recounted by the
   next load if it died or another writer touched it), ``loaded_at``, ``source``.
 - ``m2:{gen}:{bucket}`` (hash): barcode → customer code for the barcodes whose
-  ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 64 barcodes per bucket keeps each hash in
+  ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 32 barcodes per bucket keeps each hash in
   Redis' compact listpack encoding: about 16 bytes a record instead of about 85 for a plain key.
 - ``m2:gen-seq`` (counter) hands out generation numbers.
 - ``{m2:meta}:lock`` (string with a TTL: the loaders' lease) and ``{m2:meta}:generations`` (hash:
@@ -34,7 +34,7 @@ import redis
 PREFIX = "m2"
 T = TypeVar("T")
 META_TTL = 1.0  # seconds a reader trusts its copy of m2:meta
-TARGET_PER_BUCKET = 64
+TARGET_PER_BUCKET = 32
 MIN_BUCKETS = 1024
 
 

@@ -150,7 +150,7 @@ def test_outgrown_buckets_are_rebuilt_and_said_so(tmp_path, env, redis_client, c
     grown = tmp_path / "grown.csv"
     grown.write_text(HEADER + "".join(f"{i},2024-01-01,NA,\n" for i in range(100_000, 200_000)))
     assert main([str(grown)]) == 0
-    assert ("the store had outgrown its buckets, so this load rebuilt it into 2,048 buckets (memory per record "
+    assert ("the store had outgrown its buckets, so this load rebuilt it into 4,096 buckets (memory per record "
             "stays low)") in messages(capsys.readouterr().err)
     assert CodeStore(redis_client).lookup(["1", "150000"]) == ["NA", "NA"]
 

@@ -293,11 +293,11 @@ def test_incremental_loads_that_outgrow_the_buckets_rebuild_and_stay_compact(tmp
     assert read_generation(redis_client).buckets == 1024
     grown = export(tmp_path, "".join(f"{i},,NB,\n" for i in range(100_000, 200_000)), "grown.csv")
     result = load(redis_client, grown, grace=0)
-    assert result.rebuilt and result.buckets == 2048 and result.records == 100_001
+    assert result.rebuilt and result.buckets == 4096 and result.records == 100_001
     generation = read_generation(redis_client)
-    assert (generation.buckets, generation.count) == (2048, 100_001)
+    assert (generation.buckets, generation.count) == (4096, 100_001)
     assert store_of(redis_client).lookup(["1", "2", "100000", "199999"]) == ["NA", None, "NB", "NB"]
-    encodings = {redis_client.object("encoding", Layout().bucket_key(generation.gen, b)) for b in range(0, 2048, 7)}
+    encodings = {redis_client.object("encoding", Layout().bucket_key(generation.gen, b)) for b in range(0, 4096, 7)}
     assert encodings <= {"ziplist", "listpack"}
 
 
@@ -343,3 +343,52 @@ def test_bulk_writer_matches_a_model_of_latest_row_wins_across_slices(seed, tmp_
     assert result.records == len(expected)
     looked_up = store_of(redis_client).lookup(sorted(model))
     assert dict(zip(sorted(model), looked_up, strict=True)) == model
+
+
+def test_reloading_the_same_file_incrementally_does_not_rebuild(tmp_path, redis_client):
+    """The crowding check counts barcodes that are really new: the same 60,000 rows again would
+    have looked like 117 a bucket (once a rebuild of the whole store), but none of them is new."""
+    assert load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(30_000)), "a.csv")).buckets == 1024
+    rows = export(tmp_path, "".join(f"{i},,NA,\n" for i in range(60_000)))
+    first = load(redis_client, rows)
+    assert not first.rebuilt and first.buckets == 1024  # 59 a bucket: not crowded
+    again = load(redis_client, rows)
+    assert not again.rebuilt and again.buckets == 1024 and again.records == 60_000
+    grown = load(redis_client, export(tmp_path, "".join(f"{i},,NB,\n" for i in range(60_000, 120_000)), "g.csv"))
+    assert grown.rebuilt and grown.records == 120_000  # really new barcodes still rebuild
+
+
+def test_replace_lets_the_previous_generation_expire_instead_of_waiting_for_it(tmp_path, redis_client):
+    """Nobody waits the grace period: the old generation's keys expire by themselves after it."""
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(100))))
+    old = read_generation(redis_client)
+    slept = []
+    load(redis_client, export(tmp_path, "".join(f"{i},,NB,\n" for i in range(100)), "r.csv"), replace=True, grace=3.0,
+         sleep=slept.append)
+    assert slept == []
+    ttls = {redis_client.pttl(key) for key in redis_client.keys(f"m2:{old.gen}:*")}
+    assert ttls and all(0 < ttl <= 3000 for ttl in ttls)
+    assert not redis_client.hlen(Layout().generations)  # nothing left for the next load to clean
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_count_present_counts_the_files_final_barcodes_the_store_holds(seed, tmp_path, redis_client):
+    """Redis counts, bucket by bucket, the barcodes whose last row (in apply order) is an upsert
+    and that the store already holds: duplicates once, barcodes deleted at the end not at all."""
+    import random
+
+    from m2_code_store.bulk import count_present
+
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(0, 120, 2)), "store.csv"))
+    stored = {str(i) for i in range(0, 120, 2)}
+    rng = random.Random(seed)
+    lines, model = [], {}
+    for _ in range(400):
+        barcode, day = str(rng.randrange(120)), f"2024-01-{rng.randrange(1, 28):02d}"
+        deleted = rng.random() < 0.4
+        lines.append(f"{barcode},,,{day}" if deleted else f"{barcode},{day},NA,")
+        model.setdefault(barcode, []).append((day, len(lines), not deleted))
+    parsed = export(tmp_path, "\n".join(lines) + "\n")
+    present = {b for b, rows in model.items() if max(rows)[2]}
+    live = read_generation(redis_client)
+    assert count_present(redis_client, Layout(), live.gen, live.buckets, parsed, slice_rows=97) == len(present & stored)
