@@ -1,14 +1,17 @@
-"""API benchmark: 10 barcodes per request, 32 connections on loopback, this project's API vs a
-minimal reference Flask app (jsonify + redis-py MGET under ``gunicorn -w 2``), in the same run.
+"""API benchmark: 200 barcodes a request (what NYPL's indexer sends) and 10, 32 connections on
+loopback, this project's API vs a minimal reference Flask app (jsonify + redis-py MGET under
+``gunicorn -w 2``), in the same run; and a worker's start-up (import + create_app) against
+importing flask and redis alone.
 
-Both read the same 200,000 records from one local redis-server; the same load generator drives
-both. Prints throughput, p50 and p99 latency, and the throughput ratio.
+Both read the same 2,000,000 records from one local redis-server; the same load generator drives
+both. Prints throughput, p50 and p99 latency, and the ratios.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +28,7 @@ from bench.loadgen import run_load  # noqa: E402
 from simulators.redis_server import RedisServer, free_port  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", 10))
+RECORDS = int(os.environ.get("BENCH_API_RECORDS", 2_000_000))
 OUT = ROOT / "bench" / "out"
 
 
@@ -54,41 +58,72 @@ def measure(name: str, argv: list[str], env: dict, port: int, paths: list[str]) 
         process.wait(timeout=20)
 
 
+STARTUP = {
+    "flask + redis alone": "import flask, redis",
+    "m2_code_store.api + create_app()": "from m2_code_store.api import create_app; create_app()",
+}
+
+
+def startup(code: str, env: dict) -> tuple[float, float]:
+    """Median seconds and peak RSS (MB) of a fresh interpreter running *code*, over 5 runs."""
+    # VmHWM, not ru_maxrss: Linux carries the parent's maximum RSS across fork and exec into the latter.
+    probe = (f"import time; started = time.perf_counter(); {code}; seconds = time.perf_counter() - started; "
+             "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM')); "
+             "print(seconds, int(hwm.split()[1]) / 1024)")
+    runs = []
+    for _ in range(5):
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        runs.append(tuple(map(float, done.stdout.split())))
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     server = RedisServer(port=free_port(), data_dir=OUT / "redis-api").start()
     try:
-        csv_path = write_export(OUT / "api_200k.csv", 200_000, delete_share=0)
+        csv_path = write_export(OUT / f"api_{RECORDS}.csv", RECORDS, delete_share=0)
         env = {**os.environ, "REDIS_URL": server.url}
         subprocess.run([sys.executable, "-m", "m2_code_store.write_csv_to_redis", str(csv_path), "--quiet"],
                        cwd=ROOT, env=env, check=True, capture_output=True)
         client = redis.Redis(port=server.port)
-        lines = csv_path.read_text().splitlines()[1:]
-        records = [line.split(",") for line in lines]
-        pipe = client.pipeline(transaction=False)
-        for row in records:
-            pipe.set(f"ref:{row[0]}", row[2])
-        pipe.execute()
+        records = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+        for start in range(0, len(records), 100_000):
+            pipe = client.pipeline(transaction=False)
+            for row in records[start:start + 100_000]:
+                pipe.set(f"ref:{row[0]}", row[2])
+            pipe.execute()
         rng = random.Random(1)
         barcodes = [row[0] for row in records]
-        paths = ["/api/v0.1/m2-customer-codes?barcodes=" + ",".join(rng.sample(barcodes, 10)) for _ in range(2000)]
-        print(f"API benchmark: 10 barcodes a request, 32 connections, {SECONDS:g} s each, {os.cpu_count()} cores")
-        ref_port, our_port = free_port(), free_port()
-        reference = measure(
-            "reference (Flask jsonify + MGET, gunicorn -w 2)",
-            [sys.executable, "-m", "gunicorn", "-w", "2", "--chdir", str(ROOT / "bench"), "-b", f"127.0.0.1:{ref_port}", "reference_api:app"],
-            env, ref_port, paths)
-        ours = measure(
-            "m2-code-store serve (granian, 2 workers)",
-            [sys.executable, "-m", "m2_code_store", "serve", "--port", str(our_port), "--workers", "2"],
-            env, our_port, paths)
+        del records
+        print(f"API benchmark: {RECORDS:,} records, 32 connections, {SECONDS:g} s each, {os.cpu_count()} cores")
+        ratios = {}
+        for size in (200, 10):
+            paths = ["/api/v0.1/m2-customer-codes?barcodes=" + ",".join(rng.sample(barcodes, size)) for _ in range(2000)]
+            print(f"{size} barcodes a request:")
+            ref_port, our_port = free_port(), free_port()
+            reference = measure(
+                "  reference (Flask jsonify + MGET, gunicorn -w 2)",
+                [sys.executable, "-m", "gunicorn", "-w", "2", "--chdir", str(ROOT / "bench"), "-b", f"127.0.0.1:{ref_port}",
+                 "--limit-request-line", "0", "reference_api:app"],
+                env, ref_port, paths)
+            ours = measure(
+                "  m2-code-store serve (granian, 2 workers)",
+                [sys.executable, "-m", "m2_code_store", "serve", "--port", str(our_port), "--workers", "2"],
+                env, our_port, paths)
+            ratios[size] = ours / reference
         gunicorn_port = free_port()
-        ours_gunicorn = measure(
-            "m2-code-store serve --server gunicorn",
-            [sys.executable, "-m", "m2_code_store", "serve", "--port", str(gunicorn_port), "--workers", "2", "--server", "gunicorn"],
-            env, gunicorn_port, paths)
-        print(f"ratio ours (granian) / reference:  {ours / reference:4.2f}x  (target >= 2x)")
-        print(f"ratio ours (gunicorn) / reference: {ours_gunicorn / reference:4.2f}x")
+        print("10 barcodes a request, the other server:")
+        measure("  m2-code-store serve --server gunicorn",
+                [sys.executable, "-m", "m2_code_store", "serve", "--port", str(gunicorn_port), "--workers", "2", "--server", "gunicorn"],
+                env, gunicorn_port, paths)
+        print("a worker's start-up (median of 5 fresh interpreters):")
+        started = {name: startup(code, env) for name, code in STARTUP.items()}
+        for name, (seconds, rss) in started.items():
+            print(f"  {name:<44} {seconds:6.3f} s  {rss:5.0f} MB")
+        (base_s, _), (ours_s, ours_rss) = started.values()
+        print(f"ratio ours / reference, 200 barcodes: {ratios[200]:4.2f}x  (target >= 2x, aim 3x)")
+        print(f"ratio ours / reference, 10 barcodes:  {ratios[10]:4.2f}x  (target >= 2x)")
+        print(f"start-up ours / flask + redis:        {ours_s / base_s:4.2f}x  (target <= 1.6x), {ours_rss:.0f} MB (target <= 60 MB)")
     finally:
         server.stop()
 
