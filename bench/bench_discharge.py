@@ -45,7 +45,7 @@ def bench(rate: int, items: int = ITEMS) -> None:
         output = io.StringIO()
         started = time.monotonic()
         with contextlib.redirect_stdout(output):
-            status = main(["--config", str(config)])
+            status = main(["--config", str(config), "--quiet"])
         elapsed = time.monotonic() - started
         statuses = sim.call(lambda: [r["status"] for r in state.requests])
         times = sim.call(lambda: sorted(r["time"] for r in state.requests if r["status"] != 429))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -22,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alma import AlmaClient, AlmaError, AlmaRateLimited, AlmaResponse
+import aiohttp
+
+from alma import AlmaClient, AlmaError, AlmaRateLimited, AlmaResponse, SlidingWindowLimiter
+from loan_discharge.config import DischargeConfig
 from loan_discharge.decisions import ERROR, Next, RetryPolicy, Tries, Verdict, judge, when_stopped
 from loan_discharge.items import (
     ItemsTable,
@@ -42,11 +46,13 @@ __all__ = [
     "read_journal",
     "run_discharge",
     "discharge",
+    "discharge_from_config",
     "new_run_id",
     "results_path",
 ]
 
 Sleep = Callable[[float], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 JOURNAL = "journal.jsonl"  # in data_dir: one line per completed item of the current run
 
@@ -340,7 +346,7 @@ async def discharge(
     batch_size: int,
     daily_quota_floor: int = 0,
     retry: RetryPolicy | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     on_item: Callable[[ItemResult], None] | None = None,
     sleep: Sleep = asyncio.sleep,
     run_id: str | None = None,
@@ -348,7 +354,8 @@ async def discharge(
     """Run the scan-ins, journalling each item to data_dir/JOURNAL and rewriting the items file per batch.
 
     The raw answers of batch N go to ``results_path(data_dir, run_id, N)``, a new file: a file of
-    that name is never overwritten (the run fails loudly instead).
+    that name is never overwritten (the run fails loudly instead). Each batch is reported in one
+    line, to *echo* if given, else logged.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id(data_dir)
@@ -368,7 +375,11 @@ async def discharge(
         apply_results(table, (r.journal_entry() for r in results))
         write_items_atomic(table)
         journal.sync()
-        echo(_batch_snippet(number, results))
+        snippet = _batch_snippet(number, results)
+        if echo is not None:
+            echo(snippet)
+        else:
+            log.info("%s", snippet, extra={"event": "batch", "batch": number, "items": len(results)})
 
     try:
         return await run_discharge(
@@ -385,3 +396,30 @@ async def discharge(
         )
     finally:
         journal.close()
+
+
+async def discharge_from_config(
+    config: DischargeConfig,
+    table: ItemsTable,
+    requests: Sequence[ScanRequest],
+    *,
+    run_id: str,
+    on_item: Callable[[ItemResult], None] | None = None,
+) -> RunSummary:
+    """``discharge`` with the client, limiter and limits of *config*, over a session of its own."""
+    connector = aiohttp.TCPConnector(limit=config.concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
+        return await discharge(
+            requests,
+            table,
+            client=client,
+            limiter=SlidingWindowLimiter(config.rate_limit),
+            data_dir=config.data_dir,
+            concurrency=config.concurrency,
+            batch_size=config.batch_size,
+            daily_quota_floor=config.daily_quota_floor,
+            retry=RetryPolicy(max_attempts=config.max_attempts),
+            on_item=on_item,
+            run_id=run_id,
+        )

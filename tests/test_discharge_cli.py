@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from logtext import messages
 
 from loan_discharge.discharge_loans import main
 from loan_discharge.items import read_items
@@ -72,28 +73,34 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_full_run_then_resume_sends_nothing(
     tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A clean run exits 0 with a summary; a second run finds every row done and sends nothing."""
+    """A clean run exits 0 with a summary; a second run finds every row done and sends nothing.
+    The plan and the summary go to stdout; progress (one line per batch) is logged on stderr."""
     write_inputs(tmp_path, state, 30)
     config = write_config(tmp_path, sim.base_url, "batch_size: 20\n")
     assert main(["--config", str(config)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0] == f"items file {tmp_path / 'items.csv'}: 30 rows, 0 already done, 30 to send, 0 not sent"
-    assert "batch 1: 20 items: 20 returned and in place" in lines
-    assert "batch 2: 10 items: 10 returned and in place" in lines
+    logged = messages(err)
+    assert "batch 1: 20 items: 20 returned and in place" in logged
+    assert "batch 2: 10 items: 10 returned and in place" in logged
+    assert not any(line.startswith("batch ") for line in lines)
     assert "done: 30 (30 returned and in place)" in lines
     assert "failed: 0" in lines
     assert "skipped: 0 not sent (see the plan above), 0 already done" in lines
     assert any(re.fullmatch(r"elapsed: \d+\.\d s, 30 requests, \d+\.\d requests/s, 0 answered 429", line) for line in lines)
+    assert KEY not in out + err
     assert len(state.scans) == 30
     assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
 
     assert main(["--config", str(config)]) == 0
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 30 rows, 30 already done, 0 to send, 0 not sent"
-    assert "nothing to send" in out
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"items file {tmp_path / 'items.csv'}: 30 rows, 30 already done, 0 to send, 0 not sent",
+        "nothing to send",
+    ]
     assert len(state.requests) == 30
-    assert KEY not in out
+    assert KEY not in out + err
     assert not any(KEY in p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
 
 
@@ -223,7 +230,7 @@ def test_bad_usage_exits_2_with_a_message_and_sends_nothing(
     elif setup == "no-desks":
         (tmp_path / "desks.csv").unlink()
     assert main(argv) == 2
-    assert capsys.readouterr().err == f"discharge_loans: {message.format(tmp=tmp_path)}\n"
+    assert messages(capsys.readouterr().err) == [f"error: {message.format(tmp=tmp_path)}"]
     assert state.requests == []
 
 
@@ -233,6 +240,56 @@ def test_bad_limit_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--limit", "0"])
     assert caught.value.code == 2
     assert "--limit: must be a whole number >= 1, not '0'" in capsys.readouterr().err
+
+
+def test_version_quiet_verbose_and_log_file(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The options every command has: --version; --quiet leaves only warnings and errors on stderr
+    (the plan and the summary are still printed); --verbose adds debug lines (the configuration,
+    without the key); --log-file appends JSON lines, the summary among them with its counts."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0 and re.fullmatch(r"discharge_loans \S+\n", capsys.readouterr().out)
+
+    write_inputs(tmp_path, state, 4, unmapped=1)
+    config = write_config(tmp_path, sim.base_url, "batch_size: 2\n")
+    log_file = tmp_path / "discharge.log"
+    assert main(["--config", str(config), "--quiet", "--log-file", str(log_file)]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("items file ") and "done: 3 (3 returned and in place)" in out
+    assert messages(err) == []
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert all({"time", "level", "message"} <= set(entry) for entry in entries)
+    assert [e["message"] for e in entries if e.get("event") == "batch"] == ["batch 1: 2 items: 2 returned and in place",
+                                                                          "batch 2: 1 items: 1 returned and in place"]
+    (summary,) = [e for e in entries if e.get("event") == "summary"]
+    assert summary["message"].startswith("done: 3 (3 returned and in place); failed: 0; skipped: 1 not sent")
+    assert {k: summary[k] for k in ("rows", "to_send", "not_sent", "done", "failed", "not_finished", "requests",
+                                    "rate_limited", "stop_reason")} == {
+        "rows": 4, "to_send": 3, "not_sent": 1, "done": 3, "failed": 0, "not_finished": 0, "requests": 3,
+        "rate_limited": 0, "stop_reason": None,
+    }
+    assert summary["outcomes"] == {"returned and in place": 3}
+
+    assert main(["--config", str(config), "--verbose", "--log-file", str(log_file)]) == 1
+    err = capsys.readouterr().err
+    assert any(line.startswith(f"debug: configuration {config}: DischargeConfig(") for line in messages(err))
+    assert KEY not in err and KEY not in log_file.read_text()
+
+
+def test_an_unwritable_log_file_exits_2_before_anything_is_done(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--log-file in a directory that does not exist: exit 2, one line naming it, nothing sent."""
+    write_inputs(tmp_path, state, 2)
+    config = write_config(tmp_path, sim.base_url)
+    assert main(["--config", str(config), "--log-file", str(tmp_path / "no" / "such.log")]) == 2
+    assert capsys.readouterr().err == (
+        f"discharge_loans: cannot open --log-file {tmp_path / 'no' / 'such.log'}: No such file or directory; "
+        "nothing was sent\n"
+    )
+    assert state.requests == []
 
 
 @pytest.mark.parametrize(
@@ -278,14 +335,16 @@ def test_kill_9_mid_run_loses_nothing_and_resends_only_what_was_in_flight(tmp_pa
 
         second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         assert second.returncode == 0, second.stdout + second.stderr
-        took_over, plan_line = second.stdout.splitlines()[:2]
+        took_over = messages(second.stderr)[0]
+        plan_line = second.stdout.splitlines()[0]
         assert re.fullmatch(
-            rf"took over the lock of an earlier run \(pid {process.pid} on {re.escape(socket.gethostname())}, "
+            rf"warning: took over the lock of an earlier run \(pid {process.pid} on {re.escape(socket.gethostname())}, "
             r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\) that ended without releasing it",
             took_over,
         )
         assert f"{len(journalled)} already done" in plan_line
-        assert f"recovered {len(journalled)} results from the journal of an interrupted run" in second.stdout
+        assert any(line.startswith(f"recovered {len(journalled)} results from the journal of an interrupted run")
+                   for line in messages(second.stderr))
         scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
 
     assert set(scans) == {pid("23", n) for n in range(80)}
@@ -315,9 +374,9 @@ def test_a_new_export_after_a_finished_run_is_sent_again(
     (tmp_path / "items.csv").write_bytes(export)
     capsys.readouterr()
     assert main(["--config", str(config)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 3 rows, 0 already done, 3 to send, 0 not sent"
-    assert "recovered" not in out
+    assert "recovered" not in out + err
     assert Counter(s[0] for s in state.scans) == {pid("23", n): 2 for n in range(3)}
 
 
@@ -334,8 +393,8 @@ def test_journal_of_another_items_list_is_refused_not_merged(
     journal.write_text(json.dumps({**entry, "items": "0123456789abcdef"}) + "\n")
     before = (tmp_path / "items.csv").read_bytes()
     assert main(["--config", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert f"{journal} holds 1 results of an interrupted run over a different items list than " in err
+    (err,) = messages(capsys.readouterr().err)
+    assert err.startswith(f"error: {journal} holds 1 results of an interrupted run over a different items list than ")
     assert "Nothing was sent." in err and "move the journal aside" in err
     assert state.scans == [] and (tmp_path / "items.csv").read_bytes() == before
 
@@ -344,7 +403,11 @@ def test_journal_of_another_items_list_is_refused_not_merged(
     same_list = items_fingerprint(read_items(tmp_path / "items.csv", "auto"))
     journal.write_text(json.dumps({**entry, "items": same_list}) + "\n")
     assert main(["--config", str(config)]) == 0
-    assert "recovered 1 results from the journal of an interrupted run" in capsys.readouterr().out
+    (kept,) = [line for line in messages(capsys.readouterr().err) if line.startswith("recovered")]
+    assert re.fullmatch(
+        r"recovered 1 results from the journal of an interrupted run \(journal kept as (journal-merged-\S+\.jsonl)\)", kept
+    )
+    assert (tmp_path / "data" / kept.split()[-1].rstrip(")")).exists() and not journal.exists()
     assert sorted(s[0] for s in state.scans) == [pid("23", 1), pid("23", 2)]
 
 
@@ -451,10 +514,11 @@ def test_a_second_run_while_one_is_running_exits_2_at_once_and_sends_nothing(
         assert time.monotonic() - started < 5  # at once, not after the first run
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert refused.stdout == ""
+        (refusal,) = messages(refused.stderr)
         assert re.fullmatch(
-            rf"discharge_loans: {holder_pattern(first.pid, tmp_path / 'items.csv', tmp_path / 'data')}: "
-            r"wait for it to finish; nothing was sent\n",
-            refused.stderr,
+            rf"error: {holder_pattern(first.pid, tmp_path / 'items.csv', tmp_path / 'data')}: "
+            r"wait for it to finish; nothing was sent",
+            refusal,
         )
         assert requests_seen(sim) == 20  # only the first run's, held at the gate
 
@@ -463,7 +527,7 @@ def test_a_second_run_while_one_is_running_exits_2_at_once_and_sends_nothing(
         assert first.returncode == 0, out + err
         scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
     assert scans == {pid("23", n): 1 for n in range(20)}
-    run_id = re.search(r"^run (\S+): ", out, re.M).group(1)  # type: ignore[union-attr]
+    run_id = re.search(r"^run (\S+): ", "\n".join(messages(err)), re.M).group(1)  # type: ignore[union-attr]
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [f"results-{run_id}-batch-{n}.json" for n in range(1, 5)]
     assert not (tmp_path / "items.csv.lock").exists()  # released: the lock files are gone
 
@@ -494,14 +558,14 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
         second = run_to_end(config, cwd="/")
         scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
     assert second.returncode == 0, second.stdout + second.stderr
-    lines = second.stdout.splitlines()
+    logged = messages(second.stderr)
     assert re.fullmatch(
-        rf"took over the lock of an earlier run \(pid {first.pid} on {re.escape(socket.gethostname())}, "
+        rf"warning: took over the lock of an earlier run \(pid {first.pid} on {re.escape(socket.gethostname())}, "
         r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\) that ended without releasing it",
-        lines[0],
+        logged[0],
     )
-    assert lines[1] == f"items file {tmp_path / 'items.csv'}: 30 rows, 12 already done, 18 to send, 0 not sent"
-    assert "recovered 12 results from the journal of an interrupted run" in second.stdout
+    assert second.stdout.splitlines()[0] == f"items file {tmp_path / 'items.csv'}: 30 rows, 12 already done, 18 to send, 0 not sent"
+    assert any(line.startswith("recovered 12 results from the journal of an interrupted run") for line in logged)
     assert scans == {pid("23", n): 1 for n in range(30)}
     assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)
     assert not (tmp_path / "data" / "discharge.lock").exists() and not (tmp_path / "items.csv.lock").exists()
@@ -515,7 +579,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(
 def test_ctrl_c_or_sigterm_ends_with_one_line_saying_what_was_done_and_that_a_rerun_resumes(
     tmp_path: Path, start: Callable[..., subprocess.Popen[str]], signum: int, status: int, what: str
 ) -> None:
-    """SIGINT (Ctrl-C) or SIGTERM (systemd stop, `timeout`) mid-run: no traceback, one line on stderr
+    """SIGINT (Ctrl-C) or SIGTERM (systemd stop, `timeout`) mid-run: no traceback, one error logged
     with what this run did, exit 1 (Ctrl-C) or 143 (SIGTERM), the journal flushed with every finished
     item, both lock files removed; the next run resumes where it stopped."""
     state = AlmaState(per_second_limit=1000, api_keys={KEY})
@@ -530,10 +594,11 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_saying_what_was_done_and_that_a_re
         first.send_signal(signum)
         out, err = first.communicate(timeout=20)
         assert first.returncode == status, out + err
-        assert err == (
-            f"{what}: 5 items done and 0 failed in this run are saved in {tmp_path / 'items.csv'}; "
-            "15 not finished: run again to resume\n"
-        )
+        assert "Traceback" not in err
+        assert [line for line in messages(err) if line.startswith(("error:", "warning:"))] == [
+            f"error: {what}: 5 items done and 0 failed in this run are saved in {tmp_path / 'items.csv'}; "
+            "15 not finished: run again to resume"
+        ]
         assert sum(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows) == 5
         assert sum(entry["done"] for entry in read_journal(journal)) == 5
         assert not (tmp_path / "data" / "discharge.lock").exists()
@@ -551,7 +616,7 @@ def test_sigterm_before_any_item_was_sent_says_so_and_releases_the_locks(
 ) -> None:
     """A real SIGTERM while the run reads its items file under the locks: one line, exit 143, both
     lock files removed, nothing sent; the handler the caller had is back afterwards."""
-    import loan_discharge.discharge_loans as command
+    import loan_discharge.resume as resume
 
     write_inputs(tmp_path, state, 3)
     config = write_config(tmp_path, sim.base_url)
@@ -567,13 +632,13 @@ def test_sigterm_before_any_item_was_sent_says_so_and_releases_the_locks(
     def not_handled(signum: int, frame: object) -> None:  # instead of killing pytest
         pytest.fail("discharge_loans left SIGTERM to its caller's handler")
 
-    monkeypatch.setattr(command, "read_items", read_then_sigterm)
+    monkeypatch.setattr(resume, "read_items", read_then_sigterm)
     before = signal.signal(signal.SIGTERM, not_handled)
     try:
         assert main(["--config", str(config)]) == 143
         assert signal.getsignal(signal.SIGTERM) is not_handled
     finally:
         signal.signal(signal.SIGTERM, before)
-    assert capsys.readouterr().err == "terminated (SIGTERM) before any item was sent: run again to start\n"
+    assert messages(capsys.readouterr().err) == ["error: terminated (SIGTERM) before any item was sent: run again to start"]
     assert not (tmp_path / "items.csv.lock").exists() and not (tmp_path / "data" / "discharge.lock").exists()
     assert sim.call(lambda: list(state.requests)) == []
