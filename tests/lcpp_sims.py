@@ -1,6 +1,7 @@
-"""Shared fixtures for the libcal_passagepoint tests: the three simulators on loopback and a config.
+"""The libcal_passagepoint tests' world: the three simulators on loopback and a config for them.
 
-Other ``test_lcpp_*`` modules import these fixtures; the one test here checks the fixture itself.
+``tests/lcpp/conftest.py`` makes the ``sims`` fixture available to every test under ``tests/lcpp/``;
+others (``tests/deploy/``) import it from here.
 """
 
 from __future__ import annotations
@@ -156,11 +157,3 @@ async def sims(aiohttp_server: Any, tmp_path: Path) -> Sims:
     config = load_config(path, environ={})
     return Sims(libcal, alma, pp, path, config, tmp_path)
 
-
-async def test_fixture_points_the_original_config_at_the_simulators(sims: Sims) -> None:
-    """The fixture's config is the original app's file and reaches all three simulators."""
-    sims.add_patron(1)
-    sims.add_booking("cs_one", "G00000001")
-    result = await sims.run()
-    assert result.registered == ["cs_one"]
-    assert all(count > 0 for count in sims.counts())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_lcpp_fixtures import write_config
+from lcpp_sims import write_config
 
 from libcal_passagepoint.config import ConfigError, Location, load_config
 
@@ -158,7 +158,7 @@ def test_location_mapping_keys_may_be_strings(tmp_path: Path) -> None:
 
 def test_example_config_in_the_package_is_valid() -> None:
     """libcal_passagepoint/config.example.yml loads (it is what the README tells people to copy)."""
-    path = Path(__file__).parent.parent / "libcal_passagepoint" / "config.example.yml"
+    path = Path(__file__).resolve().parents[2] / "libcal_passagepoint" / "config.example.yml"
     config = load_config(path, environ={})
     assert [location.id for location in config.libcal.locations] == [8827, 9911]
 

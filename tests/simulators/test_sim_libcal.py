@@ -16,7 +16,7 @@ from simulators.libcal import LibCalState, create_app, load_bookings
 
 TODAY = date(2026, 11, 22)
 CREDENTIALS = {"client_id": "cid", "client_secret": "secret", "grant_type": "client_credentials"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:

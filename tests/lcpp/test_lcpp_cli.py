@@ -11,15 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_lcpp_fixtures
+from lcpp_sims import DAY, Sims, write_config
 from logtext import messages
-from test_lcpp_fixtures import DAY, Sims, write_config
 
 from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.cli import main, parse_duration
 from libcal_passagepoint.runner import cache_lock
-
-sims = test_lcpp_fixtures.sims  # the shared fixture
 
 
 async def _cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from test_lcpp_fixtures import GELMAN, Sims, sims  # noqa: F401 - the fixture
+from lcpp_sims import GELMAN, Sims
 
 from alma import AlmaUnauthorized, SlidingWindowLimiter
 from libcal_passagepoint.alma_users import AlmaUsers

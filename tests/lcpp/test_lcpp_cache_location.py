@@ -20,15 +20,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import test_lcpp_fixtures
+from lcpp_sims import DAY, Sims, write_config
 from logtext import messages
-from test_lcpp_fixtures import DAY, Sims, write_config
 
 from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.config import load_config
 from libcal_passagepoint.runner import CacheBusy, cache_lock
 
-sims = test_lcpp_fixtures.sims  # the shared fixture
 UNREACHABLE = {"libcal": "http://127.0.0.1:1", "alma": "http://127.0.0.1:1", "pp": "http://127.0.0.1:1"}
 
 

@@ -10,15 +10,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-import test_lcpp_fixtures
 from aiosmtpd.controller import Controller
-from test_lcpp_fixtures import Sims
+from lcpp_sims import Sims
 
 from libcal_passagepoint.alerts import EmailAlerts
 from libcal_passagepoint.cache import Cache
 from libcal_passagepoint.config import EmailConfig
-
-sims = test_lcpp_fixtures.sims  # the shared fixture
 
 
 class _Inbox:

@@ -26,7 +26,7 @@ from simulators.alma import AlmaItem, AlmaState
 from simulators.thread import SimulatorThread
 
 KEY = "cli-secret-key-5678"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEADER = "\ufeffMMS Id,Holding Id,Physical Item Id,Library Code,Location Code,Temporary Location Code,Temporary Physical Location In Use"
 
 

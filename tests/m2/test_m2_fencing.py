@@ -31,7 +31,7 @@ from m2_code_store.las_csv import read_export
 from m2_code_store.loader import LoadStopped, LockLost, load
 from m2_code_store.store import CodeStore, Layout, read_generation
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 
 

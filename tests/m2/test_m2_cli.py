@@ -15,7 +15,7 @@ from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import main
 from simulators.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 SUMMARY = re.compile(
     r"^read (?P<read>[\d,]+) rows: (?P<written>[\d,]+) written, (?P<deleted>[\d,]+) deleted \((?P<removed>[\d,]+) removed "

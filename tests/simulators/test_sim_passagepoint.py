@@ -20,7 +20,7 @@ from simulators.passagepoint import (
 
 BASE = "/pp/api/v2"
 LOGIN = {"username": "svc", "password": "pw"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VISITOR = {
     "category": "Student",
     "firstName": "Ada",

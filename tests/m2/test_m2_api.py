@@ -21,7 +21,7 @@ from m2_code_store.loader import load
 from simulators.redis_server import RedisServer, free_port
 from toolconfig import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 PATHS = ["/api/v0.1/m2-customer-code", "/api/v0.1/m2-customer-codes"]
 

@@ -6,14 +6,11 @@ import time
 from datetime import datetime
 
 import pytest
-import test_lcpp_fixtures
-from test_lcpp_fixtures import DAY, ECKLES, GELMAN, Sims
+from lcpp_sims import DAY, ECKLES, GELMAN, Sims
 
 from libcal_passagepoint.cli import main
 from libcal_passagepoint.passagepoint import PassagePointAuthError
 from libcal_passagepoint.sync import Failure
-
-sims = test_lcpp_fixtures.sims  # the shared fixture
 
 
 async def test_first_pass_registers_each_booking_once_with_exact_payloads(sims: Sims) -> None:
@@ -343,3 +340,12 @@ async def test_a_run_purges_patron_data_past_the_retention_once_a_day(sims: Sims
         cache.record_intent(old, visitor_id=7, user=("G7", "2227", "UGRD"))
         await run_passes(config, cache, date=DAY, install_signal_handlers=False)
         assert cache.booking("cs_old") is not None  # purged already today
+
+
+async def test_fixture_points_the_original_config_at_the_simulators(sims: Sims) -> None:
+    """The fixture's config is the original app's file and reaches all three simulators."""
+    sims.add_patron(1)
+    sims.add_booking("cs_one", "G00000001")
+    result = await sims.run()
+    assert result.registered == ["cs_one"]
+    assert all(count > 0 for count in sims.counts())

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pytest
 import redis
-import test_lcpp_fixtures
 from gunicorn.config import GracefulTimeout
-from test_lcpp_fixtures import DAY, Sims
+from lcpp_sims import DAY, Sims
 
 import libcal_passagepoint.cli as lcpp_cli
 import m2_code_store.cli as m2_cli
@@ -46,9 +45,7 @@ from m2_code_store.write_csv_to_redis import parse_args as loader_parse_args
 from simulators.redis_server import free_port
 from toolconfig import ConfigError
 
-sims = test_lcpp_fixtures.sims  # the shared fixture
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent  # the console scripts of this checkout's installation
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

@@ -7,12 +7,9 @@ import sys
 import textwrap
 from dataclasses import replace
 
-import test_lcpp_fixtures
-from test_lcpp_fixtures import DAY, Sims
+from lcpp_sims import DAY, Sims
 
 from libcal_passagepoint.cache import Cache
-
-sims = test_lcpp_fixtures.sims  # the shared fixture
 
 # A real process that runs one pass and dies (os._exit: no cleanup, no commit) right after
 # PassagePoint answered createPreReg for the first booking, before the answer is saved.

@@ -28,7 +28,7 @@ KEY = "test-key"
 OTHER_KEY = "other-zone-key"
 JSON_HEADERS = {"Authorization": f"apikey {KEY}", "Accept": "application/json"}
 TRACKING_ID = re.compile(r"^E01-\d{10}-[A-Z0-9]{5}$")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 LOANED = AlmaItem(
     mms_id="991234560001234",

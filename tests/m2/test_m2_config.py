@@ -18,7 +18,7 @@ from m2_code_store.embedded import stop_local_server
 from simulators.redis_server import free_port
 from toolconfig import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def encrypt(kms, plaintext: str) -> str:
