@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from m2_code_store.rules import BARCODE_RE, MAX_BARCODE_LENGTH, shown  # the loader's own rules
+# The loader's own rules.
+from m2_code_store.rules import BARCODE_LIST_RE, BARCODE_RE, MAX_BARCODE_LENGTH, shown
 
 
 class BarcodeError(ValueError):
@@ -35,6 +36,18 @@ def _split_value(value: str) -> list[str]:
 def parse_barcodes(values: Iterable[str], *, limit: int) -> list[str]:
     """Barcodes from every ``barcodes`` parameter value, in order, each once."""
     values = list(values)
+    if len(values) == 1 and BARCODE_LIST_RE.fullmatch(values[0]):
+        barcodes = values[0].split(",")  # what clients send, checked by one regular expression
+    else:
+        barcodes = _checked(values)
+    unique = list(dict.fromkeys(barcodes))
+    if len(unique) > limit:
+        raise BarcodeError(f"too many barcodes: {len(unique)} given, at most {limit} per request; split the request")
+    return unique
+
+
+def _checked(values: list[str]) -> list[str]:
+    """Every barcode of *values*, each checked, or a BarcodeError saying which is wrong and how."""
     if not values:
         raise BarcodeError("query parameter 'barcodes' is missing: add ?barcodes=1234,5678")
     barcodes: list[str] = []
@@ -42,7 +55,6 @@ def parse_barcodes(values: Iterable[str], *, limit: int) -> list[str]:
         barcodes.extend(_split_value(value))
     if not barcodes or all(not b for b in barcodes):
         raise BarcodeError("query parameter 'barcodes' is empty: give one or more barcodes, e.g. ?barcodes=1234,5678")
-    seen: dict[str, None] = {}
     for position, barcode in enumerate(barcodes, start=1):
         if not barcode:
             raise BarcodeError(f"barcode {position} of {len(barcodes)} is empty (two commas in a row, or a trailing comma?)")
@@ -50,7 +62,4 @@ def parse_barcodes(values: Iterable[str], *, limit: int) -> list[str]:
             raise BarcodeError(f"barcode {shown(barcode)} is longer than {MAX_BARCODE_LENGTH} characters")
         if not BARCODE_RE.fullmatch(barcode):
             raise BarcodeError(f"barcode {shown(barcode)} has characters outside A-Z, a-z, 0-9, '.', '_' and '-'")
-        seen.setdefault(barcode)
-    if len(seen) > limit:
-        raise BarcodeError(f"too many barcodes: {len(seen)} given, at most {limit} per request; split the request")
-    return list(seen)
+    return barcodes

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["BARCODE_PATTERN", "BARCODE_RE", "CUSTOMER_CODE_PATTERN", "MAX_BARCODE_LENGTH", "SHOWN_CHARACTERS", "shown"]
+__all__ = ["BARCODE_LIST_RE", "BARCODE_PATTERN", "BARCODE_RE", "CUSTOMER_CODE_PATTERN", "MAX_BARCODE_LENGTH",
+           "SHOWN_CHARACTERS", "shown"]
 
-BARCODE_PATTERN = r"^[A-Za-z0-9._-]{1,48}$"
-BARCODE_RE = re.compile(BARCODE_PATTERN)
 MAX_BARCODE_LENGTH = 48  # 1000 of them fit the API's 65,000-byte query string
+_BARCODE = rf"[A-Za-z0-9._-]{{1,{MAX_BARCODE_LENGTH}}}"
+BARCODE_PATTERN = rf"^{_BARCODE}$"
+BARCODE_RE = re.compile(BARCODE_PATTERN)
+BARCODE_LIST_RE = re.compile(rf"{_BARCODE}(?:,{_BARCODE})*")  # valid barcodes, comma-separated, nothing else
 CUSTOMER_CODE_PATTERN = r"^[A-Za-z0-9._-]{1,32}$"
 SHOWN_CHARACTERS = 40
 

@@ -36,11 +36,18 @@ T = TypeVar("T")
 META_TTL = 1.0  # seconds a reader trusts its copy of m2:meta
 TARGET_PER_BUCKET = 32
 MIN_BUCKETS = 1024
+MAX_CACHED_HEADS = 1 << 18  # a reader keeps the packed "HGET key" of at most this many buckets (~16 MB)
 
 
 def bucket_of(barcode: str, buckets: int) -> int:
     """The bucket that holds *barcode* in a generation of *buckets* buckets."""
     return zlib.crc32(barcode.encode()) & (buckets - 1)
+
+
+def _command_head(layout: Layout, gen: int, bucket: int) -> bytes:
+    """``HGET m2:{gen}:{bucket}`` in the Redis protocol, up to the field."""
+    key = f"{layout.prefix}:{gen}:{bucket}".encode()
+    return b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
 
 def buckets_for(records: int) -> int:
@@ -138,6 +145,7 @@ class CodeStore:
         self._generation: Generation | None = None
         self._fetched_at = float("-inf")
         self._paused_until = float("-inf")
+        self._heads: tuple[int, list[bytes | None]] = (-1, [])  # (generation, its buckets' HGET heads as built)
 
     def _guard(self, call: Callable[[], T]) -> T:
         if self.clock() < self._paused_until:
@@ -166,15 +174,22 @@ class CodeStore:
             return [None] * len(barcodes)
         # One HGET per barcode, packed by hand: a request's barcodes fall in different buckets
         # (200 of them among tens of thousands), so grouping them into HMGETs saves nothing.
+        if self._heads[0] != generation.gen:  # each bucket's packed "HGET key", kept for its generation
+            self._heads = (generation.gen, [None] * min(generation.buckets, MAX_CACHED_HEADS))
+        heads = self._heads[1]
         mask = generation.buckets - 1
-        prefix = f"{self.layout.prefix}:{generation.gen}:".encode()
         crc32 = zlib.crc32
-        parts = []
+        parts: list[bytes] = []
         for barcode in barcodes:
             field = barcode.encode()
-            key = b"%s%d" % (prefix, crc32(field) & mask)
-            parts.append(b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(field), field))
-        return [value.decode() if value is not None else None for value in self._pipelined(b"".join(parts), len(parts))]
+            bucket = crc32(field) & mask
+            head = heads[bucket] if bucket < len(heads) else None
+            if head is None:
+                head = _command_head(self.layout, generation.gen, bucket)
+                if bucket < len(heads):
+                    heads[bucket] = head
+            parts += (head, b"$%d\r\n" % len(field), field, b"\r\n")
+        return self._pipelined(b"".join(parts), len(barcodes))
 
     def _pipelined(self, payload: bytes, replies: int) -> list:
         """Send pre-packed commands on one pooled connection and read their replies.
@@ -208,27 +223,31 @@ class CodeStore:
         return {"records": generation.count, "generation": generation.gen, "loadedAt": generation.loaded_at or None}
 
 
+_INCOMPLETE = object()  # what the reader returns when no whole reply is buffered
+
+
 def _read_replies(connection: redis.connection.AbstractConnection, count: int) -> list:
-    """*count* replies read from *connection*'s socket with a hiredis reader (simple values only)."""
+    """*count* replies read from *connection*'s socket with a hiredis reader (simple values only,
+    bulk strings decoded as UTF-8)."""
     sock = connection._sock  # type: ignore[attr-defined]
     if sock is None:
         raise redis.exceptions.ConnectionError("the connection to Redis is not open")
-    reader = hiredis.Reader()
+    reader = hiredis.Reader(encoding="utf-8", errors="replace", notEnoughData=_INCOMPLETE)
     replies: list = []
-    while len(replies) < count:
-        reply = reader.gets()
-        if reply is False:
-            try:
-                data = sock.recv(65536)
-            except TimeoutError as exc:
-                raise redis.exceptions.TimeoutError("Redis did not answer in time") from exc
-            except OSError as exc:
-                raise redis.exceptions.ConnectionError(f"the connection to Redis failed: {exc}") from exc
-            if not data:
-                raise redis.exceptions.ConnectionError("Redis closed the connection")
-            reader.feed(data)
-            continue
-        if isinstance(reply, hiredis.ReplyError):
-            raise redis.exceptions.ResponseError(str(reply))
-        replies.append(reply)
+    while True:
+        replies.extend(iter(reader.gets, _INCOMPLETE))  # every whole reply buffered, in a C loop
+        if len(replies) >= count:
+            break
+        try:
+            data = sock.recv(65536)
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError("Redis did not answer in time") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(f"the connection to Redis failed: {exc}") from exc
+        if not data:
+            raise redis.exceptions.ConnectionError("Redis closed the connection")
+        reader.feed(data)
+    if hiredis.ReplyError in set(map(type, replies)):
+        error = next(reply for reply in replies if isinstance(reply, hiredis.ReplyError))
+        raise redis.exceptions.ResponseError(str(error))
     return replies

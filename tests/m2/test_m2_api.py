@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from m2_code_store.api import create_app
+from m2_code_store.barcodes import BarcodeError, _checked, parse_barcodes
 from m2_code_store.config import StoreTarget
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
@@ -252,3 +255,13 @@ def test_the_api_process_imports_no_pyarrow_numpy_or_pandas_even_after_a_lookup(
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@given(st.lists(st.from_regex(r"[A-Za-z0-9._-]{1,48}", fullmatch=True), min_size=1, max_size=30))
+def test_the_one_regex_path_answers_as_the_checked_path(barcodes):
+    """What clients send (valid barcodes, comma-separated) takes one regular expression; the
+    result is the same as checking barcode by barcode."""
+    value = ",".join(barcodes)
+    assert parse_barcodes([value], limit=1000) == list(dict.fromkeys(_checked([value])))
+    with pytest.raises(BarcodeError, match="is empty"):
+        parse_barcodes([value + ","], limit=1000)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import zlib
 
 import pytest
 import redis
@@ -392,3 +393,33 @@ def test_count_present_counts_the_files_final_barcodes_the_store_holds(seed, tmp
     present = {b for b, rows in model.items() if max(rows)[2]}
     live = read_generation(redis_client)
     assert count_present(redis_client, Layout(), live.gen, live.buckets, parsed, slice_rows=97) == len(present & stored)
+
+
+def test_one_reader_follows_a_replace_to_a_generation_of_another_size(tmp_path, redis_client):
+    """The reader keeps each bucket's packed command for its generation only: after a replace
+    with more buckets, a long-lived reader looks up in the new generation, bucket by bucket."""
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(100))))
+    store = CodeStore(redis_client, meta_ttl=0)
+    assert store.lookup(["1", "99", "100"]) == ["NA", "NA", None]
+    load(redis_client, export(tmp_path, "".join(f"{i},,NB,\n" for i in range(1, 40_001)), "big.csv"),
+         replace=True, force=True, grace=0)
+    assert read_generation(redis_client, Layout()).buckets > 1024
+    barcodes = [str(i) for i in range(0, 40_002, 97)]
+    assert store.lookup(barcodes) == [None if b in ("0", "40001") else "NB" for b in barcodes]
+
+
+def test_a_reader_past_its_cache_of_packed_commands_still_answers(tmp_path, redis_client, monkeypatch):
+    monkeypatch.setattr("m2_code_store.store.MAX_CACHED_HEADS", 16)  # buckets 16 and up are packed each time
+    load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(500))))
+    barcodes = [str(i) for i in range(0, 600, 3)]
+    assert CodeStore(redis_client).lookup(barcodes) == ["NA" if int(b) < 500 else None for b in barcodes]
+
+
+def test_a_refused_lookup_raises_with_redis_message(tmp_path, redis_client):
+    load(redis_client, export(tmp_path, "1,,NA,\n"))
+    generation = read_generation(redis_client, Layout())
+    bucket = zlib.crc32(b"1") & (generation.buckets - 1)
+    redis_client.delete(f"m2:{generation.gen}:{bucket}")
+    redis_client.set(f"m2:{generation.gen}:{bucket}", "not a hash")
+    with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
+        CodeStore(redis_client).lookup(["2", "1"])
