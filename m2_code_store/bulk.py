@@ -33,7 +33,8 @@ from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
 
 CHUNK_BYTES = 1 << 20
-SLICE_ROWS_MIN = 250_000  # with at least ~16 rows a bucket per slice: full commands
+HSET, HDEL, HMGET = 0, 1, 2  # the kinds of command in a write stream
+SLICE_ROWS_MIN = 65_536  # rows are sorted by bucket and slices end where a bucket does: size is only memory
 
 
 def _crc_table(polynomial: int) -> np.ndarray:
@@ -56,6 +57,7 @@ class WriteResult:
     added: int = 0  # fields that did not exist before (HSET replies)
     removed: int = 0  # fields that existed and were deleted (HDEL replies)
     commands: int = 0
+    kept: int = 0  # with compare_with: the file's barcodes (present once applied) that generation holds
 
 
 class BulkWriteError(redis.exceptions.ResponseError):
@@ -134,10 +136,15 @@ class _CodeSegments:
 
 def _slice_protocol(
     prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments,
-    rows: np.ndarray, commute: bool,
-) -> tuple[memoryview, np.ndarray]:
-    """The Redis protocol for the source rows *rows* (in apply order) as one buffer, and the
-    kind (True = HDEL) of each command."""
+    rows: np.ndarray, commute: bool, compare: tuple[int, np.ndarray] | None = None,
+) -> tuple[list[memoryview], np.ndarray]:
+    """The Redis protocol for the source rows *rows* (in apply order), and the kind (HSET, HDEL,
+    HMGET) of each command.
+
+    With *compare* (a generation with as many buckets, and which source rows are final: see
+    :func:`final_rows`), the final rows' barcodes are also looked up in that generation, one
+    HMGET per bucket, from the same sorted barcodes.
+    """
     bucket = crc[rows] & np.uint32(buckets - 1)
     bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket  # uint16 sorts by radix
     deletes = parsed.source_deletes[rows]
@@ -159,14 +166,14 @@ def _slice_protocol(
     is_start = np.ones(len(bucket), dtype=bool)
     is_start[1:] = (bucket[1:] != bucket[:-1]) | (deletes[1:] != deletes[:-1])
     starts = np.flatnonzero(is_start)
-    run_kinds = deletes[starts]
+    run_kinds = deletes[starts].astype(np.int8)  # HSET (0) or HDEL (1)
     run_lengths = np.diff(np.append(starts, len(bucket)))
     keys = pc.binary_join_element_wise(
         pa.scalar(f"{prefix}:{gen}:"), pc.cast(pa.array(bucket[starts]), pa.string()), ""
     )
     headers = pc.binary_join_element_wise(
-        pa.scalar("*"), pc.cast(pa.array(2 + run_lengths * np.where(run_kinds, 1, 2)), pa.string()),
-        pc.if_else(pa.array(run_kinds), pa.scalar("\r\n$4\r\nHDEL\r\n$"), pa.scalar("\r\n$4\r\nHSET\r\n$")),
+        pa.scalar("*"), pc.cast(pa.array(2 + run_lengths * np.where(run_kinds == HDEL, 1, 2)), pa.string()),
+        pc.if_else(pa.array(run_kinds == HDEL), pa.scalar("\r\n$4\r\nHDEL\r\n$"), pa.scalar("\r\n$4\r\nHSET\r\n$")),
         pc.cast(pc.binary_length(keys), pa.string()), pa.scalar("\r\n"), keys, pa.scalar("\r\n"), "",
     )
     headers = pa.concat_arrays([headers, pa.array([""], type=pa.string())])  # last: "no header"
@@ -180,7 +187,13 @@ def _slice_protocol(
     )
     offsets, _ = _string_buffers(protocol)
     data = memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]
-    return data, run_kinds
+    if compare is None:
+        return [data], run_kinds
+    other_gen, final = compare
+    keep = final[sorted_rows]  # still sorted by bucket
+    lookups, count = _runs_protocol(prefix, other_gen, bucket[keep], pc.filter(sorted_barcodes, pa.array(keep)),
+                                    "\r\n$5\r\nHMGET\r\n$", extra_args=1)
+    return [data, lookups], np.concatenate([run_kinds, np.full(count, HMGET, dtype=np.int8)])
 
 
 class _Sender(threading.Thread):
@@ -246,7 +259,7 @@ class _Receiver(threading.Thread):
 
 def _stream(
     client: redis.Redis,
-    slices: Iterator[tuple[memoryview, int, int]],
+    slices: Iterator[tuple[list[memoryview], int, int]],
     *,
     progress: Callable[[int], None] | None = None,
     before_send: Callable[[], None] | None = None,
@@ -255,7 +268,7 @@ def _stream(
     """Send each slice's pre-built commands on one connection while the next is built; return
     ``each(reply)`` of every reply, in order (an error reply as it is, for the caller to raise).
 
-    *slices* yields (protocol, commands in it, rows done). *before_send* runs (in the sending
+    *slices* yields (protocol buffers, commands in them, rows done). *before_send* runs (in the sending
     thread) before each chunk of about a megabyte goes out; if it raises, nothing more is sent and
     the error is raised here. If this function is left by an exception (an interrupt included),
     slices still queued are dropped, not sent.
@@ -277,9 +290,10 @@ def _stream(
         if read_while_sending:
             receiver.start()
         try:
-            for data, count, done in slices:
+            for buffers, count, done in slices:
                 commands += count
-                sender.queue.put(data)
+                for data in buffers:
+                    sender.queue.put(data)
                 if sender.error:
                     break
                 if progress:
@@ -307,6 +321,42 @@ def _stream(
         client.connection_pool.release(connection)
 
 
+BUCKETS_PER_SLICE = 16_384
+
+
+def on_every_bucket(
+    client: redis.Redis,
+    layout: Layout,
+    gen: int,
+    buckets: int,
+    command: str,
+    *args: str | int,
+    before_send: Callable[[], None] | None = None,
+    each: Callable[[Any], Any] = int,
+) -> list[Any]:
+    """``command key *args`` on every bucket key of generation *gen*, streamed as a load is (one
+    key a command: cluster-safe); ``each(reply)`` of every reply, in bucket order. *before_send*
+    as for :func:`_stream`: a loader passes its lease check, so one that lost the lease stops."""
+    head = b"*%d\r\n" % (2 + len(args)) + _bulk_strings(command)
+    tail = _bulk_strings(*args)
+
+    def slices() -> Iterator[tuple[list[memoryview], int, int]]:
+        for start in range(0, buckets, BUCKETS_PER_SLICE):
+            stop = min(start + BUCKETS_PER_SLICE, buckets)
+            keys = [layout.bucket_key(gen, bucket).encode() for bucket in range(start, stop)]
+            yield [memoryview(b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys]))], len(keys), stop
+
+    replies = _stream(client, slices(), before_send=before_send, each=each)
+    _refused(replies)
+    return replies
+
+
+def _bulk_strings(*values: str | int) -> bytes:
+    """*values* as Redis protocol bulk strings."""
+    encoded = [str(value).encode() for value in values]
+    return b"".join(b"$%d\r\n%s\r\n" % (len(value), value) for value in encoded)
+
+
 def write_generation(
     client: redis.Redis,
     layout: Layout,
@@ -317,9 +367,15 @@ def write_generation(
     progress: Callable[[int], None] | None = None,
     before_send: Callable[[], None] | None = None,
     slice_rows: int | None = None,
+    compare_with: int | None = None,
 ) -> WriteResult:
     """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets*
-    buckets; *progress* and *before_send* as for :func:`_stream`."""
+    buckets; *progress* and *before_send* as for :func:`_stream`.
+
+    *compare_with*, a generation that also has *buckets* buckets, is counted in the same stream:
+    ``kept`` is what :func:`count_present` would answer, without sorting and taking the barcodes
+    a second time (the ``--replace`` shrink check).
+    """
     result = WriteResult()
     total = len(parsed)
     if total == 0:
@@ -329,6 +385,11 @@ def write_generation(
     tails = _CodeSegments.of(parsed.source_codes, parsed.source_deletes)
     crc = row_crc(parsed)  # once for the file; each slice masks it
     commute = _kinds_commute(parsed)
+    compare = None
+    if compare_with is not None:
+        final = np.zeros(len(parsed.source_barcodes), dtype=bool)
+        final[final_rows(parsed)] = True
+        compare = (compare_with, final)
     # The rows sorted by bucket once (stable: apply order holds within a bucket) and the slices
     # cut where a bucket ends, so each bucket gets one command per kind of row, not one per slice.
     bucket = crc[parsed.order] & np.uint32(buckets - 1)
@@ -336,20 +397,26 @@ def write_generation(
     order, bucket = parsed.order[by_bucket], bucket[by_bucket]
     del by_bucket
 
-    def slices() -> Iterator[tuple[memoryview, int, int]]:
+    def slices() -> Iterator[tuple[list[memoryview], int, int]]:
         first = 0
         while first < total:
             last = min(first + slice_rows, total)
             if last < total:
                 last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
-            data, run_kinds = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, order[first:last], commute)
+            data, run_kinds = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, order[first:last], commute,
+                                              compare)
             kinds.append(run_kinds)
             yield data, len(run_kinds), last
             first = last
 
-    replies = _stream(client, slices(), progress=progress, before_send=before_send)
+    replies = _stream(client, slices(), progress=progress, before_send=before_send, each=_counted)
     _tally(replies, np.concatenate(kinds), result)
     return result
+
+
+def _counted(reply: int | list) -> int:
+    """An HSET or HDEL reply (fields added or removed), or how many fields an HMGET found."""
+    return reply if isinstance(reply, int) else len(reply) - reply.count(None)
 
 
 def row_crc(parsed: ParsedExport) -> np.ndarray:
@@ -373,14 +440,18 @@ def final_rows(parsed: ParsedExport) -> np.ndarray:
     if len(order) == 0:
         return order
     crc = row_crc(parsed)[order]
-    by_crc = np.argsort(crc, kind="stable")
-    sorted_crc = crc[by_crc]
-    same = np.zeros(len(order), dtype=bool)
-    same[1:] = sorted_crc[1:] == sorted_crc[:-1]
-    same[:-1] |= same[1:]
+    sorted_crc = np.sort(crc)  # no index needed, and not stable: far quicker than a stable argsort
+    shared_crcs = np.unique(sorted_crc[1:][sorted_crc[1:] == sorted_crc[:-1]])
     last = np.ones(len(order), dtype=bool)
-    shared = np.sort(by_crc[same])  # positions (in apply order) of rows whose CRC another row shares
-    if len(shared):
+    if len(shared_crcs):
+        # Rows whose CRC another row shares, in apply order: a bitmap on the low 22 bits picks the
+        # candidates (a gather, not a search of every row), a search keeps the exact ones.
+        low = np.uint32((1 << 22) - 1)
+        bitmap = np.zeros(1 << 22, dtype=bool)
+        bitmap[shared_crcs & low] = True
+        candidates = np.flatnonzero(bitmap[crc & low])
+        found = np.minimum(np.searchsorted(shared_crcs, crc[candidates]), len(shared_crcs) - 1)
+        shared = candidates[shared_crcs[found] == crc[candidates]]
         latest: dict[str, int] = {}
         barcodes = pc.take(parsed.source_barcodes, pa.array(order[shared])).to_pylist()
         for position, barcode in zip(shared.tolist(), barcodes, strict=True):
@@ -414,7 +485,7 @@ def count_present(
     by_bucket = np.argsort(bucket, kind="stable")
     rows, bucket = rows[by_bucket], bucket[by_bucket]
 
-    def slices() -> Iterator[tuple[memoryview, int, int]]:
+    def slices() -> Iterator[tuple[list[memoryview], int, int]]:
         first = 0
         while first < len(rows):
             last = min(first + slice_rows, len(rows))
@@ -423,26 +494,23 @@ def count_present(
             values = pc.take(parsed.source_barcodes, pa.array(rows[first:last]))
             data, runs = _runs_protocol(layout.prefix, gen, bucket[first:last], values, "\r\n$5\r\nHMGET\r\n$",
                                         extra_args=1)
-            yield data, runs, last
+            yield [data], runs, last
             first = last
 
     replies = _stream(client, slices(), progress=progress, before_send=before_send,
-                      each=lambda values: len(values) - values.count(None))
+                      each=_counted)
     _refused(replies)
     return int(sum(replies))
 
 
 def _runs_protocol(prefix: str, gen: int, bucket: np.ndarray, values: pa.Array, command: str,
                    *, extra_args: int) -> tuple[memoryview, int]:
-    """One command per bucket run: ``*N<command><key>`` then each value as a bulk string.
+    """One command per bucket run: ``*N<command><key>`` then each value as a bulk string; the
+    values come sorted by *bucket*.
 
     *command* is the protocol between the array length and the key's ``$len``; *extra_args*
     counts the arguments it holds besides the key and the values.
     """
-    bucket = bucket.astype(np.uint16) if bucket.max(initial=0) < 1 << 16 else bucket  # uint16 sorts by radix
-    order = np.argsort(bucket, kind="stable")
-    bucket = bucket[order]
-    sorted_values = pc.take(values, pa.array(order))
     is_start = np.ones(len(bucket), dtype=bool)
     is_start[1:] = bucket[1:] != bucket[:-1]
     starts = np.flatnonzero(is_start)
@@ -456,8 +524,8 @@ def _runs_protocol(prefix: str, gen: int, bucket: np.ndarray, values: pa.Array, 
     header_of_row = np.where(is_start, np.cumsum(is_start) - 1, len(starts)).astype(np.int32)
     protocol = pc.binary_join_element_wise(
         pc.take(headers, pa.array(header_of_row)),
-        pc.take(_length_prefixes(), pc.binary_length(sorted_values)),
-        sorted_values,
+        pc.take(_length_prefixes(), pc.binary_length(values)),
+        values,
         pa.scalar("\r\n"),
         "",
     )
@@ -483,11 +551,12 @@ def _refused(replies: list[Any]) -> None:
 
 
 def _tally(replies: list[Any], kinds: np.ndarray, result: WriteResult) -> None:
-    """Add integer replies to *result* by command kind; raise on error replies."""
+    """Add counted replies to *result* by command kind; raise on error replies."""
     _refused(replies)
     if len(replies) != len(kinds):
         raise BulkWriteError(f"expected {len(kinds)} replies from Redis, got {len(replies)}")
     values = np.array(replies, dtype=np.int64)
     result.commands += len(values)
-    result.removed += int(values[kinds].sum())
-    result.added += int(values[~kinds].sum())
+    result.added += int(values[kinds == HSET].sum())
+    result.removed += int(values[kinds == HDEL].sum())
+    result.kept += int(values[kinds == HMGET].sum())

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 
-from m2_code_store.bulk import count_present, row_crc, write_generation
+from m2_code_store.bulk import count_present, on_every_bucket, write_generation
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
@@ -58,7 +58,6 @@ ABANDONED_AFTER_MS = 600_000  # a writing generation whose loader is silent this
 DEFAULT_MAX_SHRINK = 0.10
 CROWDED_PER_BUCKET = 96  # Redis keeps a hash compact up to 128 entries by default (hash-max-*-entries)
 REPLACE_GRACE = 3.0  # > store.META_TTL plus a slow request: readers are done with the old generation
-PIPELINE_BATCH = 5_000
 SWITCH_CHECKS = 5  # times the loader asks, a second apart, whether a switch whose reply was lost happened
 
 _NOW_MS = "local function now_ms() local t = redis.call('TIME') return string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) end\n"
@@ -266,53 +265,33 @@ def owner_is_dead(token: str, host: str) -> bool:
     return owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
 
 
-def _batched(client: redis.Redis, layout: Layout, gen: int, buckets: int, command: str,
-             before_batch: Callable[[], None] | None = None) -> list:
-    """Run ``command`` (one key, e.g. HLEN) on every bucket of a generation, pipelined; all replies."""
-    replies: list = []
-    for start in range(0, buckets, PIPELINE_BATCH):
-        if before_batch:
-            before_batch()
-        pipe = client.pipeline(transaction=False)
-        for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
-            pipe.execute_command(command, layout.bucket_key(gen, bucket))
-        replies.extend(pipe.execute())
-    return replies
-
-
 def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int,
                       before_batch: Callable[[], None] | None = None) -> None:
-    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), pipelined.
+    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), streamed.
 
-    *before_batch* runs before each pipeline: a loader passes its lease check, so one that lost
-    the lease stops deleting.
+    *before_batch* runs before each megabyte of commands goes out: a loader passes its lease
+    check, so one that lost the lease stops deleting.
     """
-    _batched(client, layout, gen, buckets, "UNLINK", before_batch)
+    on_every_bucket(client, layout, gen, buckets, "UNLINK", before_send=before_batch)
 
 
 def expire_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int, milliseconds: int,
                       before_batch: Callable[[], None] | None = None) -> None:
-    """Let every bucket key of a generation expire after *milliseconds* (0: now), pipelined."""
-    for start in range(0, buckets, PIPELINE_BATCH):
-        if before_batch:
-            before_batch()
-        pipe = client.pipeline(transaction=False)
-        for bucket in range(start, min(start + PIPELINE_BATCH, buckets)):
-            pipe.pexpire(layout.bucket_key(gen, bucket), milliseconds)
-        pipe.execute()
+    """Let every bucket key of a generation expire after *milliseconds* (0: now), streamed."""
+    on_every_bucket(client, layout, gen, buckets, "PEXPIRE", milliseconds, before_send=before_batch)
 
 
 def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int,
                   before_batch: Callable[[], None] | None = None) -> int:
     """The exact number of records in a generation (HLEN of every bucket)."""
-    return int(sum(_batched(client, layout, gen, buckets, "HLEN", before_batch)))
+    return sum(on_every_bucket(client, layout, gen, buckets, "HLEN", before_send=before_batch))
 
 
 def generation_barcodes(client: redis.Redis, layout: Layout, gen: int, buckets: int,
                         before_batch: Callable[[], None] | None = None) -> pa.Array:
     """Every barcode stored in a generation."""
     barcodes: list[bytes | str] = []
-    for fields in _batched(client, layout, gen, buckets, "HKEYS", before_batch):
+    for fields in on_every_bucket(client, layout, gen, buckets, "HKEYS", before_send=before_batch, each=list):
         barcodes.extend(fields)
     return _strings(barcodes)
 
@@ -322,14 +301,15 @@ def generation_records(client: redis.Redis, layout: Layout, gen: int, buckets: i
     """Every (barcode, customer code) of a generation, as two string arrays."""
     barcodes: list[bytes | str] = []
     codes: list[bytes | str] = []
-    for fields in _batched(client, layout, gen, buckets, "HGETALL", before_batch):
-        if isinstance(fields, list):  # a raw HGETALL reply: field, value, field, value, …
-            barcodes.extend(fields[0::2])
-            codes.extend(fields[1::2])
-        else:
-            barcodes.extend(fields.keys())
-            codes.extend(fields.values())
+    for fields in on_every_bucket(client, layout, gen, buckets, "HGETALL", before_send=before_batch, each=_pairs):
+        barcodes.extend(fields.keys())
+        codes.extend(fields.values())
     return _strings(barcodes), _strings(codes)
+
+
+def _pairs(reply: list | dict) -> dict:
+    """An HGETALL reply as a dict: RESP3 sends a map, RESP2 a flat list (field, value, …)."""
+    return reply if isinstance(reply, dict) else dict(zip(reply[0::2], reply[1::2], strict=True))
 
 
 def _strings(values: list[bytes | str]) -> pa.Array:
@@ -534,15 +514,24 @@ class _Run:
 
     # -- a new generation: replace and rebuild ----------------------------------------------
 
-    def write_new(self, parsed: ParsedExport, *, rows_progress: bool = True) -> tuple[int, int, int]:
-        """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records)."""
+    def write_new(self, parsed: ParsedExport, *, rows_progress: bool = True,
+                  compare_with: Generation | None = None) -> tuple[int, int, int, int | None]:
+        """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records, kept).
+
+        *kept* is how many of the file's barcodes *compare_with* holds, counted in the same stream
+        when the new generation has as many buckets as it (the nightly reload); otherwise None.
+        """
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
+        compare = compare_with.gen if compare_with is not None and compare_with.buckets == buckets else None
         if not rows_progress:
             self.phase(f"rebuilding the store into {buckets:,} buckets")
-        written = write_generation(self.client, self.layout, gen, buckets, parsed,
+        elif compare is not None:
+            self.phase("writing the new data set and comparing it with the live one")
+        written = write_generation(self.client, self.layout, gen, buckets, parsed, compare_with=compare,
                                    progress=self.progress if rows_progress else None, before_send=self.lock.renew)
-        return gen, buckets, written.added - written.removed  # exact: the generation started empty
+        kept = written.kept if compare is not None else None
+        return gen, buckets, written.added - written.removed, kept  # exact: the generation started empty
 
     def discard(self, gen: int, buckets: int) -> str:
         """Delete this loader's unpublished generation; says how that went."""
@@ -738,52 +727,6 @@ def load(
             pass  # the store is gone: the lock expires by itself; keep the original error
 
 
-class _Counting:
-    """count_present() of *parsed* against *live* in a thread, beside the main thread's write.
-
-    Leaving the block by an exception stops the count before its next chunk and waits for it.
-    """
-
-    def __init__(self, run: _Run, parsed: ParsedExport, live: Generation | None) -> None:
-        self.run, self.parsed, self.live = run, parsed, live
-        self.stop = threading.Event()
-        self.kept = 0
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def _check(self) -> None:
-        if self.stop.is_set():
-            raise LoadError("the count was stopped")
-        self.run.lock.renew()
-
-    def _count(self) -> None:
-        assert self.live is not None
-        try:
-            self.kept = count_present(self.run.client, self.run.layout, self.live.gen, self.live.buckets, self.parsed,
-                                      before_send=self._check)
-        except BaseException as exc:
-            self.error = exc
-
-    def __enter__(self) -> _Counting:
-        if self.live is not None:
-            row_crc(self.parsed)  # once, before two threads use it
-            self.thread = threading.Thread(target=self._count, name="m2-compare", daemon=True)
-            self.thread.start()
-        return self
-
-    def result(self) -> int:
-        if self.thread is not None:
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.kept
-
-    def __exit__(self, kind: object, exc: object, traceback: object) -> None:
-        if exc is not None and self.thread is not None:
-            self.stop.set()
-            self.thread.join()
-
-
 def _crowded(run: _Run, parsed: ParsedExport, live: Generation) -> bool:
     """Whether applying *parsed* would leave more than CROWDED_PER_BUCKET records a bucket.
 
@@ -807,12 +750,14 @@ def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) 
 def _replace(run: _Run, parsed: ParsedExport, live: Generation | None, force: bool, max_shrink: float) -> LoadResult:
     try:
         previous = live.count if live else 0
-        # Redis counts which of the file's barcodes the live data set holds (for the shrink check)
-        # while the new generation is written: the two passes overlap.
-        with _Counting(run, parsed, live if previous else None) as counting:
-            gen, buckets, records = run.write_new(parsed)
+        # Redis counts which of the file's barcodes the live data set holds (the shrink check) as
+        # the new generation is written, in the same stream; a second pass only when the new
+        # generation has another bucket count.
+        gen, buckets, records, kept = run.write_new(parsed, compare_with=live if previous else None)
+        if live is not None and previous and kept is None:
             run.phase("comparing with the live data set")
-            kept = counting.result()
+            kept = count_present(run.client, run.layout, live.gen, live.buckets, parsed, before_send=run.lock.renew)
+        kept = kept or 0
         removed, added = (previous - kept, records - kept) if previous else (0, records)
         if previous and removed > previous * max_shrink and not force:
             run.discard(gen, buckets)
@@ -842,7 +787,7 @@ def _rebuild(run: _Run, parsed: ParsedExport, live: Generation) -> LoadResult:
             source_deletes=np.concatenate([np.zeros(len(barcodes), dtype=bool), parsed.is_delete]),
             rows_read=parsed.rows_read,
         )
-        gen, buckets, records = run.write_new(merged, rows_progress=False)
+        gen, buckets, records, _ = run.write_new(merged, rows_progress=False)
         new = generation_barcodes(run.client, run.layout, gen, buckets, run.lock.renew)
         kept = int(pc.sum(pc.is_in(barcodes, value_set=new)).as_py() or 0)
         run.publish(gen, buckets, records, live)

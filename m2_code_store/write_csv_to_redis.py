@@ -151,6 +151,20 @@ def _keep_pandas_out() -> None:
         sys.meta_path.insert(0, _NoPandas())
 
 
+def _return_memory_promptly() -> None:
+    """Arrow's default allocator (mimalloc) keeps freed memory for reuse, so the loader's RSS
+    climbs to the sum of its phases; jemalloc told to return freed pages at once keeps the peak
+    near what is live (measured on a 2M-row --replace: about 400 MB down to about 300), at no
+    measurable cost in time. Skipped where the pyarrow build has no jemalloc."""
+    import pyarrow as pa  # the loader reads with it anyway; imported here, not for --help
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the loader; returns the exit status."""
     return run(parse_args(argv))
@@ -160,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     """Load with parsed arguments (``write_csv_to_redis`` and ``m2-code-store load``); the exit status."""
     setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
     _keep_pandas_out()
+    _return_memory_promptly()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _run(args)

@@ -375,10 +375,11 @@ def test_replace_lets_the_previous_generation_expire_instead_of_waiting_for_it(t
 @pytest.mark.parametrize("seed", range(5))
 def test_count_present_counts_the_files_final_barcodes_the_store_holds(seed, tmp_path, redis_client):
     """Redis counts, bucket by bucket, the barcodes whose last row (in apply order) is an upsert
-    and that the store already holds: duplicates once, barcodes deleted at the end not at all."""
+    and that the store already holds: duplicates once, barcodes deleted at the end not at all.
+    Counted in its own pass, and in the stream that writes a new generation (--replace)."""
     import random
 
-    from m2_code_store.bulk import count_present
+    from m2_code_store.bulk import count_present, write_generation
 
     load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(0, 120, 2)), "store.csv"))
     stored = {str(i) for i in range(0, 120, 2)}
@@ -393,6 +394,9 @@ def test_count_present_counts_the_files_final_barcodes_the_store_holds(seed, tmp
     present = {b for b, rows in model.items() if max(rows)[2]}
     live = read_generation(redis_client)
     assert count_present(redis_client, Layout(), live.gen, live.buckets, parsed, slice_rows=97) == len(present & stored)
+    written = write_generation(redis_client, Layout(), live.gen + 1, live.buckets, parsed, slice_rows=97,
+                               compare_with=live.gen)
+    assert (written.kept, written.added - written.removed) == (len(present & stored), len(present))
 
 
 def test_one_reader_follows_a_replace_to_a_generation_of_another_size(tmp_path, redis_client):
