@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 
+from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
 
@@ -72,13 +73,8 @@ def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
-def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
-    """``zlib.crc32`` of every string in *array* (UTF-8 bytes), or of those at positions *rows*, vectorised.
-
-    The loop runs once per byte position of the longest string hashed: callers pass only rows
-    that passed validation (barcodes of at most 48 characters), so one huge value in a skipped
-    row costs nothing here.
-    """
+def _positions(array: pa.Array, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start offsets and lengths of the strings of *array* (those at *rows* if given), and its data bytes."""
     if array.type != pa.string():
         array = array.cast(pa.string())  # 32-bit offsets, as _string_buffers reads them
     offsets, data = _string_buffers(array)
@@ -86,6 +82,17 @@ def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
     lengths = np.diff(offsets)
     if rows is not None:
         starts, lengths = starts[rows], lengths[rows]
+    return starts, lengths, data
+
+
+def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
+    """``zlib.crc32`` of every string in *array* (UTF-8 bytes), or of those at positions *rows*, vectorised.
+
+    The loop runs once per byte position of the longest string hashed: callers pass only rows
+    that passed validation (barcodes of at most 48 characters), so one huge value in a skipped
+    row costs nothing here.
+    """
+    starts, lengths, data = _positions(array, rows)
     crc = np.full(len(starts), 0xFFFFFFFF, dtype=np.uint32)
     longest = int(lengths.max()) if len(starts) else 0
     for pos in range(longest):
@@ -97,6 +104,56 @@ def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
             c = crc[idx]
             crc[idx] = CRC_TABLE[(c ^ data[starts[idx] + pos]) & 0xFF] ^ (c >> 8)
     return crc ^ np.uint32(0xFFFFFFFF)
+
+
+DIGEST_CHUNK = 1 << 18
+_MIX1, _MIX2, _GOLDEN = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """murmur3's 64-bit finaliser: every output bit depends on every input bit."""
+    h ^= h >> np.uint64(33)
+    h *= _MIX1
+    h ^= h >> np.uint64(33)
+    h *= _MIX2
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def digest64_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
+    """A 64-bit hash of every string in *array* (or of those at *rows*), independent of the
+    CRC-32 that picks the bucket: the UTF-8 bytes zero-padded to whole 8-byte words, each word
+    mixed in with murmur3's finaliser, starting from the length (so the hash of a value does not
+    depend on the other values in the array). The fingerprints add these up.
+
+    Vectorised by word, not by byte: ASCII values (every barcode seen) are padded by Arrow in
+    place; other values take a slower but identical path.
+    """
+    if rows is None:
+        rows = np.arange(len(array))
+    if len(rows) > DIGEST_CHUNK:  # a chunk at a time: the padded copies stay small
+        return np.concatenate([digest64_array(array, rows[first:first + DIGEST_CHUNK])
+                               for first in range(0, len(rows), DIGEST_CHUNK)])
+    values = pc.take(array, pa.array(rows))
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
+    width = max(8, (int(lengths.max()) + 7) // 8 * 8)
+    if pc.all(pc.string_is_ascii(values.cast(pa.string()))).as_py():
+        padded = pc.utf8_rpad(values.cast(pa.string()), width=width, padding="\0")
+    else:
+        binary = values.cast(pa.binary())
+        pads = pc.binary_repeat(pa.scalar(b"\0", pa.binary()), pa.array(width - lengths))
+        padded = pc.binary_join_element_wise(binary, pads, pa.scalar(b"", pa.binary()))
+    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32, count=len(padded) + 1, offset=padded.offset * 4)
+    words = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].view(np.uint64)
+    words = words.reshape(len(padded), width // 8)
+    h = (lengths.astype(np.uint64) + np.uint64(1)) * _GOLDEN
+    word_counts = (lengths + 7) // 8  # a value's hash mixes its own words only, not the padding to *width*
+    for k in range(width // 8):
+        mixed = _fmix64(h ^ words[:, k])
+        h = mixed if (word_counts > k).all() else np.where(word_counts > k, mixed, h)
+    return h
 
 
 def _kinds_commute(parsed: ParsedExport) -> bool:
@@ -141,9 +198,9 @@ def _slice_protocol(
     """The Redis protocol for the source rows *rows* (in apply order), and the kind (HSET, HDEL,
     HMGET) of each command.
 
-    With *compare* (a generation with as many buckets, and which source rows are final: see
-    :func:`final_rows`), the final rows' barcodes are also looked up in that generation, one
-    HMGET per bucket, from the same sorted barcodes.
+    With *compare* (a generation with as many buckets, and which source rows to look up: final
+    rows, see :func:`final_rows`), those rows' barcodes are also looked up in that generation,
+    one HMGET per bucket, from the same sorted barcodes.
     """
     bucket = crc[rows] & np.uint32(buckets - 1)
     bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket  # uint16 sorts by radix
@@ -189,8 +246,10 @@ def _slice_protocol(
     data = memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]
     if compare is None:
         return [data], run_kinds
-    other_gen, final = compare
-    keep = final[sorted_rows]  # still sorted by bucket
+    other_gen, lookup = compare
+    keep = lookup[sorted_rows]  # still sorted by bucket
+    if not keep.any():
+        return [data], run_kinds
     lookups, count = _runs_protocol(prefix, other_gen, bucket[keep], pc.filter(sorted_barcodes, pa.array(keep)),
                                     "\r\n$5\r\nHMGET\r\n$", extra_args=1)
     return [data, lookups], np.concatenate([run_kinds, np.full(count, HMGET, dtype=np.int8)])
@@ -368,13 +427,15 @@ def write_generation(
     before_send: Callable[[], None] | None = None,
     slice_rows: int | None = None,
     compare_with: int | None = None,
+    lookup: np.ndarray | None = None,
 ) -> WriteResult:
     """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets*
     buckets; *progress* and *before_send* as for :func:`_stream`.
 
     *compare_with*, a generation that also has *buckets* buckets, is counted in the same stream:
     ``kept`` is what :func:`count_present` would answer, without sorting and taking the barcodes
-    a second time (the ``--replace`` shrink check).
+    a second time (the ``--replace`` shrink check). *lookup* (a mask over the source rows, a
+    subset of the final rows) limits the lookups to those rows; by default every final row.
     """
     result = WriteResult()
     total = len(parsed)
@@ -387,9 +448,10 @@ def write_generation(
     commute = _kinds_commute(parsed)
     compare = None
     if compare_with is not None:
-        final = np.zeros(len(parsed.source_barcodes), dtype=bool)
-        final[final_rows(parsed)] = True
-        compare = (compare_with, final)
+        if lookup is None:
+            lookup = np.zeros(len(parsed.source_barcodes), dtype=bool)
+            lookup[final_rows(parsed)] = True
+        compare = (compare_with, lookup)
     # The rows sorted by bucket once (stable: apply order holds within a bucket) and the slices
     # cut where a bucket ends, so each bucket gets one command per kind of row, not one per slice.
     bucket = crc[parsed.order] & np.uint32(buckets - 1)
@@ -427,6 +489,18 @@ def row_crc(parsed: ParsedExport) -> np.ndarray:
         crc[parsed.order] = crc32_array(parsed.source_barcodes, parsed.order)
         parsed.row_crc = crc
     return parsed.row_crc
+
+
+def file_fingerprints(parsed: ParsedExport, buckets: int, final: np.ndarray) -> Fingerprints:
+    """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
+    (*final*: its :func:`final_rows`)."""
+    bucket = row_crc(parsed)[final] & np.uint32(buckets - 1)
+    return Fingerprints.of(bucket, digest64_array(parsed.source_barcodes, final), buckets)
+
+
+def touched_buckets(parsed: ParsedExport, buckets: int) -> np.ndarray:
+    """The buckets (of a generation of *buckets* buckets) that applying *parsed* writes to."""
+    return np.unique(row_crc(parsed)[parsed.order] & np.uint32(buckets - 1))
 
 
 def final_rows(parsed: ParsedExport) -> np.ndarray:

@@ -7,8 +7,8 @@
 - When the live generation would average more than CROWDED_PER_BUCKET records a bucket, an
   incremental load rebuilds the whole data set into a new generation with more buckets (read,
   merged with the file, written, switched atomically), so memory per record stays low.
-- Replace: the file is written into a new generation, compared with the live one, and switched
-  in one step. It is refused, and the new generation deleted, when more than ``max_shrink`` of
+- Replace: the file is written into a new generation, compared with the live one (only the
+  buckets whose fingerprints differ are looked up: fingerprints.py), and switched in one step. It is refused, and the new generation deleted, when more than ``max_shrink`` of
   the live records are absent from the file, unless forced.
 
 Loaders are kept apart by a lease, and every write that publishes or deletes is fenced by it
@@ -17,8 +17,8 @@ Loaders are kept apart by a lease, and every write that publishes or deletes is 
 - The lease is ``{m2:meta}:lock``: the holder's token with a TTL of LOCK_TTL_MS, renewed after
   every slice the loader sends. A loader can stall past the TTL (SIGSTOP, a paused VM) and lose
   the lease to another one without knowing it.
-- So the switch of ``m2:meta`` to a new generation, the count update of an incremental load, and
-  forgetting a deleted generation are Lua scripts that first check, on the server and in the same
+- So the switch of ``m2:meta`` to a new generation, the count update of an incremental load, a
+  generation's fingerprints and forgetting a deleted generation are Lua scripts that first check, on the server and in the same
   step, that the caller still holds the lease; the lease, ``m2:meta`` and the list of generations
   share one hash slot so this works on Redis Cluster too. A renewal that finds the lease gone
   stops the load. A loader that lost its lease publishes and deletes nothing of anyone else's:
@@ -48,8 +48,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import redis
+from redis.client import NEVER_DECODE
 
-from m2_code_store.bulk import count_present, on_every_bucket, write_generation
+from m2_code_store.bulk import (
+    count_present,
+    file_fingerprints,
+    final_rows,
+    on_every_bucket,
+    row_crc,
+    touched_buckets,
+    write_generation,
+)
+from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
@@ -109,6 +119,8 @@ redis.call('HSET', KEYS[2], 'loaded_at', ARGV[4], 'source', ARGV[5], 'counted_by
 if redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[1] then return {2, count} end
 redis.call('HSET', KEYS[2], 'dirty', '0')
 return {1, redis.call('HINCRBY', KEYS[2], 'count', ARGV[3])}"""
+# KEYS: lock, a generation's fingerprints. ARGV: token, their bytes.
+_SET_FINGERPRINTS = _HELD + "redis.call('SET', KEYS[2], ARGV[2])\nreturn 1"
 # KEYS: generations, meta. ARGV: token, gen, buckets. Not fenced: run by a loader that lost the
 # lease, about the generation it was writing. If that generation is live (an incremental load),
 # its count is marked untrustworthy; otherwise it is listed as retired, so that whatever this
@@ -223,7 +235,7 @@ class Lock:
             f"loader's lock expires by itself within {self.ttl_ms // 1000} seconds"
         )
 
-    def _fenced(self, script: str, keys: list[str], *args: str | int | float) -> Any:
+    def _fenced(self, script: str, keys: list[str], *args: str | int | float | bytes) -> Any:
         return self.client.eval(script, len(keys), *keys, self.token, *args)
 
     def renew(self) -> None:
@@ -267,17 +279,21 @@ def owner_is_dead(token: str, host: str) -> bool:
 
 def delete_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int,
                       before_batch: Callable[[], None] | None = None) -> None:
-    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), streamed.
+    """Delete every bucket key of a generation, one UNLINK per key (cluster-safe), streamed, and
+    its fingerprints.
 
     *before_batch* runs before each megabyte of commands goes out: a loader passes its lease
     check, so one that lost the lease stops deleting.
     """
+    client.unlink(layout.fingerprints(gen))
     on_every_bucket(client, layout, gen, buckets, "UNLINK", before_send=before_batch)
 
 
 def expire_generation(client: redis.Redis, layout: Layout, gen: int, buckets: int, milliseconds: int,
                       before_batch: Callable[[], None] | None = None) -> None:
-    """Let every bucket key of a generation expire after *milliseconds* (0: now), streamed."""
+    """Let every bucket key of a generation expire after *milliseconds* (0: now), streamed; its
+    fingerprints go at once (nothing reads them but a loader, and this one holds the lease)."""
+    client.unlink(layout.fingerprints(gen))
     on_every_bucket(client, layout, gen, buckets, "PEXPIRE", milliseconds, before_send=before_batch)
 
 
@@ -285,6 +301,12 @@ def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int,
                   before_batch: Callable[[], None] | None = None) -> int:
     """The exact number of records in a generation (HLEN of every bucket)."""
     return sum(on_every_bucket(client, layout, gen, buckets, "HLEN", before_send=before_batch))
+
+
+def read_fingerprints(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> Fingerprints | None:
+    """A generation's fingerprints, or None when it has none (or none for *buckets* buckets)."""
+    return Fingerprints.from_bytes(client.execute_command("GET", layout.fingerprints(gen), **{NEVER_DECODE: True}),
+                                   buckets)
 
 
 def generation_barcodes(client: redis.Redis, layout: Layout, gen: int, buckets: int,
@@ -481,12 +503,19 @@ class _Run:
                 target = Generation(gen, buckets, 0)
             elif self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], target.gen) != 1:
                 raise self.lock._lost(" before it started writing")
+            else:
+                self._forget_fingerprints(target, parsed)
+            # what the file leaves in an empty generation is known exactly (computed before the
+            # write, so its arrays are gone before the write's own peak of memory)
+            fresh = file_fingerprints(parsed, target.buckets, final_rows(parsed)) if live is None else None
             written = write_generation(self.client, self.layout, target.gen, target.buckets, parsed,
                                        progress=self.progress, before_send=self.lock.renew)
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
                                         written.added - written.removed, _now(), self.source)
             if counted == 0:
                 raise self.lock._lost(" as it finished writing")
+            if fresh is not None and counted[0] == 1:
+                self._store_fingerprints(target.gen, fresh)
         except BaseException as exc:
             raise self._stopped_incremental(exc, target) from exc
         status, records = counted
@@ -495,6 +524,19 @@ class _Run:
                               "recounted by the next load")
         return LoadResult("incremental", target.gen, written.added, written.removed, int(records),
                           live.count if live else 0, target.buckets, notes=self.notes)
+
+    def _forget_fingerprints(self, target: Generation, parsed: ParsedExport) -> None:
+        """Mark the buckets this load writes to as unknown in the live generation's fingerprints,
+        before writing (which of the file's barcodes are new is not known)."""
+        stored = read_fingerprints(self.client, self.layout, target.gen, target.buckets)
+        if stored is not None:
+            stored.forget(touched_buckets(parsed, target.buckets))
+            self._store_fingerprints(target.gen, stored)
+
+    def _store_fingerprints(self, gen: int, fingerprints: Fingerprints) -> None:
+        if not self.lock._fenced(_SET_FINGERPRINTS, [self.lock.key, self.layout.fingerprints(gen)],
+                                 fingerprints.to_bytes()):
+            raise self.lock._lost(" as it stored the data set's fingerprints")
 
     def _stopped_incremental(self, exc: BaseException, target: Generation | None) -> LoadStopped:
         if self.lock.lost and target is not None:
@@ -520,17 +562,30 @@ class _Run:
 
         *kept* is how many of the file's barcodes *compare_with* holds, counted in the same stream
         when the new generation has as many buckets as it (the nightly reload); otherwise None.
+        Buckets whose fingerprints match are counted without a lookup (fingerprints.py).
         """
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
         compare = compare_with.gen if compare_with is not None and compare_with.buckets == buckets else None
+        final = final_rows(parsed)
+        fingerprints = file_fingerprints(parsed, buckets, final)
+        lookup, known = None, 0
+        if compare is not None:
+            lookup = np.zeros(len(parsed.source_barcodes), dtype=bool)
+            lookup[final] = True
+            old = read_fingerprints(self.client, self.layout, compare, buckets)
+            if old is not None:
+                same = fingerprints.same_as(old)
+                known = int(fingerprints.counts[same].sum())
+                lookup[final[same[row_crc(parsed)[final] & np.uint32(buckets - 1)]]] = False
         if not rows_progress:
             self.phase(f"rebuilding the store into {buckets:,} buckets")
         elif compare is not None:
             self.phase("writing the new data set and comparing it with the live one")
-        written = write_generation(self.client, self.layout, gen, buckets, parsed, compare_with=compare,
+        written = write_generation(self.client, self.layout, gen, buckets, parsed, compare_with=compare, lookup=lookup,
                                    progress=self.progress if rows_progress else None, before_send=self.lock.renew)
-        kept = written.kept if compare is not None else None
+        self._store_fingerprints(gen, fingerprints)
+        kept = written.kept + known if compare is not None else None
         return gen, buckets, written.added - written.removed, kept  # exact: the generation started empty
 
     def discard(self, gen: int, buckets: int) -> str:

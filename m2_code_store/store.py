@@ -10,6 +10,8 @@ Layout (every command touches one key, so it works on Redis Cluster as it is):
   ``crc32(barcode) & (buckets - 1)`` is ``bucket``. About 32 barcodes per bucket keeps each hash in
   Redis' compact listpack encoding: about 16 bytes a record instead of about 85 for a plain key.
 - ``m2:gen-seq`` (counter) hands out generation numbers.
+- ``{m2:meta}:fingerprints:{gen}`` (string): per bucket, how many barcodes it holds and a sum
+  of their hashes, so that ``--replace`` only looks up the buckets that changed (fingerprints.py).
 - ``{m2:meta}:lock`` (string with a TTL: the loaders' lease) and ``{m2:meta}:generations`` (hash:
   every generation that is not live, being written or retired) share ``m2:meta``'s hash slot,
   so one script can check the lease and write ``m2:meta`` atomically, on Redis Cluster too.
@@ -85,6 +87,9 @@ class Layout:
     @property
     def legacy_retired(self) -> str:
         return f"{self.prefix}:retired"  # the previous release's set of gen:buckets left to delete
+
+    def fingerprints(self, gen: int) -> str:
+        return f"{{{self.meta}}}:fingerprints:{gen}"  # see fingerprints.py; in m2:meta's slot, for fencing
 
     def bucket_key(self, gen: int, bucket: int) -> str:
         return f"{self.prefix}:{gen}:{bucket}"
@@ -229,7 +234,7 @@ _INCOMPLETE = object()  # what the reader returns when no whole reply is buffere
 def _read_replies(connection: redis.connection.AbstractConnection, count: int) -> list:
     """*count* replies read from *connection*'s socket with a hiredis reader (simple values only,
     bulk strings decoded as UTF-8)."""
-    sock = connection._sock  # type: ignore[attr-defined]
+    sock = connection._sock
     if sock is None:
         raise redis.exceptions.ConnectionError("the connection to Redis is not open")
     reader = hiredis.Reader(encoding="utf-8", errors="replace", notEnoughData=_INCOMPLETE)

@@ -51,6 +51,7 @@ def only_live_keys(client) -> bool:
     live = read_generation(client)
     keys = {k.decode() if isinstance(k, bytes) else k for k in client.keys("*")}
     expected = {f"m2:{live.gen}:{b}" for b in range(live.buckets)} | {"m2:meta", "m2:gen-seq"}
+    expected.add(Layout().fingerprints(live.gen))
     # pttl -2: expired since KEYS listed it; up to 3000: expires within the grace period; -1 would mean never
     expiring = {key for key in keys - expected if (ttl := client.pttl(key)) == -2 or 0 <= ttl <= 3000}
     return keys - expected - expiring <= {Layout().generations} and not client.hlen(Layout().generations)

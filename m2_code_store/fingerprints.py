@@ -1,0 +1,72 @@
+"""Per-bucket fingerprints of a generation: which buckets hold exactly the barcodes a file puts there.
+
+``--replace`` must count how many of the live data set's barcodes the new file keeps (the shrink
+check, and the "added / removed" it reports). Night after night most buckets hold the same
+barcodes, so each generation carries, per bucket, how many barcodes it holds and the sum
+(mod 2**64) of a 64-bit hash of each (:func:`m2_code_store.bulk.digest64_array`). A bucket whose
+count and sum equal the file's for that bucket holds the same barcodes (two different sets of
+barcodes agree with a chance of about 2**-64) and is counted without asking Redis; only the
+barcodes of the other buckets are looked up in the live generation.
+
+Stored per generation in one string, ``{m2:meta}:fingerprints:{gen}`` (in ``m2:meta``'s hash slot,
+so the loader writes it fenced by its lease, on Redis Cluster too): the counts as little-endian
+uint32, then the sums as little-endian uint64, one of each per bucket, about 0.4 bytes a record.
+An incremental load marks the buckets it writes to as unknown before it writes (it cannot know
+which of its barcodes were new): a generation without fingerprints, or a bucket marked unknown,
+is simply looked up, so a missing or stale-marked entry costs time, never a wrong count.
+
+Plain functions on numpy arrays; reading and writing the key is the loader's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNKNOWN = np.uint32(0xFFFFFFFF)  # the count of a bucket whose content is not known
+
+
+@dataclass
+class Fingerprints:
+    counts: np.ndarray  # uint32 per bucket: barcodes in it, or UNKNOWN
+    sums: np.ndarray  # uint64 per bucket: sum of the barcodes' 64-bit hashes, mod 2**64
+
+    @classmethod
+    def of(cls, bucket: np.ndarray, digest: np.ndarray, buckets: int) -> Fingerprints:
+        """The fingerprints of the barcodes whose buckets are *bucket* and hashes *digest*
+        (distinct barcodes: what a generation holds)."""
+        order = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
+        counts = np.bincount(bucket, minlength=buckets).astype(np.uint32)
+        sums = np.zeros(buckets, dtype=np.uint64)
+        nonempty = np.flatnonzero(counts)
+        if len(nonempty):
+            starts = np.zeros(len(nonempty), dtype=np.int64)
+            starts[1:] = np.cumsum(counts[nonempty], dtype=np.int64)[:-1]
+            sums[nonempty] = np.add.reduceat(digest[order], starts)  # uint64 wraps: the sum is mod 2**64
+        return cls(counts, sums)
+
+    @classmethod
+    def unknown(cls, buckets: int) -> Fingerprints:
+        return cls(np.full(buckets, UNKNOWN, dtype=np.uint32), np.zeros(buckets, dtype=np.uint64))
+
+    def to_bytes(self) -> bytes:
+        return self.counts.astype("<u4").tobytes() + self.sums.astype("<u8").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None, buckets: int) -> Fingerprints | None:
+        """Parse what :meth:`to_bytes` wrote; None when *data* is absent or not for *buckets* buckets."""
+        if data is None or len(data) != 12 * buckets:
+            return None
+        counts = np.frombuffer(data, dtype="<u4", count=buckets).astype(np.uint32)
+        sums = np.frombuffer(data, dtype="<u8", offset=4 * buckets).astype(np.uint64)
+        return cls(counts, sums)
+
+    def same_as(self, other: Fingerprints) -> np.ndarray:
+        """Per bucket, whether both hold the same barcodes (both known, equal count and sum)."""
+        return (self.counts == other.counts) & (self.sums == other.sums) & (self.counts != UNKNOWN)
+
+    def forget(self, buckets: np.ndarray) -> None:
+        """Mark *buckets* (indices) as unknown: an incremental load is about to write into them."""
+        self.counts[buckets] = UNKNOWN
+        self.sums[buckets] = 0
