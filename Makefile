@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo demo-m2 demo-discharge bench bench-m2 bench-discharge clean
+.PHONY: install lint typecheck test demo demo-m2 demo-discharge bench bench-m2 bench-discharge clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint
-	$(PY) -m pytest -q
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+# both cores: the suite's servers each take a free port, so the tests run in any order, in parallel
+test: lint typecheck
+	$(PY) -m pytest -q -n 2
 
 demo: demo-m2 demo-discharge demo-passagepoint
 

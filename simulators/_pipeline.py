@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from simulators._common import Handler, TokenBook, drop_connection, request_entry, sleep_latency
 
@@ -165,7 +166,7 @@ def simulator_pipeline(
     target: Callable[[web.Request], str | None],
     answers: Mapping[str, Answer],
     gateway: Gateway | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """The middleware that logs, gates, delays and fails requests for the state at ``app[state_key]``.
 
     ``target`` says what a request is aimed at (its endpoint, the item it scans), for failures

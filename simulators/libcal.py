@@ -108,6 +108,7 @@ from typing import Any
 from aiohttp import web
 
 from simulators._common import (
+    Handler,
     TokenBook,
     load_json_list,
     repeated_parameters,
@@ -502,7 +503,7 @@ def _server_error(request: web.Request, kind: str) -> web.Response:
 
 def create_app(state: LibCalState | None = None) -> web.Application:
     """The LibCal simulator as an aiohttp application; ``app[STATE]`` is its state."""
-    endpoints = {token: "token", space_bookings: "bookings", space_booking: "booking"}
+    endpoints: dict[Handler, str] = {token: "token", space_bookings: "bookings", space_booking: "booking"}
     pipeline = simulator_pipeline(
         STATE,
         target=lambda request: endpoints.get(request.match_info.handler),

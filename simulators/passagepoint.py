@@ -114,6 +114,7 @@ from typing import Any
 from aiohttp import web
 
 from simulators._common import (
+    Handler,
     TokenBook,
     load_json_list,
     repeated_parameters,
@@ -367,13 +368,14 @@ async def create_prereg(request: web.Request) -> web.Response:
     if end <= start:  # type: ignore[operator]
         return error(400, "INVALID_TIME", "endTime must be after startTime")
     visitor_id = body.get("visitorId")
-    if _digit_string(body, "visitorId") is None:
+    visitor_number = _digit_string(body, "visitorId")
+    if visitor_number is None:
         return error(
             400,
             "INVALID_VISITOR_ID",
             f"visitorId must be the visitor's id as a string of digits, got {visitor_id!r}",
         )
-    if int(visitor_id) not in state.visitors:
+    if visitor_number not in state.visitors:
         return error(400, "VISITOR_NOT_FOUND", f"No visitor with id {visitor_id!r}")
     destination = body.get("destination")
     if destination not in state.destinations:
@@ -441,7 +443,7 @@ def _server_error(request: web.Request, kind: str) -> web.Response:
 
 def create_app(state: PassagePointState | None = None) -> web.Application:
     """The PassagePoint simulator as an aiohttp application; ``app[STATE]`` is its state."""
-    endpoints = {handler: name for name, (_, _, handler) in ROUTES.items()}
+    endpoints: dict[Handler, str] = {handler: name for name, (_, _, handler) in ROUTES.items()}
     pipeline = simulator_pipeline(
         STATE,
         target=lambda request: endpoints.get(request.match_info.handler),

@@ -2,7 +2,8 @@
 
 Each tool resolves its settings in one documented order: command line, then environment, then a
 YAML file. This module holds the parts that are the same for all of them: reading the YAML file
-with messages a person can act on, environment overrides, and secrets kept KMS-encrypted.
+with messages a person can act on, secrets kept KMS-encrypted, declared settings (``settings``:
+typed getters, environment overrides, unknown keys refused) and one logging setup (``logs``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "add_logging_arguments", "load_yaml", "env_override", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration",
+__all__ = ["ConfigError", "add_logging_arguments", "load_yaml", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration",
            "format_duration"]
 
 
@@ -71,25 +72,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
-
-
-def env_override(
-    config: Mapping[str, Any],
-    mapping: Mapping[str, str],
-    environ: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Return a copy of *config* where each key in *mapping* takes its environment variable's value when set.
-
-    *mapping* maps a configuration key to the name of the environment variable that overrides it.
-    An empty variable counts as unset.
-    """
-    environ = os.environ if environ is None else environ
-    merged = dict(config)
-    for key, var in mapping.items():
-        value = environ.get(var)
-        if value:
-            merged[key] = value
-    return merged
 
 
 def kms_decrypt(ciphertext_b64: str, *, region: str | None = None, name: str = "value") -> str:

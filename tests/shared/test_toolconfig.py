@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from toolconfig import ConfigError, env_override, kms_decrypt, load_yaml
+from toolconfig import ConfigError, kms_decrypt, load_yaml
 
 
 def test_missing_required_file_says_how_to_fix(tmp_path):
@@ -39,13 +39,6 @@ def test_bom_tolerated(tmp_path):
     path = tmp_path / "c.yml"
     path.write_bytes(b"\xef\xbb\xbfapikey: abc\n")
     assert load_yaml(path) == {"apikey": "abc"}
-
-
-def test_env_override_takes_set_nonempty_variables():
-    config = {"apikey": "from-file", "other": 1}
-    merged = env_override(config, {"apikey": "ALMA_API_KEY", "other": "OTHER"}, {"ALMA_API_KEY": "env", "OTHER": ""})
-    assert merged == {"apikey": "env", "other": 1}
-    assert config["apikey"] == "from-file"
 
 
 @mock_aws
