@@ -85,13 +85,53 @@ def _positions(array: pa.Array, rows: np.ndarray | None) -> tuple[np.ndarray, np
     return starts, lengths, data
 
 
+def _fixed_width(array: pa.Array, rows: np.ndarray | None) -> np.ndarray | None:
+    """The strings of *array* (those at *rows* if given) as the rows of a 2-D byte array, when
+    every string of *array* has the same length (a barcode export, nearly always); else None."""
+    if array.type != pa.string() or len(array) == 0:
+        return None
+    offsets, data = _string_buffers(array)
+    width = int(offsets[1] - offsets[0])
+    if width == 0 or int(offsets[-1] - offsets[0]) != width * len(array):
+        return None
+    if not (np.diff(offsets) == width).all():
+        return None
+    packed = data[offsets[0]:offsets[-1]]
+    if rows is None:
+        return packed.reshape(len(array), width)
+    return packed.view(np.dtype(f"V{width}"))[rows].view(np.uint8).reshape(len(rows), width)  # one copy a row
+
+
+def _crc16_table() -> np.ndarray:
+    """CRC-32 of two bytes at a time: entry x is the table applied to x's low byte, then its high one."""
+    x = np.arange(1 << 16, dtype=np.uint32)
+    low = CRC_TABLE[x & 0xFF]
+    return (CRC_TABLE[(low ^ (x >> 8)) & 0xFF] ^ (low >> 8)).astype(np.uint32)
+
+
+CRC_TABLE_16 = _crc16_table()
+
+
 def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
     """``zlib.crc32`` of every string in *array* (UTF-8 bytes), or of those at positions *rows*, vectorised.
 
-    The loop runs once per byte position of the longest string hashed: callers pass only rows
-    that passed validation (barcodes of at most 48 characters), so one huge value in a skipped
-    row costs nothing here.
+    Strings all of one length are read two bytes at a time, down the columns of a 2-D view.
+    Otherwise the loop runs once per byte position of the longest string hashed: callers pass
+    only rows that passed validation (barcodes of at most 48 characters), so one huge value in
+    a skipped row costs nothing here.
     """
+    if rows is not None and 2 * len(rows) >= len(array) and _fixed_width(array, None) is not None:
+        return crc32_array(array)[rows]  # most rows: hashing them all in place beats gathering them
+    fixed = _fixed_width(array, rows)
+    if fixed is not None:
+        width = fixed.shape[1]
+        crc = np.full(len(fixed), 0xFFFFFFFF, dtype=np.uint32)
+        pairs = np.ascontiguousarray(fixed[:, :width - width % 2]).view("<u2")
+        for k in range(width // 2):
+            crc = CRC_TABLE_16[(crc ^ pairs[:, k]) & 0xFFFF] ^ (crc >> 16)
+        if width % 2:
+            crc = CRC_TABLE[(crc ^ fixed[:, width - 1]) & 0xFF] ^ (crc >> 8)
+        return crc ^ np.uint32(0xFFFFFFFF)
     starts, lengths, data = _positions(array, rows)
     crc = np.full(len(starts), 0xFFFFFFFF, dtype=np.uint32)
     longest = int(lengths.max()) if len(starts) else 0
@@ -126,28 +166,37 @@ def digest64_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarra
     mixed in with murmur3's finaliser, starting from the length (so the hash of a value does not
     depend on the other values in the array). The fingerprints add these up.
 
-    Vectorised by word, not by byte: ASCII values (every barcode seen) are padded by Arrow in
-    place; other values take a slower but identical path.
+    Vectorised by word, not by byte: strings all of one length are padded in a 2-D copy, other
+    ASCII values by Arrow, and anything else takes a slower path; all give the same hash.
     """
     if rows is None:
         rows = np.arange(len(array))
     if len(rows) > DIGEST_CHUNK:  # a chunk at a time: the padded copies stay small
         return np.concatenate([digest64_array(array, rows[first:first + DIGEST_CHUNK])
                                for first in range(0, len(rows), DIGEST_CHUNK)])
-    values = pc.take(array, pa.array(rows))
-    if len(values) == 0:
+    if len(rows) == 0:
         return np.zeros(0, dtype=np.uint64)
-    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
-    width = max(8, (int(lengths.max()) + 7) // 8 * 8)
-    if pc.all(pc.string_is_ascii(values.cast(pa.string()))).as_py():
-        padded = pc.utf8_rpad(values.cast(pa.string()), width=width, padding="\0")
+    fixed = _fixed_width(array, rows)
+    if fixed is not None:
+        length = fixed.shape[1]
+        width = max(8, (length + 7) // 8 * 8)
+        grid = np.zeros((len(rows), width), dtype=np.uint8)
+        grid[:, :length] = fixed
+        words = grid.view(np.uint64)
+        lengths = np.full(len(rows), length, dtype=np.int64)
     else:
-        binary = values.cast(pa.binary())
-        pads = pc.binary_repeat(pa.scalar(b"\0", pa.binary()), pa.array(width - lengths))
-        padded = pc.binary_join_element_wise(binary, pads, pa.scalar(b"", pa.binary()))
-    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32, count=len(padded) + 1, offset=padded.offset * 4)
-    words = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].view(np.uint64)
-    words = words.reshape(len(padded), width // 8)
+        values = pc.take(array, pa.array(rows))
+        lengths = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
+        width = max(8, (int(lengths.max()) + 7) // 8 * 8)
+        if pc.all(pc.string_is_ascii(values.cast(pa.string()))).as_py():
+            padded = pc.utf8_rpad(values.cast(pa.string()), width=width, padding="\0")
+        else:
+            binary = values.cast(pa.binary())
+            pads = pc.binary_repeat(pa.scalar(b"\0", pa.binary()), pa.array(width - lengths))
+            padded = pc.binary_join_element_wise(binary, pads, pa.scalar(b"", pa.binary()))
+        offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32, count=len(padded) + 1, offset=padded.offset * 4)
+        words = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].view(np.uint64)
+        words = words.reshape(len(padded), width // 8)
     h = (lengths.astype(np.uint64) + np.uint64(1)) * _GOLDEN
     word_counts = (lengths + 7) // 8  # a value's hash mixes its own words only, not the padding to *width*
     for k in range(width // 8):

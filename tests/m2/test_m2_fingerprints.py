@@ -36,6 +36,9 @@ def test_digest_is_the_same_whatever_else_is_in_the_array():
     assert len(set(mixed.tolist())) == 5
     # the zero padding does not make a value equal to itself with a NUL appended
     assert digest64_array(pa.array(["ab"]))[0] != digest64_array(pa.array(["ab\0"]))[0]
+    fixed = digest64_array(pa.array(["33433012345678", "33433012345679", "33433012345670"]), np.array([1, 0]))
+    varied = digest64_array(pa.array(["a", "33433012345679", "33433012345678"]))
+    assert list(fixed) == [varied[1], varied[2]] and fixed[1] == ascii_only[0]
     rows = np.array([2, 0])
     assert list(digest64_array(pa.array(["p", "q", "r"]), rows)) == list(digest64_array(pa.array(["r", "p"])))
 

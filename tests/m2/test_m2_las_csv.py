@@ -473,3 +473,15 @@ def test_vectorised_crc32_equals_zlib(values):
     """The loader's bucket function is the reader's (zlib.crc32) for any UTF-8 string."""
     expected = np.array([zlib.crc32(v.encode()) for v in values], dtype=np.uint32)
     assert crc32_array(pa.array(values, type=pa.string())).tolist() == expected.tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 20), st.lists(st.integers(0, 2**62), min_size=1, max_size=40), st.data())
+def test_vectorised_crc32_of_equal_length_strings_equals_zlib(width, numbers, data):
+    """Strings all of one length (the two-bytes-at-a-time path), all of them or picked rows, and
+    a slice of a larger array (offsets not starting at 0)."""
+    values = [str(n).zfill(width)[-width:] if width else "" for n in numbers]
+    array = pa.array(["x" * width, *values], type=pa.string()).slice(1)
+    rows = np.array(data.draw(st.lists(st.integers(0, len(values) - 1), max_size=60)), dtype=np.int64)
+    assert crc32_array(array).tolist() == [zlib.crc32(v.encode()) for v in values]
+    assert crc32_array(array, rows).tolist() == [zlib.crc32(values[i].encode()) for i in rows]
