@@ -35,6 +35,7 @@ from loan_discharge.outcomes import (
     OUTCOME_RETURNED,
     OUTCOME_STILL_ON_LOAN,
     scan_outcome,
+    unfinished_loan,
 )
 
 __all__ = [
@@ -151,6 +152,10 @@ def _scanned(item: Any, known_not_on_loan: bool) -> Verdict:
     outcome = scan_outcome(item)
     if outcome == OUTCOME_STILL_ON_LOAN:
         return Verdict(Next.FAILED, ERROR, "still on loan after the scan-in", "STILL_ON_LOAN")
+    loan = unfinished_loan(item)
+    if loan:  # not returned: the loan is lost, claimed returned, …
+        return Verdict(Next.FAILED, ERROR, f"scanned in, but Alma still shows the item as {loan}: a scan-in does "
+                       "not end that kind of loan; check it in Alma", "NEEDS_REVIEW")
     if outcome == OUTCOME_RETURNED and known_not_on_loan:
         outcome = OUTCOME_NOT_ON_LOAN
     return Verdict(Next.DONE, outcome)

@@ -48,6 +48,8 @@ from toolconfig import add_logging_arguments  # noqa: E402
 from toolconfig.logs import setup_logging  # noqa: E402
 
 PROG = "discharge_loans"
+DRY_RUN_KEY_NOTE = ("an API key is configured; a dry run sends nothing, so whether Alma accepts it is "
+                    "only known when a run sends its first request")
 log = logging.getLogger("loan_discharge")
 _sigterm = SigtermAsCtrlC()
 
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, need_key=not args.dry_run)  # a dry run sends nothing
+        config = load_config(args.config)  # a dry run needs the key too: it checks that one is set
         log.debug("configuration %s: %r", args.config, config)  # the repr hides the key
         # Read now to refuse bad input before anything is created; a run reads the files again
         # once it holds the locks (another run may have rewritten them until then).
@@ -103,6 +105,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.dry_run:
             plan = resume.resume(config, table, desks, args.limit).plan
             _print_plan(config, plan)
+            print(DRY_RUN_KEY_NOTE)
             _finish_line("dry run: nothing was sent", plan)
             return 0
         lock = resume.take_locks(config)

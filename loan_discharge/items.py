@@ -67,6 +67,7 @@ DESK_COLUMNS: dict[str, tuple[str, ...]] = {
     "library_code": ("library code", "library"),
 }
 TRUE_WORDS = {"true", "yes", "y", "1"}
+NOT_SENT = "not sent: "  # the error cell of a refused row starts so
 
 
 class InputError(Exception):
@@ -146,11 +147,16 @@ class ScanRequest:
 
 @dataclass(frozen=True)
 class RowProblem:
-    """A row that will not be sent, and why (``reason`` groups rows with the same fix)."""
+    """A row that will not be sent, and why (``reason`` groups rows with the same fix).
+
+    ``reported``: an earlier run already wrote this reason into the row's error column, so a
+    person has been told (it does not make this run's exit status 1).
+    """
 
     line: int
     item_pid: str
     reason: str
+    reported: bool = False
 
 
 @dataclass
@@ -162,6 +168,11 @@ class Plan:
     already_done: int
     total_rows: int
     not_selected: int = 0
+
+    @property
+    def new_problems(self) -> list[RowProblem]:
+        """Rows refused that no earlier run reported."""
+        return [problem for problem in self.problems if not problem.reported]
 
     def counts_by_desk(self) -> Counter[tuple[str, str]]:
         """Number of scan-ins per (library, circ_desk)."""
@@ -321,6 +332,11 @@ def build_plan(table: ItemsTable, desks: DeskMap, location_type: str, limit: int
     problems: list[RowProblem] = []
     already_done = 0
     first_line_of_item: dict[str, int] = {}
+
+    def refused(row: int, reason: str) -> RowProblem:
+        reported = table.get(row, "error") == f"{NOT_SENT}{reason}"
+        return RowProblem(table.line_number(row), table.get(row, "item_pid"), reason, reported)
+
     for row in range(len(table.rows)):
         line = table.line_number(row)
         item_pid = table.get(row, "item_pid")
@@ -332,7 +348,7 @@ def build_plan(table: ItemsTable, desks: DeskMap, location_type: str, limit: int
         if reason is None and item_pid in first_line_of_item:
             reason = f"same Physical Item Id as line {first_line_of_item[item_pid]}: the item is sent once"
         if reason is not None:
-            problems.append(RowProblem(line, item_pid, reason))
+            problems.append(refused(row, reason))
             continue
         first_line_of_item[item_pid] = line
         use_temp = location_type == "temp" or (location_type == "auto" and _in_temp_location(table, row))
@@ -340,24 +356,21 @@ def build_plan(table: ItemsTable, desks: DeskMap, location_type: str, limit: int
             location = table.get(row, "temp_location_code")
             library = table.get(row, "temp_library_code") or table.get(row, "library_code")
             if not location:
-                problems.append(RowProblem(line, item_pid, "empty Temporary Location Code (location_type is temp)"))
+                problems.append(refused(row, "empty Temporary Location Code (location_type is temp)"))
                 continue
         else:
             location = table.get(row, "location_code")
             library = table.get(row, "library_code")
             if not location:
-                problems.append(RowProblem(line, item_pid, "empty Location Code"))
+                problems.append(refused(row, "empty Location Code"))
                 continue
         desk = desks.lookup(library, location)
         if desk is None:
-            problems.append(RowProblem(
-                line, item_pid,
-                f"no circulation desk mapped for location '{location}' in library '{library}'",
-            ))
+            problems.append(refused(row, f"no circulation desk mapped for location '{location}' in library '{library}'"))
             continue
         scan_library = desk.library or library
         if not scan_library:
-            problems.append(RowProblem(line, item_pid, "empty Library Code and no library_code for its desk"))
+            problems.append(refused(row, "empty Library Code and no library_code for its desk"))
             continue
         process_type = table.get(row, "process_type").lower()
         requests.append(ScanRequest(
@@ -393,7 +406,7 @@ def mark_problems(table: ItemsTable, plan: Plan) -> None:
     for problem in plan.problems:
         row = row_of_line[problem.line]
         table.set(row, "done", "False")
-        table.set(row, "error", f"not sent: {problem.reason}")
+        table.set(row, "error", f"{NOT_SENT}{problem.reason}")
 
 
 def items_fingerprint(table: ItemsTable) -> str:

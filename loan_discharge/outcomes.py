@@ -2,7 +2,9 @@
 
 There is no field that says "the loan was returned": the outcome is read from
 ``item_data.base_status``, ``item_data.process_type`` and ``additional_info``. A scan-in that
-leaves the item in transit or on the hold shelf has still returned the loan.
+leaves the item in transit or on the hold shelf has still returned the loan. One that leaves it in
+a loan process of another kind (``LOST_LOAN``, ``CLAIM_RETURNED_LOAN``, ``LOST_LOAN_AND_PAID``: any
+process type with ``LOAN`` as one of its words) has not: a person has to look at it in Alma.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = [
     "OUTCOME_NOT_ON_LOAN",
     "OUTCOME_WORK_ORDER",
     "OUTCOME_STILL_ON_LOAN",
+    "needs_review",
+    "unfinished_loan",
 ]
 
 OUTCOME_RETURNED = "returned and in place"
@@ -25,6 +29,19 @@ OUTCOME_HOLD_SHELF = "on hold shelf"
 OUTCOME_NOT_ON_LOAN = "not on loan"
 OUTCOME_WORK_ORDER = "in work order"
 OUTCOME_STILL_ON_LOAN = "still on loan"
+NEEDS_REVIEW = "needs review"  # the outcome's start for a loan process a scan-in does not end
+
+
+def needs_review(outcome: str) -> bool:
+    """Whether *outcome* is one a person must look at in Alma (lost, claimed returned, …)."""
+    return outcome.startswith(NEEDS_REVIEW)
+
+
+def unfinished_loan(item: dict[str, Any]) -> str | None:
+    """The process type of a loan other than a plain one, which a scan-in does not end
+    (``LOST_LOAN``, ``CLAIM_RETURNED_LOAN``, ``LOST_LOAN_AND_PAID``, …); None otherwise."""
+    process_type = _value((item.get("item_data") or {}).get("process_type")).upper()
+    return process_type if "LOAN" in process_type.split("_") and process_type != "LOAN" else None
 
 
 def _value(field: Any) -> str:
@@ -41,7 +58,9 @@ def scan_outcome(item: dict[str, Any]) -> str:
     info = str(item.get("additional_info") or "").lower()
     if process_type == "LOAN":
         return OUTCOME_STILL_ON_LOAN
-    if process_type == "TRANSIT" or "in transit" in info:
+    if unfinished_loan(item):
+        return f"{NEEDS_REVIEW} ({process_type})"
+    if process_type.startswith("TRANSIT") or "in transit" in info:  # TRANSIT, TRANSIT_TO_REMOTE_STORAGE
         return OUTCOME_TRANSIT
     if process_type in ("HOLDSHELF", "HOLD_SHELF") or "hold shelf" in info:
         return OUTCOME_HOLD_SHELF

@@ -71,8 +71,13 @@ ODD_200 = AlmaUnexpectedResponse("200 without item_data", status=200)
         (ok(item("HOLDSHELF", "0")), False, Verdict(Next.DONE, "on hold shelf")),
         (ok(item("LOAN", "0")), False, Verdict(Next.FAILED, "error", "still on loan after the scan-in", "STILL_ON_LOAN")),
         (ok(item(), remaining=10), False, Verdict(Next.DONE, "returned and in place", stop=FLOOR_STOP)),
+        (ok(item("LOST_LOAN", "0")), False, Verdict(
+            Next.FAILED, "error", "scanned in, but Alma still shows the item as LOST_LOAN: a scan-in does not end "
+            "that kind of loan; check it in Alma", "NEEDS_REVIEW")),
+        (ok(item("TRANSIT_TO_REMOTE_STORAGE", "0")), False, Verdict(Next.DONE, "in transit")),
     ],
-    ids=["returned", "not-on-loan", "transit", "hold-shelf", "still-on-loan", "below-floor"],
+    ids=["returned", "not-on-loan", "transit", "hold-shelf", "still-on-loan", "below-floor", "lost-loan",
+         "to-remote-storage"],
 )
 def test_what_a_200_means(answer: AlmaResponse, known_not_on_loan: bool, verdict: Verdict) -> None:
     """A 200 is done with the outcome its item object shows, unless the item is still on loan;

@@ -31,6 +31,10 @@ def with_state(process_type: str, base_status: str, info: str) -> dict[str, Any]
         (with_state("WORK_ORDER_DEPARTMENT", "0", ""), outcomes.OUTCOME_WORK_ORDER),
         (with_state("LOAN", "0", ""), outcomes.OUTCOME_STILL_ON_LOAN),
         (with_state("MISSING", "0", ""), "not in place (missing)"),
+        (with_state("TRANSIT_TO_REMOTE_STORAGE", "0", ""), outcomes.OUTCOME_TRANSIT),
+        (with_state("LOST_LOAN", "0", ""), "needs review (LOST_LOAN)"),
+        (with_state("CLAIM_RETURNED_LOAN", "0", ""), "needs review (CLAIM_RETURNED_LOAN)"),
+        (with_state("LOST_LOAN_AND_PAID", "0", ""), "needs review (LOST_LOAN_AND_PAID)"),
     ],
 )
 def test_scan_outcome(item: dict[str, Any], outcome: str) -> None:
