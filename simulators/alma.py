@@ -1,6 +1,8 @@
-"""Local simulator of the Ex Libris Alma REST API: item scan-in and user lookup.
+"""Local simulator of the Ex Libris Alma REST API: scan-in, users, items by barcode, Analytics.
 
-It answers like Alma as described in shared/reference/alma.md (the contract), quirks included.
+It answers like Alma as described in shared/reference/alma.md and alma-items-and-analytics.md
+(the contract), quirks included. Where the contract says *unverified*, the simulator is strict:
+it accepts only what is confirmed, so a client cannot come to rely on a forgiving guess.
 Everything lives in one `AlmaState` that tests build, inspect and mutate; `create_app(state)`
 wraps it in an aiohttp application (`app[STATE]` is the state).
 
@@ -17,6 +19,8 @@ request):
    test suites that replay recorded Alma answers use 400 with this body, and that recorded XML
    body has no `trackingId`, so neither has ours. (One third-party integration guide says an
    unknown key gets 403 `INVALID_REQUEST` instead; the contract says UNAUTHORIZED, so we follow it.)
+   A call of `/almaws/v1/analytics/` with an accepted key outside `analytics_keys` (when that is
+   not None) gets the same answer: the key has no Analytics permission.
 4. Daily quota: one counter for the whole simulator (`daily_quota`), decremented by every
    request that passed 1-3. When it is 0 -> `DAILY_THRESHOLD` with HTTP `daily_status`
    (default 429; *unverified*). `X-Exl-Api-Remaining` (calls left) and `X-Request-ID` are on
@@ -72,8 +76,65 @@ or barcode -> else `401861` "User with identifier X was not found."; `BARCODE` m
 barcode and `primary_id` the primary id, else `401890` "User with identifier X of type T was
 not found."; any other type -> the same 401890 (*unverified*: real Alma may validate the type).
 
+Item by barcode (`GET /almaws/v1/items?item_barcode=X`): HTTP 302, empty body, `Location:
+{scheme}://{host}/almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}` on the scheme and
+host called, without query parameters (whether real Alma sends a body or repeats parameters is
+*unverified*: none here). The barcode is compared exactly as decoded from the query string, so an
+unencoded `+` is a space and does not find `+F20313804` (`%2B` does); no trimming and
+case-sensitive (*unverified*: strict). Checks, each an HTTP 400 Alma error body:
+- a parameter other than `item_barcode`, `apikey`, `format`, or one sent twice -> `40166410` "The
+  parameter P is invalid. Received: V." (`view`/`expand` are not confirmed by the contract, so
+  they are refused; strict, *unverified*); `item_barcode` missing or empty -> the same 40166410;
+- no item with that barcode -> `401689` "No items found for barcode X." (the contract's code).
+Retrieve Item (`GET /almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}`): 200, the
+scan-in's item object in the item's current state but without `additional_info` (keys `bib_data`,
+`holding_data`, `item_data`, `link`; `process_type` LOAN while on loan). Wrong ids -> the scan-in's
+`402203` / `40166411` / `401688`; any parameter but `apikey`/`format` -> 40166410 (strict).
+Both calls are ordinary requests in the pipeline: each counts against the per-second threshold
+and the daily quota (that Alma counts the redirected GET is *unverified*; the contract says to
+assume it), so a lookup that follows the redirect costs two calls.
+
+Analytics reports (`GET /almaws/v1/analytics/reports`; seeded with `add_report` / `load_report`;
+the XML is built by `simulators.alma_analytics`). Parameters: `path`, `limit`, `col_names`,
+`token` (plus `apikey`, `format`). A call with `path` and no or an empty `token=` starts a run of
+the report: a fresh ResumptionToken (128 upper-case hex digits) whose cursor the server keeps
+(`state.report_runs[token]`, holding the rows as they were when the run started); every call with
+`token=` (with or without `path`) returns the run's next page. Only the run's first answer carries
+the token; only its first answer that is not "still loading" carries the schema; `IsFinished` is
+true on the answer with the last row (already on the first one for a one-page report).
+- `limit`: digits, 25..1000, default 25; an answer holds up to the limit rounded up to a multiple
+  of 25 (30 -> 50 rows). Anything else -> 400 `40166410` (*unverified*: strict). Each call's own
+  `limit` sizes its page (a token call without one gets 25; whether Alma remembers the first
+  call's limit is *unverified*: send the same limit every time).
+- `col_names`: exactly `true` (default) or `false`, else 400 40166410 (strict); the first call's
+  counts for the run. With `true` the schema's elements carry `saw-sql:columnHeading` and
+  `saw-sql:tableHeading`; with `false` the schema comes without them (as in a recorded fixture;
+  *unverified*).
+- `filter`: not supported by the simulator: 400 `40166410` whose message says so.
+- "Still loading": each run of a report added with `still_loading=N` first answers N times 200
+  with `IsFinished` false and an empty `<ResultXml/>` (no rows, no schema); the first of those
+  carries the token, so the client goes on with the token. What a first answer without rows
+  means for the schema is *unverified*; the choice here: the schema comes with the first answer
+  that has rows (the first after loading), never with a still-loading one.
+- Errors: a token after `IsFinished` was true -> HTTP 500 `420033` "No more rows to fetch";
+  unknown report path -> HTTP 500 `INTERNAL_SERVER_ERROR` "Path not found (PATH)"; first call
+  without `path` -> 400 40166410 "The parameter path is invalid. Received: ." (*unverified*); an
+  unknown token -> 400 `40166410` "The parameter token is invalid. Received: T." (*unverified*:
+  the code for a bad or expired token is not known); `path` with a token of another report's run
+  -> 400 40166410 (strict, *unverified*); unknown or repeated parameters -> 400 40166410 (strict).
+- Permission: `analytics_keys` (None, the default: every accepted key may read reports); an
+  accepted key not in it gets the gateway's usual UNAUTHORIZED answer (no quota used).
+- Format: XML by default, `<report><QueryResult>…</QueryResult></report>` laid out like the
+  recorded answers (indentation whitespace between elements); JSON (`Accept: application/json`
+  or `format=json`): `{"anies": ["<?xml version=\"1.0\" encoding=\"UTF-16\"?>\n<QueryResult>…"]}`,
+  the same `QueryResult` (rowset namespace included), no `report` wrapper.
+Every call goes through the pipeline like a scan-in. An injected failure that is not applied
+leaves the run where it was; an applied one moves it on (that page is lost, as when the answer
+to a real call is lost).
+
 Injected failures (`inject_failure(kind, count=1, item_pid=None, applied=False)`), taken in FIFO
-order by requests that passed the gateway checks (optionally only scans of `item_pid`). The
+order by requests that passed the gateway checks (optionally only scans of `item_pid`: a failure
+aimed at an item is never taken by a GET of that item, a barcode lookup or a report). The
 kinds every simulator knows (`simulators._pipeline`): "500" (HTTP 500 JSON/XML Alma body
 `INTERNAL_SERVER_ERROR`), "502_text", "503_html", "gateway_timeout" (504 text/plain after
 `state.hang_seconds`, default 60), "hang" (no answer; the connection is closed after
@@ -95,10 +156,15 @@ daily quota, like any answered call.
 
 Standalone: `python -m simulators.alma --host 127.0.0.1 --port 8081 --rate-limit 25
 --daily-quota 100000 --latency 0.3-0.8 --seed 1 --api-key KEY [--api-key KEY2] [--items-csv EXPORT]
-[--desks-csv desks.csv] [--users-csv users.csv]` prints "Alma simulator listening on
+[--desks-csv desks.csv] [--users-csv users.csv] [--report 'PATH=EXPORT' ...]
+[--report-still-loading N] [--analytics-key KEY ...]` prints "Alma simulator listening on
 http://HOST:PORT (...)" once bound (`--port 0` picks a free port). `--items-csv` takes an
 Analytics export (real headers, UTF-8 with or without BOM, or UTF-16 TSV) and seeds every row
-on loan; `--desks-csv` has location_code,circ_desk[,library_code]; users (primary_id,barcode,
+on loan (findable by barcode through its `Barcode` column); `--report` serves an export in the
+same format as the Analytics report at catalog PATH (repeatable; the same file as `--items-csv`
+makes the report of those items), each run giving `--report-still-loading` "still loading"
+answers first; `--analytics-key` keys (also accepted keys) are the only ones that may read
+reports (default: every key); `--desks-csv` has location_code,circ_desk[,library_code]; users (primary_id,barcode,
 user_group[,user_group_desc],first_name,last_name,email) belong to the first --api-key. A seed
 file that cannot be read or lacks a column: message on stderr, exit 2.
 
@@ -128,9 +194,11 @@ from dataclasses import InitVar, dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from simulators._common import (
     Handler,
@@ -139,6 +207,18 @@ from simulators._common import (
     standalone_parser,
 )
 from simulators._pipeline import Failure, FailureQueue, SimulatorState, simulator_pipeline
+from simulators.alma_analytics import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MIN_LIMIT,
+    AnalyticsReport,
+    ReportRun,
+    anies_body,
+    headings_from_header,
+    new_token,
+    report_document,
+    round_limit,
+)
 
 SHAPE_KINDS = ("single_error_object", "errors_exist_string")
 GATEWAY_KINDS = ("429", "redirect")  # answered by the gateway: no quota, no latency
@@ -222,6 +302,7 @@ class AlmaState(SimulatorState):
     hang_seconds: float = 60.0
     redirect_status: int = 301
     redirect_location: str | None = None  # None: the request's URL on https://
+    analytics_keys: set[str] | None = None  # None: every accepted key may read reports
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep  # latency sleeps (tests record)
     timeout_sleep: InitVar[float | None] = None  # the old name of hang_seconds
@@ -234,6 +315,9 @@ class AlmaState(SimulatorState):
         self.desks: set[tuple[str, str]] = set()
         self.requests: list[dict[str, Any]] = []
         self.scans: list[tuple[str, str, str, bool]] = []
+        self.reports: dict[str, AnalyticsReport] = {}
+        self.report_runs: dict[str, ReportRun] = {}  # resumption token -> its cursor
+        self._barcode_index: dict[str, str] = {}  # barcode -> item_pid, rebuilt on a miss
         self.remaining = self.daily_quota
         self.rng = random.Random(self.seed)
         self.window = SlidingWindowCounter(self.per_second_limit, 1.0, self.clock)
@@ -247,6 +331,38 @@ class AlmaState(SimulatorState):
         """Add (or replace) an item, keyed by item_pid."""
         self.items[item.item_pid] = item
         return item
+
+    def find_barcode(self, barcode: str) -> AlmaItem | None:
+        """The item whose barcode is exactly `barcode` (no trimming, case-sensitive), or None."""
+        pid = self._barcode_index.get(barcode)
+        item = self.items.get(pid) if pid is not None else None
+        if item is not None and item.barcode == barcode:
+            return item
+        self._barcode_index = {}
+        for item in self.items.values():  # items may be changed in place: look again
+            if item.barcode:
+                self._barcode_index.setdefault(item.barcode, item.item_pid)
+        pid = self._barcode_index.get(barcode)
+        return self.items[pid] if pid is not None else None
+
+    def add_report(
+        self,
+        path: str,
+        headings: list[tuple[str, str]],
+        rows: list[list[str]],
+        *,
+        still_loading: int = 0,
+    ) -> AnalyticsReport:
+        """Add (or replace) the Analytics report at catalog `path`.
+
+        `headings`: (tableHeading, columnHeading) of Column1..N; `rows`: lists of text cells
+        ("" = empty, left out of the answer); `still_loading`: how many "still loading" answers
+        each run of the report gives before its first page. Runs already started keep the rows
+        they started with.
+        """
+        report = AnalyticsReport(path, list(headings), [list(row) for row in rows], still_loading)
+        self.reports[path] = report
+        return report
 
     def add_user(self, user: AlmaUser) -> AlmaUser:
         """Add (or replace) a user, keyed by primary_id."""
@@ -374,6 +490,14 @@ def item_body(item: AlmaItem, base_url: str) -> dict[str, Any]:
     return body
 
 
+def retrieved_item_body(item: AlmaItem, base_url: str) -> dict[str, Any]:
+    """The Retrieve Item object (GET .../items/{item_pid}): the scan-in body without
+    `additional_info` (keys `bib_data`, `holding_data`, `item_data`, `link`)."""
+    body = item_body(item, base_url)
+    del body["additional_info"]
+    return body
+
+
 def _item_state_fields(item: AlmaItem) -> tuple[dict, dict, str]:
     """(base_status, process_type, additional_info) for the item's state."""
     not_in_place = {"value": "0", "desc": "Item not in place"}
@@ -453,6 +577,18 @@ def check_scan_in(
     department = query.get("department", "")
     if not circ_desk and not department:
         raise _bad_parameter("circ_desk", circ_desk)
+    item = find_item(state, mms_id, holding_id, item_pid)
+    if circ_desk and state.desks and (library, circ_desk) not in state.desks:
+        raise AlmaAPIError(
+            400,
+            state.desk_error_code,
+            f"Circulation desk {circ_desk} is not valid for library {library}.",
+        )
+    return item
+
+
+def find_item(state: AlmaState, mms_id: str, holding_id: str, item_pid: str) -> AlmaItem:
+    """The item at bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}, or raise AlmaAPIError."""
     if not mms_id.isdigit():
         raise AlmaAPIError(400, "402203", f"Input parameters mmsId {mms_id} is not valid.")
     item = state.items.get(item_pid)
@@ -463,12 +599,6 @@ def check_scan_in(
     if item.mms_id != mms_id or item.holding_id != holding_id:
         raise AlmaAPIError(
             400, "401688", f"Search failed for Items with mmsId {mms_id}, holdings id {holding_id}."
-        )
-    if circ_desk and state.desks and (library, circ_desk) not in state.desks:
-        raise AlmaAPIError(
-            400,
-            state.desk_error_code,
-            f"Circulation desk {circ_desk} is not valid for library {library}.",
         )
     return item
 
@@ -512,6 +642,99 @@ def find_user(state: AlmaState, api_key: str, user_id: str, user_id_type: str) -
     raise AlmaAPIError(
         400, "401890", f"User with identifier {user_id} of type {user_id_type} was not found."
     )
+
+
+# --- the domain: item by barcode, Analytics reports ------------------------------------------
+
+ANALYTICS_PREFIX = "/almaws/v1/analytics/"
+COMMON_PARAMETERS = ("apikey", "format")  # taken by every call (alma.md)
+BARCODE_PARAMETERS = ("item_barcode", *COMMON_PARAMETERS)
+ITEM_PARAMETERS = COMMON_PARAMETERS
+REPORT_PARAMETERS = ("path", "limit", "col_names", "token", "filter", *COMMON_PARAMETERS)
+FILTER_UNSUPPORTED = " The Alma simulator does not evaluate Analytics filters: leave filter out."
+
+
+def check_parameters(query: MultiMapping[str], accepted: tuple[str, ...]) -> None:
+    """Refuse with 40166410 a parameter not in `accepted`, or one sent more than once.
+
+    Strict on purpose: what real Alma does with unknown or repeated parameters is *unverified*.
+    """
+    names = [name for name, _ in query.items()]
+    for name, value in query.items():
+        if name not in accepted:
+            raise _bad_parameter(name, value)
+        if names.count(name) > 1:
+            raise _bad_parameter(name, ", ".join(query.getall(name)))
+
+
+def find_item_by_barcode(state: AlmaState, query: MultiMapping[str]) -> AlmaItem:
+    """The item GET /items?item_barcode=X redirects to, or raise AlmaAPIError.
+
+    The barcode is compared exactly as decoded from the query string (an unencoded `+` arrives
+    as a space): no trimming, case-sensitive.
+    """
+    check_parameters(query, BARCODE_PARAMETERS)
+    barcode = query.get("item_barcode", "")
+    if not barcode:
+        raise _bad_parameter("item_barcode", barcode)
+    item = state.find_barcode(barcode)
+    if item is None:
+        raise AlmaAPIError(400, "401689", f"No items found for barcode {barcode}.")
+    return item
+
+
+@dataclass(frozen=True)
+class ReportCall:
+    """A validated Analytics call: the run it continues (None: a new run of `report`)."""
+
+    report: AnalyticsReport
+    run: ReportRun | None
+    limit: int  # as asked; the answer holds up to round_limit(limit) rows
+    col_names: bool
+
+
+def check_report_call(state: AlmaState, query: MultiMapping[str]) -> ReportCall:
+    """Validate GET /analytics/reports without any effect; raise AlmaAPIError if refused."""
+    check_parameters(query, REPORT_PARAMETERS)
+    if "filter" in query:
+        raise AlmaAPIError(
+            400,
+            "40166410",
+            f"The parameter filter is invalid. Received: {query['filter']}.{FILTER_UNSUPPORTED}",
+        )
+    limit = query.get("limit", str(DEFAULT_LIMIT))
+    if not (limit.isascii() and limit.isdigit() and MIN_LIMIT <= int(limit) <= MAX_LIMIT):
+        raise _bad_parameter("limit", limit, f"{MIN_LIMIT}-{MAX_LIMIT}")
+    col_names = query.get("col_names", "true")
+    if col_names not in ("true", "false"):
+        raise _bad_parameter("col_names", col_names, "true, false")
+    path = query.get("path")
+    token = query.get("token", "")
+    if token:
+        run = state.report_runs.get(token)
+        if run is None:
+            raise _bad_parameter("token", token)
+        if path is not None and path != run.report.path:
+            raise _bad_parameter("path", path)
+        if run.finished:
+            raise AlmaAPIError(500, "420033", "No more rows to fetch")
+        return ReportCall(run.report, run, int(limit), run.col_names)
+    if not path:
+        raise _bad_parameter("path", "")
+    report = state.reports.get(path)
+    if report is None:
+        raise AlmaAPIError(500, "INTERNAL_SERVER_ERROR", f"Path not found ({path})")
+    return ReportCall(report, None, int(limit), col_names == "true")
+
+
+def run_report(state: AlmaState, call: ReportCall) -> str:
+    """Answer a validated call: the next `<QueryResult>` of its run (a new run gets a token)."""
+    run = call.run
+    if run is None:
+        token = new_token(state.rng, state.report_runs)
+        run = ReportRun(token, call.report, call.col_names)
+        state.report_runs[token] = run
+    return run.next_query_result(round_limit(call.limit))
 
 
 # --- HTTP layer --------------------------------------------------------------------------------
@@ -570,10 +793,14 @@ class AlmaGateway:
     def refuse(self, request: web.Request, entry: dict[str, Any]) -> web.Response | None:
         """The gateway's refusal of this request, or None to let it on."""
         state = request.app[STATE]
-        entry["api_key"] = _api_key(request)
+        key = entry["api_key"] = _api_key(request)
         if not state.admit():
             return _error_response(state, request, _per_second_error())
-        if entry["api_key"] not in state.api_keys:
+        if key not in state.api_keys or (
+            request.path.startswith(ANALYTICS_PREFIX)
+            and state.analytics_keys is not None
+            and key not in state.analytics_keys
+        ):
             error = AlmaAPIError(state.unauthorized_status, "UNAUTHORIZED", UNAUTHORIZED_MESSAGE)
             return _error_response(state, request, error)
         if state.remaining <= 0:
@@ -650,7 +877,14 @@ def _redirect_response(state: AlmaState, request: web.Request) -> web.Response:
 def _check_only(state: AlmaState, request: web.Request) -> None:
     """Run the request's validation without any effect (for the error-shape failures)."""
     info = request.match_info
-    if "item_pid" in info:
+    if request.path == "/almaws/v1/items":
+        find_item_by_barcode(state, request.query)
+    elif request.path.startswith(ANALYTICS_PREFIX):
+        check_report_call(state, request.query)
+    elif "item_pid" in info and request.method == "GET":
+        check_parameters(request.query, ITEM_PARAMETERS)
+        find_item(state, info["mms_id"], info["holding_id"], info["item_pid"])
+    elif "item_pid" in info:
         check_scan_in(
             state, info["mms_id"], info["holding_id"], info["item_pid"], dict(request.query)
         )
@@ -685,15 +919,46 @@ async def get_user(request: web.Request) -> web.Response:
     return _success_response(request, "user", user_body(user))
 
 
+async def items_by_barcode(request: web.Request) -> web.Response:
+    """GET /items?item_barcode=X: 302 to the item's own URL on the host called, empty body."""
+    item = find_item_by_barcode(request.app[STATE], request.query)
+    ids = (quote(part, safe="") for part in (item.mms_id, item.holding_id, item.item_pid))
+    location = "{}/almaws/v1/bibs/{}/holdings/{}/items/{}".format(_base_url(request), *ids)
+    return web.Response(status=302, headers={"Location": location})
+
+
+async def get_item(request: web.Request) -> web.Response:
+    """GET /bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}: the Retrieve Item object."""
+    state = request.app[STATE]
+    info = request.match_info
+    check_parameters(request.query, ITEM_PARAMETERS)
+    item = find_item(state, info["mms_id"], info["holding_id"], info["item_pid"])
+    return _success_response(request, "item", retrieved_item_body(item, _base_url(request)))
+
+
+async def analytics_report(request: web.Request) -> web.Response:
+    """GET /analytics/reports: the next answer of a report run, XML or JSON (`anies`)."""
+    state = request.app[STATE]
+    query_result = run_report(state, check_report_call(state, request.query))
+    if _wants_json(request):
+        return web.json_response(anies_body(query_result))
+    return web.Response(text=report_document(query_result), content_type="application/xml")
+
+
 def _base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
+
+
+def _failure_target(request: web.Request) -> str | None:
+    """What a request is aimed at for `inject_failure(item_pid=...)`: only scan-ins name one."""
+    return request.match_info.get("item_pid") if request.method == "POST" else None
 
 
 def create_app(state: AlmaState | None = None) -> web.Application:
     """The aiohttp application answering like Alma from `state`."""
     pipeline = simulator_pipeline(
         STATE,
-        target=lambda request: request.match_info.get("item_pid"),
+        target=_failure_target,
         answers={"500": _server_error, **{shape: _shaped_error for shape in SHAPE_KINDS}},
         gateway=AlmaGateway(),
     )
@@ -701,6 +966,13 @@ def create_app(state: AlmaState | None = None) -> web.Application:
     app[STATE] = state if state is not None else AlmaState()
     app.router.add_post("/almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}", scan_in)
     app.router.add_get("/almaws/v1/users/{user_id}", get_user)
+    app.router.add_get("/almaws/v1/items", items_by_barcode, allow_head=False)
+    app.router.add_get(
+        "/almaws/v1/bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}",
+        get_item,
+        allow_head=False,
+    )
+    app.router.add_get("/almaws/v1/analytics/reports", analytics_report, allow_head=False)
     return app
 
 
@@ -713,15 +985,7 @@ def read_export(path: Path, required: dict[str, tuple[str, ...]]) -> list[dict[s
     Each row is keyed by the names of `required` (name -> accepted headers, compared without
     case, BOM or underscores); a missing column raises ValueError naming the file and the fix.
     """
-    raw = path.read_bytes()
-    text = (
-        raw.decode("utf-16")
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff"))
-        else raw.decode("utf-8-sig")
-    )
-    first_line = text.split("\n", 1)[0]
-    reader = csv.reader(io.StringIO(text), delimiter="\t" if "\t" in first_line else ",")
-    header = next(reader, [])
+    header, rows = read_table(path)
     positions = {_normalise(name): index for index, name in enumerate(header)}
     columns: dict[str, int | None] = {}
     for name, accepted in required.items():
@@ -737,9 +1001,23 @@ def read_export(path: Path, required: dict[str, tuple[str, ...]]) -> list[dict[s
             name: (row[index].strip() if index is not None and index < len(row) else "")
             for name, index in columns.items()
         }
-        for row in reader
-        if any(cell.strip() for cell in row)
+        for row in rows
     ]
+
+
+def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the non-blank rows of an export (UTF-8 with or without BOM CSV, or
+    UTF-16 TSV), cells as written."""
+    raw = path.read_bytes()
+    text = (
+        raw.decode("utf-16")
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+        else raw.decode("utf-8-sig")
+    )
+    first_line = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text), delimiter="\t" if "\t" in first_line else ",")
+    header = next(reader, [])
+    return header, [row for row in reader if any(cell.strip() for cell in row)]
 
 
 def _normalise(header: str) -> str:
@@ -792,6 +1070,30 @@ def load_items(state: AlmaState, path: Path) -> int:
                 status="loan",
             )
         )
+    return len(rows)
+
+
+def load_report(
+    state: AlmaState, report_path: str, csv_path: Path, *, still_loading: int = 0
+) -> int:
+    """Serve an Analytics CSV export as the report at catalog `report_path`; return its rows.
+
+    The export's headers become the column headings (their tableHeading the usual subject-area
+    folder of that column, "Physical Item Details" if unknown; a header "Table::Column" names
+    both); cells are stripped, and an empty cell is left out of the answers.
+    """
+    header, rows = read_table(csv_path)
+    if not header or not any(name.strip() for name in header):
+        raise ValueError(f"{csv_path.name}: no header line")
+    try:
+        state.add_report(
+            report_path,
+            headings_from_header(header),
+            [[cell.strip() for cell in row] for row in rows],
+            still_loading=still_loading,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{csv_path.name}: {exc}") from exc
     return len(rows)
 
 
@@ -852,19 +1154,54 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--items-csv", type=Path, help="Analytics export of on-loan items")
     parser.add_argument("--desks-csv", type=Path, help="location_code,circ_desk[,library_code]")
     parser.add_argument("--users-csv", type=Path, help="users for the first --api-key")
+    parser.add_argument(
+        "--report",
+        action="append",
+        dest="reports",
+        type=_report_argument,
+        metavar="PATH=CSV",
+        help="serve an Analytics CSV export as the report at catalog PATH (repeatable), e.g. "
+        "'/shared/Uni/Reports/Loans=items.csv'",
+    )
+    parser.add_argument(
+        "--report-still-loading",
+        type=int,
+        default=0,
+        metavar="N",
+        help="'still loading' answers each run of a --report gives before its first page",
+    )
+    parser.add_argument(
+        "--analytics-key",
+        action="append",
+        dest="analytics_keys",
+        help="a key that may read Analytics reports (repeatable; also accepted as an --api-key); "
+        "without any, every key may",
+    )
     return parser
+
+
+def _report_argument(text: str) -> tuple[str, Path]:
+    """PATH=CSV for --report (split at the last "=")."""
+    report_path, separator, csv_path = text.rpartition("=")
+    if not separator or not report_path or not csv_path:
+        raise argparse.ArgumentTypeError(
+            f"--report must look like '/shared/Uni/Reports/Loans=items.csv', got {text!r}"
+        )
+    return report_path, Path(csv_path)
 
 
 def build_state(args: argparse.Namespace) -> AlmaState:
     """An AlmaState from parsed command-line options, seeded from the given files."""
     api_keys = args.api_keys or ["test-key"]
+    analytics_keys = args.analytics_keys
     state = AlmaState(
         per_second_limit=args.rate_limit,
         daily_quota=args.daily_quota,
         latency=args.latency,
         daily_status=args.daily_status,
-        api_keys=set(api_keys),
+        api_keys=set(api_keys) | set(analytics_keys or ()),
         seed=args.seed,
+        analytics_keys=set(analytics_keys) if analytics_keys else None,
     )
     if args.items_csv:
         load_items(state, args.items_csv)
@@ -872,7 +1209,16 @@ def build_state(args: argparse.Namespace) -> AlmaState:
         load_desks(state, args.desks_csv)
     if args.users_csv:
         load_users(state, args.users_csv, api_keys[0])
+    for report_path, csv_path in args.reports or ():
+        load_report(state, report_path, csv_path, still_loading=args.report_still_loading)
     return state
+
+
+def _summary(state: AlmaState) -> str:
+    counts = f" ({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)"
+    if state.reports:
+        counts += f" and {len(state.reports)} Analytics report(s)"
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -882,9 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().parse_args(argv),
         build_state,
         create_app,
-        lambda state: (
-            f" ({len(state.items)} items, {len(state.users)} users, {len(state.desks)} desks)"
-        ),
+        _summary,
     )
 
 
