@@ -32,14 +32,17 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from yarl import URL
 
+from alma.analytics import ReportPage, parse_report
 from alma.errors import (
     AlmaDailyQuotaExceeded,
     AlmaError,
     AlmaNoAnswer,
+    AlmaNoMoreRows,
     AlmaNotFound,
     AlmaNotSent,
     AlmaRateLimited,
     AlmaRedirected,
+    AlmaReportNotFound,
     AlmaRequestError,
     AlmaServerError,
     AlmaUnauthorized,
@@ -47,7 +50,7 @@ from alma.errors import (
 )
 from alma.privacy import excerpt
 
-__all__ = ["AlmaClient", "AlmaResponse", "ParsedBody", "parse_body", "API_PATH", "NOT_FOUND_CODES"]
+__all__ = ["AlmaClient", "AlmaResponse", "ItemIds", "ParsedBody", "parse_body", "API_PATH", "NOT_FOUND_CODES"]
 
 API_PATH = "/almaws/v1"
 GATEWAY_EXAMPLE = "https://api-na.hosted.exlibrisgroup.com"
@@ -55,6 +58,8 @@ GATEWAY_EXAMPLE = "https://api-na.hosted.exlibrisgroup.com"
 DAILY_THRESHOLD = "DAILY_THRESHOLD"
 PER_SECOND_THRESHOLD = "PER_SECOND_THRESHOLD"
 UNAUTHORIZED = "UNAUTHORIZED"
+NO_MORE_ROWS = "420033"  # an Analytics call after the last page
+PATH_NOT_FOUND = "Path not found"  # how an unknown Analytics report path's 500 begins
 #: No such record: a user by id (401861, or 401890 with a user_id_type), an item by barcode (401689).
 NOT_FOUND_CODES = frozenset({"401861", "401890", "401689"})
 
@@ -67,6 +72,24 @@ class AlmaResponse:
     status: int
     body: Any
     remaining: int | None  # X-Exl-Api-Remaining: calls left today for the institution
+
+
+@dataclass(frozen=True)
+class ItemIds:
+    """The three ids that make an item's URL (``bibs/{mms_id}/holdings/{holding_id}/items/{item_pid}``)."""
+
+    mms_id: str
+    holding_id: str
+    item_pid: str
+
+
+_ITEM_URL = re.compile(r"/bibs/(\d+)/holdings/(\d+)/items/(\d+)/?$")
+
+
+def item_ids(url: str | None) -> ItemIds | None:
+    """The ids in an item's API URL (the Location of Retrieve Item by Barcode's 302), or None."""
+    match = _ITEM_URL.search(URL(url).path) if url else None
+    return ItemIds(*match.groups()) if match else None
 
 
 @dataclass(frozen=True)
@@ -238,6 +261,68 @@ class AlmaClient:
             )
         return response
 
+    async def item_by_barcode(self, barcode: str) -> ItemIds | AlmaResponse:
+        """The first call of Retrieve Item by Barcode (``GET items?item_barcode=``, the barcode sent
+        percent-encoded: a ``+`` as ``%2B``).
+
+        Alma answers 302 to the item's own URL; that is not followed here (aiohttp would send the
+        second request past the caller's rate limiter): the ids are read from ``Location`` and
+        returned, for the caller to fetch with :meth:`get_item` once its limiter lets it. Should
+        the answer be the item itself (200), it is returned as it is. AlmaNotFound (401689) when
+        no item has the barcode.
+        """
+        try:
+            response = await self._request("GET", "items", query={"item_barcode": barcode})
+        except AlmaRedirected as exc:
+            ids = item_ids(exc.location)
+            if ids is None:
+                raise exc.reworded(
+                    f"Retrieve Item by Barcode answered HTTP {exc.status} to {exc.location or '(no Location header)'}, "
+                    "which is not an item's URL"
+                ) from None
+            return ids
+        return self._item(response)
+
+    async def get_item(self, ids: ItemIds) -> AlmaResponse:
+        """Retrieve Item: ``body`` has ``bib_data``, ``holding_data`` and ``item_data`` (no ``additional_info``)."""
+        path = f"bibs/{_segment(ids.mms_id)}/holdings/{_segment(ids.holding_id)}/items/{_segment(ids.item_pid)}"
+        return self._item(await self._request("GET", path))
+
+    async def analytics_report(
+        self, *, path: str | None = None, token: str | None = None, limit: int = 1000, col_names: bool = True,
+    ) -> ReportPage:
+        """One answer of an Analytics report (``GET analytics/reports``): the first with *path*, the
+        next ones with the *token* the first answer carried (the report's path may be sent along).
+
+        AlmaReportNotFound when no report has that path (Alma answers 500), AlmaNoMoreRows after the
+        last page, AlmaUnauthorized for a key without Analytics permission.
+        """
+        query: dict[str, str] = {}
+        if path is not None:
+            query["path"] = path
+        query["limit"] = str(limit)
+        query["col_names"] = "true" if col_names else "false"
+        if token:
+            query["token"] = token
+        response = await self._request("GET", "analytics/reports", query=query)
+        try:
+            return parse_report(response.body)
+        except ValueError as exc:
+            raise AlmaUnexpectedResponse(
+                f"{response.status} with {exc}", status=response.status, url=response.url, response=response.body,
+                remaining=response.remaining,
+            ) from exc
+
+    @staticmethod
+    def _item(response: AlmaResponse) -> AlmaResponse:
+        body = response.body
+        if not isinstance(body, dict) or not isinstance(body.get("item_data"), dict):
+            raise AlmaUnexpectedResponse(
+                f"{response.status} without item_data", status=response.status, url=response.url,
+                response=body, remaining=response.remaining,
+            )
+        return response
+
     # -- the one request -----------------------------------------------------------------------
 
     async def _request(
@@ -246,6 +331,7 @@ class AlmaClient:
         path: str,
         *,
         params: dict[str, str] | None = None,
+        query: dict[str, str] | None = None,
         json: Any = None,
         patron: str | None = None,
     ) -> AlmaResponse:
@@ -258,10 +344,16 @@ class AlmaClient:
         quoting = _Quoting(patron)
         url = self._url(path.replace("{patron}", quote(patron, safe="")) if patron is not None else path)
         shown = self._url(path.replace("{patron}", "[id]")) + (f"?{urlencode(params)}" if params else "")
+        target: str | URL = url
+        if query:  # every character but the unreserved ones percent-encoded: a '+' as %2B, a space as %20
+            encoded = "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in query.items())
+            target = URL(f"{url}?{encoded}", encoded=True)
+            shown = f"{url}?{encoded}"
         headers = {"Authorization": f"apikey {self._api_key}", "Accept": "application/json"}
         try:
             async with self._session.request(
-                method, url, params=params, json=json, headers=headers, timeout=self._timeout, allow_redirects=False
+                method, target, params=params, json=json, headers=headers, timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 text = await response.text(errors="replace")
                 status = response.status
@@ -283,10 +375,10 @@ class AlmaClient:
                 f"connection lost before an answer: {exc.__class__.__name__}", code="CONNECTION_LOST", url=shown
             ) from exc
         if 300 <= status < 400:
-            target = quoting.url(str(URL(url).join(URL(location)))) if location else None
+            pointed = quoting.url(str(URL(url).join(URL(location)))) if location else None
             raise AlmaRedirected(
-                f"HTTP {status} redirect to {target or '(no Location header)'}, not followed",
-                location=target, status=status, url=shown, response=text, remaining=remaining,
+                f"HTTP {status} redirect to {pointed or '(no Location header)'}, not followed",
+                location=pointed, status=status, url=shown, response=text, remaining=remaining,
             )
         return self._decode(status, text, shown, remaining, quoting)
 
@@ -323,6 +415,10 @@ class AlmaClient:
             error = AlmaUnauthorized(message_of(code), code=code, **fields)
         elif found and status < 500:
             error = AlmaNotFound(message_of(found[0]), code=found[0], **fields)
+        elif NO_MORE_ROWS in codes:
+            error = AlmaNoMoreRows(message_of(NO_MORE_ROWS), code=NO_MORE_ROWS, **fields)
+        elif status >= 500 and any(message.startswith(PATH_NOT_FOUND) for _, message in errors):
+            error = AlmaReportNotFound(message_of(first), code=first, **fields)
         elif status >= 500:
             error = AlmaServerError(message_of(first), code=first, **fields)
         elif 200 <= status < 300:

@@ -30,7 +30,10 @@ The tree::
     │                               the configured URL answered with an HTML page: not the gateway
     ├── AlmaRedirected              a 3xx: never followed (``location`` says where it pointed)
     ├── AlmaRequestError            a 4xx with an Alma error: bad ids, unknown desk, …
-    │   └── AlmaNotFound            no such record: 401861 / 401890 (user), 401689 (item barcode)
+    │   ├── AlmaNotFound            no such record: 401861 / 401890 (user), 401689 (item barcode)
+    │   ├── AlmaReportNotFound      an Analytics report path that does not exist (Alma answers 500
+    │   │                           "Path not found": not a transient error)
+    │   └── AlmaNoMoreRows          420033: an Analytics call after the last page (a 500 too)
     └── AlmaUnexpectedResponse      a 2xx that is not what the endpoint answers, or says errorsExist
 
 Which of these to retry, and how often, is the caller's decision: a scan-in POST that got no
@@ -53,6 +56,8 @@ __all__ = [
     "AlmaRedirected",
     "AlmaRequestError",
     "AlmaNotFound",
+    "AlmaReportNotFound",
+    "AlmaNoMoreRows",
     "AlmaUnexpectedResponse",
 ]
 
@@ -137,6 +142,14 @@ class AlmaRequestError(AlmaError):
 
 class AlmaNotFound(AlmaRequestError):
     """Alma has no such record (a user with this id in this institution zone, an item with this barcode)."""
+
+
+class AlmaReportNotFound(AlmaRequestError):
+    """Analytics has no report at this path (HTTP 500, ``Path not found (…)``): fix the path."""
+
+
+class AlmaNoMoreRows(AlmaRequestError):
+    """420033: an Analytics report was asked for rows after its last page (HTTP 500)."""
 
 
 class AlmaUnexpectedResponse(AlmaError):

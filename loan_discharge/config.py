@@ -39,6 +39,7 @@ LOCATION_TYPES = ("auto", "temp", "perm")
 KNOWN_KEYS = (
     "apikey",
     "loans_data_file",
+    "analytics_report",
     "circ_desks_file",
     "data_dir",
     "location_type",
@@ -62,9 +63,10 @@ class DischargeConfig:
     """Everything one discharge run needs, validated."""
 
     apikey: str | None
-    loans_data_file: Path
+    loans_data_file: Path | None  # None: the items come from a barcode list or the Analytics report
     circ_desks_file: Path
     data_dir: Path
+    analytics_report: str | None = None  # the report's catalog path, read through the Analytics API
     location_type: str = "auto"
     base_url: str = DEFAULT_BASE_URL
     rate_limit: int = 25
@@ -73,6 +75,16 @@ class DischargeConfig:
     daily_quota_floor: int = 0
     request_timeout: float = 30.0
     max_attempts: int = 3
+
+    @property
+    def items_file(self) -> Path:
+        """The items CSV of a CSV run (ConfigError when the file does not name one)."""
+        if self.loans_data_file is None:
+            raise ConfigError(
+                f"loans_data_file is missing: add it (see {TEMPLATE}), or name the items another way: "
+                "--barcodes FILE, or --analytics-report PATH (or analytics_report in the file)"
+            )
+        return self.loans_data_file
 
     def __repr__(self) -> str:
         """Represent the configuration without the API key."""
@@ -91,7 +103,8 @@ class DischargeConfig:
         has_key = bool(section.environ.get(API_KEY_ENV)) or section.given("apikey")
         return cls(
             apikey=section.secret("apikey", API_KEY_ENV) if need_key or has_key else None,
-            loans_data_file=_required_path(section, "loans_data_file"),
+            loans_data_file=section.file_path("loans_data_file") if section.given("loans_data_file") else None,
+            analytics_report=_report_path(section),
             circ_desks_file=_required_path(section, "circ_desks_file"),
             data_dir=_required_path(section, "data_dir"),
             location_type=section.choice("location_type", LOCATION_TYPES, default="auto"),
@@ -111,6 +124,19 @@ def load_config(
     """Read and validate the configuration file at *path*; raise ConfigError saying what to fix."""
     section = Section(load_yaml(path), source=path, environ=environ, known=KNOWN_KEYS)
     return DischargeConfig.from_section(section, need_key=need_key)
+
+
+def _report_path(section: Section) -> str | None:
+    if not section.given("analytics_report"):
+        return None
+    path = section.text("analytics_report").strip()
+    if not path.startswith("/"):
+        raise section.error("analytics_report", f"must be the report's catalog path, starting with /shared/ or "
+                            f"/users/, not {section.raw('analytics_report')!r}")
+    if section.given("loans_data_file"):
+        raise section.error("analytics_report", "and loans_data_file are both set: keep the one that names "
+                            "where the items come from")
+    return path
 
 
 def _required_path(section: Section, key: str) -> Path:

@@ -23,6 +23,7 @@ from alma import (
     AlmaDailyQuotaExceeded,
     AlmaError,
     AlmaNoAnswer,
+    AlmaNotFound,
     AlmaNotSent,
     AlmaRateLimited,
     AlmaRedirected,
@@ -30,6 +31,8 @@ from alma import (
     AlmaServerError,
     AlmaUnauthorized,
 )
+from loan_discharge.barcodes import NOT_FOUND_REASON
+from loan_discharge.items import NOT_SENT
 from loan_discharge.outcomes import (
     OUTCOME_NOT_ON_LOAN,
     OUTCOME_RETURNED,
@@ -46,6 +49,7 @@ __all__ = [
     "Verdict",
     "floor_reason",
     "judge",
+    "judge_lookup",
     "when_stopped",
 ]
 
@@ -144,6 +148,20 @@ def judge(
         verdict = _failed_send(answer, tries, policy)
     counts_quota = not isinstance(answer, AlmaDailyQuotaExceeded | AlmaUnauthorized)
     floor = floor_reason(answer.remaining, quota_floor) if counts_quota else None
+    return replace(verdict, stop=floor or verdict.stop)
+
+
+def judge_lookup(error: AlmaError, tries: Tries, policy: RetryPolicy, *, quota_floor: int = 0) -> Verdict:
+    """What an error answer to an item lookup (a GET: nothing was changed) means: the same as for a
+    scan-in (retry, fail the barcode, stop the run), except that a barcode Alma does not know fails
+    for good with the reason a person reads, and the quota floor stops the run as for a scan-in."""
+    if isinstance(error, AlmaNotFound):
+        verdict = Verdict(Next.FAILED, ERROR, f"{NOT_SENT}{NOT_FOUND_REASON} ({error.code}: {error.message})",
+                          error.code)
+    else:
+        verdict = _failed_send(error, tries, policy)
+    counts_quota = not isinstance(error, AlmaDailyQuotaExceeded | AlmaUnauthorized)
+    floor = floor_reason(error.remaining, quota_floor) if counts_quota else None
     return replace(verdict, stop=floor or verdict.stop)
 
 

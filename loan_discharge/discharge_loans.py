@@ -1,4 +1,10 @@
-"""Command line: ``discharge_loans [--config FILE] [--dry-run] [--limit N] [--quiet|--verbose] [--log-file PATH]``.
+"""Command line: ``discharge_loans [--config FILE] [--barcodes FILE | --analytics-report PATH] [--dry-run]
+[--limit N] [--quiet|--verbose] [--log-file PATH]``.
+
+The items come from the Analytics CSV export (``loans_data_file``), a barcode list (``--barcodes``:
+each barcode looked up in Alma, results in ``<list>.results.csv`` beside it) or the Analytics
+report itself (``--analytics-report`` or ``analytics_report``: fetched into ``data_dir/analytics/``,
+then run as a CSV run).
 
 Parses options, calls the library (configuration, the resume protocol in resume.py, the engine in
 run.py), prints the plan and the summary on stdout, and logs everything else (human-readable on a
@@ -19,6 +25,8 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,9 +34,21 @@ if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
+from alma import AlmaClient, SlidingWindowLimiter  # noqa: E402
 from loan_discharge import resume  # noqa: E402
+from loan_discharge.analytics import (  # noqa: E402
+    ReportError,
+    fetch_report,
+    report_lock_path,
+    report_session,
+    report_table,
+    save_report,
+    saved_reports,
+)
+from loan_discharge.barcodes import BarcodeList, barcode_summary, format_barcodes  # noqa: E402
 from loan_discharge.config import DEFAULT_CONFIG_FILE, ConfigError, DischargeConfig, load_config  # noqa: E402
-from loan_discharge.items import InputError, Plan, format_plan  # noqa: E402
+from loan_discharge.items import DeskMap, InputError, ItemsTable, Plan, format_plan, read_desks  # noqa: E402
+from loan_discharge.lock import RunLock  # noqa: E402
 from loan_discharge.report import (  # noqa: E402
     exit_status,
     format_summary,
@@ -59,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG, description="Return (discharge) loans in bulk through Alma's scan-in API."
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG_FILE, help=f"YAML configuration (default: {DEFAULT_CONFIG_FILE})")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--barcodes", type=Path, metavar="FILE",
+                        help="look up the items of a barcode list (one per line, or a CSV with a Barcode column) "
+                             "and return them; results go to FILE's name + .results.csv beside it")
+    source.add_argument("--analytics-report", metavar="PATH",
+                        help="read the items from this Analytics report (its catalog path, e.g. "
+                             "'/shared/Your Institution/Reports/items_to_discharge') instead of loans_data_file")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; send nothing")
     parser.add_argument("--limit", type=_positive, metavar="N", help="process only the first N pending rows")
     add_logging_arguments(parser)
@@ -99,37 +126,118 @@ def _main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)  # a dry run needs the key too: it checks that one is set
         log.debug("configuration %s: %r", args.config, config)  # the repr hides the key
+        report = args.analytics_report or (config.analytics_report if args.barcodes is None else None)
+        if report is not None:
+            return _from_report(replace(config, loans_data_file=None, analytics_report=report), args)
+        if args.barcodes is not None:
+            config = resume.barcode_config(config, args.barcodes)
         # Read now to refuse bad input before anything is created; a run reads the files again
         # once it holds the locks (another run may have rewritten them until then).
-        table, desks = resume.read_inputs(config)
+        listing = _read(config, args.barcodes)
         if args.dry_run:
-            plan = resume.resume(config, table, desks, args.limit).plan
-            _print_plan(config, plan)
+            resumed = resume.resume(config, *_inputs(config, args.barcodes), args.limit)
+            _print_plan(config, resumed, listing)
             print(DRY_RUN_KEY_NOTE)
-            _finish_line("dry run: nothing was sent", plan)
+            _finish_line("dry run: nothing was sent", resumed.plan)
             return 0
         lock = resume.take_locks(config)
     except (ConfigError, InputError, resume.CannotStart) as exc:
         log.error("%s", exc)
         return 2
     with lock:
-        for holder in lock.taken_over:
-            log.warning("took over the lock of an earlier run (%s) that ended without releasing it",
-                        holder.describe(), extra={"event": "lock_taken_over", "holder_pid": holder.pid,
-                                                  "holder_host": holder.host})
-        try:
-            resumed = resume.resume(config, *resume.read_inputs(config), args.limit)
-        except (InputError, resume.CannotStart) as exc:
-            log.error("%s", exc)
-            return 2
-        _print_plan(config, resumed.plan)
-        return _discharge(config, resumed, quiet=args.quiet)
+        _log_takeover(lock)
+        return _locked_run(config, args, listing)
 
 
-def _print_plan(config: DischargeConfig, plan: Plan) -> None:
-    text = format_plan(plan, config.loans_data_file, config.circ_desks_file)
+def _read(config: DischargeConfig, barcodes: Path | None) -> BarcodeList | None:
+    """Check the inputs (InputError); the barcode list, for a barcode run."""
+    if barcodes is None:
+        resume.read_inputs(config)
+        return None
+    return resume.read_barcode_inputs(config, barcodes)[0]
+
+
+def _inputs(config: DischargeConfig, barcodes: Path | None) -> tuple[ItemsTable, DeskMap]:
+    if barcodes is None:
+        return resume.read_inputs(config)
+    _, table, desks = resume.read_barcode_inputs(config, barcodes)
+    return table, desks
+
+
+def _locked_run(config: DischargeConfig, args: argparse.Namespace, listing: BarcodeList | None) -> int:
+    """Read the inputs again (the locks are held now), merge an interrupted run's journal, plan, run."""
+    try:
+        resumed = resume.resume(config, *_inputs(config, args.barcodes), args.limit)
+    except (InputError, resume.CannotStart) as exc:
+        log.error("%s", exc)
+        return 2
+    _print_plan(config, resumed, listing)
+    return _discharge(config, resumed, quiet=args.quiet, listing=listing)
+
+
+def _log_takeover(lock: RunLock) -> None:
+    for holder in lock.taken_over:
+        log.warning("took over the lock of an earlier run (%s) that ended without releasing it",
+                    holder.describe(), extra={"event": "lock_taken_over", "holder_pid": holder.pid,
+                                              "holder_host": holder.host})
+
+
+def _from_report(config: DischargeConfig, args: argparse.Namespace) -> int:
+    """A run over the Analytics report: fetch it (or, after an interrupted run, resume the copy that
+    run fetched), save it in data_dir/analytics/, then run over that CSV as over an export."""
+    path = config.analytics_report or ""
+    read_desks(config.circ_desks_file)  # refuse a bad desks file before anything is fetched
+    if args.dry_run:
+        print(f"dry run: the Analytics report {path} would be fetched from {config.base_url} (a dry run sends "
+              "nothing, so neither the report nor its columns were checked)")
+        print(DRY_RUN_KEY_NOTE)
+        print("dry run: nothing was sent")
+        return 0
+    lock_path = report_lock_path(config.data_dir, path)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = resume.take_locks(replace(config, loans_data_file=lock_path))
+    except OSError as exc:
+        log.error("cannot create %s: %s; nothing was sent", lock_path.parent, exc.strerror or exc)
+        return 2
+    except resume.CannotStart as exc:
+        log.error("%s", exc)
+        return 2
+    with lock:
+        _log_takeover(lock)
+        copies = saved_reports(config.data_dir, path)
+        if copies and resume.journal_path(config).exists():
+            saved = copies[-1]
+            log.warning("an interrupted run over this report left results to finish: resuming it over the copy it "
+                        "fetched (%s); the report is fetched again by the next run", saved,
+                        extra={"event": "report_resumed", "file": str(saved)})
+        else:
+            try:
+                header, rows = _sigterm.run(_fetch(config, path))
+                report_table(path, header, config.location_type)
+            except ReportError as exc:
+                log.error("%s", exc)
+                return 2
+            saved = save_report(config.data_dir, path, header, rows)
+            log.info("Analytics report %s: %d rows fetched, saved as %s", path, len(rows), saved,
+                     extra={"event": "report_fetched", "rows": len(rows), "file": str(saved)})
+        return _locked_run(replace(config, loans_data_file=saved), args, None)
+
+
+async def _fetch(config: DischargeConfig, path: str) -> tuple[list[str], list[list[str]]]:
+    async with report_session() as session:
+        client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
+        return await fetch_report(client, SlidingWindowLimiter(config.rate_limit), path)
+
+
+def _print_plan(config: DischargeConfig, resumed: resume.Resumed, listing: BarcodeList | None) -> None:
+    plan = resumed.plan
+    text = format_plan(plan, config.items_file, config.circ_desks_file, to_look_up=len(resumed.lookups))
+    if listing is not None:
+        text = format_barcodes(listing, config.items_file, len(resumed.lookups)) + "\n" + text
     print(text)
-    log.info("%s", text.splitlines()[0], extra={"printed": True, "event": "plan", **plan_fields(plan)})
+    log.info("%s", text.splitlines()[0], extra={"printed": True, "event": "plan", **plan_fields(plan),
+                                                 "to_look_up": len(resumed.lookups)})
 
 
 def _finish_line(line: str, plan: Plan) -> None:
@@ -138,7 +246,7 @@ def _finish_line(line: str, plan: Plan) -> None:
     log.info("%s", line, extra={"printed": True, "event": "summary", **plan_fields(plan)})
 
 
-def _discharge(config: DischargeConfig, resumed: resume.Resumed, *, quiet: bool) -> int:
+def _discharge(config: DischargeConfig, resumed: resume.Resumed, *, quiet: bool, listing: BarcodeList | None = None) -> int:
     """Save the merged journal, send the plan's scan-ins, print the summary; the locks are held."""
     plan = resumed.plan
     run_id = new_run_id(config.data_dir)
@@ -146,24 +254,26 @@ def _discharge(config: DischargeConfig, resumed: resume.Resumed, *, quiet: bool)
     if kept is not None:
         log.info("recovered %d results from the journal of an interrupted run (journal kept as %s)",
                  resumed.recovered, kept.name, extra={"event": "recovered", "recovered": resumed.recovered})
-    if not plan.requests:
+    if not plan.requests and not resumed.lookups:
         _finish_line("nothing to send", plan)
         return nothing_to_send_status(plan)
-    log.info("run %s: results go to %s, raw answers to %s", run_id, config.loans_data_file,
+    log.info("run %s: results go to %s, raw answers to %s", run_id, config.items_file,
              results_path(config.data_dir, run_id, "N"), extra={"event": "start", "run_id": run_id})
     finished: Counter[str] = Counter()
     try:
         summary = _sigterm.run(_run(config, resumed, run_id, finished, show_bar=not quiet and sys.stderr.isatty()))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
-        left = len(plan.requests) - finished["done"] - finished["failed"]
+        left = len(plan.requests) + len(resumed.lookups) - finished["done"] - finished["failed"]
         log.error(
             "%s: %d items done and %d failed in this run are saved in %s; %d not finished: run again to resume",
-            interruption(exc), finished["done"], finished["failed"], config.loans_data_file, left,
+            interruption(exc), finished["done"], finished["failed"], config.items_file, left,
             extra={"event": "interrupted", "done": finished["done"], "failed": finished["failed"], "not_finished": left},
         )
         return interrupted_status(exc)
     resume.finish(config)  # every result is in the items file: the journal goes
-    text = format_summary(summary, plan, config.loans_data_file)
+    text = format_summary(summary, plan, config.items_file)
+    if listing is not None:
+        text += "\n" + barcode_summary(listing, summary, plan, config.items_file)
     print(text)
     log.info("%s", "; ".join(text.splitlines()), extra={"printed": True, "event": "summary", **summary_fields(summary, plan)})
     return exit_status(summary, plan)
@@ -173,7 +283,8 @@ async def _run(
     config: DischargeConfig, resumed: resume.Resumed, run_id: str, finished: Counter[str], *, show_bar: bool
 ) -> RunSummary:
     """The engine, with a progress bar on a terminal (log lines are written above it)."""
-    bar = tqdm(total=len(resumed.plan.requests), unit="item", disable=not show_bar, file=sys.stderr)
+    bar = tqdm(total=len(resumed.plan.requests) + len(resumed.lookups), unit="item", disable=not show_bar,
+               file=sys.stderr)
 
     def on_item(result: ItemResult) -> None:
         bar.update(1)
@@ -186,7 +297,7 @@ async def _run(
     try:
         with redirect:
             return await discharge_from_config(config, resumed.table, resumed.plan.requests, run_id=run_id,
-                                               on_item=on_item)
+                                               on_item=on_item, lookups=resumed.lookups, desks=resumed.desks)
     finally:
         bar.close()
 

@@ -27,6 +27,8 @@ __all__ = [
     "read_items",
     "read_desks",
     "build_plan",
+    "plan_row",
+    "refused",
     "apply_results",
     "mark_problems",
     "write_items_atomic",
@@ -90,6 +92,7 @@ class ItemsTable:
     encoding: str = "utf-8"
     delimiter: str = ","
     lines: list[int] = field(default_factory=list)  # line in the file where each row starts
+    key: str = "item_pid"  # the column results are matched on: "barcode" for a barcode list's results
 
     def get(self, row: int, name: str) -> str:
         """The stripped cell of *row* in column *name*, or '' when the file has no such column."""
@@ -332,62 +335,65 @@ def build_plan(table: ItemsTable, desks: DeskMap, location_type: str, limit: int
     problems: list[RowProblem] = []
     already_done = 0
     first_line_of_item: dict[str, int] = {}
-
-    def refused(row: int, reason: str) -> RowProblem:
-        reported = table.get(row, "error") == f"{NOT_SENT}{reason}"
-        return RowProblem(table.line_number(row), table.get(row, "item_pid"), reason, reported)
-
     for row in range(len(table.rows)):
-        line = table.line_number(row)
         item_pid = table.get(row, "item_pid")
         if table.is_done(row):
             already_done += 1
-            first_line_of_item.setdefault(item_pid, line)
+            first_line_of_item.setdefault(item_pid, table.line_number(row))
             continue
         reason = _id_problem(table, row)
         if reason is None and item_pid in first_line_of_item:
             reason = f"same Physical Item Id as line {first_line_of_item[item_pid]}: the item is sent once"
-        if reason is not None:
-            problems.append(refused(row, reason))
+        planned = plan_row(table, row, desks, location_type) if reason is None else reason
+        if isinstance(planned, str):
+            problems.append(refused(table, row, planned))
             continue
-        first_line_of_item[item_pid] = line
-        use_temp = location_type == "temp" or (location_type == "auto" and _in_temp_location(table, row))
-        if use_temp:
-            location = table.get(row, "temp_location_code")
-            library = table.get(row, "temp_library_code") or table.get(row, "library_code")
-            if not location:
-                problems.append(refused(row, "empty Temporary Location Code (location_type is temp)"))
-                continue
-        else:
-            location = table.get(row, "location_code")
-            library = table.get(row, "library_code")
-            if not location:
-                problems.append(refused(row, "empty Location Code"))
-                continue
-        desk = desks.lookup(library, location)
-        if desk is None:
-            problems.append(refused(row, f"no circulation desk mapped for location '{location}' in library '{library}'"))
-            continue
-        scan_library = desk.library or library
-        if not scan_library:
-            problems.append(refused(row, "empty Library Code and no library_code for its desk"))
-            continue
-        process_type = table.get(row, "process_type").lower()
-        requests.append(ScanRequest(
-            row=row,
-            mms_id=table.get(row, "mms_id"),
-            holding_id=table.get(row, "holding_id"),
-            item_pid=item_pid,
-            library=scan_library,
-            circ_desk=desk.circ_desk,
-            barcode=table.get(row, "barcode"),
-            known_not_on_loan="process_type" in table.columns and process_type not in ("loan", ""),
-        ))
+        first_line_of_item[item_pid] = table.line_number(row)
+        requests.append(planned)
     not_selected = 0
     if limit is not None and len(requests) > limit:
         not_selected = len(requests) - limit
         requests = requests[:limit]
     return Plan(requests, problems, already_done, len(table.rows), not_selected)
+
+
+def refused(table: ItemsTable, row: int, reason: str) -> RowProblem:
+    """*row* refused for *reason*; ``reported`` when an earlier run already wrote that reason into it."""
+    reported = table.get(row, "error") == f"{NOT_SENT}{reason}"
+    return RowProblem(table.line_number(row), table.get(row, "item_pid"), reason, reported)
+
+
+def plan_row(table: ItemsTable, row: int, desks: DeskMap, location_type: str) -> ScanRequest | str:
+    """The scan-in for a row with valid ids: its desk from its (temporary or permanent) location;
+    or why it cannot be sent."""
+    use_temp = location_type == "temp" or (location_type == "auto" and _in_temp_location(table, row))
+    if use_temp:
+        location = table.get(row, "temp_location_code")
+        library = table.get(row, "temp_library_code") or table.get(row, "library_code")
+        if not location:
+            return "empty Temporary Location Code (location_type is temp)"
+    else:
+        location = table.get(row, "location_code")
+        library = table.get(row, "library_code")
+        if not location:
+            return "empty Location Code"
+    desk = desks.lookup(library, location)
+    if desk is None:
+        return f"no circulation desk mapped for location '{location}' in library '{library}'"
+    scan_library = desk.library or library
+    if not scan_library:
+        return "empty Library Code and no library_code for its desk"
+    process_type = table.get(row, "process_type").lower()
+    return ScanRequest(
+        row=row,
+        mms_id=table.get(row, "mms_id"),
+        holding_id=table.get(row, "holding_id"),
+        item_pid=table.get(row, "item_pid"),
+        library=scan_library,
+        circ_desk=desk.circ_desk,
+        barcode=table.get(row, "barcode"),
+        known_not_on_loan="process_type" in table.columns and process_type not in ("loan", ""),
+    )
 
 
 def _id_problem(table: ItemsTable, row: int) -> str | None:
@@ -412,18 +418,21 @@ def mark_problems(table: ItemsTable, plan: Plan) -> None:
 def items_fingerprint(table: ItemsTable) -> str:
     """A short hash of the item ids listed in *table*: journal entries carry it, so the results of
     one items list are never merged into another (a new export saved over the old file)."""
-    item_pids = sorted(table.get(row, "item_pid") for row in range(len(table.rows)))
-    return hashlib.sha256("\n".join(item_pids).encode()).hexdigest()[:16]
+    keys = sorted(table.get(row, table.key) for row in range(len(table.rows)))
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) -> int:
-    """Write journal/result entries (item_pid, done, outcome, error, attempts) into the table; return rows that changed."""
+    """Write journal/result entries (item_pid or barcode, done, outcome, error, attempts) into the
+    table, matched on its ``key`` column; return rows that changed. Lookup entries are not results."""
     rows_of_item: dict[str, list[int]] = {}
     for row in range(len(table.rows)):
-        rows_of_item.setdefault(table.get(row, "item_pid"), []).append(row)
+        rows_of_item.setdefault(table.get(row, table.key), []).append(row)
     changed = 0
     for entry in results:
-        for row in rows_of_item.get(str(entry.get("item_pid", "")), []):
+        if entry.get("kind") == "lookup":
+            continue
+        for row in rows_of_item.get(str(entry.get(table.key) or ""), []) if entry.get(table.key) else []:
             if table.is_done(row) and not entry.get("done"):
                 continue  # a later failure never undoes a recorded return
             values = {
@@ -483,11 +492,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def format_plan(plan: Plan, items_path: Path, desks_path: Path, max_lines: int = 10) -> str:
+def format_plan(plan: Plan, items_path: Path, desks_path: Path, max_lines: int = 10, to_look_up: int = 0) -> str:
     """The plan as a person reads it: counts per library and desk, then every problem grouped by fix."""
     out = [
-        f"items file {items_path}: {plan.total_rows} rows, {plan.already_done} already done, "
-        f"{len(plan.requests)} to send, {len(plan.problems)} not sent"
+        f"{'results' if to_look_up else 'items'} file {items_path}: {plan.total_rows} rows, {plan.already_done} already "
+        f"done, {len(plan.requests)} to send" + (f" (and {to_look_up} to look up first)" if to_look_up else "")
+        + f", {len(plan.problems)} not sent"
         + (f", {plan.not_selected} left for a later run (--limit)" if plan.not_selected else "")
     ]
     counts = plan.counts_by_desk()

@@ -15,10 +15,19 @@ Every refusal is :class:`CannotStart` (nothing was done; the message says what t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loan_discharge.barcodes import (
+    BarcodeList,
+    Lookup,
+    apply_lookups,
+    build_barcode_plan,
+    read_barcodes,
+    results_file,
+    results_table,
+)
 from loan_discharge.config import DischargeConfig
 from loan_discharge.items import (
     DeskMap,
@@ -38,6 +47,8 @@ from loan_discharge.run import JOURNAL, read_journal
 __all__ = [
     "CannotStart",
     "Resumed",
+    "barcode_config",
+    "read_barcode_inputs",
     "finish",
     "journal_path",
     "read_inputs",
@@ -60,6 +71,8 @@ class Resumed:
     journal: Path
     journal_entries: int  # lines in the journal of an interrupted run (0: there was none)
     recovered: int  # rows of the items file those lines changed
+    lookups: list[Lookup] = field(default_factory=list)  # barcodes to look up (a barcode list's run)
+    desks: DeskMap | None = None
 
 
 def journal_path(config: DischargeConfig) -> Path:
@@ -69,7 +82,18 @@ def journal_path(config: DischargeConfig) -> Path:
 
 def read_inputs(config: DischargeConfig) -> tuple[ItemsTable, DeskMap]:
     """The items file and the desks file, checked; InputError names the file and the fix."""
-    return read_items(config.loans_data_file, config.location_type), read_desks(config.circ_desks_file)
+    return read_items(config.items_file, config.location_type), read_desks(config.circ_desks_file)
+
+
+def read_barcode_inputs(config: DischargeConfig, barcodes: Path) -> tuple[BarcodeList, ItemsTable, DeskMap]:
+    """A barcode list, its results table (read back, or new) and the desks file, checked."""
+    listing = read_barcodes(barcodes)
+    return listing, results_table(listing, config.items_file), read_desks(config.circ_desks_file)
+
+
+def barcode_config(config: DischargeConfig, barcodes: Path) -> DischargeConfig:
+    """*config* for a run over a barcode list: its items table is the results file beside the list."""
+    return replace(config, loans_data_file=results_file(barcodes))
 
 
 def resume(config: DischargeConfig, table: ItemsTable, desks: DeskMap, limit: int | None = None) -> Resumed:
@@ -84,13 +108,17 @@ def resume(config: DischargeConfig, table: ItemsTable, desks: DeskMap, limit: in
     if foreign:
         raise CannotStart(
             f"{journal} holds {foreign} results of an interrupted run over a different items list "
-            f"than {config.loans_data_file}: was a new export saved over the file before that run was "
+            f"than {config.items_file}: was a new export saved over the file before that run was "
             f"resumed? Nothing was sent. To resume that run, put its items file back and run again; "
             f"to start afresh with this file, move the journal aside (e.g. to {journal.with_suffix('.old')})"
         )
+    if table.key == "barcode":  # a barcode list's results: the journalled lookups first
+        recovered = apply_lookups(table, entries) + apply_results(table, entries)
+        plan, lookups = build_barcode_plan(table, desks, config.location_type, limit)
+        return Resumed(table, plan, journal, len(entries), recovered, lookups, desks)
     recovered = apply_results(table, entries)
     plan = build_plan(table, desks, config.location_type, limit)
-    return Resumed(table, plan, journal, len(entries), recovered)
+    return Resumed(table, plan, journal, len(entries), recovered, [], desks)
 
 
 def _foreign_entries(entries: list[dict[str, Any]], this_list: str) -> int:
@@ -105,7 +133,7 @@ def take_locks(config: DischargeConfig) -> RunLock:
     is created if missing. CannotStart names what is in the way: a directory, or the run that
     holds a lock.
     """
-    items_dir = config.loans_data_file.parent
+    items_dir = config.items_file.parent
     if not os.access(items_dir, os.W_OK):
         raise CannotStart(
             f"cannot write to {items_dir}: the items file is rewritten with the results, so it must be "
@@ -115,7 +143,7 @@ def take_locks(config: DischargeConfig) -> RunLock:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CannotStart(f"cannot create data_dir {config.data_dir}: {exc.strerror}") from exc
-    lock = RunLock(config.loans_data_file, config.data_dir)
+    lock = RunLock(config.items_file, config.data_dir)
     try:
         return lock.acquire()
     except RunLocked as exc:

@@ -19,16 +19,34 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from alma import AlmaClient, AlmaError, AlmaRateLimited, AlmaResponse, SlidingWindowLimiter
+from alma import AlmaClient, AlmaError, AlmaRateLimited, AlmaResponse, ItemIds, SlidingWindowLimiter
+from loan_discharge.barcodes import (
+    Lookup,
+    columns_of_item,
+    fill_row,
+    not_on_loan_outcome,
+    resolved_plan,
+)
 from loan_discharge.config import DischargeConfig
-from loan_discharge.decisions import ERROR, Next, RetryPolicy, Tries, Verdict, judge, when_stopped
+from loan_discharge.decisions import (
+    ERROR,
+    Next,
+    RetryPolicy,
+    Tries,
+    Verdict,
+    judge,
+    judge_lookup,
+    when_stopped,
+)
 from loan_discharge.items import (
+    NOT_SENT,
+    DeskMap,
     ItemsTable,
     ScanRequest,
     apply_results,
@@ -83,6 +101,7 @@ class ItemResult:
         """The line journalled for this item."""
         return {
             "item_pid": self.request.item_pid,
+            "barcode": self.request.barcode,
             "done": self.done,
             "outcome": self.outcome,
             "error": self.error,
@@ -243,6 +262,8 @@ async def run_discharge(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
+    lookups: Sequence[Lookup] = (),
+    on_found: Callable[[Lookup, dict[str, Any]], ScanRequest | Verdict] | None = None,
 ) -> RunSummary:
     """Scan in every request; call *on_item* as each completes and *on_batch* as each batch completes.
 
@@ -250,12 +271,18 @@ async def run_discharge(
     Stops starting new items when :func:`~loan_discharge.decisions.judge` says so (DAILY_THRESHOLD,
     a refused key, a redirect, X-Exl-Api-Remaining below *daily_quota_floor*, an Alma that cannot be
     reached); items in flight finish and are saved.
+
+    *lookups* are barcodes to resolve first, each through the same limiter: Retrieve Item by
+    Barcode (a 302), then the item's URL; *on_found* says what the item found leads to (its
+    scan-in, sent at once by the same worker, or a final verdict). The workers take the requests
+    and then the lookups, so lookups and scan-ins overlap and the limiter stays busy.
     """
     policy = retry or RetryPolicy()
     rng = rng or random.Random()
-    summary = RunSummary(planned=len(requests))
+    jobs: list[ScanRequest | Lookup] = [*requests, *lookups]
+    summary = RunSummary(planned=len(jobs))
     stop = asyncio.Event()
-    batches = Batches(len(requests), batch_size)
+    batches = Batches(len(jobs), batch_size)
     next_index = 0
 
     def request_stop(reason: str) -> None:
@@ -263,9 +290,54 @@ async def run_discharge(
             summary.stop_reason = reason
             stop.set()
 
-    async def send(request: ScanRequest) -> ItemResult | None:
+    async def resolve(lookup: Lookup) -> ItemResult | None:
+        """Find the item of *lookup*'s barcode (two calls), then do what *on_found* says."""
+        placeholder = ScanRequest(lookup.row, "", "", "", "", "", barcode=lookup.barcode)
         tries = Tries()
         responses: list[dict[str, Any]] = []
+        ids: ItemIds | None = None
+        while True:
+            if stop.is_set():
+                return None  # a GET changed nothing: the barcode stays to be looked up
+            async with limiter:
+                if stop.is_set():
+                    continue
+                tries = tries.started()
+                summary.requests += 1
+            answer: AlmaResponse | AlmaError | ItemIds
+            try:
+                answer = await (client.get_item(ids) if ids is not None else client.item_by_barcode(lookup.barcode))
+            except AlmaError as exc:
+                answer = exc
+            if isinstance(answer, ItemIds):  # the 302: the second call goes through the limiter too
+                responses.append({"url": f"items?item_barcode={lookup.barcode}", "status": 302,
+                                  "response": f"bibs/{answer.mms_id}/holdings/{answer.holding_id}/items/{answer.item_pid}"})
+                ids, tries = answer, Tries()
+                continue
+            responses.append(_raw(answer))
+            if isinstance(answer, AlmaResponse):
+                if on_found is None:
+                    raise TypeError("lookups need on_found")
+                found = on_found(lookup, answer.body)
+                if isinstance(found, ScanRequest):
+                    return await send(found, responses)
+                return ItemResult.of(replace(placeholder, item_pid=ids.item_pid if ids else ""), found,
+                                     tries.sent, responses)
+            tries = tries.after(answer)
+            summary.rate_limited += isinstance(answer, AlmaRateLimited)
+            verdict = judge_lookup(answer, tries, policy, quota_floor=daily_quota_floor)
+            if verdict.stop:
+                request_stop(verdict.stop)
+            if verdict.next is Next.RETRY:
+                await sleep(policy.delay(verdict.backoff, rng))
+                continue
+            if verdict.next is Next.PENDING:
+                return None
+            return ItemResult.of(placeholder, verdict, tries.sent, responses)
+
+    async def send(request: ScanRequest, earlier: list[dict[str, Any]] | None = None) -> ItemResult | None:
+        tries = Tries()
+        responses: list[dict[str, Any]] = list(earlier or [])
         while True:
             if stop.is_set():
                 verdict = when_stopped(tries, summary.stop_reason)
@@ -304,15 +376,21 @@ async def run_discharge(
 
     async def worker() -> None:
         nonlocal next_index
-        while next_index < len(requests):
+        while next_index < len(jobs):
             index = next_index
             next_index += 1
-            result = None if stop.is_set() else await send(requests[index])
+            job = jobs[index]
+            if stop.is_set():
+                result = None
+            elif isinstance(job, Lookup):
+                result = await resolve(job)
+            else:
+                result = await send(job)
             finish(index, result)
 
     started = clock()
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(requests))))))
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(jobs))))))
     finally:
         summary.elapsed = clock() - started
         for batch, results in batches.cut_short():  # batches cut short by an error or a stop
@@ -350,17 +428,34 @@ async def discharge(
     on_item: Callable[[ItemResult], None] | None = None,
     sleep: Sleep = asyncio.sleep,
     run_id: str | None = None,
+    lookups: Sequence[Lookup] = (),
+    desks: DeskMap | None = None,
+    location_type: str = "auto",
 ) -> RunSummary:
     """Run the scan-ins, journalling each item to data_dir/JOURNAL and rewriting the items file per batch.
 
     The raw answers of batch N go to ``results_path(data_dir, run_id, N)``, a new file: a file of
     that name is never overwritten (the run fails loudly instead). Each batch is reported in one
-    line, to *echo* if given, else logged.
+    line, to *echo* if given, else logged. *lookups* (a barcode list's results table): each item
+    found is journalled at once with its ids and locations, so a resumed run does not look it up
+    again, then mapped to its desk (*desks*, *location_type*) and scanned in.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id(data_dir)
     journal = Journal(data_dir / JOURNAL)
     items = items_fingerprint(table)
+
+    def found(lookup: Lookup, item: dict[str, Any]) -> ScanRequest | Verdict:
+        columns = columns_of_item(item)
+        fill_row(table, lookup.row, columns)
+        journal.append({"kind": "lookup", "barcode": lookup.barcode, "item_pid": columns["item_pid"],
+                        "columns": columns, "items": items})
+        planned = resolved_plan(table, lookup.row, desks or DeskMap(), location_type)
+        if planned is None:
+            return Verdict(Next.DONE, not_on_loan_outcome(table, lookup.row))
+        if isinstance(planned, str):
+            return Verdict(Next.FAILED, ERROR, f"{NOT_SENT}{planned}", "NOT_SENT")
+        return planned
 
     def item_done(result: ItemResult) -> None:
         journal.append({**result.journal_entry(), "items": items})
@@ -393,6 +488,8 @@ async def discharge(
             daily_quota_floor=daily_quota_floor,
             retry=retry,
             sleep=sleep,
+            lookups=lookups,
+            on_found=found,
         )
     finally:
         journal.close()
@@ -405,6 +502,8 @@ async def discharge_from_config(
     *,
     run_id: str,
     on_item: Callable[[ItemResult], None] | None = None,
+    lookups: Sequence[Lookup] = (),
+    desks: DeskMap | None = None,
 ) -> RunSummary:
     """``discharge`` with the client, limiter and limits of *config*, over a session of its own."""
     connector = aiohttp.TCPConnector(limit=config.concurrency)
@@ -422,4 +521,7 @@ async def discharge_from_config(
             retry=RetryPolicy(max_attempts=config.max_attempts),
             on_item=on_item,
             run_id=run_id,
+            lookups=lookups,
+            desks=desks,
+            location_type=config.location_type,
         )

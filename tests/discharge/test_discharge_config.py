@@ -89,7 +89,35 @@ def test_bad_values_are_named(tmp_path: Path, extra: str, message: str) -> None:
     assert str(caught.value) == f"{path}: {message}"
 
 
-@pytest.mark.parametrize("key", ["loans_data_file", "circ_desks_file", "data_dir"])
+def test_loans_data_file_is_needed_only_by_a_csv_run(tmp_path: Path) -> None:
+    """A configuration for barcode or Analytics runs may leave loans_data_file out; a CSV run asks for it."""
+    text = "".join(line + "\n" for line in BASE.splitlines() if not line.startswith("loans_data_file"))
+    config = load_config(write(tmp_path, text), environ={"ALMA_API_KEY": "env-key"})
+    assert config.loans_data_file is None
+    with pytest.raises(ConfigError, match="loans_data_file is missing: add it .*--barcodes FILE, or --analytics-report"):
+        _ = config.items_file
+    with_report = load_config(write(tmp_path, text + "analytics_report: /shared/U/Reports/items to discharge\n"),
+                              environ={"ALMA_API_KEY": "env-key"})
+    assert with_report.analytics_report == "/shared/U/Reports/items to discharge"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("analytics_report: Reports/items\n", "analytics_report must be the report's catalog path, starting with "
+                                               "/shared/ or /users/, not 'Reports/items'"),
+        ("analytics_report: /shared/U/Reports/items\n", "analytics_report and loans_data_file are both set: keep "
+                                                        "the one that names where the items come from"),
+    ],
+)
+def test_a_bad_analytics_report_is_refused(tmp_path: Path, extra: str, message: str) -> None:
+    path = write(tmp_path, BASE + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={"ALMA_API_KEY": "env-key"})
+    assert str(caught.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("key", ["circ_desks_file", "data_dir"])
 def test_missing_path_key(tmp_path: Path, key: str) -> None:
     """A missing file key is named, with where to look."""
     text = "".join(line + "\n" for line in BASE.splitlines() if not line.startswith(key))

@@ -513,3 +513,41 @@ def test_parse_body_never_fails(text: str) -> None:
     """Any text at all is read without an exception: a gateway may answer anything."""
     parsed = parse_body(text)
     assert isinstance(parsed.errors, tuple) and isinstance(parsed.plain, str)
+
+
+async def test_item_by_barcode_reads_the_ids_from_the_302_and_gets_the_item(aiohttp_server: Any) -> None:
+    """The barcode goes percent-encoded ('+' as %2B); the 302 is not followed by aiohttp (it would
+    pass the caller's limiter): its ids come back, and get_item is the second call."""
+    from simulators.alma import AlmaItem
+
+    state = AlmaState(api_keys={KEY})
+    state.add_item(AlmaItem("991", "221", "231", "+F20313804", "MAIN", "stacks"))
+    server = await aiohttp_server(create_app(state))
+    async with aiohttp.ClientSession() as session:
+        client = AlmaClient(str(server.make_url("")), KEY, session)
+        ids = await client.item_by_barcode("+F20313804")
+        assert ids == alma.ItemIds("991", "221", "231")
+        assert state.requests[-1]["raw_query"] == "item_barcode=%2BF20313804"
+        item = await client.get_item(ids)
+        assert item.body["item_data"]["barcode"] == "+F20313804" and "additional_info" not in item.body
+        with pytest.raises(alma.AlmaNotFound) as caught:
+            await client.item_by_barcode("no such barcode")
+    assert caught.value.code == "401689" and caught.value.message == "No items found for barcode no such barcode."
+    assert len(state.requests) == 3
+
+
+async def test_analytics_errors_are_told_apart_from_a_failing_server(aiohttp_server: Any) -> None:
+    """An unknown path (a 500) is AlmaReportNotFound, not a transient server error; a call after the
+    last page is AlmaNoMoreRows."""
+    state = AlmaState(api_keys={KEY})
+    state.add_report("/shared/U/Reports/r", [("T", "Barcode")], [["1"]])
+    server = await aiohttp_server(create_app(state))
+    async with aiohttp.ClientSession() as session:
+        client = AlmaClient(str(server.make_url("")), KEY, session)
+        with pytest.raises(alma.AlmaReportNotFound) as missing:
+            await client.analytics_report(path="/shared/U/Reports/none")
+        page = await client.analytics_report(path="/shared/U/Reports/r")
+        assert page.finished and page.rows == [{"Column1": "1"}] and page.token
+        with pytest.raises(alma.AlmaNoMoreRows):
+            await client.analytics_report(token=page.token)
+    assert missing.value.status == 500 and not isinstance(missing.value, alma.AlmaUnavailable)

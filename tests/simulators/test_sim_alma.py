@@ -1064,7 +1064,7 @@ async def test_reset_daily_quota_lets_calls_through_again(aiohttp_client):
 
 async def test_unknown_path_is_logged_with_its_status(client, state):
     """Paths the simulator does not serve answer 404 and still appear in the request log."""
-    response = await client.get("/almaws/v1/items", headers=JSON_HEADERS)
+    response = await client.get("/almaws/v1/nothing", headers=JSON_HEADERS)
     assert response.status == 404
     assert "X-Exl-Api-Remaining" in response.headers
     assert state.requests[-1]["status"] == 404

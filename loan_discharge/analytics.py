@@ -1,0 +1,202 @@
+"""Discharge straight from the Analytics report: fetch every page, check the columns, save it as CSV.
+
+The report's column headings are the CSV export's headers, so the fetched rows are written as the
+CSV a person would have exported (ids as text, an absent cell empty) into ``data_dir/analytics/``,
+and the run goes on exactly as a CSV run over that file: same plan, journal, resume. A report
+that cannot be used (no such path, a key without Analytics permission, columns missing) is
+refused before any scan-in, with what to fix.
+
+Paging (alma-items-and-analytics.md §2): the first call names the path; the answer's resumption
+token (only the first answer has one) is sent on every later call until ``IsFinished``. "Still
+loading" answers (not finished, no rows) are waited out. The server keeps the cursor, so a page
+lost to a timeout or a 5xx cannot be asked for again: the report is read again from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from alma import (
+    AlmaClient,
+    AlmaDailyQuotaExceeded,
+    AlmaError,
+    AlmaNoAnswer,
+    AlmaNoMoreRows,
+    AlmaNotSent,
+    AlmaRateLimited,
+    AlmaReportNotFound,
+    AlmaServerError,
+    AlmaUnauthorized,
+)
+from loan_discharge.items import DISPLAY_NAMES, ITEM_COLUMNS, _find_columns, required_item_columns
+
+__all__ = ["ReportError", "fetch_report", "report_session", "report_table", "saved_reports", "save_report",
+           "report_lock_path"]
+
+PAGE_ROWS = 1000  # the most Alma gives per answer
+STILL_LOADING_WAIT = 2.0  # seconds between calls while Analytics says the report is still loading
+STILL_LOADING_LIMIT = 300.0  # then give up
+RESTARTS = 3  # times the report is read again from the start after a lost page
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def report_session() -> aiohttp.ClientSession:
+    """A session for reading a report. aiohttp sends a GET once more by itself when the connection
+    drops before an answer; Analytics keeps the cursor on the server, so if the lost answer was
+    served, that re-send gets the next page and one page is skipped without a sign. Here it is
+    off: the drop reaches :func:`fetch_report`, which reads the report again from the start."""
+    session = aiohttp.ClientSession()
+    session._retry_connection = False  # no public switch (aiohttp 3.14); see the docstring
+    return session
+
+
+class ReportError(Exception):
+    """The report cannot be used; nothing was sent to scan-in. The message says what to fix."""
+
+
+async def fetch_report(
+    client: AlmaClient,
+    limiter: Any,
+    path: str,
+    *,
+    limit: int = PAGE_ROWS,
+    sleep: Sleep = asyncio.sleep,
+) -> tuple[list[str], list[list[str]]]:
+    """Every row of the report at *path*: (column headings, rows of cells), each call through *limiter*."""
+    restarts = 0
+    rate_limited = 0
+    while True:
+        token: str | None = None
+        headings: dict[str, str] | None = None
+        rows: list[dict[str, str]] = []
+        waited = 0.0
+        try:
+            while True:
+                async with limiter:
+                    pass
+                try:
+                    page = await client.analytics_report(path=path, token=token, limit=limit)
+                except AlmaRateLimited:  # the gateway refused the call: the cursor did not move
+                    rate_limited += 1
+                    if rate_limited > 12:
+                        raise
+                    await sleep(min(30.0, 0.5 * 2 ** rate_limited))
+                    continue
+                except AlmaNoMoreRows:
+                    if token is None:
+                        raise
+                    break  # the last answer said "not finished" after all: there is nothing more
+                token = token or page.token
+                headings = headings or page.headings
+                rows.extend(page.rows)
+                if page.finished:
+                    break
+                if token is None:
+                    raise ReportError(f"Analytics report {path}: Alma's answer says the report is not finished but "
+                                      "gave no resumption token to ask for the rest; try again later")
+                if not page.rows:  # still loading
+                    if waited >= STILL_LOADING_LIMIT:
+                        raise ReportError(f"Analytics report {path} was still loading after {waited:.0f} s: "
+                                          "try again later (or check in Analytics that it runs)")
+                    await sleep(STILL_LOADING_WAIT)
+                    waited += STILL_LOADING_WAIT
+        except (AlmaNoAnswer, AlmaServerError) as exc:
+            restarts += 1
+            if restarts > RESTARTS:
+                raise ReportError(f"Analytics report {path}: a page was lost {restarts} times ({exc.code}: "
+                                  f"{exc.message}); try again later") from exc
+            await sleep(min(30.0, 2.0 * restarts))
+            continue
+        except AlmaReportNotFound as exc:
+            raise ReportError(
+                f"Analytics has no report at {path!r} (Alma: {exc.message}): check the path; it is the report's "
+                "catalog path as Analytics shows it, e.g. /shared/<Your Institution>/Reports/<report name>"
+            ) from exc
+        except AlmaUnauthorized as exc:
+            raise ReportError(
+                f"Alma refused the API key for Analytics ({exc.code}: {exc.message}): the key needs read "
+                "permission for the Analytics API (many institutions use a separate key for it)"
+            ) from exc
+        except AlmaDailyQuotaExceeded as exc:
+            raise ReportError(f"Alma's daily API quota is used up ({exc.code}); run again after midnight GMT") from exc
+        except AlmaNotSent as exc:
+            raise ReportError(f"cannot reach Alma ({exc.code}: {exc.message}); check base_url and the network") from exc
+        except AlmaError as exc:
+            raise ReportError(f"Analytics report {path}: Alma answered {exc.code}: {exc.message}") from exc
+        return _table(path, headings, rows)
+
+
+def _table(path: str, headings: dict[str, str] | None, rows: list[dict[str, str]]) -> tuple[list[str], list[list[str]]]:
+    if not headings:
+        if not rows:
+            return [], []
+        raise ReportError(f"Analytics report {path}: the answers carried no column headings, so its columns "
+                          "cannot be told apart")
+    columns = sorted(headings, key=lambda name: int(re.sub(r"\D", "", name) or 0))
+    return [headings[c] for c in columns], [[row.get(c, "") for c in columns] for row in rows]
+
+
+def report_table(path: str, header: list[str], location_type: str) -> None:
+    """Refuse a report whose columns lack what a discharge needs (ReportError names them)."""
+    found = _find_columns(header, ITEM_COLUMNS)
+    missing = [DISPLAY_NAMES[name] for name in required_item_columns(location_type) if name not in found]
+    if missing:
+        raise ReportError(
+            f"Analytics report {path} has no column {', '.join(repr(m) for m in missing)} (it has: "
+            f"{', '.join(header) or 'no columns'}): add {'it' if len(missing) == 1 else 'them'} to the report "
+            "in Analytics; nothing was sent"
+        )
+
+
+def _slug(path: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.rstrip("/").rsplit("/", 1)[-1]).strip("_") or "report"
+    return f"{name[:60]}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def report_lock_path(data_dir: Path, path: str) -> Path:
+    """The name runs over the report at *path* lock on (its saved copies are beside it)."""
+    return data_dir / "analytics" / f"{_slug(path)}.csv"
+
+
+def saved_reports(data_dir: Path, path: str) -> list[Path]:
+    """The copies of the report at *path* saved by earlier runs, oldest first."""
+    folder = data_dir / "analytics"
+    return sorted(folder.glob(f"{_slug(path)}-fetched-*.csv")) if folder.is_dir() else []
+
+
+def save_report(data_dir: Path, path: str, header: list[str], rows: list[list[str]], now: float | None = None) -> Path:
+    """Write the fetched rows as CSV into ``data_dir/analytics/`` (a new file each fetch, written
+    whole or not at all); its path."""
+    folder = data_dir / "analytics"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{_slug(path)}-fetched-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}.csv"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"{target.stem.split('.')[0]}.{suffix}.csv")
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target
