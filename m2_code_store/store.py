@@ -184,17 +184,28 @@ class CodeStore:
         heads = self._heads[1]
         mask = generation.buckets - 1
         crc32 = zlib.crc32
+        prefixes = _LENGTH_PREFIXES
         parts: list[bytes] = []
-        for barcode in barcodes:
-            field = barcode.encode()
-            bucket = crc32(field) & mask
-            head = heads[bucket] if bucket < len(heads) else None
-            if head is None:
-                head = _command_head(self.layout, generation.gen, bucket)
-                if bucket < len(heads):
-                    heads[bucket] = head
-            parts += (head, b"$%d\r\n" % len(field), field, b"\r\n")
+        if generation.buckets <= len(heads):  # every bucket's head can be kept: the usual case
+            for barcode in barcodes:
+                field = barcode.encode()
+                bucket = crc32(field) & mask
+                head = heads[bucket] or self._head(generation.gen, bucket)
+                size = len(field)
+                parts += (head, prefixes[size] if size < len(prefixes) else b"$%d\r\n" % size, field, b"\r\n")
+        else:
+            for barcode in barcodes:
+                field = barcode.encode()
+                bucket = crc32(field) & mask
+                head = (heads[bucket] or self._head(generation.gen, bucket) if bucket < len(heads)
+                        else _command_head(self.layout, generation.gen, bucket))
+                parts += (head, b"$%d\r\n" % len(field), field, b"\r\n")
         return self._pipelined(b"".join(parts), len(barcodes))
+
+    def _head(self, gen: int, bucket: int) -> bytes:
+        """The packed ``HGET key`` of *bucket*, built once and kept."""
+        head = self._heads[1][bucket] = _command_head(self.layout, gen, bucket)
+        return head
 
     def _pipelined(self, payload: bytes, replies: int) -> list:
         """Send pre-packed commands on one pooled connection and read their replies.
@@ -229,6 +240,7 @@ class CodeStore:
 
 
 _INCOMPLETE = object()  # what the reader returns when no whole reply is buffered
+_LENGTH_PREFIXES = tuple(b"$%d\r\n" % size for size in range(64))  # a barcode's "$<length>" line
 
 
 def _read_replies(connection: redis.connection.AbstractConnection, count: int) -> list:
