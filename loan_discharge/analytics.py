@@ -21,9 +21,9 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -38,11 +38,14 @@ from alma import (
     AlmaReportNotFound,
     AlmaServerError,
     AlmaUnauthorized,
+    SlidingWindowLimiter,
 )
+from loan_discharge.config import DischargeConfig
 from loan_discharge.items import DISPLAY_NAMES, ITEM_COLUMNS, _find_columns, required_item_columns
+from loan_discharge.resume import journal_path
 
-__all__ = ["ReportError", "fetch_report", "report_session", "report_table", "saved_reports", "save_report",
-           "report_lock_path"]
+__all__ = ["ReportError", "fetch_report", "fetch_from_config", "report_copy", "report_session", "report_table",
+           "saved_reports", "save_report", "report_lock_path"]
 
 PAGE_ROWS = 1000  # the most Alma gives per answer
 STILL_LOADING_WAIT = 2.0  # seconds between calls while Analytics says the report is still loading
@@ -50,6 +53,7 @@ STILL_LOADING_LIMIT = 300.0  # then give up
 RESTARTS = 3  # times the report is read again from the start after a lost page
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
 def report_session() -> aiohttp.ClientSession:
@@ -200,3 +204,28 @@ def save_report(data_dir: Path, path: str, header: list[str], rows: list[list[st
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+async def fetch_from_config(config: DischargeConfig, path: str) -> tuple[list[str], list[list[str]]]:
+    """:func:`fetch_report` with the base URL, key, timeout and rate limit of *config*."""
+    async with report_session() as session:
+        client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
+        return await fetch_report(client, SlidingWindowLimiter(config.rate_limit), path)
+
+
+def report_copy(
+    config: DischargeConfig, path: str, run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> tuple[Path, int | None]:
+    """The copy of the report at *path* this run works on, and how many rows were fetched for it.
+
+    After a run that was interrupted (its journal is in data_dir), the copy that run fetched, and
+    None: fetching again would list the same loans minus those returned, and that run's results
+    belong to its copy. Otherwise the report is fetched (*run* runs the coroutine: the command's
+    SIGTERM-aware event loop), checked (ReportError) and saved as a new copy. The run's locks must
+    be held."""
+    copies = saved_reports(config.data_dir, path)
+    if copies and journal_path(config).exists():
+        return copies[-1], None
+    header, rows = run(fetch_from_config(config, path))
+    report_table(path, header, config.location_type)
+    return save_report(config.data_dir, path, header, rows), len(rows)

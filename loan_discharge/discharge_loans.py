@@ -34,17 +34,8 @@ if not __package__:  # run as a file: python loan_discharge/discharge_loans.py
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-from alma import AlmaClient, SlidingWindowLimiter  # noqa: E402
 from loan_discharge import resume  # noqa: E402
-from loan_discharge.analytics import (  # noqa: E402
-    ReportError,
-    fetch_report,
-    report_lock_path,
-    report_session,
-    report_table,
-    save_report,
-    saved_reports,
-)
+from loan_discharge.analytics import ReportError, report_copy, report_lock_path  # noqa: E402
 from loan_discharge.barcodes import BarcodeList, barcode_summary, format_barcodes  # noqa: E402
 from loan_discharge.config import DEFAULT_CONFIG_FILE, ConfigError, DischargeConfig, load_config  # noqa: E402
 from loan_discharge.items import DeskMap, InputError, ItemsTable, Plan, format_plan, read_desks  # noqa: E402
@@ -205,29 +196,19 @@ def _from_report(config: DischargeConfig, args: argparse.Namespace) -> int:
         return 2
     with lock:
         _log_takeover(lock)
-        copies = saved_reports(config.data_dir, path)
-        if copies and resume.journal_path(config).exists():
-            saved = copies[-1]
+        try:
+            saved, fetched = report_copy(config, path, _sigterm.run)
+        except ReportError as exc:
+            log.error("%s", exc)
+            return 2
+        if fetched is None:
             log.warning("an interrupted run over this report left results to finish: resuming it over the copy it "
                         "fetched (%s); the report is fetched again by the next run", saved,
                         extra={"event": "report_resumed", "file": str(saved)})
         else:
-            try:
-                header, rows = _sigterm.run(_fetch(config, path))
-                report_table(path, header, config.location_type)
-            except ReportError as exc:
-                log.error("%s", exc)
-                return 2
-            saved = save_report(config.data_dir, path, header, rows)
-            log.info("Analytics report %s: %d rows fetched, saved as %s", path, len(rows), saved,
-                     extra={"event": "report_fetched", "rows": len(rows), "file": str(saved)})
+            log.info("Analytics report %s: %d rows fetched, saved as %s", path, fetched, saved,
+                     extra={"event": "report_fetched", "rows": fetched, "file": str(saved)})
         return _locked_run(replace(config, loans_data_file=saved), args, None)
-
-
-async def _fetch(config: DischargeConfig, path: str) -> tuple[list[str], list[list[str]]]:
-    async with report_session() as session:
-        client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
-        return await fetch_report(client, SlidingWindowLimiter(config.rate_limit), path)
 
 
 def _print_plan(config: DischargeConfig, resumed: resume.Resumed, listing: BarcodeList | None) -> None:
