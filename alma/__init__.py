@@ -20,6 +20,7 @@ from alma.client import (
     ParsedBody,
     item_ids,
     parse_body,
+    session,
 )
 from alma.errors import (
     AlmaDailyQuotaExceeded,
@@ -51,6 +52,7 @@ __all__ = [
     "parse_report",
     "ParsedBody",
     "parse_body",
+    "session",
     "AlmaError",
     "AlmaUnavailable",
     "AlmaNotSent",

@@ -24,6 +24,7 @@ class ReportPage:
     finished: bool  # IsFinished
     headings: dict[str, str] | None  # "Column1" -> column heading, in report order; None: no schema here
     rows: list[dict[str, str]]  # "ColumnN" -> text, per row; an empty cell is absent
+    tables: dict[str, str] | None = None  # "Column1" -> its table heading (subject-area folder), when given
 
 
 def _local(tag: str) -> str:
@@ -55,6 +56,7 @@ def parse_report(body: Any) -> ReportPage:
     token: str | None = None
     finished: bool | None = None
     headings: dict[str, str] = {}
+    tables: dict[str, str] = {}
     rows: list[dict[str, str]] = []
     for element in root.iter():
         name = _local(element.tag)
@@ -66,6 +68,7 @@ def parse_report(body: Any) -> ReportPage:
             column, heading = _attribute(element, "name"), _attribute(element, "columnHeading")
             if column and column != "Column0" and heading is not None:
                 headings[column] = heading
+                tables[column] = _attribute(element, "tableHeading") or ""
         elif name == "Row":
             rows.append({
                 _local(cell.tag): (cell.text or "").strip()
@@ -74,4 +77,4 @@ def parse_report(body: Any) -> ReportPage:
             })
     if finished is None:
         raise ValueError("an answer without IsFinished: not an Analytics report")
-    return ReportPage(token, finished, headings or None, rows)
+    return ReportPage(token, finished, headings or None, rows, tables or None)

@@ -14,9 +14,11 @@ and check the shape of a success; a new endpoint is one more such method.
 
 The client neither waits nor retries: a caller enters its limiter (:mod:`alma.limiter`) before each
 call and decides what to send again (a scan-in POST that got no answer may have been applied; a
-user GET may be repeated). One retry happens below it: aiohttp sends an idempotent request (GET,
-never the scan-in POST) once more by itself when the server closes the connection without a byte
-of answer; only a second drop reaches the caller.
+user GET may be repeated). aiohttp itself sends an idempotent request (GET, never the scan-in
+POST) once more when the server closes the connection without a byte of answer; that re-send
+passes the caller's limiter, and for an Analytics report it would skip a page (the server keeps
+the cursor). :func:`session` makes a session that never does it, so every request a tool makes
+passes its limiter and every drop reaches the caller.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from alma.errors import (
 )
 from alma.privacy import excerpt
 
-__all__ = ["AlmaClient", "AlmaResponse", "ItemIds", "ParsedBody", "parse_body", "API_PATH", "NOT_FOUND_CODES"]
+__all__ = ["AlmaClient", "AlmaResponse", "ItemIds", "ParsedBody", "parse_body", "session", "API_PATH",
+           "NOT_FOUND_CODES"]
 
 API_PATH = "/almaws/v1"
 GATEWAY_EXAMPLE = "https://api-na.hosted.exlibrisgroup.com"
@@ -62,6 +65,14 @@ NO_MORE_ROWS = "420033"  # an Analytics call after the last page
 PATH_NOT_FOUND = "Path not found"  # how an unknown Analytics report path's 500 begins
 #: No such record: a user by id (401861, or 401890 with a user_id_type), an item by barcode (401689).
 NOT_FOUND_CODES = frozenset({"401861", "401890", "401689"})
+
+
+def session(**options: Any) -> aiohttp.ClientSession:
+    """An aiohttp session for the Alma client that never re-sends a request by itself (see the
+    module's docstring); *options* go to ClientSession (a connector, …)."""
+    made = aiohttp.ClientSession(**options)
+    made._retry_connection = False  # aiohttp 3.14 has no public switch for its one re-send
+    return made
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ def barcode_run(work: Path, state: AlmaState) -> bool:
     print("\nscanned.txt: " + ", ".join(line or "(blank)" for line in lines))
     first = run(work, "--barcodes", str(work / "scanned.txt"))
     again = run(work, "--barcodes", str(work / "scanned.txt"))
-    print("\nscanned.results.csv (first rows):")
-    with open(work / "scanned.results.csv", encoding="utf-8") as handle:
+    print("\nscanned.txt.results.csv (first rows):")
+    with open(work / "scanned.txt.results.csv", encoding="utf-8") as handle:
         for line in list(handle)[:4]:
             print("  " + line.rstrip())
     returned = sum(1 for scan in state.scans if scan[0] in {pid("23", n) for n in range(100, 111)})

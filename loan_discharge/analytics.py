@@ -15,6 +15,7 @@ lost to a timeout or a 5xx cannot be asked for again: the report is read again f
 from __future__ import annotations
 
 import asyncio
+import calendar
 import csv
 import hashlib
 import os
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+import alma
 from alma import (
     AlmaClient,
     AlmaDailyQuotaExceeded,
@@ -41,29 +43,38 @@ from alma import (
     SlidingWindowLimiter,
 )
 from loan_discharge.config import DischargeConfig
-from loan_discharge.items import DISPLAY_NAMES, ITEM_COLUMNS, _find_columns, required_item_columns
+from loan_discharge.items import (
+    DISPLAY_NAMES,
+    ITEM_COLUMNS,
+    NOT_SENT,
+    STATUS_COLUMNS,
+    InputError,
+    _find_columns,
+    normalise_header,
+    read_items,
+    required_item_columns,
+)
 from loan_discharge.resume import journal_path
 
 __all__ = ["ReportError", "fetch_report", "fetch_from_config", "report_copy", "report_session", "report_table",
-           "saved_reports", "save_report", "report_lock_path"]
+           "saved_reports", "save_report", "report_lock_path", "carry_over"]
 
 PAGE_ROWS = 1000  # the most Alma gives per answer
 STILL_LOADING_WAIT = 2.0  # seconds between calls while Analytics says the report is still loading
 STILL_LOADING_LIMIT = 300.0  # then give up
 RESTARTS = 3  # times the report is read again from the start after a lost page
+RECENTLY = 24 * 3600.0  # Analytics refreshes once a day: items returned this recently are listed still
 
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 
 
 def report_session() -> aiohttp.ClientSession:
-    """A session for reading a report. aiohttp sends a GET once more by itself when the connection
-    drops before an answer; Analytics keeps the cursor on the server, so if the lost answer was
-    served, that re-send gets the next page and one page is skipped without a sign. Here it is
-    off: the drop reaches :func:`fetch_report`, which reads the report again from the start."""
-    session = aiohttp.ClientSession()
-    session._retry_connection = False  # no public switch (aiohttp 3.14); see the docstring
-    return session
+    """A session for reading a report: aiohttp's own re-send of a GET whose connection dropped is
+    off (:func:`alma.session`): Analytics keeps the cursor on the server, so if the lost answer was
+    served, that re-send would get the next page and one page would be skipped without a sign. The
+    drop reaches :func:`fetch_report`, which reads the report again from the start."""
+    return alma.session()
 
 
 class ReportError(Exception):
@@ -84,6 +95,7 @@ async def fetch_report(
     while True:
         token: str | None = None
         headings: dict[str, str] | None = None
+        tables: dict[str, str] = {}
         rows: list[dict[str, str]] = []
         waited = 0.0
         try:
@@ -103,14 +115,15 @@ async def fetch_report(
                         raise
                     break  # the last answer said "not finished" after all: there is nothing more
                 token = token or page.token
-                headings = headings or page.headings
+                if headings is None and page.headings:
+                    headings, tables = page.headings, page.tables or {}
                 rows.extend(page.rows)
                 if page.finished:
                     break
-                if token is None:
+                if token is None and page.rows:
                     raise ReportError(f"Analytics report {path}: Alma's answer says the report is not finished but "
                                       "gave no resumption token to ask for the rest; try again later")
-                if not page.rows:  # still loading
+                if not page.rows:  # still loading (without a token yet: the path is asked again)
                     if waited >= STILL_LOADING_LIMIT:
                         raise ReportError(f"Analytics report {path} was still loading after {waited:.0f} s: "
                                           "try again later (or check in Analytics that it runs)")
@@ -131,7 +144,8 @@ async def fetch_report(
         except AlmaUnauthorized as exc:
             raise ReportError(
                 f"Alma refused the API key for Analytics ({exc.code}: {exc.message}): the key needs read "
-                "permission for the Analytics API (many institutions use a separate key for it)"
+                "permission for the Analytics API; many institutions use a separate key for it: set "
+                "analytics_apikey (or ALMA_ANALYTICS_API_KEY)"
             ) from exc
         except AlmaDailyQuotaExceeded as exc:
             raise ReportError(f"Alma's daily API quota is used up ({exc.code}); run again after midnight GMT") from exc
@@ -139,16 +153,28 @@ async def fetch_report(
             raise ReportError(f"cannot reach Alma ({exc.code}: {exc.message}); check base_url and the network") from exc
         except AlmaError as exc:
             raise ReportError(f"Analytics report {path}: Alma answered {exc.code}: {exc.message}") from exc
-        return _table(path, headings, rows)
+        return _table(path, headings, tables, rows)
 
 
-def _table(path: str, headings: dict[str, str] | None, rows: list[dict[str, str]]) -> tuple[list[str], list[list[str]]]:
+def _table(path: str, headings: dict[str, str] | None, tables: dict[str, str],
+           rows: list[dict[str, str]]) -> tuple[list[str], list[list[str]]]:
     if not headings:
         if not rows:
             return [], []
         raise ReportError(f"Analytics report {path}: the answers carried no column headings, so its columns "
                           "cannot be told apart")
     columns = sorted(headings, key=lambda name: int(re.sub(r"\D", "", name) or 0))
+    needed = {alias for aliases in ITEM_COLUMNS.values() for alias in aliases}
+    seen: dict[str, str] = {}
+    for column in columns:
+        key = normalise_header(headings[column])
+        if key in seen and key in needed:
+            where = " and ".join(repr(tables.get(c, "") or "?") for c in (seen[key], column))
+            raise ReportError(
+                f"Analytics report {path} has the column {headings[column]!r} twice (under {where}): which one the "
+                "discharge should use cannot be told; remove the other from the report in Analytics. Nothing was sent"
+            )
+        seen.setdefault(key, column)
     return [headings[c] for c in columns], [[row.get(c, "") for c in columns] for row in rows]
 
 
@@ -177,7 +203,14 @@ def report_lock_path(data_dir: Path, path: str) -> Path:
 def saved_reports(data_dir: Path, path: str) -> list[Path]:
     """The copies of the report at *path* saved by earlier runs, oldest first."""
     folder = data_dir / "analytics"
-    return sorted(folder.glob(f"{_slug(path)}-fetched-*.csv")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+
+    def order(copy: Path) -> tuple[str, int]:  # ….csv, then ….2.csv, ….3.csv fetched in the same second
+        match = re.search(r"-fetched-(\w+?)(?:\.(\d+))?\.csv$", copy.name)
+        return (match.group(1), int(match.group(2) or 1)) if match else (copy.name, 0)
+
+    return sorted(folder.glob(f"{_slug(path)}-fetched-*.csv"), key=order)
 
 
 def save_report(data_dir: Path, path: str, header: list[str], rows: list[list[str]], now: float | None = None) -> Path:
@@ -209,7 +242,8 @@ def save_report(data_dir: Path, path: str, header: list[str], rows: list[list[st
 async def fetch_from_config(config: DischargeConfig, path: str) -> tuple[list[str], list[list[str]]]:
     """:func:`fetch_report` with the base URL, key, timeout and rate limit of *config*."""
     async with report_session() as session:
-        client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
+        key = config.analytics_apikey or config.apikey or ""
+        client = AlmaClient(config.base_url, key, session, timeout=config.request_timeout)
         return await fetch_report(client, SlidingWindowLimiter(config.rate_limit), path)
 
 
@@ -228,4 +262,57 @@ def report_copy(
         return copies[-1], None
     header, rows = run(fetch_from_config(config, path))
     report_table(path, header, config.location_type)
-    return save_report(config.data_dir, path, header, rows), len(rows)
+    now = time.time()
+    header, rows = carry_over(copies, header, rows, config.location_type, now)
+    return save_report(config.data_dir, path, header, rows, now), len(rows)
+
+
+def _fetched_at(copy: Path) -> float | None:
+    """When a copy was fetched, from its name (``…-fetched-20261201T230524Z.csv``)."""
+    match = re.search(r"-fetched-(\d{8}T\d{6}Z)", copy.name)
+    if not match:
+        return None
+    return calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%SZ"))
+
+
+def carry_over(
+    copies: list[Path], header: list[str], rows: list[list[str]], location_type: str, now: float,
+) -> tuple[list[str], list[list[str]]]:
+    """The fetched rows with the status columns, filled from earlier copies where they still hold.
+
+    Analytics serves yesterday's data (it is refreshed once a day), so a report fetched again
+    within :data:`RECENTLY` of a run that returned an item still lists it: such an item is marked
+    done as that run recorded it, not sent again. A row the latest copy refused (``not sent: …``)
+    and that comes back unchanged keeps that error, so it counts as reported, not new.
+    """
+    done: dict[str, list[str]] = {}
+    refused: dict[tuple[str, ...], str] = {}
+    for number, copy in enumerate(copies):
+        fetched = _fetched_at(copy)
+        latest = number == len(copies) - 1
+        if not latest and (fetched is None or now - fetched > RECENTLY):
+            continue
+        try:
+            table = read_items(copy, location_type)
+        except InputError:
+            continue  # a copy a person edited beyond reading: it carries nothing over
+        width = len([h for h in table.header if normalise_header(h) not in STATUS_COLUMNS])
+        for row in range(len(table.rows)):
+            cells = table.rows[row]
+            if table.is_done(row) and fetched is not None and now - fetched <= RECENTLY:
+                done[table.get(row, "item_pid")] = [table.get(row, name) for name in STATUS_COLUMNS]
+            elif latest and table.get(row, "error").startswith(NOT_SENT):
+                refused[tuple(cell.strip() for cell in cells[:width])] = table.get(row, "error")
+    pid = _find_columns(header, ITEM_COLUMNS).get("item_pid")
+    out = []
+    for fetched_row in rows:
+        status = ["", "", "", ""]
+        item = fetched_row[pid].strip() if pid is not None else ""
+        key = tuple(cell.strip() for cell in fetched_row)
+        if item and item in done:
+            status = list(done[item])
+            status[1] = status[1] if "earlier run" in status[1] else f"{status[1]} (by an earlier run)"
+        elif key in refused:
+            status = ["False", "", refused[key], ""]
+        out.append(fetched_row + status)
+    return header + list(STATUS_COLUMNS), out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,7 @@ LOOKUP_COLUMNS = ("mms_id", "holding_id", "item_pid", "library_code", "location_
                   "temp_library_code", "temp_location_code", "process_type")
 NOT_FOUND_REASON = "no item in Alma has this barcode: check it (a mistyped or withdrawn barcode?)"
 NOT_ON_LOAN = "not on loan"
+_SPREADSHEET_NUMBER = re.compile(r"\d+(?:\.\d+)?[eE]\+\d+")  # 3.9E+13: Excel's way of showing a long number
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def read_barcodes(path: str | Path) -> BarcodeList:
     tolerated), or a CSV whose header has a ``Barcode`` column. Whitespace around a barcode (a
     scanner's CR, a spreadsheet's padding) is dropped; a barcode listed twice is kept once."""
     path = Path(path)
-    text, _ = _decode(path, "barcode file")
+    text, _ = _decode(path, "barcode file", where="given to --barcodes",
+                      save_as="save it as text (UTF-8), one barcode per line, or as CSV")
     lines = text.splitlines()
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None:
@@ -116,7 +119,7 @@ def read_barcodes(path: str | Path) -> BarcodeList:
     result = BarcodeList(path, [])
     seen: dict[str, int] = {}
     for line, cell in cells:
-        barcode = cell.strip()
+        barcode = cell.strip().rstrip(",;").strip()  # a spreadsheet's one-column CSV may end lines with a comma
         if not barcode:
             result.blank_lines += 1
         elif barcode in seen:
@@ -131,8 +134,8 @@ def read_barcodes(path: str | Path) -> BarcodeList:
 
 def format_barcodes(listing: BarcodeList, results: Path, to_look_up: int, max_lines: int = 10) -> str:
     """What the barcode file holds, as a person reads it: counts, duplicates with their lines."""
-    out = [f"barcode file {listing.path}: {len(listing.barcodes)} barcodes"
-           + (f", {listing.blank_lines} blank lines" if listing.blank_lines else "")
+    out = [f"barcode file {listing.path}: {_count(len(listing.barcodes), 'barcode')}"
+           + (f", {_count(listing.blank_lines, 'blank line')}" if listing.blank_lines else "")
            + f"; {to_look_up} to look up in Alma; results in {results}"]
     if listing.duplicates:
         shown = ", ".join(f"line {line} ({barcode}, as on line {first})"
@@ -146,12 +149,17 @@ def barcode_summary(listing: BarcodeList, summary: Any, plan: Plan, results: Pat
     """The summary's line on the barcodes themselves: unknown to Alma (this run and before), listed twice."""
     unknown = summary.failed.get("401689", 0) + sum(1 for p in plan.problems if p.reason == NOT_FOUND_REASON)
     return (f"barcodes: {unknown} unknown to Alma (see the error column of {results}), "
-            f"{len(listing.duplicates)} listed twice (sent once), {listing.blank_lines} blank lines")
+            f"{len(listing.duplicates)} listed twice (sent once), {_count(listing.blank_lines, 'blank line')}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def results_file(barcodes: Path) -> Path:
-    """Where the results of a barcode file go: beside it, ``<name>.results.csv``."""
-    return barcodes.with_name(f"{barcodes.stem}.results.csv")
+    """Where the results of a barcode file go: beside it, its whole name + ``.results.csv``
+    (``scanned.txt`` -> ``scanned.txt.results.csv``: ``scanned.csv`` gets its own)."""
+    return barcodes.with_name(f"{barcodes.name}.results.csv")
 
 
 def results_table(listing: BarcodeList, path: Path) -> ItemsTable:
@@ -264,10 +272,14 @@ def build_barcode_plan(
             first_line_of_item.setdefault(item_pid, table.line_number(row))
             continue
         if not item_pid:
+            barcode = table.get(row, "barcode")
             if table.get(row, "error").startswith(NOT_SENT + NOT_FOUND_REASON):  # reported when it was found
                 problems.append(replace(refused(table, row, NOT_FOUND_REASON), reported=True))
+            elif _SPREADSHEET_NUMBER.fullmatch(barcode):
+                problems.append(refused(table, row, f"barcode {barcode} is a number a spreadsheet reformatted: save "
+                                                    "the list with the barcode column formatted as text"))
             else:
-                lookups.append(Lookup(row, table.get(row, "barcode")))
+                lookups.append(Lookup(row, barcode))
             continue
         planned = resolved_plan(table, row, desks, location_type)
         if planned is None:  # found not on loan by a run killed before it recorded that: look again

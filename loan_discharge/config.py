@@ -33,11 +33,13 @@ __all__ = [
 DEFAULT_CONFIG_FILE = "loan_discharge_config.yml"
 TEMPLATE = "loan_discharge_config.template.yml"
 API_KEY_ENV = "ALMA_API_KEY"
+ANALYTICS_KEY_ENV = "ALMA_ANALYTICS_API_KEY"
 DEFAULT_BASE_URL = "https://api-na.hosted.exlibrisgroup.com"
 LOCATION_TYPES = ("auto", "temp", "perm")
 
 KNOWN_KEYS = (
     "apikey",
+    "analytics_apikey",
     "loans_data_file",
     "analytics_report",
     "circ_desks_file",
@@ -67,6 +69,7 @@ class DischargeConfig:
     circ_desks_file: Path
     data_dir: Path
     analytics_report: str | None = None  # the report's catalog path, read through the Analytics API
+    analytics_apikey: str | None = None  # a separate key for the Analytics API; None: apikey
     location_type: str = "auto"
     base_url: str = DEFAULT_BASE_URL
     rate_limit: int = 25
@@ -88,8 +91,9 @@ class DischargeConfig:
 
     def __repr__(self) -> str:
         """Represent the configuration without the API key."""
-        shown = {k: v for k, v in self.__dict__.items() if k != "apikey"}
+        shown = {k: v for k, v in self.__dict__.items() if k not in ("apikey", "analytics_apikey")}
         shown["apikey"] = "***" if self.apikey else None
+        shown["analytics_apikey"] = "***" if self.analytics_apikey else None
         return f"DischargeConfig({shown})"
 
     @classmethod
@@ -105,6 +109,8 @@ class DischargeConfig:
             apikey=section.secret("apikey", API_KEY_ENV) if need_key or has_key else None,
             loans_data_file=section.file_path("loans_data_file") if section.given("loans_data_file") else None,
             analytics_report=_report_path(section),
+            analytics_apikey=(section.secret("analytics_apikey", ANALYTICS_KEY_ENV)
+                              if section.environ.get(ANALYTICS_KEY_ENV) or section.given("analytics_apikey") else None),
             circ_desks_file=_required_path(section, "circ_desks_file"),
             data_dir=_required_path(section, "data_dir"),
             location_type=section.choice("location_type", LOCATION_TYPES, default="auto"),

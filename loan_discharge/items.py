@@ -182,12 +182,13 @@ class Plan:
         return Counter((r.library, r.circ_desk) for r in self.requests)
 
 
-def _decode(path: Path, what: str) -> tuple[str, str]:
+def _decode(path: Path, what: str, *, where: str = "in the configuration",
+            save_as: str = "export it from Analytics as CSV (UTF-8)") -> tuple[str, str]:
     """Read *path* as text, detecting UTF-16 and UTF-8 byte-order marks."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{what} {path} not found: check the path in the configuration") from None
+        raise InputError(f"{what} {path} not found: check the path {where}") from None
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {exc.strerror}") from exc
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -200,8 +201,7 @@ def _decode(path: Path, what: str) -> tuple[str, str]:
         return data.decode(encoding), encoding
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"{what} {path} is not UTF-8 or UTF-16 text (byte {exc.start}): "
-            "export it from Analytics as CSV (UTF-8)"
+            f"{what} {path} is not UTF-8 or UTF-16 text (byte {exc.start}): {save_as}"
         ) from exc
 
 

@@ -104,7 +104,11 @@ def resume(config: DischargeConfig, table: ItemsTable, desks: DeskMap, limit: in
     """
     journal = journal_path(config)
     entries = read_journal(journal)
-    foreign = _foreign_entries(entries, items_fingerprint(table))
+    if table.key == "barcode":  # a barcode list may have grown since: its entries belong if their barcode is listed
+        listed = {table.get(row, "barcode") for row in range(len(table.rows))}
+        foreign = sum(1 for entry in entries if str(entry.get("barcode") or "") not in listed)
+    else:
+        foreign = _foreign_entries(entries, items_fingerprint(table))
     if foreign:
         raise CannotStart(
             f"{journal} holds {foreign} results of an interrupted run over a different items list "
@@ -136,8 +140,9 @@ def take_locks(config: DischargeConfig) -> RunLock:
     items_dir = config.items_file.parent
     if not os.access(items_dir, os.W_OK):
         raise CannotStart(
-            f"cannot write to {items_dir}: the items file is rewritten with the results, so it must be "
-            "in a writable directory"
+            f"cannot write to {items_dir}: the run writes its results to {config.items_file.name} there (an items "
+            "file is rewritten with them; a barcode list's results file is created beside the list), so it must be "
+            "a writable directory"
         )
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+import alma
 from alma import AlmaClient, AlmaError, AlmaRateLimited, AlmaResponse, ItemIds, SlidingWindowLimiter
 from loan_discharge.barcodes import (
     Lookup,
@@ -445,7 +446,11 @@ async def discharge(
     journal = Journal(data_dir / JOURNAL)
     items = items_fingerprint(table)
 
+    looked_up = 0
+
     def found(lookup: Lookup, item: dict[str, Any]) -> ScanRequest | Verdict:
+        nonlocal looked_up
+        looked_up += 1
         columns = columns_of_item(item)
         fill_row(table, lookup.row, columns)
         journal.append({"kind": "lookup", "barcode": lookup.barcode, "item_pid": columns["item_pid"],
@@ -492,6 +497,8 @@ async def discharge(
             on_found=found,
         )
     finally:
+        if looked_up:  # items found but not scanned (the run stopped) keep their ids in the file
+            write_items_atomic(table)
         journal.close()
 
 
@@ -507,7 +514,7 @@ async def discharge_from_config(
 ) -> RunSummary:
     """``discharge`` with the client, limiter and limits of *config*, over a session of its own."""
     connector = aiohttp.TCPConnector(limit=config.concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with alma.session(connector=connector) as session:  # every request, re-sends too, through the limiter
         client = AlmaClient(config.base_url, config.apikey or "", session, timeout=config.request_timeout)
         return await discharge(
             requests,

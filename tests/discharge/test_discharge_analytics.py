@@ -206,3 +206,86 @@ def test_a_page_lost_with_its_connection_makes_the_report_read_again_not_skipped
     calls = sim.call(lambda: [("token" in r["query"], r.get("failure")) for r in report_calls(state)])
     assert calls[:3] == [(False, None), (True, "disconnect"), (False, None)]  # lost, then read again from the path
     assert len(calls) == 2 + 3 and waits == [2.0]
+
+
+def test_a_report_fetched_again_the_same_day_sends_nothing_twice_and_reports_nothing_twice(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Analytics refreshes once a day: run again an hour later and the report still lists the loans
+    returned: they are not sent again. Rows refused (an Excel-mangled id) are reported once: the
+    first run exits 1, the next 0. A day later, an item listed again is sent again."""
+    seed(state, 4)
+    report = state.reports[REPORT]
+    report.rows.append(["9.91000002E+15", pid("22", 9), pid("23", 9), "MAIN", "stacks", "", "399"])
+    config = write_config(tmp_path, sim.base_url, f"analytics_report: {REPORT}\n")
+    assert main(["--config", str(config)]) == 1
+    capsys.readouterr()
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "5 rows, 4 already done, 0 to send, 1 not sent" in out
+    assert len(state.scans) == 4
+    copies = saved_reports(tmp_path / "data", REPORT)
+    assert len(copies) == 2
+    table = read_items(copies[-1])
+    assert table.get(0, "outcome") == "returned and in place (by an earlier run)"
+
+    for copy in copies:  # a day later
+        copy.rename(copy.with_name(copy.name.replace("-fetched-2", "-fetched-1")))
+    sim.call(lambda: [setattr(item, "status", "loan") for item in state.items.values()])
+    assert main(["--config", str(config)]) == 0
+    assert len(state.scans) == 8
+
+
+def test_a_needed_heading_under_two_tables_is_refused(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(state, 3, headings=[*HEADINGS, ("Loan Details", "Library Code")])
+    for row in state.reports[REPORT].rows:
+        row.append("LAW")
+    config = write_config(tmp_path, sim.base_url, f"analytics_report: {REPORT}\n")
+    assert main(["--config", str(config)]) == 2
+    assert ("has the column 'Library Code' twice (under 'Location' and 'Loan Details')"
+            in capsys.readouterr().err)
+    assert state.scans == []
+
+
+def test_a_separate_analytics_key(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """analytics_apikey (or ALMA_ANALYTICS_API_KEY) reads the report; the scan-ins use apikey."""
+    seed(state, 2)
+    state.api_keys.add("reports-only-key")
+    state.analytics_keys = {"reports-only-key"}
+    monkeypatch.setenv("ALMA_ANALYTICS_API_KEY", "reports-only-key")
+    config = write_config(tmp_path, sim.base_url, f"analytics_report: {REPORT}\n")
+    assert main(["--config", str(config)]) == 0
+    assert len(state.scans) == 2
+
+
+def test_still_loading_without_a_token_asks_the_path_again() -> None:
+    """Whether a still-loading first answer carries the token is not known: without one, the path
+    is asked again (not given up on), and the token of the first answer that has one is kept."""
+    from alma import ReportPage
+
+    pages = [ReportPage(None, False, None, []), ReportPage("T1", False, {"Column1": "Barcode"}, [{"Column1": "1"}]),
+             ReportPage(None, True, None, [{"Column1": "2"}])]
+    calls: list[tuple[str | None, str | None]] = []
+
+    class Client:
+        async def analytics_report(self, *, path: str | None = None, token: str | None = None, limit: int = 1000):
+            calls.append((path, token))
+            return pages[len(calls) - 1]
+
+    class Limiter:
+        async def __aenter__(self) -> None:
+            return None
+
+        async def __aexit__(self, *exc_info: object) -> None:
+            return None
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    header, rows = asyncio.run(fetch_report(Client(), Limiter(), REPORT, sleep=sleep))  # type: ignore[arg-type]
+    assert (header, rows) == (["Barcode"], [["1"], ["2"]])
+    assert calls == [(REPORT, None), (REPORT, None), (REPORT, "T1")]

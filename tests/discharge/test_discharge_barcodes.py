@@ -68,7 +68,7 @@ def test_a_scanners_list_header_blank_lines_crlf_and_duplicates(tmp_path: Path) 
     assert listing.barcodes == [(2, "39430001"), (4, "39430002"), (6, "+F20313804")]
     assert listing.duplicates == [(5, "39430001", 2)]
     assert listing.blank_lines == 1
-    assert results_file(path) == tmp_path / "scanned.results.csv"
+    assert results_file(path) == tmp_path / "scanned.txt.results.csv"
 
 
 def test_a_spreadsheets_csv_with_a_barcode_column(tmp_path: Path) -> None:
@@ -110,9 +110,9 @@ def test_a_barcode_run_returns_the_loans_and_reports_the_rest(
 
     assert main(["--config", str(config), "--barcodes", str(listing)]) == 1  # an unknown barcode: a person looks
     out, err = capsys.readouterr()
-    results = tmp_path / "scanned.results.csv"
+    results = tmp_path / "scanned.txt.results.csv"
     assert out.splitlines()[:2] == [
-        f"barcode file {listing}: 7 barcodes, 1 blank lines; 7 to look up in Alma; results in {results}",
+        f"barcode file {listing}: 7 barcodes, 1 blank line; 7 to look up in Alma; results in {results}",
         f"  listed twice, sent once (1): line 6 ({on_loan[0]}, as on line 2)",
     ]
     assert listing.read_text(encoding="utf-8") == text
@@ -128,7 +128,7 @@ def test_a_barcode_run_returns_the_loans_and_reports_the_rest(
     assert table.get(by_barcode[attic[0]], "error") == "not sent: no circulation desk mapped for location 'attic' in library 'MAIN'"
     assert "failed: 2 (401689: 1, NOT_SENT: 1)" in out
     assert out.splitlines()[-1] == (f"barcodes: 1 unknown to Alma (see the error column of {results}), 1 listed "
-                                    "twice (sent once), 1 blank lines")
+                                    "twice (sent once), 1 blank line")
 
     requests = len(state.requests)
     assert main(["--config", str(config), "--barcodes", str(listing)]) == 0  # nothing new needs a person
@@ -157,6 +157,10 @@ def test_kill_9_mid_barcode_run_neither_looks_up_nor_scans_again_what_is_done(tm
         looked_up = {e["barcode"] for e in entries if e.get("kind") == "lookup"}
         done = {e["barcode"] for e in entries if e.get("kind") != "lookup" and e["done"]}
         assert 15 <= len(done) < 60 and done <= looked_up
+        # The list grows before the run is resumed: the journal still belongs to it.
+        sim.call(lambda: add_items(state, 1, first=60))
+        with listing.open("a", encoding="utf-8") as handle:
+            handle.write("3943000060\n")
         time.sleep(0.5)
         second = subprocess.run(command, cwd="/", env=env, capture_output=True, text=True)
         assert second.returncode == 0, second.stdout + second.stderr
@@ -165,7 +169,7 @@ def test_kill_9_mid_barcode_run_neither_looks_up_nor_scans_again_what_is_done(tm
                                             if r["path"].endswith("/items")]))
         scans = Counter(sim.call(lambda: [s[0] for s in state.scans]))
     assert all(lookups[b] == 1 for b in looked_up)  # journalled lookups are not made again
-    assert set(scans) == {pid("23", n) for n in range(60)}
+    assert set(scans) == {pid("23", n) for n in range(61)}
     assert all(scans[pid("23", int(b[4:]))] == 1 for b in done)
     table = read_items(results_file(listing))
     assert all(table.is_done(r) for r in range(len(table.rows)))
@@ -185,3 +189,42 @@ def test_lookups_and_scan_ins_together_stay_under_the_limit_in_every_second(tmp_
         statuses = Counter(sim.call(lambda: [r["status"] for r in state.requests]))
     assert len(times) == 36 and statuses == {302: 12, 200: 24}
     assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 10
+
+
+def test_items_found_before_a_run_stopped_keep_their_ids_and_are_not_looked_up_again(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daily quota runs out after the lookups and before any scan-in: what was found is in the
+    results file (the journal of a run that ended is removed), and the next run only scans."""
+    barcodes = add_items(state, 10)
+    listing = tmp_path / "scanned.txt"
+    listing.write_text("\n".join(barcodes) + "\n", encoding="utf-8")
+    config = write_config(tmp_path, sim.base_url, "concurrency: 10\n")
+    sim.call(setattr, state, "remaining", 20)  # ten lookups of two calls each
+    assert main(["--config", str(config), "--barcodes", str(listing)]) == 1
+    assert "daily API quota is used up" in capsys.readouterr().out
+    table = read_items(results_file(listing))
+    found = {table.get(r, "barcode") for r in range(len(table.rows)) if table.get(r, "item_pid")}
+    assert found == set(barcodes) and state.scans == []
+    sim.call(setattr, state, "remaining", 100)
+    assert main(["--config", str(config), "--barcodes", str(listing)]) == 0
+    out = capsys.readouterr().out
+    assert "10 to send" in out and "0 to look up in Alma" in out
+    assert sorted(s[0] for s in state.scans) == [pid("23", n) for n in range(10)]
+    lookups = [r for r in state.requests if r["path"].endswith("/items")]
+    assert len(lookups) == 10
+
+
+def test_a_barcode_a_spreadsheet_turned_into_a_number_is_refused_not_looked_up(
+    tmp_path: Path, state: AlmaState, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    barcodes = add_items(state, 1)
+    listing = tmp_path / "list.csv"
+    listing.write_text("Barcode\n3.94300000E+13\n" + barcodes[0] + ",\n", encoding="utf-8")
+    config = write_config(tmp_path, sim.base_url)
+    assert main(["--config", str(config), "--barcodes", str(listing)]) == 1
+    out = capsys.readouterr().out
+    assert ("barcode 3.94300000E+13 is a number a spreadsheet reformatted: save the list with the barcode column "
+            "formatted as text (1 item)") in out
+    assert [r["query"]["item_barcode"] for r in state.requests if r["path"].endswith("/items")] == [barcodes[0]]
+    assert main(["--config", str(config), "--barcodes", str(listing)]) == 0  # reported: nothing new

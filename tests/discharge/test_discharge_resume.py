@@ -144,6 +144,8 @@ def test_an_items_file_in_a_read_only_directory_cannot_start(config: DischargeCo
     finally:
         directory.chmod(0o755)
     assert str(refused.value) == (
-        f"cannot write to {directory}: the items file is rewritten with the results, so it must be in a writable directory"
+        f"cannot write to {directory}: the run writes its results to {config.loans_data_file.name} there (an items "
+        "file is rewritten with them; a barcode list's results file is created beside the list), so it must be a "
+        "writable directory"
     )
     assert not config.data_dir.exists()
