@@ -103,7 +103,7 @@ def read_barcodes(path: str | Path) -> BarcodeList:
     header = lines[first]
     delimiter = "\t" if header.count("\t") > header.count(",") else ","
     names = [normalise_header(h) for h in next(csv.reader([header], delimiter=delimiter))]
-    if len(names) > 1:
+    if len([name for name in names if name]) > 1:  # a CSV ("39000001," is one barcode and an empty cell)
         if "barcode" not in names:
             raise InputError(
                 f"barcode file {path}: line {first + 1} has {len(names)} columns and none is 'Barcode' "
@@ -114,7 +114,7 @@ def read_barcodes(path: str | Path) -> BarcodeList:
         for row in reader:
             cells.append((first + 1 + reader.line_num, row[column] if column < len(row) else ""))
     else:
-        start = first + 1 if names == ["barcode"] else first
+        start = first + 1 if [name for name in names if name] == ["barcode"] else first
         cells = [(number + 1, line) for number, line in enumerate(lines) if number >= start]
     result = BarcodeList(path, [])
     seen: dict[str, int] = {}

@@ -71,6 +71,14 @@ def test_a_scanners_list_header_blank_lines_crlf_and_duplicates(tmp_path: Path) 
     assert results_file(path) == tmp_path / "scanned.txt.results.csv"
 
 
+def test_a_one_column_export_with_trailing_commas(tmp_path: Path) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text("39430001,\n39430002,\n", encoding="utf-8")
+    assert read_barcodes(path).barcodes == [(1, "39430001"), (2, "39430002")]
+    path.write_text("Barcode,\n39430001,\n", encoding="utf-8")
+    assert read_barcodes(path).barcodes == [(2, "39430001")]
+
+
 def test_a_spreadsheets_csv_with_a_barcode_column(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     path.write_text("\ufeffTitle,Barcode,Note\n\"A, b\",39430001,x\nC,,\nD,39430002,\n", encoding="utf-8")
