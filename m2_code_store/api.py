@@ -2,7 +2,10 @@
 
 ``create_app`` builds a plain WSGI app (any WSGI server runs it; ``m2-code-store serve`` uses a
 production one). Every answer, errors included, is the contract's envelope
-``{"statusCode": S, "body": {...}}`` with HTTP status S; no path answers with an HTML page.
+``{"statusCode": S, "body": {...}}`` with HTTP status S; no path answers with an HTML page. With
+``M2_RESPONSE_BODY=inner`` (the Lambda, or a proxy that expects what API Gateway hands on) the
+HTTP body is the envelope's inner body, ``{"status": S, "data": [...]}`` or ``{"status": S,
+"message": …, "error": …}``, which is what the consumers read.
 """
 
 from __future__ import annotations
@@ -37,14 +40,22 @@ class APIError(Exception):
         self.status = status
         self.message = message
 
-    def to_dict(self) -> dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         # "error" repeats "message": some deployed releases used that key and clients read it.
-        return {"statusCode": self.status, "body": {"status": self.status, "message": self.message, "error": self.message}}
+        return {"status": self.status, "message": self.message, "error": self.message}
 
 
 def envelope(payload: dict[str, Any], status: int) -> Response:
     """A JSON response (orjson: the API's hot path)."""
     return Response(orjson.dumps(payload), status=status, mimetype="application/json")
+
+
+def answer(body: dict[str, Any], status: int) -> Response:
+    """The contract's answer: ``{"statusCode": S, "body": body}``, or *body* alone when the app
+    serves inner bodies (``M2_RESPONSE_BODY=inner``)."""
+    if current_app.config["M2_RESPONSE_BODY"] == "inner":
+        return envelope(body, status)
+    return envelope({"statusCode": status, "body": body}, status)
 
 
 def store() -> CodeStore:
@@ -68,7 +79,7 @@ def customer_codes() -> Response:
         log.warning("store lookup failed: %s", type(exc).__name__)
         raise APIError(503, UNAVAILABLE) from exc
     data = [{"barcode": b, "m2CustomerCode": c} for b, c in zip(barcodes, codes, strict=True)]
-    return envelope({"statusCode": 200, "body": {"status": 200, "data": data}}, 200)
+    return answer({"status": 200, "data": data}, 200)
 
 
 @bp.get("/health")
@@ -89,17 +100,17 @@ def openapi() -> Response:
 
 
 def handle_api_error(error: APIError) -> Response:
-    return envelope(error.to_dict(), error.status)
+    return answer(error.body(), error.status)
 
 
 def handle_http_error(error: HTTPException) -> Response:
     status = error.code or 500
-    return envelope(APIError(status, error.description or error.name).to_dict(), status)
+    return answer(APIError(status, error.description or error.name).body(), status)
 
 
 def handle_unexpected(error: Exception) -> Response:
     log.exception("unexpected error")
-    return envelope(APIError(500, "internal error; the service log has the details").to_dict(), 500)
+    return answer(APIError(500, "internal error; the service log has the details").body(), 500)
 
 
 def _max_barcodes(value: str) -> int:
@@ -110,11 +121,22 @@ def _max_barcodes(value: str) -> int:
     return int(value)
 
 
+RESPONSE_BODIES = ("envelope", "inner")
+
+
+def _response_body(value: str) -> str:
+    choice = value.strip().lower() or "envelope"
+    if choice not in RESPONSE_BODIES:
+        raise ConfigError(f"M2_RESPONSE_BODY must be envelope (the default) or inner, not {value!r}")
+    return choice
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API. ``test_config`` may set REDIS_CLIENT (a ready client) or STORE_TARGET."""
     app = Flask(__name__)
     app.config.from_mapping(
         M2_MAX_BARCODES=_max_barcodes(os.environ.get("M2_MAX_BARCODES", "")),
+        M2_RESPONSE_BODY=_response_body(os.environ.get("M2_RESPONSE_BODY", "")),
         M2_REDIS_TIMEOUT=0.2,  # per attempt; two calls of connect + one retry stay inside 1 s
         REDIS_CLIENT=None,
         STORE_TARGET=None,

@@ -5,6 +5,10 @@
    ``AWS_REGION`` (boto3's own settings, e.g. ``AWS_ENDPOINT_URL_KMS``, apply). The plaintext may
    be a bare host as ElastiCache shows it, ``host:port``, or a full ``redis://``/``rediss://`` URL.
    A bare host or ``host:port`` uses TLS when ``REDIS_TLS`` is ``1``/``true``.
+   2b. ``ENVIRONMENT`` (as the deployed original Lambda reads it): ``config/{ENVIRONMENT}.yaml``
+   (directory ``M2_CONFIG_DIR``, default ``config`` in the working directory) with
+   ``PLAINTEXT_VARIABLES`` (``AWS_REGION``, …: used where the environment does not set them) and
+   ``ENCRYPTED_VARIABLES: {REDIS_ENDPOINT: <base64 KMS ciphertext>}``, decrypted as in 2.
 3. ``M2_STORE=embedded``: an embedded local redis-server whose data persists in ``M2_DATA_DIR``
    (default ``~/.local/share/m2-code-store``), started on first use.
 4. With none of these, the embedded store is used only when a person is at a terminal (and the
@@ -29,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from toolconfig import ConfigError, kms_decrypt
+from toolconfig import ConfigError, kms_decrypt, load_yaml
 
 DEFAULT_DATA_DIR = Path("~/.local/share/m2-code-store")
 
@@ -151,6 +155,10 @@ def resolve_target(environ: Mapping[str, str] | None = None, *, interactive: boo
         raise ConfigError(f"M2_STORE=embedded and {both} are both set: unset one of them")
     if url:
         return StoreTarget(_check_url(url, "REDIS_URL", secret=False), "REDIS_URL")
+    if not encrypted and environ.get("ENVIRONMENT", "").strip() and not store:
+        variables = original_variables(environ)
+        environ = {**variables, **{k: v for k, v in environ.items() if v}}
+        encrypted = variables.get("REDIS_ENDPOINT_ENCRYPTED", "")
     if encrypted:
         plaintext = kms_decrypt(encrypted, region=environ.get("AWS_REGION") or None, name="REDIS_ENDPOINT_ENCRYPTED")
         tls = environ.get("REDIS_TLS", "").strip().lower() in ("1", "true", "yes")
@@ -159,6 +167,38 @@ def resolve_target(environ: Mapping[str, str] | None = None, *, interactive: boo
         raise ConfigError(NO_STORE)
     data_dir = Path(environ.get("M2_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
     return StoreTarget("", "embedded", data_dir, fallback=not store)
+
+
+def original_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of the original Lambda's ``config/{ENVIRONMENT}.yaml``: every plaintext
+    variable as it is, and the encrypted ``REDIS_ENDPOINT`` as ``REDIS_ENDPOINT_ENCRYPTED``.
+    Other encrypted variables are not needed here and are left undecrypted."""
+    name = environ.get("ENVIRONMENT", "").strip()
+    directory = Path(environ.get("M2_CONFIG_DIR", "").strip() or "config")
+    path = directory / f"{name}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+        raise ConfigError(f"ENVIRONMENT must be a name such as qa or production, not {name[:40]!r}")
+    if not path.is_file():
+        raise ConfigError(f"ENVIRONMENT={name}, but {path.resolve()} does not exist: add it (PLAINTEXT_VARIABLES, "
+                          "ENCRYPTED_VARIABLES: {REDIS_ENDPOINT: <KMS ciphertext>}), set M2_CONFIG_DIR to its "
+                          "directory, or set REDIS_URL")
+    data = load_yaml(path)
+    variables: dict[str, str] = {}
+    for section in ("PLAINTEXT_VARIABLES", "ENCRYPTED_VARIABLES"):
+        values = data.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping of names to values")
+        for key, value in values.items():
+            if isinstance(value, bool | dict | list) or value is None:
+                raise ConfigError(f"{path}: {section}.{key} must be a text value")
+            if section == "PLAINTEXT_VARIABLES":
+                variables[str(key)] = str(value)
+            elif key == "REDIS_ENDPOINT":
+                variables["REDIS_ENDPOINT_ENCRYPTED"] = str(value)
+    if "REDIS_ENDPOINT_ENCRYPTED" not in variables:
+        raise ConfigError(f"{path}: ENCRYPTED_VARIABLES.REDIS_ENDPOINT is missing: add the KMS-encrypted "
+                          "endpoint, or set REDIS_URL")
+    return variables
 
 
 def embedded_note(target: StoreTarget) -> str | None:

@@ -265,3 +265,19 @@ def test_the_one_regex_path_answers_as_the_checked_path(barcodes):
     assert parse_barcodes([value], limit=1000) == list(dict.fromkeys(_checked([value])))
     with pytest.raises(BarcodeError, match="is empty"):
         parse_barcodes([value + ","], limit=1000)
+
+
+def test_behind_a_proxy_that_expects_the_inner_body(redis_url, tmp_path, monkeypatch):
+    """M2_RESPONSE_BODY=inner serves what API Gateway hands the consumers: {"status", "data"}, and
+    the failure body; the default stays the envelope; anything else is refused at start."""
+    client = redis.Redis.from_url(redis_url)
+    fill(client, tmp_path, "1234,,NX,\n")
+    monkeypatch.setenv("M2_RESPONSE_BODY", "inner")
+    http = create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")}).test_client()
+    assert http.get("/api/v0.1/m2-customer-codes?barcodes=1234").json == {
+        "status": 200, "data": [{"barcode": "1234", "m2CustomerCode": "NX"}]}
+    bad = http.get("/api/v0.1/m2-customer-codes")
+    assert bad.status_code == bad.json["status"] == 400 and bad.json["message"] == bad.json["error"]
+    monkeypatch.setenv("M2_RESPONSE_BODY", "wrapped")
+    with pytest.raises(ConfigError, match="M2_RESPONSE_BODY must be envelope .* or inner, not 'wrapped'"):
+        create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})

@@ -1,0 +1,41 @@
+"""The AWS Lambda entry point: ``m2_code_store.aws_lambda.handler``, a drop-in for the original's ``main.handler``.
+
+API Gateway REST (v1) and HTTP API (v2) proxy events and Application Load Balancer events go
+through apig-wsgi to the same Flask app as the HTTP server, serving inner bodies
+(``M2_RESPONSE_BODY=inner``): the Lambda answers ``{"statusCode": S, "body": "<JSON of {"status":
+S, "data": [...]}>", "headers": {"Content-Type": "application/json"}}``, and the gateway hands the
+consumers the body they read (``response.data``, ``response.status``).
+
+Configuration as the original reads it (``ENVIRONMENT`` and ``config/{ENVIRONMENT}.yaml``, the
+endpoint KMS-encrypted), or ``REDIS_URL`` / ``REDIS_ENDPOINT_ENCRYPTED``, which win: see
+:mod:`m2_code_store.config`. It is read, and the endpoint decrypted, once per container (on the
+first event), so a cold start imports only Flask, redis-py and this package: boto3 only when the
+endpoint is encrypted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from apig_wsgi import make_lambda_handler
+
+__all__ = ["handler"]
+
+_handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+
+
+def _build() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    from m2_code_store.api import create_app
+
+    os.environ.setdefault("M2_RESPONSE_BODY", "inner")  # what API Gateway's consumers read
+    return make_lambda_handler(create_app(), binary_support=False)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The Lambda function's handler (set the function's handler to ``m2_code_store.aws_lambda.handler``)."""
+    global _handler
+    if _handler is None:
+        _handler = _build()
+    return _handler(event, context)

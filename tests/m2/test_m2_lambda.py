@@ -1,0 +1,143 @@
+"""m2_code_store.aws_lambda.handler: recorded-shape API Gateway v1, v2 and ALB events, answered as the
+deployed original answers, and read the way its consumers read the body; configured from the
+original's config/{ENVIRONMENT}.yaml with a KMS-encrypted endpoint (moto)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+from m2_code_store import aws_lambda
+from m2_code_store.las_csv import read_export
+from m2_code_store.loader import load
+
+HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
+BARCODES = "33433077906331,1234,99999"
+
+
+@pytest.fixture
+def store(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = tmp_path / "items.csv"
+    path.write_text(HEADER + "1234,,NX,\n33433077906331,,QQ,\n")
+    client = redis.Redis.from_url(redis_url)
+    load(client, read_export(path))
+    client.close()
+    monkeypatch.setattr(aws_lambda, "_handler", None)  # a cold container
+    monkeypatch.delenv("M2_RESPONSE_BODY", raising=False)
+    return redis_url
+
+
+def rest_v1(path: str, barcodes: str | None) -> dict[str, Any]:
+    query = None if barcodes is None else {"barcodes": barcodes}
+    return {
+        "resource": path, "path": path, "httpMethod": "GET",
+        "headers": {"Accept": "*/*", "Host": "abc123.execute-api.us-east-1.amazonaws.com", "User-Agent": "node-fetch"},
+        "multiValueHeaders": {"Accept": ["*/*"], "Host": ["abc123.execute-api.us-east-1.amazonaws.com"],
+                              "User-Agent": ["node-fetch"]},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": None if query is None else {"barcodes": [barcodes]},
+        "pathParameters": None, "stageVariables": None,
+        "requestContext": {"resourcePath": path, "httpMethod": "GET", "path": f"/production{path}",
+                           "stage": "production", "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+                           "identity": {"sourceIp": "10.0.0.1"}, "accountId": "123456789012"},
+        "body": None, "isBase64Encoded": False,
+    }
+
+
+def http_v2(path: str, barcodes: str) -> dict[str, Any]:
+    return {
+        "version": "2.0", "routeKey": f"GET {path}", "rawPath": path, "rawQueryString": f"barcodes={barcodes}",
+        "headers": {"accept": "*/*", "host": "abc123.execute-api.us-east-1.amazonaws.com"},
+        "queryStringParameters": {"barcodes": barcodes},
+        "requestContext": {"http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1",
+                                    "userAgent": "node-fetch"}, "requestId": "JKJaXmPLvHcESHA=", "stage": "$default",
+                           "routeKey": f"GET {path}", "timeEpoch": 1583348638390},
+        "isBase64Encoded": False,
+    }
+
+
+def alb(path: str, barcodes: str) -> dict[str, Any]:
+    return {
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
+                                                     "targetgroup/m2/6d0ecf831eec9f09"}},
+        "httpMethod": "GET", "path": path, "queryStringParameters": {"barcodes": barcodes.replace(",", "%2C")},
+        "headers": {"accept": "*/*", "host": "m2.internal", "x-forwarded-for": "10.0.0.1"},
+        "body": "", "isBase64Encoded": False,
+    }
+
+
+def consumer_map(answer: dict[str, Any]) -> dict[str, str | None]:
+    """discovery-api: response.status === 400 ? {} : response.data.reduce(...), on the HTTP body."""
+    response = json.loads(answer["body"])
+    if response["status"] == 400:
+        return {}
+    return {entry["barcode"]: entry["m2CustomerCode"] for entry in response["data"]}
+
+
+@pytest.mark.parametrize("path", ["/api/v0.1/m2-customer-code", "/api/v0.1/m2-customer-codes"])
+@pytest.mark.parametrize("event", [rest_v1, http_v2, alb], ids=["rest-v1", "http-v2", "alb"])
+def test_every_event_kind_is_answered_as_the_original_answers(
+        store: str, monkeypatch: pytest.MonkeyPatch, event: Any, path: str) -> None:
+    monkeypatch.setenv("REDIS_URL", store)
+    answer = aws_lambda.handler(event(path, BARCODES), None)
+    assert answer["statusCode"] == 200
+    headers = answer.get("headers") or {k: v[0] for k, v in answer.get("multiValueHeaders", {}).items()}
+    assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"  # names: any case
+    assert json.loads(answer["body"]) == {"status": 200, "data": [
+        {"barcode": "33433077906331", "m2CustomerCode": "QQ"}, {"barcode": "1234", "m2CustomerCode": "NX"},
+        {"barcode": "99999", "m2CustomerCode": None}]}
+    assert consumer_map(answer) == {"33433077906331": "QQ", "1234": "NX", "99999": None}
+
+
+def test_a_bad_request_is_a_400_body_the_consumer_reads_as_nothing(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", store)
+    answer = aws_lambda.handler(rest_v1("/api/v0.1/m2-customer-codes", None), None)
+    body = json.loads(answer["body"])
+    assert answer["statusCode"] == body["status"] == 400
+    assert body["message"] == body["error"] and "barcodes" in body["message"]
+    assert consumer_map(answer) == {}
+
+
+@mock_aws
+def test_configured_as_the_original_from_environment_yaml_with_a_kms_encrypted_endpoint(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config/production.yaml as the deployed original has it: the region in plaintext, the endpoint
+    KMS-encrypted; decrypted once per container."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    kms = boto3.client("kms", region_name="us-east-1")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    endpoint = store.removeprefix("redis://").removesuffix("/0")  # host:port, as ElastiCache shows it
+    ciphertext = base64.b64encode(kms.encrypt(KeyId=key, Plaintext=endpoint.encode())["CiphertextBlob"]).decode()
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "production.yaml").write_text(
+        "---\nPLAINTEXT_VARIABLES:\n    AWS_REGION: us-east-1\n"
+        f"ENCRYPTED_VARIABLES:\n    REDIS_ENDPOINT: {ciphertext}\n")
+    monkeypatch.chdir(tmp_path)  # the Lambda runs from its package directory
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    calls = []
+    real = boto3.client
+    monkeypatch.setattr(boto3, "client", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for _ in range(3):
+        answer = aws_lambda.handler(http_v2("/api/v0.1/m2-customer-codes", "1234"), None)
+        assert consumer_map(answer) == {"1234": "NX"}
+    assert calls == [("kms",)]  # decrypted once for the container's life
+
+
+def test_an_environment_without_its_yaml_says_what_to_add(
+        store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENVIRONMENT", "qa")
+    with pytest.raises(Exception, match=r"ENVIRONMENT=qa, but .*config/qa.yaml does not exist"):
+        aws_lambda.handler(http_v2("/api/v0.1/m2-customer-codes", "1234"), None)
