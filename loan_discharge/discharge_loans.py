@@ -2,7 +2,7 @@
 [--limit N] [--quiet|--verbose] [--log-file PATH]``.
 
 The items come from the Analytics CSV export (``loans_data_file``), a barcode list (``--barcodes``:
-each barcode looked up in Alma, results in ``<list>.results.csv`` beside it) or the Analytics
+each barcode looked up in Alma, results in ``FILE.results.csv`` beside it) or the Analytics
 report itself (``--analytics-report`` or ``analytics_report``: fetched into ``data_dir/analytics/``,
 then run as a CSV run).
 
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--barcodes", type=Path, metavar="FILE",
                         help="look up the items of a barcode list (one per line, or a CSV with a Barcode column) "
-                             "and return them; results go to FILE's name + .results.csv beside it")
+                             "and return them; results go to FILE.results.csv beside it")
     source.add_argument("--analytics-report", metavar="PATH",
                         help="read the items from this Analytics report (its catalog path, e.g. "
                              "'/shared/Your Institution/Reports/items_to_discharge') instead of loans_data_file")
