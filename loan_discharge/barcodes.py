@@ -34,6 +34,7 @@ from loan_discharge.items import (
     _id_problem,
     normalise_header,
     plan_row,
+    plan_rows,
     read_items,
     refused,
 )
@@ -243,10 +244,11 @@ def resolved_plan(table: ItemsTable, row: int, desks: DeskMap, location_type: st
     reason = _id_problem(table, row)
     if reason is not None:
         return reason
-    process_type = table.get(row, "process_type").upper()
-    if "LOAN" not in process_type.split("_"):
-        return None
-    return plan_row(table, row, desks, location_type)
+    return None if _not_on_loan(table, row) else plan_row(table, row, desks, location_type)
+
+
+def _not_on_loan(table: ItemsTable, row: int) -> bool:
+    return "LOAN" not in table.get(row, "process_type").upper().split("_")
 
 
 def not_on_loan_outcome(table: ItemsTable, row: int) -> str:
@@ -260,41 +262,21 @@ def build_barcode_plan(
     """Row by row: done already; resolved (a scan-in, or the reason it is not sent); refused
     earlier as unknown to Alma (reported again, not looked up again: clear its error cell to
     look it up once more); or a barcode to look up. *limit* counts scan-ins and lookups together."""
-    requests: list[ScanRequest] = []
-    problems: list[RowProblem] = []
-    lookups: list[Lookup] = []
-    already_done = 0
-    first_line_of_item: dict[str, int] = {}
-    for row in range(len(table.rows)):
-        item_pid = table.get(row, "item_pid")
-        if table.is_done(row):
-            already_done += 1
-            first_line_of_item.setdefault(item_pid, table.line_number(row))
-            continue
-        if not item_pid:
-            barcode = table.get(row, "barcode")
+
+    def check(row: int) -> Lookup | str | RowProblem | None:
+        barcode = table.get(row, "barcode")
+        if not table.get(row, "item_pid"):
             if table.get(row, "error").startswith(NOT_SENT + NOT_FOUND_REASON):  # reported when it was found
-                problems.append(replace(refused(table, row, NOT_FOUND_REASON), reported=True))
-            elif _SPREADSHEET_NUMBER.fullmatch(barcode):
-                problems.append(refused(table, row, f"barcode {barcode} is a number a spreadsheet reformatted: save "
-                                                    "the list with the barcode column formatted as text"))
-            else:
-                lookups.append(Lookup(row, barcode))
-            continue
-        planned = resolved_plan(table, row, desks, location_type)
-        if planned is None:  # found not on loan by a run killed before it recorded that: look again
-            lookups.append(Lookup(row, table.get(row, "barcode")))
-            continue
-        if isinstance(planned, ScanRequest) and item_pid in first_line_of_item:
-            planned = f"same item as barcode line {first_line_of_item[item_pid]}: the item is sent once"
-        if isinstance(planned, str):
-            problems.append(refused(table, row, planned))
-            continue
-        first_line_of_item[item_pid] = table.line_number(row)
-        requests.append(planned)
-    not_selected = 0
-    if limit is not None and len(requests) + len(lookups) > limit:
-        not_selected = len(requests) + len(lookups) - limit
-        requests = requests[:limit]
-        lookups = lookups[:max(0, limit - len(requests))]
-    return Plan(requests, problems, already_done, len(table.rows), not_selected), lookups
+                return replace(refused(table, row, NOT_FOUND_REASON), reported=True)
+            if _SPREADSHEET_NUMBER.fullmatch(barcode):
+                return (f"barcode {barcode} is a number a spreadsheet reformatted: save the list with the barcode "
+                        "column formatted as text")
+            return Lookup(row, barcode)
+        reason = _id_problem(table, row)
+        if reason is not None:
+            return reason
+        if _not_on_loan(table, row):  # found not on loan by a run killed before it recorded that: look again
+            return Lookup(row, barcode)
+        return None
+
+    return plan_rows(table, desks, location_type, limit, check=check, same_item="same item as barcode line")

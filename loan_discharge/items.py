@@ -13,9 +13,10 @@ import os
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "InputError",
@@ -28,6 +29,7 @@ __all__ = [
     "read_desks",
     "build_plan",
     "plan_row",
+    "plan_rows",
     "refused",
     "apply_results",
     "mark_problems",
@@ -68,6 +70,7 @@ DESK_COLUMNS: dict[str, tuple[str, ...]] = {
     "circ_desk": ("circ desk", "circulation desk", "desk"),
     "library_code": ("library code", "library"),
 }
+T = TypeVar("T")
 TRUE_WORDS = {"true", "yes", "y", "1"}
 NOT_SENT = "not sent: "  # the error cell of a refused row starts so
 
@@ -331,8 +334,22 @@ def _in_temp_location(table: ItemsTable, row: int) -> bool:
 
 def build_plan(table: ItemsTable, desks: DeskMap, location_type: str, limit: int | None = None) -> Plan:
     """Decide, row by row, what to send: a desk for each pending row, or the reason it is not sent."""
+    plan, _ = plan_rows(table, desks, location_type, limit, check=lambda row: _id_problem(table, row),
+                        same_item="same Physical Item Id as line")
+    return plan
+
+
+def plan_rows(
+    table: ItemsTable, desks: DeskMap, location_type: str, limit: int | None, *,
+    check: Callable[[int], T | str | RowProblem | None], same_item: str,
+) -> tuple[Plan, list[T]]:
+    """The walk every plan makes: rows done are counted; each other row is *check*ed first (None:
+    sendable; a reason or a RowProblem: refused; anything else: a job the caller does first, such
+    as a barcode to look up); a sendable row is sent once per item (*same_item* names the row it
+    repeats), at its desk (:func:`plan_row`). *limit* keeps the first scan-ins, then jobs."""
     requests: list[ScanRequest] = []
     problems: list[RowProblem] = []
+    jobs: list[T] = []
     already_done = 0
     first_line_of_item: dict[str, int] = {}
     for row in range(len(table.rows)):
@@ -341,20 +358,25 @@ def build_plan(table: ItemsTable, desks: DeskMap, location_type: str, limit: int
             already_done += 1
             first_line_of_item.setdefault(item_pid, table.line_number(row))
             continue
-        reason = _id_problem(table, row)
-        if reason is None and item_pid in first_line_of_item:
-            reason = f"same Physical Item Id as line {first_line_of_item[item_pid]}: the item is sent once"
-        planned = plan_row(table, row, desks, location_type) if reason is None else reason
-        if isinstance(planned, str):
+        checked = check(row)
+        if item_pid in first_line_of_item and checked is None:
+            checked = f"{same_item} {first_line_of_item[item_pid]}: the item is sent once"
+        planned = plan_row(table, row, desks, location_type) if checked is None else checked
+        if isinstance(planned, RowProblem):
+            problems.append(planned)
+        elif isinstance(planned, str):
             problems.append(refused(table, row, planned))
-            continue
-        first_line_of_item[item_pid] = table.line_number(row)
-        requests.append(planned)
+        elif isinstance(planned, ScanRequest):
+            first_line_of_item[item_pid] = table.line_number(row)
+            requests.append(planned)
+        else:
+            jobs.append(planned)
     not_selected = 0
-    if limit is not None and len(requests) > limit:
-        not_selected = len(requests) - limit
+    if limit is not None and len(requests) + len(jobs) > limit:
+        not_selected = len(requests) + len(jobs) - limit
         requests = requests[:limit]
-    return Plan(requests, problems, already_done, len(table.rows), not_selected)
+        jobs = jobs[:max(0, limit - len(requests))]
+    return Plan(requests, problems, already_done, len(table.rows), not_selected), jobs
 
 
 def refused(table: ItemsTable, row: int, reason: str) -> RowProblem:
