@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
 from m2_code_store.config import StoreTarget, connect, resolve_target
+from m2_code_store.rules import BARCODE_LIST_RE
 from m2_code_store.store import CodeStore
 from toolconfig import ConfigError
 
@@ -73,13 +75,51 @@ def customer_codes() -> Response:
         barcodes = parse_barcodes(request.args.getlist("barcodes"), limit=current_app.config["M2_MAX_BARCODES"])
     except BarcodeError as exc:
         raise APIError(400, str(exc)) from exc
+    return answer(*lookup_answer(store(), barcodes))
+
+
+def lookup_answer(store: CodeStore, barcodes: list[str]) -> tuple[dict[str, Any], int]:
+    """The inner body and status answering a lookup of *barcodes* (already checked)."""
     try:
-        codes = store().lookup(barcodes)
+        codes = store.lookup(barcodes)
     except redis.exceptions.RedisError as exc:
         log.warning("store lookup failed: %s", type(exc).__name__)
-        raise APIError(503, UNAVAILABLE) from exc
-    data = [{"barcode": b, "m2CustomerCode": c} for b, c in zip(barcodes, codes, strict=True)]
-    return answer({"status": 200, "data": data}, 200)
+        return APIError(503, UNAVAILABLE).body(), 503
+    return {"status": 200, "data": [{"barcode": b, "m2CustomerCode": c} for b, c in zip(barcodes, codes, strict=True)]}, 200
+
+
+class LookupFastPath:
+    """WSGI middleware answering the lookup that clients send, ``GET <lookup path>?barcodes=<b>,<b>,…``,
+    without Flask's request machinery; every other request goes on to Flask.
+
+    The answers are the route's own (``lookup_answer``, the same envelope and headers): this only
+    skips the request context, routing and query parsing that cost more CPU than the lookup
+    itself at 200 barcodes a request. The query must be nothing but ``barcodes=`` and valid
+    barcodes separated by literal commas, within the limits, so it needs no decoding and no
+    message; anything else (percent-encoding, JSON lists, repeated parameters, errors) is Flask's.
+    """
+
+    PATHS = frozenset({"/api/v0.1/m2-customer-code", "/api/v0.1/m2-customer-codes"})
+    STATUS_LINES = {200: "200 OK", 503: "503 SERVICE UNAVAILABLE"}
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.wsgi_app = app.wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        query: str = environ.get("QUERY_STRING", "")
+        if (environ.get("PATH_INFO") in self.PATHS and environ.get("REQUEST_METHOD") == "GET"
+                and query.startswith("barcodes=") and len(query) <= MAX_QUERY_BYTES
+                and BARCODE_LIST_RE.fullmatch(query, 9)):
+            barcodes = list(dict.fromkeys(query[9:].split(",")))
+            config = self.app.config
+            if len(barcodes) <= config["M2_MAX_BARCODES"]:
+                body, status = lookup_answer(self.app.extensions["m2_store"], barcodes)
+                payload = orjson.dumps(body if config["M2_RESPONSE_BODY"] == "inner" else {"statusCode": status, "body": body})
+                start_response(self.STATUS_LINES[status],
+                               [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+                return [payload]
+        return self.wsgi_app(environ, start_response)
 
 
 @bp.get("/health")
@@ -149,6 +189,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(APIError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
+    app.wsgi_app = LookupFastPath(app)  # type: ignore[method-assign]
     return app
 
 

@@ -281,3 +281,94 @@ def test_behind_a_proxy_that_expects_the_inner_body(redis_url, tmp_path, monkeyp
     monkeypatch.setenv("M2_RESPONSE_BODY", "wrapped")
     with pytest.raises(ConfigError, match="M2_RESPONSE_BODY must be envelope .* or inner, not 'wrapped'"):
         create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})
+
+
+def _call(wsgi_app, query: str, method: str = "GET", path: str = PATHS[1]) -> tuple[str, list, bytes]:
+    from werkzeug.test import EnvironBuilder
+
+    answered: list = []
+    environ = EnvironBuilder(path=path, method=method, query_string=query).get_environ()
+    body = b"".join(wsgi_app(environ, lambda status, headers, exc_info=None: answered.extend((status, headers))))
+    return answered[0], answered[1], body
+
+
+def _fast_and_flask(app):
+    """The app's WSGI entry (the fast path in front), and Flask alone behind it, counting its calls."""
+    flask_calls: list[str] = []
+    fast = app.wsgi_app
+    flask_alone = fast.wsgi_app
+
+    def counted(environ, start_response):
+        flask_calls.append(environ["QUERY_STRING"])
+        return flask_alone(environ, start_response)
+
+    fast.wsgi_app = counted
+    return fast, flask_alone, flask_calls
+
+
+@pytest.mark.parametrize("inner", [False, True])
+def test_the_fast_path_answers_byte_for_byte_as_the_flask_route(redis_url, tmp_path, monkeypatch, inner):
+    """What clients send is answered before Flask; the bytes, status and headers are the route's."""
+    if inner:
+        monkeypatch.setenv("M2_RESPONSE_BODY", "inner")
+    fill(redis.Redis.from_url(redis_url), tmp_path, "1234,,NX,\n5678,,NA,\n")
+    fast, flask_alone, flask_calls = _fast_and_flask(create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")}))
+    many = ",".join(str(33433000000000 + n) for n in range(200)) + ",1234"
+    for query in ("barcodes=1234", "barcodes=5678,999,1234,5678", "barcodes=a.b_c-D", f"barcodes={many}"):
+        assert _call(fast, query) == _call(flask_alone, query)
+    assert flask_calls == []  # every one of them took the fast path
+    status, headers, body = _call(fast, "barcodes=5678,999")
+    assert status == "200 OK" and ("Content-Type", "application/json") in headers
+    inner_body = {"status": 200, "data": [{"barcode": "5678", "m2CustomerCode": "NA"}, {"barcode": "999", "m2CustomerCode": None}]}
+    assert json.loads(body) == (inner_body if inner else {"statusCode": 200, "body": inner_body})
+
+
+@pytest.mark.parametrize("query", [
+    "barcodes=1234%2C5678",              # percent-encoded comma
+    "barcodes=[1234,5678]",               # the documented bracketed form
+    "barcodes=1234&barcodes=5678",        # repeated parameter
+    "barcodes=1234,",                     # trailing comma: the route's 400 and its message
+    "barcodes=1234&other=1",
+    "barcodes=",
+    "",
+])
+def test_anything_but_a_plain_comma_list_goes_on_to_flask(app, query):
+    fast, _, flask_calls = _fast_and_flask(app)
+    _call(fast, query)
+    assert flask_calls == [query]
+
+
+def test_the_fast_path_leaves_limits_heads_and_other_methods_to_flask(redis_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("M2_MAX_BARCODES", "2")
+    fill(redis.Redis.from_url(redis_url), tmp_path, "1234,,NX,\n")
+    fast, _, flask_calls = _fast_and_flask(create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")}))
+    status, _, body = _call(fast, "barcodes=1,2,3")
+    assert status.startswith("400") and "at most 2 per request" in json.loads(body)["body"]["message"]
+    assert _call(fast, "barcodes=1,2,1")[0] == "200 OK"  # duplicates count once, as in the route
+    _call(fast, "barcodes=1234", method="HEAD")
+    _call(fast, "barcodes=1234", method="POST")
+    _call(fast, "barcodes=1234", path="/api/v0.1/m2-customer-codes/")
+    assert flask_calls == ["barcodes=1,2,3", "barcodes=1234", "barcodes=1234", "barcodes=1234"]
+
+
+def test_the_fast_path_answers_503_as_the_route_when_the_store_is_down(tmp_path):
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis").start()
+    try:
+        fill(redis.Redis(port=server.port), tmp_path, "1234,,NX,\n")
+        fast, flask_alone, flask_calls = _fast_and_flask(create_app({"STORE_TARGET": StoreTarget(server.url, "REDIS_URL")}))
+        assert _call(fast, "barcodes=1234")[0] == "200 OK"
+    finally:
+        server.stop()
+    down = _call(fast, "barcodes=1234")
+    assert down[0].startswith("503") and down == _call(flask_alone, "barcodes=1234")
+    assert json.loads(down[2])["body"]["message"] == "the customer code store is not answering; try again shortly"
+    assert flask_calls == []
+
+
+def test_the_store_looks_up_any_string_it_is_given(redis_client, tmp_path):
+    """CodeStore.lookup is also called without the API's checks (m2-code-store lookup): a
+    barcode with a newline or beyond ASCII is looked up as itself, and the answers stay in order."""
+    from m2_code_store.store import CodeStore
+
+    fill(redis_client, tmp_path, "1234,,NX,\n5678,,NA,\n")
+    assert CodeStore(redis_client).lookup(["1234", "12\n34", "é", "5678", ""]) == ["NX", None, None, "NA", None]
