@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 import redis
 from flask import Blueprint, Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from m2_code_store import docs
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
 from m2_code_store.config import StoreTarget, connect, resolve_target
 from m2_code_store.rules import BARCODE_LIST_RE
@@ -145,7 +146,10 @@ def handle_api_error(error: APIError) -> Response:
 
 def handle_http_error(error: HTTPException) -> Response:
     status = error.code or 500
-    return answer(APIError(status, error.description or error.name).body(), status)
+    response = answer(APIError(status, error.description or error.name).body(), status)
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(error.valid_methods))  # RFC 9110: a 405 lists the allowed methods
+    return response
 
 
 def handle_unexpected(error: Exception) -> Response:
@@ -186,6 +190,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     init_store(app)
     app.register_blueprint(bp)
+    app.register_blueprint(docs.bp)
     app.register_error_handler(APIError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
