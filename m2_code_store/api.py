@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from m2_code_store import docs
+from m2_code_store import docs, metrics
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
 from m2_code_store.config import StoreTarget, connect, resolve_target
 from m2_code_store.rules import BARCODE_LIST_RE
@@ -85,7 +86,9 @@ def lookup_answer(store: CodeStore, barcodes: list[str]) -> tuple[dict[str, Any]
         codes = store.lookup(barcodes)
     except redis.exceptions.RedisError as exc:
         log.warning("store lookup failed: %s", type(exc).__name__)
+        metrics.STORE_ERRORS.inc()
         return APIError(503, UNAVAILABLE).body(), 503
+    metrics.counted_lookup(codes)
     return {"status": 200, "data": [{"barcode": b, "m2CustomerCode": c} for b, c in zip(barcodes, codes, strict=True)]}, 200
 
 
@@ -125,13 +128,39 @@ class LookupFastPath:
 
 @bp.get("/health")
 def health() -> Response:
-    """Whether the store answers, and how many records it holds."""
+    """200 while the store answers with a data set loaded within M2_HEALTH_MAX_AGE; 503 otherwise."""
     try:
         stats = store().stats()
     except redis.exceptions.RedisError as exc:
         log.warning("health check failed: %s", type(exc).__name__)
+        metrics.STORE_ERRORS.inc()
         return envelope({"status": "unavailable", "store": "down", "message": UNAVAILABLE}, 503)
-    return envelope({"status": "ok", "store": "up", **stats}, 200)
+    return envelope(*health_of(stats, current_app.config["M2_HEALTH_MAX_AGE"], datetime.now(UTC)))
+
+
+def health_of(stats: dict[str, Any], max_age: float | None, now: datetime) -> tuple[dict[str, Any], int]:
+    """/health's body and status for the store's *stats*: 503 when it holds no data set, or when
+    *max_age* seconds are set and the data set is older (a nightly load that stopped happening)."""
+    body = {"status": "ok", "store": "up", **stats}
+    if not stats["generation"]:
+        return {**body, "status": "empty", "message": "the store holds no data set: load the LAS export "
+                                                      "(write_csv_to_redis FILE.csv)"}, 503
+    age = metrics.dataset_age(stats["loadedAt"], now)
+    if age is not None:
+        body["ageSeconds"] = round(age)
+    if max_age is not None and (age is None or age > max_age):
+        when = f"was loaded {age / 3600:,.1f} hours ago" if age is not None else "has no load time"
+        return {**body, "status": "stale", "message": f"the data set {when}, more than M2_HEALTH_MAX_AGE "
+                                                      f"({max_age / 3600:g} hours): check the nightly load"}, 503
+    return body, 200
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Counts of requests, barcodes and store errors across the server's workers, and the data set's
+    record count and age (Prometheus text format)."""
+    text, content_type = metrics.exposition(store().stats)
+    return Response(text, content_type=content_type)
 
 
 @bp.get("/api/v0.1/openapi.json")
@@ -155,6 +184,25 @@ def handle_http_error(error: HTTPException) -> Response:
 def handle_unexpected(error: Exception) -> Response:
     log.exception("unexpected error")
     return answer(APIError(500, "internal error; the service log has the details").body(), 500)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _max_age(value: str) -> float | None:
+    """M2_HEALTH_MAX_AGE: ``36h``, ``90m``, ``2d`` or seconds; empty for no limit."""
+    text = value.strip().lower()
+    if not text:
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        raise ConfigError(f"M2_HEALTH_MAX_AGE must be a duration such as 36h, 90m, 2d or a number of seconds "
+                          f"(got {value!r}); leave it unset for no limit")
+    return seconds
 
 
 def _max_barcodes(value: str) -> int:
@@ -181,6 +229,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         M2_MAX_BARCODES=_max_barcodes(os.environ.get("M2_MAX_BARCODES", "")),
         M2_RESPONSE_BODY=_response_body(os.environ.get("M2_RESPONSE_BODY", "")),
+        M2_HEALTH_MAX_AGE=_max_age(os.environ.get("M2_HEALTH_MAX_AGE", "")),
         M2_REDIS_TIMEOUT=0.2,  # per attempt; two calls of connect + one retry stay inside 1 s
         REDIS_CLIENT=None,
         STORE_TARGET=None,
@@ -188,13 +237,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
+    metrics.check_environment()
     init_store(app)
     app.register_blueprint(bp)
     app.register_blueprint(docs.bp)
     app.register_error_handler(APIError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)
-    app.wsgi_app = LookupFastPath(app)  # type: ignore[method-assign]
+    app.wsgi_app = metrics.Instrumented(LookupFastPath(app))  # type: ignore[method-assign]
     return app
 
 

@@ -40,6 +40,8 @@ from libcal_passagepoint.config import ENV_VARS as LCPP_SECRET_VARS
 from libcal_passagepoint.config import ConfigError as LcppConfigError
 from libcal_passagepoint.config import load_config
 from m2_code_store.config import NO_STORE, resolve_target
+from m2_code_store.las_csv import read_export
+from m2_code_store.loader import load
 from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import parse_args as loader_parse_args
 from simulators.redis_server import free_port
@@ -353,6 +355,13 @@ def get(url: str) -> tuple[int, dict]:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def holding_data(redis_url: str, tmp_path: Path) -> None:
+    """A store with a data set: one record loaded."""
+    export = tmp_path / "one.csv"
+    export.write_text("Item barcode,Accession date,Customer code,Delete date\n39000009,,NX,\n")
+    load(redis.Redis.from_url(redis_url), read_export(export))
 
 
 def wait_for_http(url: str, process: subprocess.Popen, seconds: float = 60) -> tuple[int, dict]:
@@ -671,6 +680,7 @@ def test_api_unit_serves_health_reloads_and_stops_on_its_kill_signal(tmp_path: P
     """m2-api.service's command serves /health from the store in its env file; ExecReload's SIGHUP
     respawns the workers without stopping the service; KillSignal stops it within TimeoutStopSec
     with a status systemd counts as clean."""
+    holding_data(redis_url, tmp_path)  # /health answers 503 on an empty store
     server = Server(tmp_path)
     server.install_env("m2-code-store.env.example", REDIS_URL=redis_url)
     argv, env, workdir = server.service("m2-api.service")
@@ -989,6 +999,7 @@ def test_docker_cmd_serves_and_its_healthcheck_tells_healthy_from_unhealthy(tmp_
     command exits 0 against it, and 1 with a one-line reason against an API whose store is down (503)."""
     _, health = docker_healthcheck()
     expose = docker_one("EXPOSE").args
+    holding_data(redis_url, tmp_path)
     results = {}
     for store in (redis_url, f"redis://127.0.0.1:{free_port()}/0"):
         port = free_port()

@@ -16,7 +16,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from m2_code_store.api import create_app
+from m2_code_store.api import LookupFastPath, create_app
 from m2_code_store.barcodes import BarcodeError, _checked, parse_barcodes
 from m2_code_store.config import StoreTarget
 from m2_code_store.las_csv import read_export
@@ -295,7 +295,8 @@ def _call(wsgi_app, query: str, method: str = "GET", path: str = PATHS[1]) -> tu
 def _fast_and_flask(app):
     """The app's WSGI entry (the fast path in front), and Flask alone behind it, counting its calls."""
     flask_calls: list[str] = []
-    fast = app.wsgi_app
+    fast = app.wsgi_app.wsgi_app  # inside the metrics' middleware
+    assert isinstance(fast, LookupFastPath)
     flask_alone = fast.wsgi_app
 
     def counted(environ, start_response):
