@@ -50,5 +50,11 @@ demo-passagepoint: $(STAMP)
 bench-lcpp: $(STAMP)
 	$(PY) bench/bench_lcpp.py
 
+# the AWS Lambda's deployment zip, the API alone: build/lambda/m2-code-store-lambda.zip (see
+# m2_code_store/lambda_package.py); pip downloads the dependencies for the Lambda's platform
+.PHONY: lambda-package
+lambda-package: $(STAMP)
+	$(PY) -m m2_code_store.lambda_package
+
 clean:
 	rm -rf $(VENV) .m2-data .pytest_cache
