@@ -249,11 +249,20 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def init_store(app: Flask) -> None:
-    """Create the Redis client and the store for *app* (no connection is made yet)."""
+    """Create the Redis client and the store for *app*: a single Redis, or a Redis Cluster found
+    from the node the configuration names (one INFO; M2_REDIS_CLUSTER overrides it). A store that
+    does not answer yet is asked again by the first request that reaches it."""
+    from m2_code_store.cluster import code_store
+    from m2_code_store.config import connect_cluster
+
     client = app.config["REDIS_CLIENT"]
     if client is None:
         target: StoreTarget = app.config["STORE_TARGET"] or resolve_target()
         timeout = float(app.config["M2_REDIS_TIMEOUT"])
         client = connect(target, timeout=timeout, retries=1, health_check_interval=0)
-    app.extensions["m2_store"] = CodeStore(client)
+        app.extensions["m2_store"] = code_store(
+            client, mode=target.cluster,
+            connect_cluster=lambda: connect_cluster(target, timeout=timeout, retries=1))
+    else:
+        app.extensions["m2_store"] = code_store(client)
     app.extensions["m2_openapi"] = (Path(__file__).parent / "openapi.json").read_bytes()

@@ -15,6 +15,11 @@
    commands say so). A job without a terminal (cron, systemd, CI) whose environment lost its
    settings is refused: it must never load or serve a local store while production goes stale.
 
+A Redis Cluster (ElastiCache Serverless, a cluster-mode-enabled replication group, any cluster)
+is found from the address of any of its nodes, or its configuration endpoint: the store asks the
+node (``INFO cluster``, see cluster.py) unless ``M2_REDIS_CLUSTER`` says ``yes`` or ``no``
+(default ``auto``; ``no`` also suits a proxy that routes a cluster's keys itself).
+
 No message or log line built here contains a password or a decrypted secret: use
 :func:`redact_url` for anything shown to a person.
 """
@@ -27,6 +32,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -34,6 +40,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from toolconfig import ConfigError, kms_decrypt, load_yaml
+
+if TYPE_CHECKING:
+    from m2_code_store.cluster import ClusterRedis
 
 DEFAULT_DATA_DIR = Path("~/.local/share/m2-code-store")
 
@@ -46,6 +55,7 @@ class StoreTarget:
     source: str  # "REDIS_URL", "REDIS_ENDPOINT_ENCRYPTED" or "embedded"
     data_dir: Path | None = None
     fallback: bool = False  # embedded because nothing was set and a person is at a terminal
+    cluster: str = "auto"  # M2_REDIS_CLUSTER: "auto" (ask the node), "yes" or "no"
 
     @property
     def shown(self) -> str:
@@ -139,12 +149,25 @@ NO_STORE = (
 )
 
 
+CLUSTER_MODES = ("auto", "yes", "no")
+
+
+def cluster_mode(environ: Mapping[str, str]) -> str:
+    """``M2_REDIS_CLUSTER``: ``auto`` (the default), ``yes`` or ``no``; anything else is a ConfigError."""
+    value = environ.get("M2_REDIS_CLUSTER", "").strip().lower() or "auto"
+    if value not in CLUSTER_MODES:
+        raise ConfigError(f"M2_REDIS_CLUSTER must be auto (the default: ask the Redis node whether it is part of a "
+                          f"cluster), yes or no, not {environ.get('M2_REDIS_CLUSTER', '')[:40]!r}")
+    return value
+
+
 def resolve_target(environ: Mapping[str, str] | None = None, *, interactive: bool | None = None) -> StoreTarget:
     """Resolve where the store lives from the environment, in the documented order.
 
     *interactive* (default: :func:`has_terminal`) allows the embedded store when nothing is set.
     """
     environ = os.environ if environ is None else environ
+    cluster = cluster_mode(environ)
     url = environ.get("REDIS_URL", "").strip()
     encrypted = environ.get("REDIS_ENDPOINT_ENCRYPTED", "").strip()
     store = environ.get("M2_STORE", "").strip().lower()
@@ -154,19 +177,23 @@ def resolve_target(environ: Mapping[str, str] | None = None, *, interactive: boo
         both = "REDIS_URL" if url else "REDIS_ENDPOINT_ENCRYPTED"
         raise ConfigError(f"M2_STORE=embedded and {both} are both set: unset one of them")
     if url:
-        return StoreTarget(_check_url(url, "REDIS_URL", secret=False), "REDIS_URL")
+        return StoreTarget(_check_url(url, "REDIS_URL", secret=False), "REDIS_URL", cluster=cluster)
     if not encrypted and environ.get("ENVIRONMENT", "").strip() and not store:
         variables = original_variables(environ)
         environ = {**variables, **{k: v for k, v in environ.items() if v}}
         encrypted = variables.get("REDIS_ENDPOINT_ENCRYPTED", "")
+        cluster = cluster_mode(environ)
     if encrypted:
         plaintext = kms_decrypt(encrypted, region=environ.get("AWS_REGION") or None, name="REDIS_ENDPOINT_ENCRYPTED")
         tls = environ.get("REDIS_TLS", "").strip().lower() in ("1", "true", "yes")
-        return StoreTarget(endpoint_to_url(plaintext, tls=tls), "REDIS_ENDPOINT_ENCRYPTED")
+        return StoreTarget(endpoint_to_url(plaintext, tls=tls), "REDIS_ENDPOINT_ENCRYPTED", cluster=cluster)
     if not store and not (has_terminal() if interactive is None else interactive):
         raise ConfigError(NO_STORE)
+    if cluster == "yes":
+        raise ConfigError("M2_REDIS_CLUSTER=yes, but the store is the embedded local Redis, a single server: set "
+                          "REDIS_URL to a node of the cluster, or unset M2_REDIS_CLUSTER")
     data_dir = Path(environ.get("M2_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
-    return StoreTarget("", "embedded", data_dir, fallback=not store)
+    return StoreTarget("", "embedded", data_dir, fallback=not store, cluster="no")
 
 
 def original_variables(environ: Mapping[str, str]) -> dict[str, str]:
@@ -242,13 +269,83 @@ def connect(
     )
 
 
-def open_store(*, timeout: float, interactive: bool | None = None) -> tuple[StoreTarget, redis.Redis]:
-    """Resolve the store, connect and PING it; any failure is a ConfigError fit for a person."""
-    target = resolve_target(interactive=interactive)
-    client = connect(target, timeout=timeout)
+def connect_cluster(
+    target: StoreTarget,
+    *,
+    timeout: float = 5.0,
+    connect_timeout: float | None = None,
+    retries: int = 1,
+    **kwargs,
+) -> ClusterRedis:
+    """A client for the Redis Cluster that *target*'s node belongs to (a cluster.ClusterRedis: the
+    slot map is read from that node now), with the same timeouts, TLS and retries as :func:`connect`.
+
+    Raises ConfigError when the node is no cluster node or the URL names a database other than 0,
+    and cluster.ClusterUnavailable (a redis ConnectionError) when the cluster cannot be reached.
+    """
+    from m2_code_store.cluster import ClusterRedis, ClusterUnavailable
+
+    if target.data_dir is not None:
+        raise ConfigError("the embedded local Redis is a single server, not a Redis Cluster")
+    if target.url.startswith("rediss://"):
+        kwargs.setdefault("ssl_check_hostname", True)
     try:
-        client.ping()
-    except redis.exceptions.RedisError as exc:
+        cluster = redis.RedisCluster.from_url(
+            target.url,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout if connect_timeout is not None else timeout,
+            retry=Retry(NoBackoff(), retries),
+            retry_on_timeout=False,
+            require_full_coverage=False,  # a slot left uncovered fails its own commands, not the client
+            dynamic_startup_nodes=False,  # keep asking the configured address (a configuration endpoint's DNS name)
+            **kwargs,
+        )
+    except redis.exceptions.RedisClusterException as exc:
+        text = str(exc)
+        if "Cluster mode is not enabled" in text:
+            raise ConfigError(f"M2_REDIS_CLUSTER=yes, but {target.shown} is not a Redis Cluster node (cluster "
+                              "support disabled): set M2_REDIS_CLUSTER=auto or no") from None
+        if "db" in text and "cluster mode" in text:
+            raise ConfigError(f"{target.source} names a database other than 0, and a Redis Cluster has only "
+                              "database 0: end the URL with /0 or with the port") from None
+        cause = exc.__cause__ if isinstance(exc.__cause__, redis.exceptions.RedisError) else exc
+        raise ClusterUnavailable(describe_error(cause, target)) from cause
+    return ClusterRedis(cluster)
+
+
+def connect_store(target: StoreTarget, *, timeout: float = 5.0, retries: int = 1, **kwargs) -> redis.Redis:
+    """A client for *target*: a single Redis (as :func:`connect`), or a cluster.ClusterRedis when
+    the node belongs to a Redis Cluster (``M2_REDIS_CLUSTER``, :attr:`StoreTarget.cluster`).
+
+    With ``auto``, the node is asked (one ``INFO cluster``, on the connection then kept for the
+    single Redis: nothing more than the PING that checks it is there).
+    """
+    from m2_code_store.cluster import detect_cluster
+
+    client = connect(target, timeout=timeout, retries=retries, **kwargs)
+    if target.cluster == "no" or target.data_dir is not None:
+        return client
+    try:
+        if target.cluster == "auto" and not detect_cluster(client):
+            return client
+    except BaseException:
         client.close()
+        raise
+    client.close()
+    return connect_cluster(target, timeout=timeout, retries=retries, **kwargs)
+
+
+def open_store(*, timeout: float, interactive: bool | None = None) -> tuple[StoreTarget, redis.Redis]:
+    """Resolve the store, connect and check that it answers; any failure is a ConfigError fit for
+    a person. On a Redis Cluster the client is a cluster.ClusterRedis (see :func:`connect_store`)."""
+    target = resolve_target(interactive=interactive)
+    client: redis.Redis | None = None
+    try:
+        client = connect_store(target, timeout=timeout)
+        if target.cluster == "no" or target.data_dir is not None:
+            client.ping()  # with auto, asking whether it is a cluster showed that it answers
+    except redis.exceptions.RedisError as exc:
+        if client is not None:
+            client.close()
         raise ConfigError(f"cannot reach {target.shown}: {describe_error(exc, target)}") from exc
     return target, client
