@@ -1,7 +1,7 @@
 """The AWS Lambda deployment zip of the lookup API alone: ``make lambda-package``.
 
-    python -m m2_code_store.lambda_package [--out DIR] [--python-version 3.12] [--python PATH]
-                                           [--index-url URL]
+    python -m m2_code_store.lambda_package [--out DIR] [--config DIR] [--python-version 3.12]
+                                           [--python PATH] [--index-url URL]
 
 What goes in, and where each part is decided:
 
@@ -19,8 +19,12 @@ What goes in, and where each part is decided:
   embedded local store's redis-server; a Lambda reads ``REDIS_URL`` or the KMS-encrypted endpoint).
 - Bytecode compiled for the target Python, when an interpreter of that version is found: the
   function's code directory is read-only, so without it every cold start compiles Flask,
-  Werkzeug and redis-py from source again (about a second and 12 MB more, measured with
+  Werkzeug and redis-py from source again (about a second and 10 MB more, measured with
   bench/bench_m2_lambda.py).
+- With ``--config DIR``, the original function's ``{ENVIRONMENT}.yaml`` files (the region in
+  plaintext, the endpoint KMS-encrypted), in the package's ``config/``: the function runs in its
+  package's root, so ``ENVIRONMENT`` finds them as the original did. Each is read first as the
+  function will read it.
 
 The zip is reproducible: entries sorted, every timestamp 1980-01-01 00:00, fixed permissions;
 bytecode hash-based (no source timestamps), compiled in sorted order with a fixed hash seed.
@@ -378,6 +382,27 @@ def stage_sources(sources: Sources, tree: Path) -> None:
         shutil.copyfile(source, tree / name)
 
 
+def stage_config(directory: Path, tree: Path) -> list[str]:
+    """Copy the original's ``{ENVIRONMENT}.yaml`` files of *directory* into the package's
+    ``config/`` (a function runs in its package's root, where M2_CONFIG_DIR's default ``config``
+    points), each read as the function will read it; the environments' names."""
+    from m2_code_store.config import original_variables
+    from toolconfig import ConfigError
+
+    files = sorted(directory.glob("*.yaml"))
+    if not files:
+        raise PackageError(f"{directory} holds no .yaml file: --config names the directory of the original "
+                           "function's config/{ENVIRONMENT}.yaml files")
+    for path in files:
+        try:
+            original_variables({"ENVIRONMENT": path.stem, "M2_CONFIG_DIR": str(directory)})
+        except ConfigError as exc:
+            raise PackageError(f"--config: {exc}") from exc
+        (tree / "config").mkdir(exist_ok=True)
+        shutil.copyfile(path, tree / "config" / path.name)
+    return [path.stem for path in files]
+
+
 def sizes_by_top(tree: Path) -> dict[str, int]:
     """Bytes under *tree* by top-level entry (a package, or a distribution's metadata folded into
     it), largest first."""
@@ -498,11 +523,13 @@ class Package:
     dependencies: Dependencies
     compiled_with: str | None  # the interpreter that compiled the bytecode, if one was found
     smoke: ColdStart | None
+    environments: list[str] = field(default_factory=list)  # config/{ENVIRONMENT}.yaml files included
 
 
 def build(out: Path = DEFAULT_OUT, *, python_version: str = RUNTIME_VERSION, python: str | None = None,
-          index_url: str | None = None) -> Package:
-    """Build ``out/m2-code-store-lambda.zip`` and its unpacked tree ``out/unpacked``."""
+          index_url: str | None = None, config: Path | None = None) -> Package:
+    """Build ``out/m2-code-store-lambda.zip`` and its unpacked tree ``out/unpacked``, with the
+    ``{ENVIRONMENT}.yaml`` files of *config* in its ``config/``."""
     sources = find_sources()
     dependencies = lambda_dependencies(sources)
     interpreter = find_interpreter(python_version, python)
@@ -512,11 +539,12 @@ def build(out: Path = DEFAULT_OUT, *, python_version: str = RUNTIME_VERSION, pyt
         log.info("installing %s for CPython %s on %s", ", ".join(dependencies.requirements), python_version, PLATFORM)
         install_dependencies(dependencies, staging, python_version=python_version, index_url=index_url)
         stage_sources(sources, staging)
+        environments = stage_config(config, staging) if config else []
         if interpreter:
             compile_bytecode(staging, interpreter)
         else:
             log.warning("no CPython %s interpreter found (name one with --python or M2_LAMBDA_PYTHON): the package "
-                        "holds no bytecode, so every cold start compiles its modules (about 1 s and 12 MB more)",
+                        "holds no bytecode, so every cold start compiles its modules (about 1 s and 10 MB more)",
                         python_version)
         tree = out / "unpacked"
         shutil.rmtree(tree, ignore_errors=True)
@@ -527,7 +555,7 @@ def build(out: Path = DEFAULT_OUT, *, python_version: str = RUNTIME_VERSION, pyt
     write_zip(tree, zip_path)
     smoke = smoke_check(tree, interpreter) if interpreter else None
     return Package(zip_path, tree, python_version, zip_path.stat().st_size, tree_size(tree), dependencies,
-                   interpreter, smoke)
+                   interpreter, smoke, environments)
 
 
 def _mb(size: int) -> str:
@@ -548,6 +576,12 @@ def report(package: Package) -> str:
         + " (pyproject.toml), pinned to " + ", ".join(f"{k}=={v}" for k, v in package.dependencies.pins.items()),
         "  left out: " + "; ".join(f"{k} ({v})" for k, v in package.dependencies.left_out.items()),
     ]
+    if package.environments:
+        lines.append("  config: " + ", ".join(f"config/{name}.yaml" for name in package.environments)
+                     + " (the function's ENVIRONMENT names one)")
+    else:
+        lines.append("  config: none (--config DIR adds the original's config/{ENVIRONMENT}.yaml files; "
+                     "without them the function needs REDIS_URL or REDIS_ENDPOINT_ENCRYPTED)")
     if package.compiled_with:
         lines.append(f"  bytecode: compiled with {package.compiled_with}")
     if package.smoke:
@@ -568,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the Lambda runtime's Python (default {RUNTIME_VERSION})")
     parser.add_argument("--python", metavar="PATH", help="a CPython X.Y interpreter to compile the bytecode with and "
                         "check the package (default: M2_LAMBDA_PYTHON, pythonX.Y on PATH, pyenv's or uv's)")
+    parser.add_argument("--config", type=Path, metavar="DIR", help="a directory of the original function's "
+                        "{ENVIRONMENT}.yaml files, put in the package's config/")
     parser.add_argument("--index-url", metavar="URL", help="the package index pip downloads from (default: pip's own "
                         "settings, PIP_INDEX_URL included)")
     args = parser.parse_args(argv)
@@ -576,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("m2_code_store")
     try:
         package = build(args.out.resolve(), python_version=args.python_version, python=args.python,
-                        index_url=args.index_url)
+                        index_url=args.index_url, config=args.config)
     except PackageError as exc:
         log.error("%s", exc)
         return 2

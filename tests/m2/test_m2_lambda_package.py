@@ -233,3 +233,37 @@ def test_pips_failures_are_told_apart(output: str, kind: type, message: str) -> 
 def test_an_interpreter_named_for_the_bytecode_must_be_that_version() -> None:
     with pytest.raises(PackageError, match=r"^/bin/true is not a CPython 3\.12 interpreter: name one with --python$"):
         lambda_package.find_interpreter("3.12", "/bin/true")
+
+
+PRODUCTION_YAML = "---\nPLAINTEXT_VARIABLES:\n    AWS_REGION: us-east-1\nENCRYPTED_VARIABLES:\n    REDIS_ENDPOINT: AQICAHh4bWV0YQ==\n"
+
+
+def test_the_originals_config_files_go_in_the_packages_config_directory(tmp_path: Path) -> None:
+    """--config: the function runs in its package's root, where ENVIRONMENT finds config/{name}.yaml."""
+    config = tmp_path / "config-in"
+    config.mkdir()
+    (config / "production.yaml").write_text(PRODUCTION_YAML)
+    (config / "qa.yaml").write_text(PRODUCTION_YAML)
+    (config / "README.md").write_text("not a config file")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    assert lambda_package.stage_config(config, tree) == ["production", "qa"]
+    assert tree_files(tree) == ["config/production.yaml", "config/qa.yaml"]
+    assert (tree / "config" / "production.yaml").read_text() == PRODUCTION_YAML
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("---\nPLAINTEXT_VARIABLES:\n    AWS_REGION: us-east-1\n",
+     "--config: {dir}/production.yaml: ENCRYPTED_VARIABLES.REDIS_ENDPOINT is missing: add the KMS-encrypted "
+     "endpoint, or set REDIS_URL"),
+    (None, "{dir} holds no .yaml file: --config names the directory of the original function's "
+           "config/{{ENVIRONMENT}}.yaml files"),
+])
+def test_a_config_file_the_function_could_not_read_stops_the_build(tmp_path: Path, text: str | None, message: str) -> None:
+    config = tmp_path / "config-in"
+    config.mkdir()
+    if text is not None:
+        (config / "production.yaml").write_text(text)
+    with pytest.raises(PackageError) as raised:
+        lambda_package.stage_config(config, tmp_path)
+    assert str(raised.value) == message.format(dir=config)
