@@ -37,6 +37,7 @@ bench: bench-m2 bench-discharge bench-lcpp
 bench-m2: $(STAMP)
 	$(PY) bench/bench_m2_loader.py
 	$(PY) bench/bench_m2_api.py
+	$(PY) bench/bench_m2_lambda.py
 
 demo-discharge: $(STAMP)
 	$(PY) demo/discharge_demo.py
