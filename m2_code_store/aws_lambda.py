@@ -9,7 +9,9 @@ consumers the body they read (``response.data``, ``response.status``).
 Configuration as the original reads it (``ENVIRONMENT`` and ``config/{ENVIRONMENT}.yaml``, the
 endpoint KMS-encrypted), or ``REDIS_URL`` / ``REDIS_ENDPOINT_ENCRYPTED``, which win: see
 :mod:`m2_code_store.config`. It is read, and the endpoint decrypted, once per container (on the
-first event), so a cold start imports only Flask, redis-py and this package: boto3 only when the
+first event). The app's modules (Flask, redis-py, this package; no pyarrow or numpy) are imported
+with this module, in Lambda's init phase, which runs with more CPU than a 128 MB function's
+events and is what provisioned concurrency and SnapStart run ahead of time; boto3 only when the
 endpoint is encrypted.
 """
 
@@ -21,14 +23,14 @@ from typing import Any
 
 from apig_wsgi import make_lambda_handler
 
+from m2_code_store.api import create_app
+
 __all__ = ["handler"]
 
 _handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
 
 def _build() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    from m2_code_store.api import create_app
-
     os.environ.setdefault("M2_RESPONSE_BODY", "inner")  # what API Gateway's consumers read
     return make_lambda_handler(create_app(), binary_support=False)
 
