@@ -14,13 +14,14 @@ Inside a bucket, consecutive rows of the same kind become one ``HSET key f v f v
 from __future__ import annotations
 
 import functools
+import itertools
 import queue
 import select
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -28,7 +29,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import redis
+from redis.cluster import ClusterNode
+from redis.crc import key_slot
 
+from m2_code_store.cluster import (
+    MAX_REDIRECTS,
+    ClusterRedis,
+    ClusterUnavailable,
+    exchange,
+    redirect_of,
+)
 from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
@@ -243,6 +253,7 @@ class _CodeSegments:
 def _slice_protocol(
     prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments,
     rows: np.ndarray, commute: bool, compare: tuple[int, np.ndarray] | None = None,
+    detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[list[memoryview], np.ndarray]:
     """The Redis protocol for the source rows *rows* (in apply order), and the kind (HSET, HDEL,
     HMGET) of each command.
@@ -250,6 +261,9 @@ def _slice_protocol(
     With *compare* (a generation with as many buckets, and which source rows to look up: final
     rows, see :func:`final_rows`), those rows' barcodes are also looked up in that generation,
     one HMGET per bucket, from the same sorted barcodes.
+
+    *detail* (a cluster's streams, without *compare*) gets the bucket of every write command and
+    the offset where it starts in the protocol.
     """
     bucket = crc[rows] & np.uint32(buckets - 1)
     bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket  # uint16 sorts by radix
@@ -293,6 +307,8 @@ def _slice_protocol(
     )
     offsets, _ = _string_buffers(protocol)
     data = memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]
+    if detail is not None:
+        detail.append((bucket[starts].astype(np.int64), (offsets[starts] - offsets[0]).astype(np.int64)))
     if compare is None:
         return [data], run_kinds
     other_gen, lookup = compare
@@ -447,6 +463,8 @@ def on_every_bucket(
     as for :func:`_stream`: a loader passes its lease check, so one that lost the lease stops."""
     head = b"*%d\r\n" % (2 + len(args)) + _bulk_strings(command)
     tail = _bulk_strings(*args)
+    if isinstance(client, ClusterRedis):
+        return _cluster_on_every_bucket(client, layout, gen, buckets, head, tail, before_send=before_send, each=each)
 
     def slices() -> Iterator[tuple[list[memoryview], int, int]]:
         for start in range(0, buckets, BUCKETS_PER_SLICE):
@@ -508,21 +526,34 @@ def write_generation(
     order, bucket = parsed.order[by_bucket], bucket[by_bucket]
     del by_bucket
 
-    def slices() -> Iterator[tuple[list[memoryview], int, int]]:
-        first = 0
-        while first < total:
-            last = min(first + slice_rows, total)
-            if last < total:
-                last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
-            data, run_kinds = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, order[first:last], commute,
-                                              compare)
-            kinds.append(run_kinds)
-            yield data, len(run_kinds), last
-            first = last
-
-    replies = _stream(client, slices(), progress=progress, before_send=before_send, each=_counted)
+    if isinstance(client, ClusterRedis):
+        return _cluster_write(client, layout, gen, buckets, parsed, crc, tails, commute, order, bucket, slice_rows,
+                              compare, progress=progress, before_send=before_send)
+    slices = _write_slices(layout.prefix, gen, buckets, parsed, crc, tails, commute, order, bucket, slice_rows,
+                           compare, kinds)
+    replies = _stream(client, slices, progress=progress, before_send=before_send, each=_counted)
     _tally(replies, np.concatenate(kinds), result)
     return result
+
+
+def _write_slices(
+    prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments, commute: bool,
+    order: np.ndarray, bucket: np.ndarray, slice_rows: int, compare: tuple[int, np.ndarray] | None,
+    kinds: list[np.ndarray], detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Iterator[tuple[list[memoryview], int, int]]:
+    """The write stream's slices over the source rows *order* (sorted by *bucket*, apply order
+    within a bucket), cut where a bucket ends; each slice's command kinds go to *kinds*."""
+    total = len(order)
+    first = 0
+    while first < total:
+        last = min(first + slice_rows, total)
+        if last < total:
+            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+        data, run_kinds = _slice_protocol(prefix, gen, buckets, parsed, crc, tails, order[first:last], commute,
+                                          compare, detail)
+        kinds.append(run_kinds)
+        yield data, len(run_kinds), last
+        first = last
 
 
 def _counted(reply: int | list) -> int:
@@ -608,31 +639,42 @@ def count_present(
     by_bucket = np.argsort(bucket, kind="stable")
     rows, bucket = rows[by_bucket], bucket[by_bucket]
 
-    def slices() -> Iterator[tuple[list[memoryview], int, int]]:
-        first = 0
-        while first < len(rows):
-            last = min(first + slice_rows, len(rows))
-            if last < len(rows):
-                last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
-            values = pc.take(parsed.source_barcodes, pa.array(rows[first:last]))
-            data, runs = _runs_protocol(layout.prefix, gen, bucket[first:last], values, "\r\n$5\r\nHMGET\r\n$",
-                                        extra_args=1)
-            yield [data], runs, last
-            first = last
-
-    replies = _stream(client, slices(), progress=progress, before_send=before_send,
-                      each=_counted)
+    if isinstance(client, ClusterRedis):
+        return _cluster_count_present(client, layout, gen, buckets, parsed, rows, bucket, slice_rows,
+                                      progress=progress, before_send=before_send)
+    replies = _stream(client, _lookup_slices(layout.prefix, gen, parsed, rows, bucket, slice_rows), progress=progress,
+                      before_send=before_send, each=_counted)
     _refused(replies)
     return int(sum(replies))
 
 
+def _lookup_slices(prefix: str, gen: int, parsed: ParsedExport, rows: np.ndarray, bucket: np.ndarray, slice_rows: int,
+                   detail: list[tuple[np.ndarray, np.ndarray]] | None = None, *, done: int | None = None,
+                   ) -> Iterator[tuple[list[memoryview], int, int]]:
+    """One HMGET per bucket of generation *gen* with the barcodes of the source rows *rows* (sorted
+    by *bucket*), in slices cut where a bucket ends; each slice reports *done* rows if given, else
+    the rows looked up so far."""
+    first = 0
+    while first < len(rows):
+        last = min(first + slice_rows, len(rows))
+        if last < len(rows):
+            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+        values = pc.take(parsed.source_barcodes, pa.array(rows[first:last]))
+        data, runs = _runs_protocol(prefix, gen, bucket[first:last], values, "\r\n$5\r\nHMGET\r\n$",
+                                    extra_args=1, detail=detail)
+        yield [data], runs, last if done is None else done
+        first = last
+
+
 def _runs_protocol(prefix: str, gen: int, bucket: np.ndarray, values: pa.Array, command: str,
-                   *, extra_args: int) -> tuple[memoryview, int]:
+                   *, extra_args: int, detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                   ) -> tuple[memoryview, int]:
     """One command per bucket run: ``*N<command><key>`` then each value as a bulk string; the
     values come sorted by *bucket*.
 
     *command* is the protocol between the array length and the key's ``$len``; *extra_args*
-    counts the arguments it holds besides the key and the values.
+    counts the arguments it holds besides the key and the values. *detail* as for
+    :func:`_slice_protocol`.
     """
     is_start = np.ones(len(bucket), dtype=bool)
     is_start[1:] = bucket[1:] != bucket[:-1]
@@ -653,6 +695,8 @@ def _runs_protocol(prefix: str, gen: int, bucket: np.ndarray, values: pa.Array, 
         "",
     )
     offsets, _ = _string_buffers(protocol)
+    if detail is not None:
+        detail.append((bucket[starts].astype(np.int64), (offsets[starts] - offsets[0]).astype(np.int64)))
     return memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]], len(starts)
 
 
@@ -683,3 +727,350 @@ def _tally(replies: list[Any], kinds: np.ndarray, result: WriteResult) -> None:
     result.added += int(values[kinds == HSET].sum())
     result.removed += int(values[kinds == HDEL].sum())
     result.kept += int(values[kinds == HMGET].sum())
+
+
+# -- Redis Cluster --------------------------------------------------------------------------------
+#
+# On a cluster (the client is a cluster.ClusterRedis) each stream above is split by the primary
+# that owns each command's key: one connection per primary, each stream fed by its own thread
+# (building a slice and the socket I/O release the GIL), the replies put back together. Commands
+# a node answered with MOVED or ASK (a slot that moved, or is moving, during a resharding) are
+# sent again once the streams are done, in their order, to the node named (ASKING first for an
+# ASK), the slot map read again; see _resend_redirected. Every command touches one key, and a
+# key's commands all go to one stream, so what was applied before a redirect stays applied, and
+# what was redirected is applied after it, in order.
+
+CLUSTER_SLOTS = 16384
+
+
+def _slot_crc_table() -> np.ndarray:
+    """CRC-16/XMODEM (polynomial 0x1021), the hash of Redis Cluster's key slots, one byte at a time."""
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021 if c & 0x8000 else c << 1) & 0xFFFF
+        table[i] = c
+    return table
+
+
+SLOT_CRC_TABLE = _slot_crc_table()
+
+
+def key_slots(prefix: str, gen: int, buckets: int) -> np.ndarray:
+    """The cluster hash slot of every bucket key ``{prefix}:{gen}:{bucket}`` (as redis-py's
+    ``key_slot``), vectorised: the CRC of the common head once, then one step per digit."""
+    head = f"{prefix}:{gen}:".encode()
+    if b"{" in head:  # a hash tag may decide the slot: the general rule, key by key
+        return np.array([key_slot(head + b"%d" % bucket) for bucket in range(buckets)], dtype=np.int64)
+    crc = 0
+    for byte in head:
+        crc = ((crc << 8) & 0xFFFF) ^ int(SLOT_CRC_TABLE[((crc >> 8) ^ byte) & 0xFF])
+    numbers = np.arange(buckets, dtype=np.int64)
+    slots = np.zeros(buckets, dtype=np.int64)
+    for length in range(1, len(str(max(buckets - 1, 0))) + 1):
+        group = numbers[(numbers >= (10 ** (length - 1) if length > 1 else 0)) & (numbers < 10 ** length)]
+        c = np.full(len(group), crc, dtype=np.uint32)
+        for position in range(length):
+            digit = ((group // 10 ** (length - 1 - position)) % 10 + 48).astype(np.uint32)
+            c = ((c << np.uint32(8)) & np.uint32(0xFFFF)) ^ SLOT_CRC_TABLE[((c >> np.uint32(8)) ^ digit) & np.uint32(0xFF)]
+        slots[group] = c % CLUSTER_SLOTS
+    return slots
+
+
+class _Primaries:
+    """A cluster's primaries and which one owns each slot, as its slot map was last read."""
+
+    def __init__(self, client: ClusterRedis) -> None:
+        self.nodes: list[ClusterNode] = []
+        index: dict[str, int] = {}
+        table = np.full(CLUSTER_SLOTS, -1, dtype=np.int64)
+        for slot, nodes in list(client.redis_cluster.nodes_manager.slots_cache.items()):
+            if nodes:
+                if nodes[0].name not in index:
+                    index[nodes[0].name] = len(self.nodes)
+                    self.nodes.append(nodes[0])
+                table[slot] = index[nodes[0].name]
+        uncovered = np.flatnonzero(table < 0)
+        if len(uncovered):
+            raise ClusterUnavailable(f"{len(uncovered):,} slots (the first: {uncovered[0]}) are not covered by the "
+                                     "Redis Cluster, as its slot map was last read")
+        self.table = table
+        self.clients = [client.redis_cluster.get_redis_connection(node) for node in self.nodes]
+
+    def of_buckets(self, prefix: str, gen: int, buckets: int) -> np.ndarray:
+        """Per bucket of generation *gen*, the index of the primary that owns its key."""
+        return self.table[key_slots(prefix, gen, buckets)]
+
+
+WRITES, LOOKUPS = 0, 1  # the key of a cluster stream's command: (family << 32) | bucket
+
+
+@dataclass
+class _NodeStream:
+    """What one primary is sent: its slices, and what is needed to send a command of them again."""
+
+    client: redis.Redis
+    slices: Iterator[tuple[list[memoryview], int, int]] | None = None
+    # per family (its writes, then its lookups: the order sent), per slice: the bucket of each
+    # command and where it starts in the slice's protocol
+    details: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=lambda: {WRITES: [], LOOKUPS: []})
+    kinds: list[np.ndarray] = field(default_factory=list)
+    done: int = 0
+    replies: list[Any] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def keys(self) -> np.ndarray:
+        """Every command's key, (family << 32) | bucket, in the order sent."""
+        parts = [(family << 32) | buckets for family in (WRITES, LOOKUPS) for buckets, _ in self.details[family]]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+class _Stopped(Exception):
+    """Another primary's stream failed, or the load was interrupted: this one stops too."""
+
+
+def _run_on_primaries(streams: list[_NodeStream], *, progress: Callable[[int], None] | None,
+                      before_send: Callable[[], None] | None, each: Callable[[Any], Any]) -> None:
+    """Run every stream on its primary, in parallel; raise the first error (the others stop after
+    the slice they are on), or an interrupt once they have stopped."""
+    stop = threading.Event()
+
+    def run(stream: _NodeStream) -> None:
+        def slices() -> Iterator[tuple[list[memoryview], int, int]]:
+            for item in stream.slices or ():
+                if stop.is_set():
+                    raise _Stopped
+                yield item
+
+        def sent(done: int) -> None:
+            stream.done = done
+
+        try:
+            stream.replies = _stream(stream.client, slices(), progress=sent, before_send=before_send, each=each)
+        except BaseException as exc:
+            stream.error = exc
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(stream,), name="m2-bulk-primary", daemon=True) for stream in streams]
+    try:
+        for thread in threads:
+            thread.start()
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            alive[0].join(0.05)  # a timeout: an interrupt reaches this (the main) thread at once
+            if progress:
+                progress(sum(stream.done for stream in streams))
+        if progress:
+            progress(sum(stream.done for stream in streams))
+    except BaseException:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        raise
+    errors = [stream.error for stream in streams if stream.error is not None]
+    if errors:
+        raise next((error for error in errors if not isinstance(error, _Stopped)), errors[0])
+
+
+def _ranks(keys: np.ndarray) -> np.ndarray:
+    """For each command, how many commands on the same key came before it in the stream."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(keys) else np.zeros(0, dtype=np.int64)
+    first_of_group = np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    ranks = np.empty(len(keys), dtype=np.int64)
+    ranks[order] = np.arange(len(keys)) - first_of_group
+    return ranks
+
+
+def _split_commands(data: memoryview | bytes, detail: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, list[bytes]]:
+    """The commands of one protocol buffer built with *detail*, as bytes, by bucket, in order."""
+    commands: dict[int, list[bytes]] = {}
+    buckets, starts = detail[0]
+    ends = np.r_[starts[1:], len(data)]
+    for bucket, start, end in zip(buckets.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        commands.setdefault(bucket, []).append(bytes(data[start:end]))
+    return commands
+
+
+def _resend_redirected(client: ClusterRedis, streams: list[_NodeStream], *, each: Callable[[Any], Any],
+                       commands_of: Callable[[int, np.ndarray], dict[int, list[bytes]]],
+                       before_send: Callable[[], None] | None) -> None:
+    """Send again, to the node each names, the commands answered with MOVED or ASK, and put their
+    replies in place; *commands_of(family, buckets)* builds a family's commands for those buckets
+    again (the same commands, in the same order, as the stream sent)."""
+    pending: list[tuple[_NodeStream, int, tuple[bool, str, int]]] = []
+    for stream in streams:
+        if hiredis.ReplyError in set(map(type, stream.replies)):
+            pending += [(stream, index, redirect) for index, reply in enumerate(stream.replies)
+                        if (redirect := redirect_of(reply)) is not None]
+    if not pending:
+        return
+    client.refresh_slots()  # for the streams that follow
+    commands: dict[tuple[int, int], bytes] = {}
+    for stream in {id(stream): stream for stream, _, _ in pending}.values():
+        keys = stream.keys()
+        ranks = _ranks(keys)
+        indices = np.array([index for other, index, _ in pending if other is stream], dtype=np.int64)
+        wanted = keys[indices]
+        built: dict[int, dict[int, list[bytes]]] = {}
+        for family in np.unique(wanted >> 32).tolist():
+            built[family] = commands_of(family, np.unique(wanted[(wanted >> 32) == family] & 0xFFFFFFFF))
+        for index, key in zip(indices.tolist(), wanted.tolist(), strict=True):
+            commands[(id(stream), index)] = built[key >> 32][key & 0xFFFFFFFF][ranks[index]]
+    for attempt in range(MAX_REDIRECTS + 1):
+        if not pending:
+            return
+        if attempt == MAX_REDIRECTS:
+            raise BulkWriteError(f"{len(pending):,} command(s) were still redirected (MOVED/ASK) after {MAX_REDIRECTS} "
+                                 "tries: the cluster keeps moving their slots")
+        targets: dict[tuple[bool, str, int], list[tuple[_NodeStream, int]]] = {}
+        for stream, index, redirect in pending:
+            targets.setdefault(redirect, []).append((stream, index))
+        pending = []
+        for (asking, host, port), items in targets.items():
+            if before_send:
+                before_send()
+            replies = exchange(client.node_client(host, port), [commands[(id(stream), index)] for stream, index in items],
+                               asking=asking, encoding=None)
+            for (stream, index), reply in zip(items, replies, strict=True):
+                redirect = redirect_of(reply)
+                if redirect is not None:
+                    pending.append((stream, index, redirect))
+                else:
+                    stream.replies[index] = reply if isinstance(reply, hiredis.ReplyError) else each(reply)
+
+
+def _on_cluster(client: ClusterRedis, streams: list[_NodeStream], *, each: Callable[[Any], Any],
+                commands_of: Callable[[int, np.ndarray], dict[int, list[bytes]]],
+                progress: Callable[[int], None] | None = None, before_send: Callable[[], None] | None = None) -> None:
+    """Run *streams* on their primaries, then send again what was redirected."""
+    _run_on_primaries(streams, progress=progress, before_send=before_send, each=each)
+    _resend_redirected(client, streams, each=each, commands_of=commands_of, before_send=before_send)
+
+
+def _cluster_write(
+    client: ClusterRedis, layout: Layout, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray,
+    tails: _CodeSegments, commute: bool, order: np.ndarray, bucket: np.ndarray, slice_rows: int,
+    compare: tuple[int, np.ndarray] | None, *, progress: Callable[[int], None] | None,
+    before_send: Callable[[], None] | None,
+) -> WriteResult:
+    """write_generation on a cluster: each primary gets the writes to the buckets it owns, then the
+    lookups (with *compare*) in the compared generation's buckets it owns."""
+    primaries = _Primaries(client)
+    owner = primaries.of_buckets(layout.prefix, gen, buckets)[bucket]
+    lookup_rows = lookup_bucket = lookup_owner = np.zeros(0, dtype=np.int64)
+    if compare is not None:
+        keep = compare[1][order]
+        lookup_rows, lookup_bucket = order[keep], bucket[keep]
+        lookup_owner = primaries.of_buckets(layout.prefix, compare[0], buckets)[lookup_bucket]
+    streams: list[_NodeStream] = []
+    for node, node_client in enumerate(primaries.clients):
+        mine, looked_up = owner == node, lookup_owner == node
+        if not mine.any() and not looked_up.any():
+            continue
+        stream = _NodeStream(node_client)
+        writes = _write_slices(layout.prefix, gen, buckets, parsed, crc, tails, commute, order[mine], bucket[mine],
+                               slice_rows, None, stream.kinds, stream.details[WRITES])
+        slices: Iterator[tuple[list[memoryview], int, int]] = writes
+        if compare is not None and looked_up.any():
+            lookups = _lookup_slices(layout.prefix, compare[0], parsed, lookup_rows[looked_up], lookup_bucket[looked_up],
+                                     slice_rows, stream.details[LOOKUPS], done=int(mine.sum()))
+            slices = itertools.chain(writes, _counting(lookups, stream.kinds))
+        stream.slices = slices
+        streams.append(stream)
+
+    def commands_of(family: int, wanted: np.ndarray) -> dict[int, list[bytes]]:
+        detail: list[tuple[np.ndarray, np.ndarray]] = []
+        if family == WRITES:
+            rows = order[np.isin(bucket, wanted)]
+            data = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, rows, commute, None, detail)[0][0]
+        else:
+            assert compare is not None
+            chosen = np.isin(lookup_bucket, wanted)
+            values = pc.take(parsed.source_barcodes, pa.array(lookup_rows[chosen]))
+            data = _runs_protocol(layout.prefix, compare[0], lookup_bucket[chosen], values, "\r\n$5\r\nHMGET\r\n$",
+                                  extra_args=1, detail=detail)[0]
+        return _split_commands(data, detail)
+
+    _on_cluster(client, streams, each=_counted, commands_of=commands_of, progress=progress, before_send=before_send)
+    result = WriteResult()
+    for stream in streams:
+        _tally(stream.replies, np.concatenate(stream.kinds) if stream.kinds else np.zeros(0, np.int8), result)
+    return result
+
+
+def _counting(slices: Iterator[tuple[list[memoryview], int, int]],
+              kinds: list[np.ndarray]) -> Iterator[tuple[list[memoryview], int, int]]:
+    """*slices* of lookups, their commands noted as HMGETs in *kinds*."""
+    for item in slices:
+        kinds.append(np.full(item[1], HMGET, dtype=np.int8))
+        yield item
+
+
+def _cluster_count_present(
+    client: ClusterRedis, layout: Layout, gen: int, buckets: int, parsed: ParsedExport, rows: np.ndarray,
+    bucket: np.ndarray, slice_rows: int, *, progress: Callable[[int], None] | None,
+    before_send: Callable[[], None] | None,
+) -> int:
+    """count_present on a cluster: each primary looks up the barcodes of the buckets it owns."""
+    primaries = _Primaries(client)
+    owner = primaries.of_buckets(layout.prefix, gen, buckets)[bucket]
+    streams: list[_NodeStream] = []
+    for node, node_client in enumerate(primaries.clients):
+        mine = owner == node
+        if mine.any():
+            stream = _NodeStream(node_client)
+            stream.slices = _lookup_slices(layout.prefix, gen, parsed, rows[mine], bucket[mine], slice_rows,
+                                           stream.details[LOOKUPS])
+            streams.append(stream)
+
+    def commands_of(family: int, wanted: np.ndarray) -> dict[int, list[bytes]]:
+        chosen = np.isin(bucket, wanted)
+        detail: list[tuple[np.ndarray, np.ndarray]] = []
+        values = pc.take(parsed.source_barcodes, pa.array(rows[chosen]))
+        data, _ = _runs_protocol(layout.prefix, gen, bucket[chosen], values, "\r\n$5\r\nHMGET\r\n$", extra_args=1,
+                                 detail=detail)
+        return _split_commands(data, detail)
+
+    _on_cluster(client, streams, each=_counted, commands_of=commands_of, progress=progress, before_send=before_send)
+    replies = [reply for stream in streams for reply in stream.replies]
+    _refused(replies)
+    return int(sum(replies))
+
+
+def _cluster_on_every_bucket(client: ClusterRedis, layout: Layout, gen: int, buckets: int, head: bytes, tail: bytes,
+                             *, before_send: Callable[[], None] | None, each: Callable[[Any], Any]) -> list[Any]:
+    """on_every_bucket on a cluster: each primary is sent the command for the buckets it owns;
+    the replies come back in bucket order."""
+    primaries = _Primaries(client)
+    owner = primaries.of_buckets(layout.prefix, gen, buckets)
+
+    def command(bucket: int) -> bytes:
+        key = layout.bucket_key(gen, bucket).encode()
+        return b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail)
+
+    def slices(mine: np.ndarray, detail: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[list[memoryview], int, int]]:
+        for start in range(0, len(mine), BUCKETS_PER_SLICE):
+            chunk = mine[start:start + BUCKETS_PER_SLICE]
+            detail.append((chunk.astype(np.int64), np.zeros(0, dtype=np.int64)))  # offsets: built again one by one
+            yield [memoryview(b"".join(command(bucket) for bucket in chunk.tolist()))], len(chunk), start + len(chunk)
+
+    streams: list[_NodeStream] = []
+    for node, node_client in enumerate(primaries.clients):
+        mine = np.flatnonzero(owner == node)
+        if len(mine):
+            stream = _NodeStream(node_client)
+            stream.slices = slices(mine, stream.details[WRITES])
+            streams.append(stream)
+
+    def commands_of(family: int, wanted: np.ndarray) -> dict[int, list[bytes]]:
+        return {bucket: [command(bucket)] for bucket in wanted.tolist()}
+
+    _on_cluster(client, streams, each=each, commands_of=commands_of, before_send=before_send)
+    replies: list[Any] = [None] * buckets
+    for stream in streams:
+        for bucket, reply in zip((stream.keys() & 0xFFFFFFFF).tolist(), stream.replies, strict=True):
+            replies[bucket] = reply
+    _refused(replies)
+    return replies

@@ -78,8 +78,10 @@ class ClusterRedis(redis.Redis):
     the API's pipelined reads) takes them from ``redis_cluster``, per primary.
     """
 
-    def __init__(self, redis_cluster: RedisCluster) -> None:  # no redis.Redis.__init__: no pool of its own
+    def __init__(self, redis_cluster: RedisCluster, seed: tuple[str, int] | None = None) -> None:
+        # no redis.Redis.__init__: no pool of its own
         self.redis_cluster = redis_cluster
+        self.seed = seed  # the configured address (a configuration endpoint's name): asked too when refreshing
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         try:
@@ -90,7 +92,7 @@ class ClusterRedis(redis.Redis):
     def refresh_slots(self) -> None:
         """Read the slot map again (after MOVED, or a node that stopped answering)."""
         try:
-            self.redis_cluster.nodes_manager.initialize()
+            self.redis_cluster.nodes_manager.initialize(additional_startup_nodes_info=[self.seed] if self.seed else None)
         except RedisClusterException as exc:
             raise ClusterUnavailable(f"the Redis Cluster is not answering: {exc}") from exc
 

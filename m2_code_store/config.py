@@ -297,7 +297,6 @@ def connect_cluster(
             retry=Retry(NoBackoff(), retries),
             retry_on_timeout=False,
             require_full_coverage=False,  # a slot left uncovered fails its own commands, not the client
-            dynamic_startup_nodes=False,  # keep asking the configured address (a configuration endpoint's DNS name)
             **kwargs,
         )
     except redis.exceptions.RedisClusterException as exc:
@@ -310,7 +309,8 @@ def connect_cluster(
                               "database 0: end the URL with /0 or with the port") from None
         cause = exc.__cause__ if isinstance(exc.__cause__, redis.exceptions.RedisError) else exc
         raise ClusterUnavailable(describe_error(cause, target)) from cause
-    return ClusterRedis(cluster)
+    parts = urlsplit(target.url)
+    return ClusterRedis(cluster, seed=(parts.hostname or "localhost", parts.port or 6379))
 
 
 def connect_store(target: StoreTarget, *, timeout: float = 5.0, retries: int = 1, **kwargs) -> redis.Redis:

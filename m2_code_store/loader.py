@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 from redis.client import NEVER_DECODE
+from redis.crc import key_slot
 
 from m2_code_store.bulk import (
     count_present,
@@ -59,6 +60,7 @@ from m2_code_store.bulk import (
     touched_buckets,
     write_generation,
 )
+from m2_code_store.cluster import ClusterRedis
 from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
@@ -363,8 +365,12 @@ def other_generations(client: redis.Redis, layout: Layout) -> list[OtherGenerati
     return sorted((OtherGeneration.parse(gen, entry) for gen, entry in entries.items()), key=lambda g: g.gen)
 
 
-def _server_ms(client: redis.Redis) -> int:
-    seconds, micros = client.time()
+def _server_ms(client: redis.Redis, layout: Layout) -> int:
+    """The time on the Redis that runs the scripts (on a cluster: m2:meta's primary)."""
+    if isinstance(client, ClusterRedis):
+        seconds, micros = client.execute_command("TIME", target_nodes=client.primary_of(key_slot(layout.meta.encode())))
+    else:
+        seconds, micros = client.time()
     return seconds * 1000 + micros // 1000
 
 
@@ -400,7 +406,7 @@ def clean_generations(
             delete_generation(client, layout, int(gen), int(buckets), lock.renew)
         client.srem(layout.legacy_retired, member)
     for other in other_generations(client, layout):
-        now = _server_ms(client)
+        now = _server_ms(client, layout)
         if live is not None and other.gen == live.gen:
             lock.forget(other.gen)  # listed by a loader that lost its lease while writing into the live one
             continue
@@ -675,7 +681,10 @@ class _Run:
         At most SWITCH_CHECKS reads a second apart, each with a short timeout; an interrupt ends
         the checks (unknown), so a person waits seconds, not the minutes of the loader's timeouts.
         """
-        pool = self.client.connection_pool
+        client = self.client
+        if isinstance(client, ClusterRedis):  # m2:meta's primary, as the slot map says
+            client = client.redis_cluster.get_redis_connection(client.primary_of(key_slot(self.layout.meta.encode())))
+        pool = client.connection_pool
         checker = redis.Redis(connection_pool=pool.__class__(
             connection_class=pool.connection_class,
             **{**pool.connection_kwargs, "socket_timeout": 2.0, "socket_connect_timeout": 2.0}))

@@ -1,0 +1,285 @@
+"""The store on a local 3-primary Redis Cluster (the bundled redis-server, cluster mode).
+
+Loads stream each bucket to the primary that owns its slot and give the same results as on one
+Redis (each test loads the same files into the session's single Redis as the reference); the
+API reads through any node's address; a cluster is detected from any node, or set with
+M2_REDIS_CLUSTER; a node that stops answers 503 and the API recovers when it is back; a slot that
+moved (MOVED) or is moving (ASK) during a load or a lookup is followed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from bench.gen_las_export import write_export, write_next_export
+from m2_code_store.api import create_app
+from m2_code_store.cluster import ClusterCodeStore, ClusterRedis
+from m2_code_store.config import StoreTarget, connect_store, resolve_target
+from m2_code_store.las_csv import ParsedExport, read_export
+from m2_code_store.loader import LoadResult, generation_records, load
+from m2_code_store.store import CodeStore, Layout, read_generation
+from simulators.redis_server import LocalCluster
+from toolconfig import ConfigError
+
+HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
+UNAVAILABLE = "the customer code store is not answering; try again shortly"
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One 3-primary cluster for the module's tests that leave its slots where they are."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster(local_cluster: LocalCluster) -> LocalCluster:
+    """The module's cluster, emptied before the test."""
+    local_cluster.flushall()
+    return local_cluster
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster of the test's own, for tests that stop a node or move slots (its data on disk, so
+    a node stopped and started again keeps it)."""
+    cluster = LocalCluster(tmp_path / "cluster", persist=True).start()
+    yield cluster
+    cluster.stop()
+
+
+def cluster_client(cluster: LocalCluster, node: int = 0) -> redis.Redis:
+    client = connect_store(StoreTarget(cluster.url(node), "REDIS_URL"), timeout=30)
+    assert isinstance(client, ClusterRedis)
+    return client
+
+
+def export(tmp_path: Path, body: str, name: str) -> ParsedExport:
+    path = tmp_path / name
+    path.write_text(HEADER + body)
+    return read_export(path)
+
+
+def contents(client: redis.Redis) -> dict[str, str]:
+    """Every barcode → customer code of the live data set (read bucket by bucket, per primary on a cluster)."""
+    live = read_generation(client)
+    assert live is not None
+    barcodes, codes = generation_records(client, Layout(), live.gen, live.buckets)
+    return {_text(b): _text(c) for b, c in zip(barcodes.to_pylist(), codes.to_pylist(), strict=True)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def outcome(result: LoadResult) -> tuple:
+    """What a load reports, without what differs between two stores (the generation number)."""
+    return result.mode, result.added, result.removed, result.records, result.previous_records, result.buckets, result.rebuilt
+
+
+def bucket_keys_per_node(cluster: LocalCluster, gen: int) -> list[set[str]]:
+    return [{key.decode() for key in cluster.client(node).keys(f"m2:{gen}:*")} for node in range(3)]
+
+
+def lookup_via_api(app, barcodes: list[str]) -> list[str | None]:
+    response = app.test_client().get("/api/v0.1/m2-customer-codes?barcodes=" + ",".join(barcodes))
+    assert response.status_code == 200, response.json
+    return [entry["m2CustomerCode"] for entry in response.json["body"]["data"]]
+
+
+def test_a_200000_row_load_spreads_the_buckets_over_every_primary_and_the_api_reads_them(cluster, tmp_path):
+    parsed = read_export(write_export(tmp_path / "big.csv", 200_000, delete_share=0.02))
+    client = cluster_client(cluster, 1)
+    result = load(client, parsed)
+    assert result.records == parsed.upserts == read_generation(client).count
+    live = read_generation(client)
+    per_node = bucket_keys_per_node(cluster, live.gen)
+    assert all(len(keys) > live.buckets // 4 for keys in per_node), [len(keys) for keys in per_node]
+    assert set().union(*per_node) == {f"m2:{live.gen}:{bucket}" for bucket in range(live.buckets)}
+    for node, keys in enumerate(per_node):  # each key on the primary that owns its slot, compact
+        sample = sorted(keys)[:20]
+        assert {cluster.node_of_slot(key_slot(key.encode())) for key in sample} == {node}
+        assert {cluster.client(node).object("encoding", key) for key in sample} <= {b"listpack", b"ziplist"}
+    barcodes, codes = parsed.barcodes.to_pylist(), parsed.customer_codes.to_pylist()
+    sample = list(range(0, len(barcodes), 499))[:400]
+    app = create_app({"STORE_TARGET": StoreTarget(cluster.url(2), "REDIS_URL")})
+    assert isinstance(app.extensions["m2_store"], ClusterCodeStore)
+    assert lookup_via_api(app, [barcodes[i] for i in sample]) == [codes[i] or None for i in sample]
+    assert app.test_client().get("/health").json["records"] == parsed.upserts
+
+
+def test_replace_on_a_cluster_counts_as_on_one_redis_and_the_old_generation_goes_from_every_primary(
+        cluster, redis_url, tmp_path):
+    first = read_export(write_export(tmp_path / "first.csv", 30_000, delete_share=0.02))
+    following = read_export(write_next_export(tmp_path / "first.csv", tmp_path / "next.csv"))
+    client, single = cluster_client(cluster), redis.Redis.from_url(redis_url)
+    assert outcome(load(client, first)) == outcome(load(single, first))
+    old = read_generation(client)
+    assert all(bucket_keys_per_node(cluster, old.gen))
+    replaced = load(client, following, replace=True, grace=5)
+    assert outcome(replaced) == outcome(load(single, following, replace=True, grace=0))
+    assert replaced.removed > 0 and replaced.added > 0
+    assert contents(client) == contents(single)
+    for node in range(3):  # the old generation expires on every primary, within the grace period
+        ttls = {cluster.client(node).pttl(key) for key in bucket_keys_per_node(cluster, old.gen)[node]}
+        assert ttls and all(0 < ttl <= 5000 for ttl in ttls), (node, sorted(ttls)[:3])
+    again = load(client, first, replace=True, grace=0)  # without a grace period: deleted at once
+    assert again.records == first.upserts
+    assert not any(bucket_keys_per_node(cluster, replaced.generation))
+    assert not redis.RedisCluster.from_url(cluster.url(0)).hlen(Layout().generations)
+
+
+def test_incremental_loads_and_a_rebuild_on_a_cluster_give_what_one_redis_gives(cluster, redis_url, tmp_path):
+    """Upserts, deletes, a barcode set, deleted and set again in one file; then a file that outgrows
+    the buckets, so the data set is read back (HGETALL, HKEYS on every primary) and rebuilt."""
+    client, single = cluster_client(cluster), redis.Redis.from_url(redis_url)
+    files = [
+        export(tmp_path, "".join(f"{i},,NA,\n" for i in range(3000)), "a.csv"),
+        export(tmp_path, "".join(f"{i},,,2024-05-01\n" for i in range(0, 3000, 3))
+               + "7,2020-01-01,NB,\n7,2021-01-01,,2022-01-01\n7,2023-01-01,NC,\n5000,,ND,\n", "b.csv"),
+        export(tmp_path, "".join(f"{i},,NE,\n" for i in range(100_000, 200_000)), "c.csv"),
+    ]
+    for parsed in files:
+        assert outcome(load(client, parsed, grace=0)) == outcome(load(single, parsed, grace=0))
+    assert read_generation(client).buckets == 4096 and read_generation(client).count == read_generation(single).count
+    assert contents(client) == contents(single)
+    store = ClusterCodeStore(client, meta_ttl=0)
+    assert store.lookup(["1", "3", "7", "5000", "150000", "99"]) == ["NA", None, "NC", "ND", "NE", None]
+
+
+def test_a_cluster_is_detected_from_any_node_and_a_single_redis_costs_one_info(cluster, redis_url, tmp_path):
+    for node in range(3):
+        target = resolve_target({"REDIS_URL": cluster.url(node)})
+        assert target.cluster == "auto"
+        assert isinstance(connect_store(target, timeout=5), ClusterRedis)
+    single = redis.Redis.from_url(redis_url)
+    single.config_resetstat()
+    client = connect_store(StoreTarget(redis_url, "REDIS_URL"), timeout=5)
+    assert not isinstance(client, ClusterRedis)
+    assert type(create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")}).extensions["m2_store"]) is CodeStore
+    calls = {name: stats["calls"] for name, stats in single.info("commandstats").items()}
+    assert calls.get("cmdstat_info") == 2 and not any("cluster" in name for name in calls)  # one for each
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("no", redis.Redis), ("NO", redis.Redis), ("yes", ClusterRedis),
+                                                   (" auto ", ClusterRedis), ("", ClusterRedis)])
+def test_m2_redis_cluster_overrides_the_detection(cluster, setting, expected):
+    target = resolve_target({"REDIS_URL": cluster.url(0), "M2_REDIS_CLUSTER": setting})
+    assert type(connect_store(target, timeout=5)) is expected
+
+
+def test_m2_redis_cluster_with_a_wrong_value_or_on_a_single_redis_is_one_clear_message(redis_url, tmp_path):
+    with pytest.raises(ConfigError) as wrong:
+        resolve_target({"REDIS_URL": redis_url, "M2_REDIS_CLUSTER": "maybe"})
+    assert str(wrong.value) == ("M2_REDIS_CLUSTER must be auto (the default: ask the Redis node whether it is part "
+                                "of a cluster), yes or no, not 'maybe'")
+    target = resolve_target({"REDIS_URL": redis_url, "M2_REDIS_CLUSTER": "yes"})
+    with pytest.raises(ConfigError) as single:
+        connect_store(target, timeout=5)
+    assert str(single.value) == (f"M2_REDIS_CLUSTER=yes, but {redis_url} is not a Redis Cluster node (cluster "
+                                 "support disabled): set M2_REDIS_CLUSTER=auto or no")
+    with pytest.raises(ConfigError, match="^M2_REDIS_CLUSTER=yes, but the store is the embedded local Redis"):
+        resolve_target({"M2_STORE": "embedded", "M2_DATA_DIR": str(tmp_path), "M2_REDIS_CLUSTER": "yes"})
+
+
+def test_a_stopped_node_is_answered_with_the_503_envelope_and_the_api_recovers_when_it_is_back(own_cluster, tmp_path):
+    parsed = read_export(write_export(tmp_path / "items.csv", 20_000, delete_share=0))
+    load(cluster_client(own_cluster), parsed)
+    barcodes, codes = parsed.barcodes.to_pylist()[:200], parsed.customer_codes.to_pylist()[:200]
+    app = create_app({"STORE_TARGET": StoreTarget(own_cluster.url(0), "REDIS_URL")})
+    http = app.test_client()
+    query = "/api/v0.1/m2-customer-codes?barcodes=" + ",".join(barcodes)
+    assert lookup_via_api(app, barcodes) == codes
+    meta_node = own_cluster.node_of_slot(key_slot(b"m2:meta"))
+    stopped = next(node for node in range(3) if node != meta_node)
+    own_cluster.stop_node(stopped)
+    for _ in range(3):
+        started = time.monotonic()
+        response = http.get(query)
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503
+        assert response.json == {"statusCode": 503, "body": {"status": 503, "message": UNAVAILABLE, "error": UNAVAILABLE}}
+    own_cluster.restart_node(stopped)
+    deadline = time.monotonic() + 15  # the node refuses writes and reads for 2 s after it starts, then the pause
+    while (response := http.get(query)).status_code == 503:
+        assert time.monotonic() < deadline, "the API did not recover"
+        time.sleep(0.1)
+    assert [entry["m2CustomerCode"] for entry in response.json["body"]["data"]] == codes
+
+
+def _set_slot_everywhere(cluster: LocalCluster, slot: int, node: int) -> None:
+    owner = cluster.node_id(node)
+    for other in range(3):
+        cluster.client(other).execute_command("CLUSTER SETSLOT", slot, "NODE", owner)
+
+
+def test_a_load_with_a_stale_slot_map_follows_moved(own_cluster, redis_url, tmp_path):
+    """The loader read the slot map, then a slot moved to another primary: its commands answered
+    MOVED are sent to the new owner, and the load is what it is on one Redis."""
+    client, single = cluster_client(own_cluster), redis.Redis.from_url(redis_url)
+    parsed = read_export(write_export(tmp_path / "items.csv", 20_000, delete_share=0.05))
+    gen, buckets = 1, 1024  # what the first load into an empty store writes
+    moved = {key_slot(f"m2:{gen}:{bucket}".encode()) for bucket in range(0, buckets, 97)} - {key_slot(b"m2:meta")}
+    targets = {}
+    for slot in moved:
+        source = own_cluster.node_of_slot(slot)
+        target = (source + 1) % 3
+        own_cluster.client(target).execute_command("CLUSTER SETSLOT", slot, "IMPORTING", own_cluster.node_id(source))
+        own_cluster.client(source).execute_command("CLUSTER SETSLOT", slot, "MIGRATING", own_cluster.node_id(target))
+        _set_slot_everywhere(own_cluster, slot, target)
+        targets[slot] = target
+    result = load(client, parsed)
+    assert outcome(result) == outcome(load(single, parsed))
+    assert contents(client) == contents(single)
+    for slot, target in targets.items():
+        keys = own_cluster.client(target).execute_command("CLUSTER GETKEYSINSLOT", slot, 10)
+        assert keys, slot
+
+
+def test_a_load_and_lookups_during_a_slot_migration_follow_ask_and_then_moved(own_cluster, redis_url, tmp_path):
+    """A slot is being migrated, half of its keys already moved: an incremental load's commands on
+    moved keys are answered ASK and sent, after ASKING, to the importing node; those on keys not yet
+    moved are applied where they are. Lookups follow ASK the same way, then MOVED once it is done."""
+    client, single = cluster_client(own_cluster), redis.Redis.from_url(redis_url)
+    first = export(tmp_path, "".join(f"{i},,NA,\n" for i in range(20_000)), "first.csv")
+    for store in (client, single):
+        load(store, first)
+    live = read_generation(client)
+    meta_slot = key_slot(b"m2:meta")
+    slots = sorted({key_slot(f"m2:{live.gen}:{bucket}".encode()) for bucket in range(live.buckets)} - {meta_slot})[:6]
+    moving = []
+    for slot in slots:
+        source = own_cluster.node_of_slot(slot)
+        target = (source + 1) % 3
+        source_client, target_client = own_cluster.client(source), own_cluster.client(target)
+        target_client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", own_cluster.node_id(source))
+        source_client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", own_cluster.node_id(target))
+        keys = source_client.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+        assert keys
+        half = keys[: (len(keys) + 1) // 2]
+        source_client.execute_command("MIGRATE", "127.0.0.1", own_cluster.ports[target], "", 0, 5000, "KEYS", *half)
+        moving.append((slot, source, target))
+    app = create_app({"STORE_TARGET": StoreTarget(own_cluster.url(1), "REDIS_URL")})
+    probe = [str(i) for i in range(0, 20_000, 37)]
+    assert lookup_via_api(app, probe) == ["NA"] * len(probe)  # ASK followed
+    body = ("".join(f"{i},,NB,\n" for i in range(0, 20_000, 2)) + "".join(f"{i},,,2024-01-01\n" for i in range(1, 20_000, 10))
+            + "3,2020-01-01,NC,\n3,2021-01-01,,2022-01-01\n3,2023-01-01,ND,\n")
+    second = export(tmp_path, body, "second.csv")
+    assert outcome(load(client, second)) == outcome(load(single, second))
+    for slot, source, target in moving:  # finish the migrations
+        rest = own_cluster.client(source).execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+        if rest:
+            own_cluster.client(source).execute_command("MIGRATE", "127.0.0.1", own_cluster.ports[target], "", 0, 5000,
+                                                       "KEYS", *rest)
+        _set_slot_everywhere(own_cluster, slot, target)
+    assert contents(client) == contents(single)
+    expected = CodeStore(single).lookup(probe)
+    assert lookup_via_api(app, probe) == expected  # MOVED followed, the slot map read again
+    assert lookup_via_api(app, probe) == expected
