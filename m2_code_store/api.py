@@ -226,6 +226,7 @@ def _response_body(value: str) -> str:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the API. ``test_config`` may set REDIS_CLIENT (a ready client) or STORE_TARGET."""
     app = Flask(__name__)
+    app.url_map.merge_slashes = False  # a // path is the JSON 404, not werkzeug's HTML redirect to an absolute URL
     app.config.from_mapping(
         M2_MAX_BARCODES=_max_barcodes(os.environ.get("M2_MAX_BARCODES", "")),
         M2_RESPONSE_BODY=_response_body(os.environ.get("M2_RESPONSE_BODY", "")),
