@@ -6,7 +6,9 @@ command's wall time and its peak memory (the child's maximum RSS):
 - the nightly ``--replace`` of the next export (1% codes changed, 0.5% gone, 0.5% new) over the
   live 2M store;
 - the same file loaded incrementally again (no rebuild may happen);
-- a 10,000-row daily delta into the 2M store (the whole command, start-up included).
+- a 10,000-row daily delta into the 2M store (the whole command, start-up included);
+- the initial load into an empty local Redis Cluster of 3 primaries (median of 3; the loader
+  given one node's address, as an operator would), with its ratio to the single Redis.
 And, side by side in the same run: a seed-style reference loader (pandas read, one SET per row in
 a pipeline, batch 10,000), and ``redis-cli --pipe`` fed pre-built commands for the same records
 (one HSET per record in this project's layout, and this project's own grouped commands as a floor).
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.gen_las_export import write_export, write_next_export  # noqa: E402
 from m2_code_store.embedded import redis_server_binary  # noqa: E402
 from m2_code_store.store import buckets_for  # noqa: E402
-from simulators.redis_server import RedisServer, free_port  # noqa: E402
+from simulators.redis_server import LocalCluster, RedisServer, free_port  # noqa: E402
 
 ROWS = int(os.environ.get("BENCH_ROWS", 2_000_000))
 OUT = ROOT / "bench" / "out"
@@ -46,13 +48,14 @@ def used_memory(port: int) -> int:
     return redis.Redis(port=port).info("memory")["used_memory"]
 
 
-def loader(server: RedisServer, csv_path: Path, *extra: str) -> tuple[float, int]:
-    """Run write_csv_to_redis as a user would; its wall time and peak RSS in MB."""
+def loader(server: RedisServer | str, csv_path: Path, *extra: str) -> tuple[float, int]:
+    """Run write_csv_to_redis as a user would (on *server*, or the Redis URL given); its wall time
+    and peak RSS in MB."""
     probe = ("import resource, subprocess, sys, time; started = time.perf_counter(); "
              "done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
              "print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, "
              "done.returncode); sys.stderr.write(done.stderr if done.returncode > 1 else '')")
-    env = {**os.environ, "REDIS_URL": server.url}
+    env = {**os.environ, "REDIS_URL": server if isinstance(server, str) else server.url}
     done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "m2_code_store.write_csv_to_redis",
                            str(csv_path), "10000", "--quiet", *extra], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds, peak, status = done.stdout.split()
@@ -70,6 +73,21 @@ def run_ours(csv_path: Path) -> tuple[float, float, int, int]:
         return seconds, (used_memory(server.port) - before) / records, records, peak
     finally:
         server.stop()
+
+
+def run_cluster(csv_path: Path) -> tuple[float, int, int]:
+    """The initial load into an empty local 3-primary cluster, median of 3: (seconds, peak MB, records)."""
+    cluster = LocalCluster(OUT / "cluster").start()
+    try:
+        runs = []
+        for _ in range(3):
+            cluster.flushall()
+            runs.append(loader(cluster.url(0), csv_path))
+        with redis.RedisCluster.from_url(cluster.url(1)) as client:
+            records = int(client.hget("m2:meta", "count") or 0)
+        return statistics.median(seconds for seconds, _ in runs), max(peak for _, peak in runs), records
+    finally:
+        cluster.stop()
 
 
 def run_nightly(first: Path, following: Path, delta: Path) -> dict[str, tuple[float, int]]:
@@ -160,6 +178,11 @@ def main() -> None:
     ours_bytes, records, peak = runs[0][1], runs[0][2], max(r[3] for r in runs)
     print(f"  initial load (median of 3):                {ours:6.2f} s  {ROWS / ours:,.0f} rows/s  peak {peak} MB  "
           f"{ours_bytes:.1f} bytes/record ({records:,} records)")
+    clustered, cluster_peak, cluster_records = run_cluster(csv_path)
+    if cluster_records != records:
+        raise SystemExit(f"the cluster holds {cluster_records:,} records after the load, one Redis {records:,}")
+    print(f"  initial load, local 3-primary cluster:     {clustered:6.2f} s  {ROWS / clustered:,.0f} rows/s  "
+          f"peak {cluster_peak} MB (median of 3)")
     nightly = run_nightly(csv_path, following, delta)
     for name, label in (("initial", "initial load, same server:"), ("replace", "--replace of the next night's export:"),
                         ("again", "the same file incrementally again:"), ("delta", "a 10,000-row delta, whole command:")):
@@ -179,6 +202,8 @@ def main() -> None:
     worst = max(peak, *(p for _, p in nightly.values()))
     print(f"peak client memory, any mode:      {worst} MB (target <= 350 MB)")
     print(f"ratio seed / ours:                 {seed / ours:5.1f}x  (target >= 12x)")
+    print(f"ratio 3-primary cluster / one Redis, initial load: {clustered / ours:5.2f}   (same machine: the nodes "
+          "share its cores)")
     print(f"ratio ours / redis-cli per-record: {ours / pipe_per_record:5.2f}   (target <= 1.2)")
     print(f"ratio ours / redis-cli grouped:    {ours / pipe_grouped:5.2f}   (floor: no parsing, protocol pre-built)")
     print(f"memory: {ours_bytes:.1f} bytes/record (target <= 24; plain keys: {seed_bytes:.1f})")

@@ -5,6 +5,7 @@ starts several of them as a Redis Cluster."""
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import subprocess
 import time
@@ -152,9 +153,12 @@ class LocalCluster:
         return server.start(persist=self.persist, extra_args=self._node_args(node, port))
 
     def start(self, *, timeout: float = 20.0) -> LocalCluster:
-        """Start the nodes, give each its share of the slots, join them and wait for cluster_state:ok."""
+        """Start the nodes, give each its share of the slots, join them and wait for cluster_state:ok.
+
+        A new cluster: what an earlier one left in the node directories (nodes.conf, data) is removed."""
         try:
             for node in range(self.primaries):
+                shutil.rmtree(self.data_dir / f"node{node}", ignore_errors=True)
                 for attempt in range(5):  # another process may take a port between the check and the bind
                     try:
                         self.servers.append(self._start_node(node, free_cluster_port()))
