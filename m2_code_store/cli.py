@@ -1,6 +1,6 @@
 """``m2-code-store``: serve the lookup API, load an export, show the store, stop the embedded Redis.
 
-    m2-code-store serve [--host H] [--port P] [--workers N] [--server granian|gunicorn] [--debug]
+    m2-code-store serve [--host H] [--port P] [--workers N] [--server granian|gunicorn] [--access-log] [--debug]
     m2-code-store load FILE.csv [BATCHSIZE] [--replace] …   (the same as write_csv_to_redis)
     m2-code-store stats
     m2-code-store stop-embedded
@@ -13,44 +13,41 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 import redis
 
 from m2_code_store.config import connect, describe_error, embedded_note, open_store, resolve_target
 from m2_code_store.embedded import EmbeddedServerError, stop_local_server
+from m2_code_store.serving import (
+    METRICS_DIR_VAR,
+    SERVERS,
+    check_address,
+    metrics_dir,
+    server_command,
+    supervise,
+)
 from m2_code_store.store import CodeStore
 from toolconfig import ConfigError, add_logging_arguments, release
 from toolconfig.logs import setup_logging
 
-APP_FACTORY = "m2_code_store.api:create_app"
 log = logging.getLogger("m2_code_store")
 
 
-def server_command(server: str, host: str, port: int, workers: int, threads: int) -> list[str]:
-    """The argv that runs the API under a production WSGI server."""
-    if server == "granian":
-        return [
-            sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", APP_FACTORY,
-            "--host", host, "--port", str(port), "--workers", str(workers),
-            "--blocking-threads", str(threads), "--no-ws", "--log-level", "warning",
-        ]
-    return [
-        sys.executable, "-m", "gunicorn", f"{APP_FACTORY}()", "--bind", f"{host}:{port}",
-        "--workers", str(workers), "--threads", str(threads),
-        "--limit-request-line", "0",  # 1000 barcodes do not fit gunicorn's default 4094 bytes
-        "--access-logfile", "-", "--log-level", "warning",
-    ]
-
-
 def serve(args: argparse.Namespace) -> int:
-    """Run the API; check the store's configuration first so a bad one fails here, clearly."""
+    """Run the API; check the store, the settings and the address first, so a bad one fails here, once."""
     try:
         target = resolve_target()
         if target.source == "embedded":
             connect(target).close()  # starts the embedded server once, before the workers fork
+        check_app_settings(os.environ)
+        check_address(args.host, args.port)
     except (ConfigError, EmbeddedServerError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted before the server started")
+        return 130
     if note := embedded_note(target):
         log.warning("%s", note)
         os.environ["M2_STORE"] = "embedded"  # the workers, which have no terminal, resolve the same store
@@ -60,9 +57,30 @@ def serve(args: argparse.Namespace) -> int:
 
         create_app().run(host=args.host, port=args.port, debug=True)
         return 0
-    argv = server_command(args.server, args.host, args.port, args.workers, args.threads)
-    os.execv(argv[0], argv)
-    return 0  # pragma: no cover - execv does not return
+    argv = server_command(args.server, args.host, args.port, args.workers, args.threads, access_log=args.access_log)
+    try:
+        with metrics_dir(os.environ) as env:
+            return supervise(argv, env)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def check_app_settings(environ: Mapping[str, str]) -> None:
+    """Raise the ConfigError each worker's create_app would raise for a bad setting (M2_MAX_BARCODES,
+    M2_RESPONSE_BODY, M2_HEALTH_MAX_AGE, an operator's PROMETHEUS_MULTIPROC_DIR), so it is said once."""
+    # serve counts nothing itself: imported without the multiprocess directory, prometheus_client
+    # keeps serve's (unused) metrics in memory rather than writing files for serve's pid there.
+    hidden = {name: os.environ.pop(name) for name in (METRICS_DIR_VAR, METRICS_DIR_VAR.lower()) if name in os.environ}
+    try:
+        from m2_code_store import metrics
+        from m2_code_store.api import _max_age, _max_barcodes, _response_body
+    finally:
+        os.environ.update(hidden)
+    _max_barcodes(environ.get("M2_MAX_BARCODES", ""))
+    _response_body(environ.get("M2_RESPONSE_BODY", ""))
+    _max_age(environ.get("M2_HEALTH_MAX_AGE", ""))
+    metrics.check_environment(dict(environ))
 
 
 def stats(_: argparse.Namespace) -> int:
@@ -91,6 +109,20 @@ def stop_embedded(_: argparse.Namespace) -> int:
     return 0
 
 
+def port_number(text: str) -> int:
+    """--port: a TCP port a server can listen on."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535 (got {text!r})")
+    return int(text)
+
+
+def positive(text: str) -> int:
+    """--workers, --threads: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``m2-code-store``."""
     from m2_code_store import write_csv_to_redis as loader
@@ -101,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve the lookup API")
     add_logging_arguments(run)
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)")
-    run.add_argument("--threads", type=int, default=2, help="threads per worker (default 2)")
-    run.add_argument("--server", choices=("granian", "gunicorn"), default="granian",
-                     help="WSGI server (default granian: about twice gunicorn's throughput here, see bench/)")
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    run.add_argument("--port", type=port_number, default=8000, help="port to listen on (default 8000)")
+    run.add_argument("--workers", type=positive, default=os.cpu_count() or 1, help="worker processes (default: one per core)")
+    run.add_argument("--threads", type=positive, default=2, help="threads per worker (default 2)")
+    run.add_argument("--server", choices=SERVERS, default="granian",
+                     help="WSGI server (default granian: about twice gunicorn's throughput here, see bench/); "
+                          "gunicorn reads m2_code_store/gunicorn_conf.py")
+    run.add_argument("--access-log", action="store_true", help="log every request on stdout (default: off)")
     run.add_argument("--debug", action="store_true", help="Flask's development server with the debugger (never in production)")
     run.set_defaults(func=serve)
     load = commands.add_parser("load", help="load a LAS export (same as write_csv_to_redis)",
@@ -124,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.func is not loader.run:  # the loader sets its logging up itself
         setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
     return args.func(args)
-
 
 
 if __name__ == "__main__":

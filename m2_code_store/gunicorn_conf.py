@@ -1,8 +1,9 @@
 """gunicorn's settings for the lookup API: ``gunicorn -c python:m2_code_store.gunicorn_conf 'm2_code_store.api:create_app()'``.
 
-Options on gunicorn's command line, such as ``--bind`` and ``--workers``, override what is set
-here. gunicorn takes every module-level name that is one of its settings (``bind``, ``timeout``,
-``user``, …): no helper here may have such a name.
+``m2-code-store serve --server gunicorn`` runs gunicorn with this file too. Options on gunicorn's
+command line, such as ``--bind`` and ``--workers``, override what is set here. gunicorn takes
+every module-level name that is one of its settings (``bind``, ``timeout``, ``user``, …): no
+helper here may have such a name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ limit_request_line = 0
 workers = os.cpu_count() or 1
 threads = 2
 
-# With --access-logfile: granian's form, the path without its query string
+# With --access-logfile (serve --access-log): granian's form, the path without its query string
 # (1000 barcodes would make every line 15 KB): time, client, "method path protocol", status, ms.
 access_log_format = '%(t)s %(h)s - "%(m)s %(U)s %(H)s" %(s)s %(M)s'
 
