@@ -1,8 +1,9 @@
-"""``m2-code-store``: serve the lookup API, load an export, show the store, stop the embedded Redis.
+"""``m2-code-store``: serve the lookup API, load an export, show the store, look barcodes up, stop the embedded Redis.
 
     m2-code-store serve [--host H] [--port P] [--workers N] [--server granian|gunicorn] [--access-log] [--debug]
     m2-code-store load FILE.csv [BATCHSIZE] [--replace] …   (the same as write_csv_to_redis)
     m2-code-store stats
+    m2-code-store lookup BARCODE…
     m2-code-store stop-embedded
 """
 
@@ -13,11 +14,19 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import redis
 
-from m2_code_store.config import connect, describe_error, embedded_note, open_store, resolve_target
+from m2_code_store.barcodes import BarcodeError, parse_barcodes
+from m2_code_store.config import (
+    StoreTarget,
+    connect,
+    describe_error,
+    embedded_note,
+    open_store,
+    resolve_target,
+)
 from m2_code_store.embedded import EmbeddedServerError, stop_local_server
 from m2_code_store.serving import (
     METRICS_DIR_VAR,
@@ -85,18 +94,51 @@ def check_app_settings(environ: Mapping[str, str]) -> None:
 
 def stats(_: argparse.Namespace) -> int:
     """Print the store's record count and generation as JSON."""
+
+    def show(target: StoreTarget, store: CodeStore) -> int:
+        print(json.dumps({"store": target.shown, **store.stats()}))
+        return 0
+
+    return with_store(show)
+
+
+def lookup(args: argparse.Namespace) -> int:
+    """Print each barcode's customer code, read from the store: 0 all found, 1 some unknown."""
+    try:
+        barcodes = parse_barcodes(args.barcodes, limit=sys.maxsize)
+    except BarcodeError as exc:
+        log.error("%s", exc)
+        return 2
+
+    def show(target: StoreTarget, store: CodeStore) -> int:
+        codes = store.lookup(barcodes)
+        width = max(map(len, barcodes))
+        for barcode, code in zip(barcodes, codes, strict=True):
+            print(f"{barcode:<{width}}  {code or 'not found'}")
+        unknown = codes.count(None)
+        if store.generation() is None:
+            log.warning("%s holds no data set: load an export with m2-code-store load", target.shown)
+        elif unknown:
+            log.warning("%d of %d barcodes not found in %s", unknown, len(barcodes), target.shown)
+        return 1 if unknown else 0
+
+    return with_store(show)
+
+
+def with_store(command: Callable[[StoreTarget, CodeStore], int]) -> int:
+    """Run *command* on the configured store; a store that cannot be configured or reached is one line and exit 2."""
+    target = None
     try:
         target, client = open_store(timeout=5)
         if note := embedded_note(target):
             log.warning("%s", note)
-        print(json.dumps({"store": target.shown, **CodeStore(client).stats()}))
+        return command(target, CodeStore(client))
     except (ConfigError, EmbeddedServerError) as exc:
         log.error("%s", exc)
         return 2
     except redis.exceptions.RedisError as exc:
-        log.error("%s failed: %s", target.shown, describe_error(exc, target))
+        log.error("%s failed: %s", target.shown if target else "the store", describe_error(exc, target))
         return 2
-    return 0
 
 
 def stop_embedded(_: argparse.Namespace) -> int:
@@ -152,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         add_logging_arguments(command)
         command.set_defaults(func=func)
+    find = commands.add_parser("lookup", help="the customer code of each barcode, read from the store (the API need not run)",
+                               description="Print each BARCODE and its customer code (or 'not found'), read from the "
+                                           "store. Exit status: 0 all found, 1 some not found, 2 the store cannot be "
+                                           "reached or configured, or a barcode is malformed.")
+    add_logging_arguments(find)
+    find.add_argument("barcodes", nargs="+", metavar="BARCODE", help="a barcode, or several separated by commas")
+    find.set_defaults(func=lookup)
     args = parser.parse_args(argv)
     if getattr(args, "check", None):
         args.check(args)

@@ -1,4 +1,4 @@
-"""write_csv_to_redis as users run it: exit statuses, messages, summary, dry run."""
+"""write_csv_to_redis and `m2-code-store lookup` as users run them: exit statuses, messages, summary, dry run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from logtext import messages
 
+from m2_code_store.cli import main as m2_code_store
 from m2_code_store.store import CodeStore
 from m2_code_store.write_csv_to_redis import main
 from simulators.redis_server import free_port
@@ -183,6 +184,7 @@ COMMANDS = {
     "load": [sys.executable, "-m", "m2_code_store", "load", "{csv}"],
     "serve": [sys.executable, "-m", "m2_code_store", "serve", "--port", "{port}"],
     "stats": [sys.executable, "-m", "m2_code_store", "stats"],
+    "lookup": [sys.executable, "-m", "m2_code_store", "lookup", "33433012345678"],
 }
 
 
@@ -273,3 +275,57 @@ def test_on_a_terminal_the_log_is_readable_lines_and_a_log_file_gets_json(csv_fi
 def test_every_command_says_its_version(command):
     done = subprocess.run([str(Path(sys.executable).parent / command[0]), "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and re.fullmatch(rf"{command[0]} \d+\.\d+\.\d+\n", done.stdout)
+
+
+# --- m2-code-store lookup ---------------------------------------------------------------------------
+
+@pytest.fixture
+def loaded(tmp_path, env):
+    """The store holds two records."""
+    path = tmp_path / "loaded.csv"
+    path.write_text(HEADER + "33433012345678,2024-01-01,NA,\n1234,2024-01-01,NB,\n")
+    assert main([str(path), "--quiet"]) == 0
+
+
+def test_lookup_prints_each_barcode_and_its_code_and_exits_0_when_all_are_found(loaded, capsys):
+    assert m2_code_store(["lookup", "33433012345678", "1234"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "33433012345678  NA\n1234            NB\n"
+    assert captured.err == ""
+
+
+def test_lookup_says_not_found_and_exits_1_when_some_are_unknown(loaded, redis_url, capsys):
+    """Barcodes are read as the API reads them (a comma list counts, each barcode once)."""
+    assert m2_code_store(["lookup", "1234,39999999", "1234"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "1234      NB\n39999999  not found\n"
+    assert messages(captured.err) == [f"warning: 1 of 2 barcodes not found in {redis_url}"]
+
+
+def test_lookup_in_a_store_with_no_data_set_says_so_and_exits_1(env, redis_url, capsys):
+    assert m2_code_store(["lookup", "1234"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "1234  not found\n"
+    assert messages(captured.err) == [f"warning: {redis_url} holds no data set: load an export with m2-code-store load"]
+
+
+@pytest.mark.parametrize(("barcodes", "message"), [
+    (["12 34"], "barcode '12 34' has characters outside A-Z, a-z, 0-9, '.', '_' and '-'"),
+    (["1234,,5678"], "barcode 2 of 3 is empty (two commas in a row, or a trailing comma?)"),
+    (["x" * 49], f"barcode '{'x' * 40}'… (49 characters) is longer than 48 characters"),
+], ids=["space", "empty", "too-long"])
+def test_lookup_of_a_malformed_barcode_exits_2_without_reaching_the_store(barcodes, message, monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there: a connect would fail
+    assert m2_code_store(["lookup", *barcodes]) == 2
+    assert messages(capsys.readouterr().err) == [f"error: {message}"]
+
+
+@pytest.mark.parametrize("command", [["stats"], ["lookup", "1234"]])
+def test_lookup_and_stats_report_an_unreachable_store_alike_and_exit_2(command, monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    monkeypatch.delenv("REDIS_ENDPOINT_ENCRYPTED", raising=False)
+    assert m2_code_store(command) == 2
+    captured = capsys.readouterr()
+    (err,) = messages(captured.err)
+    assert err.startswith("error: cannot reach redis://:***@127.0.0.1:1/0: ")
+    assert captured.out == "" and "hunter2" not in captured.err
