@@ -89,6 +89,12 @@ class ClusterRedis(redis.Redis):
         except RedisClusterException as exc:
             raise ClusterUnavailable(f"the Redis Cluster is not answering: {exc}") from exc
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "connection_pool":
+            raise AttributeError("a Redis Cluster has no single connection pool: read the store through "
+                                 "m2_code_store.cluster.code_store(client), a ClusterCodeStore")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def refresh_slots(self) -> None:
         """Read the slot map again (after MOVED, or a node that stopped answering)."""
         try:

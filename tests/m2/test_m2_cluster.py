@@ -11,7 +11,11 @@ only (rediss://) is loaded and read as any other.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +37,7 @@ from m2_code_store.store import CodeStore, Layout, read_generation
 from simulators.redis_server import LocalCluster, free_port
 from toolconfig import ConfigError
 
+ROOT = Path(__file__).resolve().parents[2]
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 UNAVAILABLE = "the customer code store is not answering; try again shortly"
 
@@ -367,3 +372,19 @@ def test_a_cluster_reached_over_tls_only_is_detected_loaded_and_read(tls_cluster
     sample = list(range(0, len(barcodes), 251))
     app = create_app({"STORE_TARGET": target})
     assert lookup_via_api(app, [barcodes[i] for i in sample]) == [codes[i] or None for i in sample]
+
+
+def test_the_loader_and_stats_commands_given_one_node_work_on_the_whole_cluster(cluster, tmp_path):
+    csv_file = write_export(tmp_path / "items.csv", 5_000, delete_share=0.02)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("REDIS_ENDPOINT_ENCRYPTED", "M2_STORE", "ENVIRONMENT")},
+           "REDIS_URL": cluster.url(2)}
+    done = subprocess.run([sys.executable, "-m", "m2_code_store.write_csv_to_redis", str(csv_file), "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    records = read_export(csv_file).upserts
+    assert f"; {records:,} records in the store; " in done.stdout and done.stdout.strip().endswith(f"store: {cluster.url(2)}")
+    stats = subprocess.run([sys.executable, "-m", "m2_code_store", "stats"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["records"] == records
+    assert all(bucket_keys_per_node(cluster, json.loads(stats.stdout)["generation"]))
