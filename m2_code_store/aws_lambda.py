@@ -23,7 +23,7 @@ from typing import Any
 
 from apig_wsgi import make_lambda_handler
 
-from m2_code_store.api import create_app
+from m2_code_store.api import _response_body, create_app
 
 __all__ = ["handler"]
 
@@ -31,8 +31,8 @@ _handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
 
 def _build() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    os.environ.setdefault("M2_RESPONSE_BODY", "inner")  # what API Gateway's consumers read
-    return make_lambda_handler(create_app(), binary_support=False)
+    body = os.environ.get("M2_RESPONSE_BODY", "").strip() or "inner"  # inner: what API Gateway's consumers read
+    return make_lambda_handler(create_app({"M2_RESPONSE_BODY": _response_body(body)}), binary_support=False)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

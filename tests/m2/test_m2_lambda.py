@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,11 @@ def test_an_environment_without_its_yaml_says_what_to_add(
     monkeypatch.setenv("ENVIRONMENT", "qa")
     with pytest.raises(Exception, match=r"ENVIRONMENT=qa, but .*config/qa.yaml does not exist"):
         aws_lambda.handler(http_v2("/api/v0.1/m2-customer-codes", "1234"), None)
+
+
+def test_the_handler_leaves_the_process_environment_alone(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving inner bodies is the handler's own setting, not an M2_RESPONSE_BODY it writes into the
+    environment (where every process started afterwards would inherit it)."""
+    monkeypatch.setenv("REDIS_URL", store)
+    assert aws_lambda.handler(rest_v1("/api/v0.1/m2-customer-codes", "1234"), None)["statusCode"] == 200
+    assert "M2_RESPONSE_BODY" not in os.environ
