@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import redis
 
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
+from m2_code_store.cluster import code_store
 from m2_code_store.config import (
     StoreTarget,
     connect,
@@ -132,7 +133,7 @@ def with_store(command: Callable[[StoreTarget, CodeStore], int]) -> int:
         target, client = open_store(timeout=5)
         if note := embedded_note(target):
             log.warning("%s", note)
-        return command(target, CodeStore(client))
+        return command(target, code_store(client))
     except (ConfigError, EmbeddedServerError) as exc:
         log.error("%s", exc)
         return 2

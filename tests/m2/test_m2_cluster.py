@@ -389,3 +389,15 @@ def test_the_loader_and_stats_commands_given_one_node_work_on_the_whole_cluster(
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["records"] == records
     assert all(bucket_keys_per_node(cluster, json.loads(stats.stdout)["generation"]))
+    parsed = read_export(csv_file)
+    final = {}  # each barcode's code after the file's rows in order (None: deleted)
+    for barcode, code, deleted in zip(parsed.barcodes.to_pylist(), parsed.customer_codes.to_pylist(),
+                                      parsed.is_delete.tolist(), strict=True):
+        final[barcode] = None if deleted else code
+    asked = [barcode for barcode, code in final.items() if code][:3]
+    found = subprocess.run([sys.executable, "-m", "m2_code_store", "lookup", *asked, "NOSUCH1"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert found.returncode == 1, found.stderr  # one unknown
+    lines = found.stdout.splitlines()
+    assert [line.split() for line in lines] == [[barcode, final[barcode]] for barcode in asked] + [
+        ["NOSUCH1", "not", "found"]]
