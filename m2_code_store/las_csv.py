@@ -294,12 +294,20 @@ class _RowReader:
         return "skip"
 
     def _arrow(self, raw: bytes) -> pa.Table:
+        """The table of *raw*: parsed on every core, and again on one when a row was bad or blank
+        (Arrow gives an invalid row its line number only when it reads the file in order)."""
+        table = self._arrow_read(raw, threads=True)
+        if self.invalid or self.blank_short_lines:
+            table = self._arrow_read(raw, threads=False)
+        return table
+
+    def _arrow_read(self, raw: bytes, *, threads: bool) -> pa.Table:
         self.invalid.clear()
         self.blank_short_lines.clear()
         with _unreadable_row_text_ignored():
             return pacsv.read_csv(
                 pa.BufferReader(raw),
-                read_options=pacsv.ReadOptions(use_threads=False, skip_rows=1, column_names=self.names, block_size=8 << 20),
+                read_options=pacsv.ReadOptions(use_threads=threads, skip_rows=1, column_names=self.names, block_size=8 << 20),
                 parse_options=pacsv.ParseOptions(
                     delimiter=self.delimiter, invalid_row_handler=self._on_invalid, ignore_empty_lines=False
                 ),
