@@ -5,7 +5,8 @@ production one). Every answer, errors included, is the contract's envelope
 ``{"statusCode": S, "body": {...}}`` with HTTP status S; no path answers with an HTML page. With
 ``M2_RESPONSE_BODY=inner`` (the Lambda, or a proxy that expects what API Gateway hands on) the
 HTTP body is the envelope's inner body, ``{"status": S, "data": [...]}`` or ``{"status": S,
-"message": …, "error": …}``, which is what the consumers read.
+"message": …, "error": …}``, which is what the consumers read; a lookup the store fails to
+answer is then a 400, as the deployed original answered it (503 in the envelope).
 """
 
 from __future__ import annotations
@@ -77,17 +78,24 @@ def customer_codes() -> Response:
         barcodes = parse_barcodes(request.args.getlist("barcodes"), limit=current_app.config["M2_MAX_BARCODES"])
     except BarcodeError as exc:
         raise APIError(400, str(exc)) from exc
-    return answer(*lookup_answer(store(), barcodes))
+    return answer(*lookup_answer(store(), barcodes, unavailable=UNAVAILABLE_STATUS[current_app.config["M2_RESPONSE_BODY"]]))
 
 
-def lookup_answer(store: CodeStore, barcodes: list[str]) -> tuple[dict[str, Any], int]:
-    """The inner body and status answering a lookup of *barcodes* (already checked)."""
+# The status of a lookup the store failed to answer: 503 in the envelope (what a proxy or client
+# retries); in the inner body, 400 as the deployed original answered it, which its consumers turn
+# into "no codes" (discovery-api: response.status === 400 ? {} : response.data.reduce(...)).
+UNAVAILABLE_STATUS = {"envelope": 503, "inner": 400}
+
+
+def lookup_answer(store: CodeStore, barcodes: list[str], *, unavailable: int = 503) -> tuple[dict[str, Any], int]:
+    """The inner body and status answering a lookup of *barcodes* (already checked); *unavailable*
+    is the status when the store fails to answer."""
     try:
         codes = store.lookup(barcodes)
     except redis.exceptions.RedisError as exc:
         log.warning("store lookup failed: %s", type(exc).__name__)
         metrics.STORE_ERRORS.inc()
-        return APIError(503, UNAVAILABLE).body(), 503
+        return APIError(unavailable, UNAVAILABLE).body(), unavailable
     metrics.counted_lookup(codes)
     return {"status": 200, "data": [{"barcode": b, "m2CustomerCode": c} for b, c in zip(barcodes, codes, strict=True)]}, 200
 
@@ -104,7 +112,7 @@ class LookupFastPath:
     """
 
     PATHS = frozenset({"/api/v0.1/m2-customer-code", "/api/v0.1/m2-customer-codes"})
-    STATUS_LINES = {200: "200 OK", 503: "503 SERVICE UNAVAILABLE"}
+    STATUS_LINES = {200: "200 OK", 400: "400 BAD REQUEST", 503: "503 SERVICE UNAVAILABLE"}
 
     def __init__(self, app: Flask) -> None:
         self.app = app
@@ -118,8 +126,9 @@ class LookupFastPath:
             barcodes = list(dict.fromkeys(query[9:].split(",")))
             config = self.app.config
             if len(barcodes) <= config["M2_MAX_BARCODES"]:
-                body, status = lookup_answer(self.app.extensions["m2_store"], barcodes)
-                payload = orjson.dumps(body if config["M2_RESPONSE_BODY"] == "inner" else {"statusCode": status, "body": body})
+                shape = config["M2_RESPONSE_BODY"]
+                body, status = lookup_answer(self.app.extensions["m2_store"], barcodes, unavailable=UNAVAILABLE_STATUS[shape])
+                payload = orjson.dumps(body if shape == "inner" else {"statusCode": status, "body": body})
                 start_response(self.STATUS_LINES[status],
                                [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
                 return [payload]

@@ -40,4 +40,25 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _handler
     if _handler is None:
         _handler = _build()
-    return _handler(event, context)
+    return as_the_original(_handler(event, context), event)
+
+
+def as_the_original(response: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """apig-wsgi's answer in the original's shape: ``headers`` (not ``multiValueHeaders``) with
+    names as the original wrote them (``Content-Type``), for a caller that invokes the function
+    directly and reads ``headers["Content-Type"]``. API Gateway takes either form; an Application
+    Load Balancer whose target group has multi-value headers on needs ``multiValueHeaders`` back,
+    so there only the names change."""
+    alb = "elb" in (event.get("requestContext") or {})
+    multi = response.get("multiValueHeaders")
+    if multi is not None and not alb:
+        del response["multiValueHeaders"]
+        response["headers"] = {name: ",".join(values) for name, values in multi.items()}
+    for key in ("headers", "multiValueHeaders"):
+        if key in response:
+            response[key] = {_canonical(name): value for name, value in response[key].items()}
+    return response
+
+
+def _canonical(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))

@@ -373,3 +373,16 @@ def test_the_store_looks_up_any_string_it_is_given(redis_client, tmp_path):
 
     fill(redis_client, tmp_path, "1234,,NX,\n5678,,NA,\n")
     assert CodeStore(redis_client).lookup(["1234", "12\n34", "é", "5678", ""]) == ["NX", None, None, "NA", None]
+
+
+def test_behind_a_proxy_that_expects_the_inner_body_a_store_failure_is_the_originals_400(monkeypatch):
+    """In the inner body a lookup the store fails to answer is a 400, as the deployed original
+    answered it (its consumers read status 400 as "no codes"), on the fast path and Flask's alike."""
+    monkeypatch.setenv("M2_RESPONSE_BODY", "inner")
+    http = create_app({"STORE_TARGET": StoreTarget(f"redis://127.0.0.1:{free_port()}/0", "REDIS_URL")}).test_client()
+    for query in ("barcodes=1234,5678", "barcodes=[1234,5678]"):
+        response = http.get(f"{PATHS[1]}?{query}")
+        assert response.status_code == 400
+        assert response.json == {"status": 400, "message": "the customer code store is not answering; try again shortly",
+                                 "error": "the customer code store is not answering; try again shortly"}
+    assert http.get("/health").status_code == 503  # what a load balancer acts on stays 503

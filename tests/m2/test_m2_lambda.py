@@ -18,6 +18,7 @@ from moto import mock_aws
 from m2_code_store import aws_lambda
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
+from simulators.redis_server import free_port
 
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
 BARCODES = "33433077906331,1234,99999"
@@ -89,8 +90,10 @@ def test_every_event_kind_is_answered_as_the_original_answers(
     monkeypatch.setenv("REDIS_URL", store)
     answer = aws_lambda.handler(event(path, BARCODES), None)
     assert answer["statusCode"] == 200
-    headers = answer.get("headers") or {k: v[0] for k, v in answer.get("multiValueHeaders", {}).items()}
-    assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/json"  # names: any case
+    headers = answer["headers"] if event is not alb else answer.get("headers") or {
+        name: values[0] for name, values in answer["multiValueHeaders"].items()}
+    assert headers["Content-Type"] == "application/json"  # as the original wrote it
+    assert event is alb or "multiValueHeaders" not in answer
     assert json.loads(answer["body"]) == {"status": 200, "data": [
         {"barcode": "33433077906331", "m2CustomerCode": "QQ"}, {"barcode": "1234", "m2CustomerCode": "NX"},
         {"barcode": "99999", "m2CustomerCode": None}]}
@@ -150,3 +153,17 @@ def test_the_handler_leaves_the_process_environment_alone(store: str, monkeypatc
     monkeypatch.setenv("REDIS_URL", store)
     assert aws_lambda.handler(rest_v1("/api/v0.1/m2-customer-codes", "1234"), None)["statusCode"] == 200
     assert "M2_RESPONSE_BODY" not in os.environ
+
+
+@pytest.mark.parametrize("event", [rest_v1, http_v2, alb], ids=["rest-v1", "http-v2", "alb"])
+def test_a_store_that_does_not_answer_is_a_400_body_as_the_original_answered_it(
+        monkeypatch: pytest.MonkeyPatch, event: Any) -> None:
+    """The original answered 400 when the store failed; its consumers turn that into no codes
+    (a 503 without data would make discovery-api's response.data.reduce throw)."""
+    monkeypatch.setattr(aws_lambda, "_handler", None)
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    answer = aws_lambda.handler(event("/api/v0.1/m2-customer-codes", BARCODES), None)
+    body = json.loads(answer["body"])
+    assert answer["statusCode"] == body["status"] == 400
+    assert body["message"] == body["error"] == "the customer code store is not answering; try again shortly"
+    assert consumer_map(answer) == {}
