@@ -59,6 +59,8 @@ def detect_cluster(client: redis.Redis) -> bool:
     try:
         return bool(int(client.info("cluster").get("cluster_enabled", 0)))
     except redis.exceptions.ResponseError as refused:
+        if "not allowed in cluster mode" in str(refused):  # the connection's SELECT of a database other than 0
+            return True  # the cluster client then says what is wrong with the address
         try:
             client.execute_command("CLUSTER INFO")
         except redis.exceptions.ResponseError as exc:

@@ -85,6 +85,9 @@ def redact_url(url: str) -> str:
 
 def describe_error(exc: BaseException, target: StoreTarget | None) -> str:
     """A Redis error fit for a message: for a KMS-encrypted endpoint, without host or port."""
+    if isinstance(exc, redis.exceptions.MovedError | redis.exceptions.AskError):
+        return ("the store is a Redis Cluster (its node answered MOVED), read here as a single Redis: "
+                "unset M2_REDIS_CLUSTER (or set it to auto) so the cluster is found by itself")
     if target is not None and target.source == "REDIS_ENDPOINT_ENCRYPTED":
         cause = exc.__cause__ or exc.__context__
         reason = getattr(cause, "strerror", None) or type(cause or exc).__name__

@@ -27,7 +27,7 @@ class Progress:
     def update(self, done: int) -> None:
         """Record that *done* rows (cumulative) have been sent."""
         step, self.done = done - self.done, done
-        if not self.enabled:
+        if not self.enabled or step == 0:  # repeated counts (one per primary on a cluster) say nothing new
             return
         if self.bar is not None:
             self.bar.update(step)

@@ -329,3 +329,19 @@ def test_lookup_and_stats_report_an_unreachable_store_alike_and_exit_2(command, 
     (err,) = messages(captured.err)
     assert err.startswith("error: cannot reach redis://:***@127.0.0.1:1/0: ")
     assert captured.out == "" and "hunter2" not in captured.err
+
+
+def test_progress_says_each_tenth_once_even_when_the_same_count_comes_again(caplog):
+    """On a cluster every primary's stream reports the running total: a count already said is not
+    logged again (the 100% line came once per primary)."""
+    import io
+    import logging
+
+    from m2_code_store.progress import Progress
+
+    progress = Progress(100, stream=io.StringIO())  # not a terminal: log lines
+    with caplog.at_level(logging.INFO, logger="m2_code_store"):
+        for done in (5, 10, 10, 50, 100, 100, 100):
+            progress.update(done)
+    assert [r.getMessage() for r in caplog.records] == [
+        "loading: 10 of 100 rows sent (10%)", "loading: 50 of 100 rows sent (50%)", "loading: 100 of 100 rows sent (100%)"]

@@ -30,7 +30,7 @@ from bench.gen_las_export import write_export, write_next_export
 from m2_code_store.api import create_app
 from m2_code_store.bulk import key_slots
 from m2_code_store.cluster import ClusterCodeStore, ClusterRedis
-from m2_code_store.config import StoreTarget, connect_store, resolve_target
+from m2_code_store.config import StoreTarget, connect_store, describe_error, resolve_target
 from m2_code_store.las_csv import ParsedExport, read_export
 from m2_code_store.loader import LoadResult, generation_records, load
 from m2_code_store.store import CodeStore, Layout, read_generation
@@ -401,3 +401,19 @@ def test_the_loader_and_stats_commands_given_one_node_work_on_the_whole_cluster(
     lines = found.stdout.splitlines()
     assert [line.split() for line in lines] == [[barcode, final[barcode]] for barcode in asked] + [
         ["NOSUCH1", "not", "found"]]
+
+
+def test_a_cluster_address_naming_a_database_says_so_and_reading_a_cluster_as_one_redis_says_what_to_set(cluster):
+    """A cluster has database 0 only: the SELECT its nodes refuse is recognised as a cluster's, and
+    the message names the database; M2_REDIS_CLUSTER=no on a cluster node is a MOVED explained."""
+    target = resolve_target({"REDIS_URL": cluster.url(0).rsplit("/", 1)[0] + "/1"})
+    with pytest.raises(ConfigError, match="database other than 0"):
+        connect_store(target, timeout=5)
+    as_one = connect_store(resolve_target({"REDIS_URL": cluster.url(0), "M2_REDIS_CLUSTER": "no"}), timeout=5)
+    keys = [f"k{n}" for n in range(20)]  # some of them live on another primary
+    with pytest.raises(redis.exceptions.ResponseError) as moved:
+        for key in keys:
+            as_one.get(key)
+    assert describe_error(moved.value, None) == (
+        "the store is a Redis Cluster (its node answered MOVED), read here as a single Redis: unset "
+        "M2_REDIS_CLUSTER (or set it to auto) so the cluster is found by itself")
