@@ -23,6 +23,7 @@ from m2_code_store.cluster import code_store
 from m2_code_store.config import (
     StoreTarget,
     connect,
+    connect_store,
     describe_error,
     embedded_note,
     open_store,
@@ -50,6 +51,8 @@ def serve(args: argparse.Namespace) -> int:
         target = resolve_target()
         if target.source == "embedded":
             connect(target).close()  # starts the embedded server once, before the workers fork
+        else:
+            check_store(target)
         check_app_settings(os.environ)
         check_address(args.host, args.port)
     except (ConfigError, EmbeddedServerError) as exc:
@@ -74,6 +77,17 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+
+
+def check_store(target: StoreTarget) -> None:
+    """Raise the ConfigError each worker would raise for a store set up wrong (M2_REDIS_CLUSTER=yes
+    on a single Redis, a cluster address naming a database). A store that does not answer yet is
+    no error: the API starts and answers 503 until it does."""
+    try:
+        connect_store(target, timeout=2).close()
+    except redis.exceptions.RedisError as exc:
+        log.warning("the store does not answer yet (%s): lookups answer 503 until it does",
+                    describe_error(exc, target))
 
 
 def check_app_settings(environ: Mapping[str, str]) -> None:

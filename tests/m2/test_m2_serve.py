@@ -305,6 +305,8 @@ def test_a_second_serve_on_the_port_of_a_running_one_is_refused(serve):
     ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/m2-metrics",
      "PROMETHEUS_MULTIPROC_DIR='/nonexistent/m2-metrics' is not a writable directory: create it (empty) before the "
      "server starts, or unset it to count in each process alone"),
+    ("M2_REDIS_CLUSTER", "yes", "M2_REDIS_CLUSTER=yes, but {redis_url} is not a Redis Cluster node (cluster support "
+                                "disabled): set M2_REDIS_CLUSTER=auto or no"),
 ])
 def test_a_bad_setting_is_one_line_and_exit_2_before_any_worker_starts(name, value, message, redis_url, tmp_path):
     port = free_port()
@@ -312,7 +314,7 @@ def test_a_bad_setting_is_one_line_and_exit_2_before_any_worker_starts(name, val
                           cwd=tmp_path, env={**os.environ, "REDIS_URL": redis_url, name: value},
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert messages(done.stderr) == [f"error: {message}"]
+    assert messages(done.stderr) == [f"error: {message.format(redis_url=redis_url)}"]
     assert not listening(port)
 
 
@@ -470,3 +472,13 @@ def test_gunicorn_run_with_the_shipped_config_answers_1000_barcodes(config, stat
 def test_serve_runs_gunicorn_with_the_shipped_config():
     argv = server_command("gunicorn", "0.0.0.0", 8000, 2, 2)
     assert argv[argv.index("--config") + 1] == GUNICORN_CONFIG == "python:m2_code_store.gunicorn_conf"
+
+
+def test_a_store_that_does_not_answer_yet_is_a_warning_and_the_server_starts(serve, tmp_path):
+    """The API starts while Redis is down (it answers 503 until Redis is back): serve's check of
+    the store says so in one line and goes on."""
+    served = serve(env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, workers=1)
+    served.wait_ready()
+    assert get(served.port, "/health")[0] == 503
+    served.stop("sigterm")
+    assert "the store does not answer yet" in served.stderr()
