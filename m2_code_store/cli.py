@@ -49,12 +49,12 @@ def serve(args: argparse.Namespace) -> int:
     """Run the API; check the store, the settings and the address first, so a bad one fails here, once."""
     try:
         target = resolve_target()
+        check_app_settings(os.environ)
+        check_address(args.host, args.port)
         if target.source == "embedded":
             connect(target).close()  # starts the embedded server once, before the workers fork
         else:
             check_store(target)
-        check_app_settings(os.environ)
-        check_address(args.host, args.port)
     except (ConfigError, EmbeddedServerError) as exc:
         log.error("%s", exc)
         return 2
