@@ -27,7 +27,7 @@ from m2_code_store import docs, metrics
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
 from m2_code_store.config import StoreTarget, connect, resolve_target
 from m2_code_store.rules import BARCODE_LIST_RE
-from m2_code_store.store import CodeStore
+from m2_code_store.store import CodeStore, StoreUnavailable
 from toolconfig import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ def lookup_answer(store: CodeStore, barcodes: list[str], *, unavailable: int = 5
     try:
         codes = store.lookup(barcodes)
     except redis.exceptions.RedisError as exc:
-        log.warning("store lookup failed: %s", type(exc).__name__)
+        if not isinstance(exc, StoreUnavailable):  # answered at once while the store pauses: said once, below
+            log.warning("store lookup failed: %s; lookups answer %d for the next %g s", type(exc).__name__,
+                        unavailable, store.pause)
         metrics.STORE_ERRORS.inc()
         return APIError(unavailable, UNAVAILABLE).body(), unavailable
     metrics.counted_lookup(codes)
@@ -158,9 +160,13 @@ def health_of(stats: dict[str, Any], max_age: float | None, now: datetime) -> tu
     if age is not None:
         body["ageSeconds"] = round(age)
     if max_age is not None and (age is None or age > max_age):
-        when = f"was loaded {age / 3600:,.1f} hours ago" if age is not None else "has no load time"
-        return {**body, "status": "stale", "message": f"the data set {when}, more than M2_HEALTH_MAX_AGE "
-                                                      f"({max_age / 3600:g} hours): check the nightly load"}, 503
+        if age is None:
+            message = (f"the data set has no load time, so its age cannot be checked against M2_HEALTH_MAX_AGE "
+                       f"({max_age / 3600:g} hours): load the export again")
+        else:
+            message = (f"the data set was loaded {age / 3600:,.1f} hours ago, more than M2_HEALTH_MAX_AGE "
+                       f"({max_age / 3600:g} hours): check the nightly load")
+        return {**body, "status": "stale", "message": message}, 503
     return body, 200
 
 
@@ -217,7 +223,7 @@ def _max_age(value: str) -> float | None:
 def _max_barcodes(value: str) -> int:
     if not value.strip():
         return 1000
-    if not value.strip().isdigit() or int(value) < 1:
+    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) < 1:
         raise ConfigError(f"M2_MAX_BARCODES must be a positive whole number (got {value!r})")
     return int(value)
 

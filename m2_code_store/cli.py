@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 
@@ -47,6 +48,7 @@ log = logging.getLogger("m2_code_store")
 
 def serve(args: argparse.Namespace) -> int:
     """Run the API; check the store, the settings and the address first, so a bad one fails here, once."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked before the server runs: nothing to reload yet
     try:
         target = resolve_target()
         check_app_settings(os.environ)

@@ -28,3 +28,36 @@ access_log_format = '%(t)s %(h)s - "%(m)s %(U)s %(H)s" %(s)s %(M)s'
 # takes milliseconds, and the store's timeouts end one that waits on Redis within a second, so
 # Ctrl-C or SIGTERM stops the server in about a second rather than gunicorn's default 30 s.
 graceful_timeout = 1
+
+# gunicorn 23+ opens a control socket, by default ~/.gunicorn/gunicorn.ctl: one path for every
+# gunicorn of the user (a second one takes it over and deletes it on exit), and an error line at
+# each start where HOME is not writable (the systemd unit's ProtectHome=yes). The API needs none.
+control_socket_disable = True
+
+
+# /metrics adds up every worker's counts through prometheus_client's multiprocess files. Run as
+# plain `gunicorn -c python:m2_code_store.gunicorn_conf …`, the master makes the directory before
+# the workers start (and removes it when it exits) unless PROMETHEUS_MULTIPROC_DIR is set
+# (`m2-code-store serve` sets it); a worker that exits is marked dead, as prometheus_client asks.
+_MADE_METRICS_DIR: list[str] = []
+
+
+def on_starting(server: object) -> None:
+    if not (os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="m2-code-store-metrics-")
+        _MADE_METRICS_DIR.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    import shutil
+
+    for directory in _MADE_METRICS_DIR:
+        shutil.rmtree(directory, ignore_errors=True)

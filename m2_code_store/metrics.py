@@ -117,7 +117,7 @@ class StoreCollector(Collector):
         yield up
         yield GaugeMetricFamily("m2_store_records", "Records in the live data set (0: the store holds none)",
                                 value=stats["records"])
-        if age := dataset_age(stats.get("loadedAt"), self.clock()):
+        if (age := dataset_age(stats.get("loadedAt"), self.clock())) is not None:
             yield GaugeMetricFamily("m2_store_dataset_age_seconds", "Seconds since the live data set was loaded",
                                     value=age)
 

@@ -55,6 +55,7 @@ def server_command(server: str, host: str, port: int, workers: int, threads: int
             "--host", host, "--port", str(port), "--workers", str(workers),
             "--blocking-threads", str(threads), "--no-ws", "--log-level", "warning",
             "--workers-kill-timeout", str(SERVER_GRACE),
+            "--respawn-failed-workers",  # a worker that dies (the OOM killer) is replaced, as gunicorn does
             "--access-log" if access_log else "--no-access-log",
         ]
     if server == "gunicorn":
@@ -136,7 +137,7 @@ def supervise(argv: list[str], env: Mapping[str, str], *, deadline: float = STOP
     previous = {signum: signal.signal(signum, lambda *_: None) for signum in handled}
     previous_wakeup = signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
     try:
-        child = subprocess.Popen(argv, env=dict(env), process_group=0, preexec_fn=_stop_with_parent(os.getpid()))
+        child = subprocess.Popen(argv, env=dict(env), process_group=0, preexec_fn=_child_setup(os.getpid()))
         return _watch(child, wakeup_read, deadline)
     finally:
         signal.set_wakeup_fd(previous_wakeup)
@@ -201,17 +202,19 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _stop_with_parent(parent: int) -> Callable[[], None] | None:
-    """A preexec_fn that has the kernel send the server SIGTERM if ``serve`` dies without
-    stopping it (kill -9, the OOM killer), so no orphaned server keeps the port; Linux only."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+def _child_setup(parent: int) -> Callable[[], None]:
+    """A preexec_fn for the server. It starts with SIGHUP ignored: a reload passed on before the
+    server has installed its own handler (in its first second) would otherwise kill it, and both
+    servers install theirs. On Linux the kernel sends it SIGTERM if ``serve`` dies without
+    stopping it (kill -9, the OOM killer), so no orphaned server keeps the port."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
     pr_set_pdeathsig = 1
 
-    def stop_with_parent() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+    def setup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, signal.SIGTERM)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
 
-    return stop_with_parent
+    return setup

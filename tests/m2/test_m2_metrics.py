@@ -182,3 +182,26 @@ def test_an_unusable_metrics_directory_is_refused_at_start(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR=.* is not a writable directory"):
         create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})
 
+
+
+def test_an_age_of_zero_is_still_a_metric(store_url, tmp_path):
+    client = redis.Redis(port=store_url.port)
+    fill(client, tmp_path, "1234,,NX,\n")
+    client.hset(Layout().meta, "loaded_at", "2030-01-01T00:00:00+00:00")  # a clock ahead: age 0, not "no age"
+    http = create_app({"STORE_TARGET": StoreTarget(store_url.url, "REDIS_URL")}).test_client()
+    assert ("m2_store_dataset_age_seconds", ()) in samples(http.get("/metrics").text)
+
+
+def test_a_store_outage_is_logged_once_per_pause_not_once_per_request(tmp_path, caplog):
+    http = create_app({"STORE_TARGET": StoreTarget(f"redis://127.0.0.1:{free_port()}/0", "REDIS_URL")}).test_client()
+    with caplog.at_level("WARNING", logger="m2_code_store.api"):
+        for _ in range(20):
+            assert http.get(f"{LOOKUP}?barcodes=1234").status_code == 503
+    assert [r.getMessage() for r in caplog.records] == [
+        "store lookup failed: ConnectionError; lookups answer 503 for the next 2 s"]
+
+
+def test_a_max_barcodes_of_unicode_digits_is_refused_not_a_traceback(monkeypatch, redis_url):
+    monkeypatch.setenv("M2_MAX_BARCODES", "²")
+    with pytest.raises(ConfigError, match="M2_MAX_BARCODES must be a positive whole number"):
+        create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})

@@ -175,7 +175,7 @@ def serve(redis_url: str, tmp_path: Path) -> Iterator:
         port = free_port()
         out, err = tmp_path / f"serve-{port}.out", tmp_path / f"serve-{port}.err"
         args = ["--port", str(port), "--workers", str(workers), *options]
-        environ = {**os.environ, "REDIS_URL": redis_url, **(env or {})}
+        environ = {**os.environ, "REDIS_URL": redis_url, "TMPDIR": str(tmp_path), **(env or {})}  # its metrics dir too
         if terminal:
             controller, device = pty.openpty()
             out.touch()
@@ -482,3 +482,74 @@ def test_a_store_that_does_not_answer_yet_is_a_warning_and_the_server_starts(ser
     assert get(served.port, "/health")[0] == 503
     served.stop("sigterm")
     assert "the store does not answer yet" in served.stderr()
+
+
+def test_a_worker_that_dies_is_replaced_and_the_server_keeps_answering(serve, redis_url, tmp_path):
+    """A granian worker killed outright (the OOM killer) is respawned: the API stays up (granian's
+    default would exit, and take the whole service down)."""
+    served = serve(workers=2)
+    served.wait_ready()
+    granian = [pid for pid in process_tree(served.process.pid) if pid != served.process.pid
+               and int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == served.process.pid]
+    (server,) = granian
+    worker = min(process_tree(server) - {server})
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while len(process_tree(server) - {server}) < 2 or worker in process_tree(server):
+        assert served.process.poll() is None, f"serve exited {served.process.returncode}: {served.stderr()}"
+        assert time.monotonic() < deadline, "the worker was not replaced"
+        time.sleep(0.2)
+    for _ in range(10):
+        assert get(served.port, "/api/v0.1/openapi.json")[0] == 200
+    served.stop("sigterm")
+    assert served.process.returncode == 0
+
+
+@pytest.mark.parametrize("after", [0.3, 0.8])
+def test_a_reload_asked_while_the_server_starts_does_not_stop_it(serve, after):
+    """systemctl restart && systemctl reload: a SIGHUP in serve's first second (before the server
+    has its own handler) must not kill serve or the server."""
+    served = serve(workers=1)
+    time.sleep(after)
+    served.process.send_signal(signal.SIGHUP)
+    served.wait_ready()
+    time.sleep(1.0)
+    assert served.process.poll() is None
+    assert get(served.port, "/api/v0.1/openapi.json")[0] == 200
+    served.stop("sigterm")
+    assert served.process.returncode == 0
+
+
+def test_plain_gunicorn_with_the_shipped_config_adds_up_every_workers_metrics(redis_url, tmp_path):
+    """The shipped config gives gunicorn's workers a multiprocess directory (made in TMPDIR,
+    removed at exit), so /metrics from any worker shows every worker's counts; no control socket."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fill(redis_url, tmp_path)
+    port = free_port()
+    err = tmp_path / "gunicorn.err"
+    env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
+    with err.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, "m2_code_store.api:create_app()",
+             "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            cwd=tmp_path, env={**env, "REDIS_URL": redis_url, "TMPDIR": str(tmp_path)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port):
+            assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.1)
+        (made,) = tmp_path.glob("m2-code-store-metrics-*")
+        for _ in range(40):
+            assert get(port, "/api/v0.1/m2-customer-codes?barcodes=1,2")[0] == 200
+        for _ in range(6):
+            text = get(port, "/metrics")[1].decode()
+            counted = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(text) for s in family.samples}
+            assert counted[("m2_api_requests_total", (("path", "/api/v0.1/m2-customer-codes"), ("status", "200")))] == 40
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert not made.exists()
+    assert "Control server" not in err.read_text()
