@@ -20,6 +20,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -924,6 +925,9 @@ def _resend_redirected(client: ClusterRedis, streams: list[_NodeStream], *, each
         if attempt == MAX_REDIRECTS:
             raise BulkWriteError(f"{len(pending):,} command(s) were still redirected (MOVED/ASK) after {MAX_REDIRECTS} "
                                  "tries: the cluster keeps moving their slots")
+        if attempt:  # redirected again: the nodes have not agreed yet; give them a moment
+            time.sleep(0.05 * 2 ** attempt)
+            client.refresh_slots()
         targets: dict[tuple[bool, str, int], list[tuple[_NodeStream, int]]] = {}
         for stream, index, redirect in pending:
             targets.setdefault(redirect, []).append((stream, index))

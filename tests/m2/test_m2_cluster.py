@@ -227,9 +227,22 @@ def test_a_stopped_node_is_answered_with_the_503_envelope_and_the_api_recovers_w
 
 
 def _set_slot_everywhere(cluster: LocalCluster, slot: int, node: int) -> None:
+    """Give *slot* to *node* as Redis' resharding does (the new owner first, so its bumped epoch
+    wins over any older view gossip brings), then wait until every node says so."""
     owner = cluster.node_id(node)
-    for other in range(3):
+    for other in sorted(range(3), key=lambda n: n != node):
         cluster.client(other).execute_command("CLUSTER SETSLOT", slot, "NODE", owner)
+    deadline = time.monotonic() + 10
+    while True:
+        views = set()
+        for other in range(3):
+            for start, end, primary, *_ in cluster.client(other).execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    views.add(int(primary[1]))
+        if views == {(cluster.announced_ports or cluster.ports)[node]}:
+            return
+        assert time.monotonic() < deadline, f"the nodes do not agree who owns slot {slot}: {views}"
+        time.sleep(0.05)
 
 
 def test_a_load_with_a_stale_slot_map_follows_moved(own_cluster, redis_url, tmp_path):
