@@ -499,8 +499,10 @@ def test_a_worker_that_dies_is_replaced_and_the_server_keeps_answering(serve, re
         assert served.process.poll() is None, f"serve exited {served.process.returncode}: {served.stderr()}"
         assert time.monotonic() < deadline, "the worker was not replaced"
         time.sleep(0.2)
+    served.wait_ready(30)  # a connection the dead worker had taken is lost; the others are answered
     for _ in range(10):
         assert get(served.port, "/api/v0.1/openapi.json")[0] == 200
+    assert served.process.poll() is None
     served.stop("sigterm")
     assert served.process.returncode == 0
 
