@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +25,7 @@ from simulators.alma import AlmaItem, AlmaState
 from simulators.thread import SimulatorThread
 
 KEY = "analytics-secret-key-2468"
+pytestmark = pytest.mark.usefixtures("api_key")  # ALMA_API_KEY=KEY in every test (conftest.py)
 REPORT = "/shared/Some University/Reports/Items to discharge (ä)"
 HEADINGS = [("Bibliographic Details", "MMS Id"), ("Holding Details", "Holding Id"),
             ("Physical Item Details", "Physical Item Id"), ("Location", "Library Code"),
@@ -50,22 +50,6 @@ def write_config(tmp_path: Path, base_url: str, extra: str = "") -> Path:
     path = tmp_path / "loan_discharge_config.yml"
     path.write_text(f"circ_desks_file: desks.csv\ndata_dir: data\nbase_url: {base_url}\n{extra}", encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def state() -> AlmaState:
-    return AlmaState(per_second_limit=200, api_keys={KEY})
-
-
-@pytest.fixture
-def sim(state: AlmaState) -> Iterator[SimulatorThread]:
-    with SimulatorThread(state) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALMA_API_KEY", KEY)
 
 
 def report_calls(state: AlmaState) -> list[dict]:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from simulators.alma import AlmaItem, AlmaState
 from simulators.thread import SimulatorThread
 
 KEY = "barcode-secret-key-4321"
+pytestmark = pytest.mark.usefixtures("api_key")  # ALMA_API_KEY=KEY in every test (conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,22 +43,6 @@ def write_config(tmp_path: Path, base_url: str, extra: str = "") -> Path:
     path = tmp_path / "loan_discharge_config.yml"
     path.write_text(f"circ_desks_file: desks.csv\ndata_dir: data\nbase_url: {base_url}\n{extra}", encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def state() -> AlmaState:
-    return AlmaState(per_second_limit=200, api_keys={KEY})
-
-
-@pytest.fixture
-def sim(state: AlmaState) -> Iterator[SimulatorThread]:
-    with SimulatorThread(state) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALMA_API_KEY", KEY)
 
 
 def test_a_scanners_list_header_blank_lines_crlf_and_duplicates(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from simulators.alma import AlmaItem, AlmaState
 from simulators.thread import SimulatorThread
 
 KEY = "cli-secret-key-5678"
+pytestmark = pytest.mark.usefixtures("api_key")  # ALMA_API_KEY=KEY in every test (conftest.py)
 REPO = Path(__file__).resolve().parents[2]
 HEADER = "\ufeffMMS Id,Holding Id,Physical Item Id,Library Code,Location Code,Temporary Location Code,Temporary Physical Location In Use"
 
@@ -52,22 +53,6 @@ def write_config(tmp_path: Path, base_url: str, extra: str = "") -> Path:
         encoding="utf-8",
     )
     return path
-
-
-@pytest.fixture
-def state() -> AlmaState:
-    return AlmaState(per_second_limit=200, api_keys={KEY})
-
-
-@pytest.fixture
-def sim(state: AlmaState) -> Iterator[SimulatorThread]:
-    with SimulatorThread(state) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALMA_API_KEY", KEY)
 
 
 def test_full_run_then_resume_sends_nothing(
