@@ -10,13 +10,11 @@ only (rediss://) is loaded and read as any other.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import redis
 import trustme
 from redis.crc import key_slot
+from tls_proxy import tls_proxies
 
 from bench.gen_las_export import write_export, write_next_export
 from m2_code_store.api import create_app
@@ -317,15 +316,6 @@ def test_bucket_key_slots_are_computed_as_redis_computes_them(prefix, gen, bucke
     assert key_slots(prefix, gen, buckets).tolist() == expected
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
 @pytest.fixture
 def tls_cluster(tmp_path: Path) -> Iterator[tuple[LocalCluster, str]]:
     """A cluster reached over TLS only, as ElastiCache with in-transit encryption is: a TLS proxy
@@ -338,39 +328,10 @@ def tls_cluster(tmp_path: Path) -> Iterator[tuple[LocalCluster, str]]:
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     proxy_ports = [free_port() for _ in range(3)]
     cluster = LocalCluster(tmp_path / "cluster", announced_ports=proxy_ports).start()
-    loop = asyncio.new_event_loop()
-    listening = threading.Event()
-    stop: dict[str, asyncio.Event] = {}
-
-    async def serve() -> None:
-        stop["event"] = asyncio.Event()
-
-        def forward_to(port: int):
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
-            return handle
-
-        servers = [await asyncio.start_server(forward_to(port), "127.0.0.1", proxy, ssl=context)
-                   for port, proxy in zip(cluster.ports, proxy_ports, strict=True)]
-        listening.set()
-        await stop["event"].wait()
-        for server in servers:
-            server.close()
-        pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in pipes:
-            task.cancel()
-        await asyncio.gather(*pipes, return_exceptions=True)
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
-    thread.start()
     try:
-        assert listening.wait(10)
-        yield cluster, f"rediss://127.0.0.1:{proxy_ports[0]}/0?ssl_ca_certs={ca_file}"
+        with tls_proxies(context, list(zip(proxy_ports, cluster.ports, strict=True))):
+            yield cluster, f"rediss://127.0.0.1:{proxy_ports[0]}/0?ssl_ca_certs={ca_file}"
     finally:
-        loop.call_soon_threadsafe(stop["event"].set)
-        thread.join(10)
-        loop.close()
         cluster.stop()
 
 

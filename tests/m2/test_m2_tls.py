@@ -6,29 +6,19 @@ certificate stands in for ElastiCache's in-transit encryption.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 import trustme
+from tls_proxy import tls_proxies
 
 from bench.gen_las_export import write_export
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
 from m2_code_store.store import CodeStore
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
 
 
 @pytest.fixture
@@ -40,30 +30,8 @@ def tls_redis(redis_url: str, tmp_path) -> Iterator[tuple[int, str]]:
     ca.cert_pem.write_to_path(str(ca_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    backend = urlsplit(redis_url)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict = {}
-
-    async def handle(reader, writer):
-        up_reader, up_writer = await asyncio.open_connection(backend.hostname, backend.port)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
-
-    async def main():
-        holder["stop"] = asyncio.Event()
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-        holder["port"] = server.sockets[0].getsockname()[1]
-        started.set()
-        async with server:
-            await holder["stop"].wait()
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-    thread.start()
-    started.wait(10)
-    yield holder["port"], str(ca_file)
-    loop.call_soon_threadsafe(holder["stop"].set)
-    thread.join(10)
-
+    with tls_proxies(context, [(0, urlsplit(redis_url).port or 6379)]) as (port,):
+        yield port, str(ca_file)
 
 def test_bulk_load_and_lookup_over_tls(tls_redis, tmp_path):
     port, ca_file = tls_redis
