@@ -16,6 +16,9 @@ import redis
 from moto import mock_aws
 
 from m2_code_store import aws_lambda
+from m2_code_store.lambda_package import (
+    rest_v1_event as rest_v1,  # the REST (v1) event the bench sends too
+)
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
 from simulators.redis_server import free_port
@@ -34,23 +37,6 @@ def store(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> st
     monkeypatch.setattr(aws_lambda, "_handler", None)  # a cold container
     monkeypatch.delenv("M2_RESPONSE_BODY", raising=False)
     return redis_url
-
-
-def rest_v1(path: str, barcodes: str | None) -> dict[str, Any]:
-    query = None if barcodes is None else {"barcodes": barcodes}
-    return {
-        "resource": path, "path": path, "httpMethod": "GET",
-        "headers": {"Accept": "*/*", "Host": "abc123.execute-api.us-east-1.amazonaws.com", "User-Agent": "node-fetch"},
-        "multiValueHeaders": {"Accept": ["*/*"], "Host": ["abc123.execute-api.us-east-1.amazonaws.com"],
-                              "User-Agent": ["node-fetch"]},
-        "queryStringParameters": query,
-        "multiValueQueryStringParameters": None if query is None else {"barcodes": [barcodes]},
-        "pathParameters": None, "stageVariables": None,
-        "requestContext": {"resourcePath": path, "httpMethod": "GET", "path": f"/production{path}",
-                           "stage": "production", "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
-                           "identity": {"sourceIp": "10.0.0.1"}, "accountId": "123456789012"},
-        "body": None, "isBase64Encoded": False,
-    }
 
 
 def http_v2(path: str, barcodes: str) -> dict[str, Any]:
