@@ -33,12 +33,17 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from m2_code_store.store import CodeStore, Generation, Layout, _command_head
+from m2_code_store.store import (
+    _LENGTH_PREFIXES,
+    CodeStore,
+    Generation,
+    Layout,
+    _command_head,
+    read_replies,
+)
 
 MAX_REDIRECTS = 5  # MOVED/ASK answers followed for one command before giving up
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
-_INCOMPLETE = object()  # what a hiredis reader returns when no whole reply is buffered
-_LENGTH_PREFIXES = tuple(b"$%d\r\n" % size for size in range(64))
 
 
 class ClusterUnavailable(redis.exceptions.ConnectionError):
@@ -133,32 +138,6 @@ def redirect_of(reply: object) -> tuple[bool, str, int] | None:
         return None
     host, _, port = words[2].rpartition(":")
     return words[0] == "ASK", host, int(port)
-
-
-def read_replies(connection: redis.connection.AbstractConnection, count: int, *, encoding: str | None) -> list:
-    """*count* replies read from *connection*'s socket with a hiredis reader, error replies kept in
-    place as ``hiredis.ReplyError`` (a MOVED among them is answered, not raised)."""
-    sock = getattr(connection, "_sock", None)
-    if sock is None:
-        raise redis.exceptions.ConnectionError("the connection to Redis is not open")
-    if encoding:
-        reader = hiredis.Reader(encoding=encoding, errors="replace", notEnoughData=_INCOMPLETE)
-    else:
-        reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
-    replies: list = []
-    while True:
-        replies.extend(iter(reader.gets, _INCOMPLETE))
-        if len(replies) >= count:
-            return replies
-        try:
-            data = sock.recv(1 << 16)
-        except TimeoutError as exc:
-            raise redis.exceptions.TimeoutError("Redis did not answer in time") from exc
-        except OSError as exc:
-            raise redis.exceptions.ConnectionError(f"the connection to Redis failed: {exc}") from exc
-        if not data:
-            raise redis.exceptions.ConnectionError("Redis closed the connection")
-        reader.feed(data)
 
 
 def exchange(client: redis.Redis, commands: Sequence[bytes], *, asking: bool, encoding: str | None) -> list:

@@ -252,18 +252,22 @@ _INCOMPLETE = object()  # what the reader returns when no whole reply is buffere
 _LENGTH_PREFIXES = tuple(b"$%d\r\n" % size for size in range(64))  # a barcode's "$<length>" line
 
 
-def _read_replies(connection: redis.connection.AbstractConnection, count: int) -> list:
-    """*count* replies read from *connection*'s socket with a hiredis reader (simple values only,
-    bulk strings decoded as UTF-8)."""
-    sock = connection._sock
+def read_replies(connection: redis.connection.AbstractConnection, count: int, *, encoding: str | None) -> list:
+    """*count* replies read from *connection*'s socket with a hiredis reader (simple values only;
+    bulk strings decoded with *encoding*, or bytes), error replies kept in place as
+    ``hiredis.ReplyError`` (on a cluster a MOVED among them is answered, not raised)."""
+    sock = getattr(connection, "_sock", None)
     if sock is None:
         raise redis.exceptions.ConnectionError("the connection to Redis is not open")
-    reader = hiredis.Reader(encoding="utf-8", errors="replace", notEnoughData=_INCOMPLETE)
+    if encoding:
+        reader = hiredis.Reader(encoding=encoding, errors="replace", notEnoughData=_INCOMPLETE)
+    else:
+        reader = hiredis.Reader(notEnoughData=_INCOMPLETE)
     replies: list = []
     while True:
         replies.extend(iter(reader.gets, _INCOMPLETE))  # every whole reply buffered, in a C loop
         if len(replies) >= count:
-            break
+            return replies
         try:
             data = sock.recv(65536)
         except TimeoutError as exc:
@@ -273,6 +277,11 @@ def _read_replies(connection: redis.connection.AbstractConnection, count: int) -
         if not data:
             raise redis.exceptions.ConnectionError("Redis closed the connection")
         reader.feed(data)
+
+
+def _read_replies(connection: redis.connection.AbstractConnection, count: int) -> list:
+    """:func:`read_replies` decoded as UTF-8, the first error reply raised as ResponseError."""
+    replies = read_replies(connection, count, encoding="utf-8")
     if hiredis.ReplyError in set(map(type, replies)):
         error = next(reply for reply in replies if isinstance(reply, hiredis.ReplyError))
         raise redis.exceptions.ResponseError(str(error))
