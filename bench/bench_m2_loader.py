@@ -9,8 +9,8 @@ command's wall time and its peak memory (the child's maximum RSS):
 - a 10,000-row daily delta into the 2M store (the whole command, start-up included);
 - the initial load into an empty local Redis Cluster of 3 primaries (median of 3; the loader
   given one node's address, as an operator would), with its ratio to the single Redis.
-And, side by side in the same run: a seed-style reference loader (pandas read, one SET per row in
-a pipeline, batch 10,000), and ``redis-cli --pipe`` fed pre-built commands for the same records
+And, side by side in the same run: a seed-style reference loader (bench/seed_loader.py, run as a
+command like ours: pandas read, one SET per row in a pipeline, batch 10,000), and ``redis-cli --pipe`` fed pre-built commands for the same records
 (one HSET per record in this project's layout, and this project's own grouped commands as a floor).
 Prints each time, the ratios against the targets, and Redis memory per stored record.
 """
@@ -116,22 +116,17 @@ def run_nightly(first: Path, following: Path, delta: Path) -> dict[str, tuple[fl
 
 
 def run_seed(csv_path: Path) -> tuple[float, float]:
-    """The original loader's approach: pandas, one SET per row, pipeline of 10,000."""
+    """The original loader's approach (bench/seed_loader.py: pandas, one SET per row, pipeline of
+    10,000), run as a command like ours: its wall time and Redis memory per record."""
     server = fresh_server()
     try:
         before = used_memory(server.port)
         warm(csv_path)
         started = time.perf_counter()
-        frame = pd.read_csv(csv_path, dtype=str)
-        client = redis.Redis(port=server.port)
-        pipe = client.pipeline(transaction=False)
-        for i, row in enumerate(frame.itertuples(index=False), start=1):
-            pipe.set(row[0], row[2])
-            if i % 10_000 == 0:
-                pipe.execute()
-        pipe.execute()
+        subprocess.run([sys.executable, str(ROOT / "bench" / "seed_loader.py"), str(csv_path)], cwd=ROOT,
+                       env={**os.environ, "REDIS_URL": server.url}, check=True)
         seconds = time.perf_counter() - started
-        return seconds, (used_memory(server.port) - before) / len(frame)
+        return seconds, (used_memory(server.port) - before) / redis.Redis(port=server.port).dbsize()
     finally:
         server.stop()
 
