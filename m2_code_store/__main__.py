@@ -11,7 +11,12 @@ def main() -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from m2_code_store.cli import main as command
 
-    return command()
+    status = command()
+    if sys.argv[1:2] == ["load"]:  # as write_csv_to_redis does: no interpreter teardown after a load
+        from m2_code_store.write_csv_to_redis import exit_now
+
+        exit_now(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import logging
+import os
 import signal
 import sys
 import time
@@ -263,5 +264,24 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
+def console() -> None:
+    """The ``write_csv_to_redis`` command: :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(status: int) -> None:
+    """End a finished load's process at once, its output flushed: finalising an interpreter that
+    imported numpy, pyarrow and redis takes 0.1-0.2 s (measured) that a command whose work is
+    written, logged and printed has no use for. Nothing the loader starts needs an exit handler
+    (its threads are done, its connections closed, an embedded redis-server runs on its own)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said on it
+            pass
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
