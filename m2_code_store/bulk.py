@@ -524,7 +524,7 @@ def write_generation(
     # cut where a bucket ends, so each bucket gets one command per kind of row, not one per slice.
     bucket = crc[parsed.order] & np.uint32(buckets - 1)
     by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
-    order, bucket = parsed.order[by_bucket], bucket[by_bucket]
+    order, bucket = _compact(parsed.order[by_bucket]), bucket[by_bucket]
     del by_bucket
 
     if isinstance(client, ClusterRedis):
@@ -575,13 +575,23 @@ def row_crc(parsed: ParsedExport) -> np.ndarray:
 def file_fingerprints(parsed: ParsedExport, buckets: int, final: np.ndarray) -> Fingerprints:
     """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
     (*final*: its :func:`final_rows`)."""
-    bucket = row_crc(parsed)[final] & np.uint32(buckets - 1)
-    return Fingerprints.of(bucket, digest64_array(parsed.source_barcodes, final), buckets)
+    crc, mask = row_crc(parsed), np.uint32(buckets - 1)
+    fingerprints = Fingerprints.of(np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64), buckets)
+    for first in range(0, len(final), DIGEST_CHUNK):  # a chunk at a time: no whole-file copies
+        rows = final[first:first + DIGEST_CHUNK]
+        fingerprints.add(crc[rows] & mask, digest64_array(parsed.source_barcodes, rows))
+    return fingerprints
 
 
 def touched_buckets(parsed: ParsedExport, buckets: int) -> np.ndarray:
     """The buckets (of a generation of *buckets* buckets) that applying *parsed* writes to."""
     return np.unique(row_crc(parsed)[parsed.order] & np.uint32(buckets - 1))
+
+
+def _compact(positions: np.ndarray) -> np.ndarray:
+    """Row positions as int32 when they fit (they index a file's rows): half the memory of the
+    int64 that numpy's sorts and selections give, for arrays that live through a whole write."""
+    return positions.astype(np.int32) if len(positions) and positions.max() <= np.iinfo(np.int32).max else positions
 
 
 def final_rows(parsed: ParsedExport) -> np.ndarray:
@@ -613,7 +623,7 @@ def final_rows(parsed: ParsedExport) -> np.ndarray:
             latest[barcode] = position  # in apply order: the last one stays
         last[shared] = False
         last[list(latest.values())] = True
-    return order[last & ~parsed.source_deletes[order]]
+    return _compact(order[last & ~parsed.source_deletes[order]])
 
 
 def count_present(

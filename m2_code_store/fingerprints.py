@@ -36,10 +36,14 @@ class Fingerprints:
     def of(cls, bucket: np.ndarray, digest: np.ndarray, buckets: int) -> Fingerprints:
         """The fingerprints of the barcodes whose buckets are *bucket* and hashes *digest*
         (distinct barcodes: what a generation holds)."""
-        counts = np.bincount(bucket, minlength=buckets).astype(np.uint32)
-        sums = np.zeros(buckets, dtype=np.uint64)
-        np.add.at(sums, bucket, digest)  # uint64 wraps: the sum is mod 2**64 (no sort, no gathered copy)
-        return cls(counts, sums)
+        fingerprints = cls(np.zeros(buckets, dtype=np.uint32), np.zeros(buckets, dtype=np.uint64))
+        fingerprints.add(bucket, digest)
+        return fingerprints
+
+    def add(self, bucket: np.ndarray, digest: np.ndarray) -> None:
+        """Count in more distinct barcodes (buckets *bucket*, hashes *digest*), none counted yet."""
+        self.counts += np.bincount(bucket, minlength=len(self.counts)).astype(np.uint32)
+        np.add.at(self.sums, bucket, digest)  # uint64 wraps: the sum is mod 2**64 (no sort, no gathered copy)
 
     @classmethod
     def unknown(cls, buckets: int) -> Fingerprints:

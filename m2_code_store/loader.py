@@ -46,10 +46,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +73,7 @@ from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
+T = TypeVar("T")
 LOCK_TTL_MS = 60_000
 ABANDONED_AFTER_MS = 600_000  # a writing generation whose loader is silent this long is deleted
 DEFAULT_MAX_SHRINK = 0.10
@@ -518,9 +520,13 @@ class _Run:
                 raise self.lock._lost(" before it started writing")
             else:
                 self._forget_fingerprints(target, parsed)
-            # what the file leaves in an empty generation is known exactly (computed before the
-            # write, so its arrays are gone before the write's own peak of memory)
-            fresh = file_fingerprints(parsed, target.buckets, final_rows(parsed)) if live is None else None
+            # What the file leaves in an empty generation is known exactly: its fingerprints are
+            # worked out on a thread while the write streams (the write waits on Redis, and numpy
+            # and Arrow leave the GIL), and stored once the count is exact.
+            fresh: Future[Fingerprints] | None = None
+            if live is None:
+                row_crc(parsed), parsed.order  # once, here: the thread and the write both read them
+                fresh = _background(lambda: file_fingerprints(parsed, target.buckets, final_rows(parsed)))
             written = write_generation(self.client, self.layout, target.gen, target.buckets, parsed,
                                        progress=self.progress, before_send=self.lock.renew)
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
@@ -528,7 +534,7 @@ class _Run:
             if counted == 0:
                 raise self.lock._lost(" as it finished writing")
             if fresh is not None and counted[0] == 1:
-                self._store_fingerprints(target.gen, fresh)
+                self._store_fingerprints(target.gen, fresh.result())  # raises what the thread raised (a bug)
         except BaseException as exc:
             raise self._stopped_incremental(exc, target) from exc
         status, records = counted
@@ -750,6 +756,20 @@ class _Run:
             return f"the store still holds the previous data set ({now.count:,} records). {advice}"
         return (f"the store now holds generation {now.gen} ({now.count:,} records), published by another loader. "
                 "Re-run the same command only if this file should replace that")
+
+
+def _background(work: Callable[[], T]) -> Future[T]:
+    """*work* started on a thread of its own (not waited for at exit: it only computes)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="m2-loader-background", daemon=True).start()
+    return future
 
 
 def load(
