@@ -184,7 +184,7 @@ def main() -> None:
     ours = statistics.median(r[0] for r in runs)
     ours_bytes, records, peak = runs[0][1], runs[0][2], max(r[3] for r in runs)
     print(f"  initial load (median of 3):                {ours:6.2f} s  {ROWS / ours:,.0f} rows/s  peak {peak} MB  "
-          f"{ours_bytes:.1f} bytes/record ({records:,} records)")
+          f"{ours_bytes:.1f} bytes/record ({records:,} records; runs {', '.join(f'{r[0]:.2f}' for r in runs)} s)")
     clustered, cluster_peak, cluster_records = run_cluster(csv_path)
     if cluster_records != records:
         raise SystemExit(f"the cluster holds {cluster_records:,} records after the load, one Redis {records:,}")
