@@ -32,7 +32,7 @@ from bench.loadgen import run_load  # noqa: E402
 from simulators.redis_server import RedisServer, free_port  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", 10))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))  # reference, ours; reference, ours; …
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))  # reference, ours; reference, ours; …
 RECORDS = int(os.environ.get("BENCH_API_RECORDS", 2_000_000))
 OUT = ROOT / "bench" / "out"
 
