@@ -534,7 +534,7 @@ class _Run:
             if counted == 0:
                 raise self.lock._lost(" as it finished writing")
             if fresh is not None and counted[0] == 1:
-                self._store_fingerprints(target.gen, fresh.result())  # raises what the thread raised (a bug)
+                self._store_worked_out(target.gen, fresh)
         except BaseException as exc:
             raise self._stopped_incremental(exc, target) from exc
         status, records = counted
@@ -551,6 +551,18 @@ class _Run:
         if stored is not None:
             stored.forget(touched_buckets(parsed, target.buckets))
             self._store_fingerprints(target.gen, stored)
+
+    def _store_worked_out(self, gen: int, fresh: Future[Fingerprints]) -> None:
+        """Store the fingerprints the background thread worked out. Should it have failed (a bug,
+        or no memory left), the load stands (its data and count are exact) and the next
+        --replace compares every bucket instead: said in a note, not a failed load."""
+        try:
+            fingerprints = fresh.result()
+        except Exception as exc:
+            self.notes.append(f"the data set's fingerprints could not be worked out ({type(exc).__name__}: {exc}); "
+                              "the next --replace compares every bucket with the file, which takes longer")
+            return
+        self._store_fingerprints(gen, fingerprints)
 
     def _store_fingerprints(self, gen: int, fingerprints: Fingerprints) -> None:
         if not self.lock._fenced(_SET_FINGERPRINTS, [self.lock.key, self.layout.fingerprints(gen)],

@@ -111,3 +111,23 @@ def test_buckets_an_incremental_load_wrote_to_are_looked_up_again(tmp_path, redi
     assert marked is not None and 0 < int((marked.counts == UNKNOWN).sum()) <= 40
     result = load(redis_client, nightly, replace=True, grace=0)
     assert (result.added, result.removed, result.records) == (0, 40, 3000)
+
+
+def test_a_failure_working_out_a_new_stores_fingerprints_leaves_a_complete_load(tmp_path, redis_client, monkeypatch):
+    """They are worked out on a thread while the write streams; should that fail, the data set is
+    in and counted, the load says so in a note, and the next --replace compares every bucket."""
+    import m2_code_store.loader as loader
+
+    def fail(*args, **kwargs):
+        raise MemoryError("no memory left")
+
+    monkeypatch.setattr(loader, "file_fingerprints", fail)
+    result = load(redis_client, export(tmp_path, range(3000), "first.csv", deleted=range(2990, 3000)))
+    assert result.records == 2990
+    assert any("fingerprints could not be worked out (MemoryError: no memory left)" in note for note in result.notes)
+    live = read_generation(redis_client)
+    assert live.count == 2990 and not live.dirty
+    assert read_fingerprints(redis_client, Layout(), live.gen, live.buckets) is None
+    monkeypatch.undo()
+    result = load(redis_client, export(tmp_path, range(5, 3000), "night.csv"), replace=True, grace=0)
+    assert (result.added, result.removed, result.records) == (10, 5, 2995)
