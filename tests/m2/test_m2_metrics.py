@@ -3,6 +3,7 @@ on an empty, a loaded and a stale store."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from m2_code_store.api import _max_age, create_app, health_of
@@ -111,19 +113,28 @@ def test_metrics_add_up_every_worker_of_a_real_server(store_url, tmp_path):
                 assert time.monotonic() < deadline, "the server did not come up"
                 time.sleep(0.2)
         # Which worker accepts a connection is the kernel's choice: one idle worker can take every
-        # request sent one at a time, so send them 4 at once, in rounds, until both have counted.
-        def pids() -> set[str]:
-            return {path.name.rsplit("_", 1)[-1] for path in metrics_dir.glob("*.db")}
+        # request sent one at a time, so send them 4 at once, in rounds, until both have counted
+        # lookups (read from each worker's own file: a worker makes its file when it starts).
+        def lookups_by_worker() -> dict[str, float]:
+            counted: dict[str, float] = {}
+            for path in metrics_dir.glob("counter_*.db"):
+                for key, count, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                    _, sample, labels, _ = json.loads(key)
+                    if sample == "m2_api_requests_total" and labels.get("path") == LOOKUP:
+                        counted[path.name] = counted.get(path.name, 0) + count
+            return counted
 
         def lookup(_: int) -> None:
             urllib.request.urlopen(f"{base}{LOOKUP}?barcodes=1234,999", timeout=5).read()
 
         sent = 0
         with ThreadPoolExecutor(4) as pool:
-            while sent < 60 or (len(pids()) < 2 and sent < 4000):
+            while sent < 60 or (sum(1 for n in lookups_by_worker().values() if n) < 2 and sent < 4000):
                 list(pool.map(lookup, range(20)))
                 sent += 20
-        assert len(pids()) >= 2, f"only one worker counted after {sent} requests: {sorted(metrics_dir.iterdir())}"
+        by_worker = lookups_by_worker()
+        assert sum(1 for n in by_worker.values() if n) >= 2, f"one worker answered all {sent} lookups: {by_worker}"
+        assert sum(by_worker.values()) == sent
         scrapes = [urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode() for _ in range(6)]
         for text in scrapes:  # whichever worker answered, it shows every worker's counts
             assert value(text, "m2_api_requests_total", path=LOOKUP, status="200") == sent
