@@ -14,7 +14,6 @@ Inside a bucket, consecutive rows of the same kind become one ``HSET key f v f v
 from __future__ import annotations
 
 import functools
-import itertools
 import queue
 import select
 import socket
@@ -45,7 +44,7 @@ from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
 
 CHUNK_BYTES = 1 << 20
-HSET, HDEL, HMGET = 0, 1, 2  # the kinds of command in a write stream
+HSET, HDEL = 0, 1  # the kinds of command in a write stream
 SLICE_ROWS_MIN = 65_536  # rows are sorted by bucket and slices end where a bucket does: size is only memory
 
 
@@ -69,7 +68,6 @@ class WriteResult:
     added: int = 0  # fields that did not exist before (HSET replies)
     removed: int = 0  # fields that existed and were deleted (HDEL replies)
     commands: int = 0
-    kept: int = 0  # with compare_with: the file's barcodes (present once applied) that generation holds
 
 
 class BulkWriteError(redis.exceptions.ResponseError):
@@ -253,18 +251,13 @@ class _CodeSegments:
 
 def _slice_protocol(
     prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments,
-    rows: np.ndarray, commute: bool, compare: tuple[int, np.ndarray] | None = None,
-    detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    rows: np.ndarray, commute: bool, detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[list[memoryview], np.ndarray]:
-    """The Redis protocol for the source rows *rows* (in apply order), and the kind (HSET, HDEL,
-    HMGET) of each command.
+    """The Redis protocol for the source rows *rows* (in apply order), and the kind (HSET or HDEL)
+    of each command.
 
-    With *compare* (a generation with as many buckets, and which source rows to look up: final
-    rows, see :func:`final_rows`), those rows' barcodes are also looked up in that generation,
-    one HMGET per bucket, from the same sorted barcodes.
-
-    *detail* (a cluster's streams, without *compare*) gets the bucket of every write command and
-    the offset where it starts in the protocol.
+    *detail* (a cluster's streams) gets the bucket of every write command and the offset where it
+    starts in the protocol.
     """
     bucket = crc[rows] & np.uint32(buckets - 1)
     bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket  # uint16 sorts by radix
@@ -310,15 +303,7 @@ def _slice_protocol(
     data = memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]
     if detail is not None:
         detail.append((bucket[starts].astype(np.int64), (offsets[starts] - offsets[0]).astype(np.int64)))
-    if compare is None:
-        return [data], run_kinds
-    other_gen, lookup = compare
-    keep = lookup[sorted_rows]  # still sorted by bucket
-    if not keep.any():
-        return [data], run_kinds
-    lookups, count = _runs_protocol(prefix, other_gen, bucket[keep], pc.filter(sorted_barcodes, pa.array(keep)),
-                                    "\r\n$5\r\nHMGET\r\n$", extra_args=1)
-    return [data, lookups], np.concatenate([run_kinds, np.full(count, HMGET, dtype=np.int8)])
+    return [data], run_kinds
 
 
 class _Sender(threading.Thread):
@@ -494,17 +479,9 @@ def write_generation(
     progress: Callable[[int], None] | None = None,
     before_send: Callable[[], None] | None = None,
     slice_rows: int | None = None,
-    compare_with: int | None = None,
-    lookup: np.ndarray | None = None,
 ) -> WriteResult:
     """Apply *parsed* (upserts and deletes, in ParsedExport order) to generation *gen* of *buckets*
-    buckets; *progress* and *before_send* as for :func:`_stream`.
-
-    *compare_with*, a generation that also has *buckets* buckets, is counted in the same stream:
-    ``kept`` is what :func:`count_present` would answer, without sorting and taking the barcodes
-    a second time (the ``--replace`` shrink check). *lookup* (a mask over the source rows, a
-    subset of the final rows) limits the lookups to those rows; by default every final row.
-    """
+    buckets; *progress* and *before_send* as for :func:`_stream`."""
     result = WriteResult()
     total = len(parsed)
     if total == 0:
@@ -514,12 +491,6 @@ def write_generation(
     tails = _CodeSegments.of(parsed.source_codes, parsed.source_deletes)
     crc = row_crc(parsed)  # once for the file; each slice masks it
     commute = _kinds_commute(parsed)
-    compare = None
-    if compare_with is not None:
-        if lookup is None:
-            lookup = np.zeros(len(parsed.source_barcodes), dtype=bool)
-            lookup[final_rows(parsed)] = True
-        compare = (compare_with, lookup)
     # The rows sorted by bucket once (stable: apply order holds within a bucket) and the slices
     # cut where a bucket ends, so each bucket gets one command per kind of row, not one per slice.
     bucket = crc[parsed.order] & np.uint32(buckets - 1)
@@ -529,9 +500,8 @@ def write_generation(
 
     if isinstance(client, ClusterRedis):
         return _cluster_write(client, layout, gen, buckets, parsed, crc, tails, commute, order, bucket, slice_rows,
-                              compare, progress=progress, before_send=before_send)
-    slices = _write_slices(layout.prefix, gen, buckets, parsed, crc, tails, commute, order, bucket, slice_rows,
-                           compare, kinds)
+                              progress=progress, before_send=before_send)
+    slices = _write_slices(layout.prefix, gen, buckets, parsed, crc, tails, commute, order, bucket, slice_rows, kinds)
     replies = _stream(client, slices, progress=progress, before_send=before_send, each=_counted)
     _tally(replies, np.concatenate(kinds), result)
     return result
@@ -539,8 +509,8 @@ def write_generation(
 
 def _write_slices(
     prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments, commute: bool,
-    order: np.ndarray, bucket: np.ndarray, slice_rows: int, compare: tuple[int, np.ndarray] | None,
-    kinds: list[np.ndarray], detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    order: np.ndarray, bucket: np.ndarray, slice_rows: int, kinds: list[np.ndarray],
+    detail: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Iterator[tuple[list[memoryview], int, int]]:
     """The write stream's slices over the source rows *order* (sorted by *bucket*, apply order
     within a bucket), cut where a bucket ends; each slice's command kinds go to *kinds*."""
@@ -550,8 +520,7 @@ def _write_slices(
         last = min(first + slice_rows, total)
         if last < total:
             last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
-        data, run_kinds = _slice_protocol(prefix, gen, buckets, parsed, crc, tails, order[first:last], commute,
-                                          compare, detail)
+        data, run_kinds = _slice_protocol(prefix, gen, buckets, parsed, crc, tails, order[first:last], commute, detail)
         kinds.append(run_kinds)
         yield data, len(run_kinds), last
         first = last
@@ -636,11 +605,13 @@ def count_present(
     progress: Callable[[int], None] | None = None,
     before_send: Callable[[], None] | None = None,
     slice_rows: int = SLICE_ROWS_MIN,
+    rows: np.ndarray | None = None,
 ) -> int:
-    """How many of the barcodes present once *parsed* is applied (:func:`final_rows`) generation
-    *gen* already holds, counted from Redis' HMGET answers bucket by bucket (each command touches
-    one key: cluster-safe). Nothing but the count is kept of the answers."""
-    rows = final_rows(parsed)
+    """How many of the barcodes present once *parsed* is applied (:func:`final_rows`, or the
+    subset *rows* of them) generation *gen* already holds, counted from Redis' HMGET answers
+    bucket by bucket (each command touches one key: cluster-safe). Nothing but the count is kept
+    of the answers."""
+    rows = final_rows(parsed) if rows is None else rows
     if len(rows) == 0:
         return 0
     # One HMGET per bucket with all its barcodes (per-command overhead is most of Redis' work
@@ -737,7 +708,6 @@ def _tally(replies: list[Any], kinds: np.ndarray, result: WriteResult) -> None:
     result.commands += len(values)
     result.added += int(values[kinds == HSET].sum())
     result.removed += int(values[kinds == HDEL].sum())
-    result.kept += int(values[kinds == HMGET].sum())
 
 
 # -- Redis Cluster --------------------------------------------------------------------------------
@@ -965,46 +935,26 @@ def _on_cluster(client: ClusterRedis, streams: list[_NodeStream], *, each: Calla
 
 def _cluster_write(
     client: ClusterRedis, layout: Layout, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray,
-    tails: _CodeSegments, commute: bool, order: np.ndarray, bucket: np.ndarray, slice_rows: int,
-    compare: tuple[int, np.ndarray] | None, *, progress: Callable[[int], None] | None,
-    before_send: Callable[[], None] | None,
+    tails: _CodeSegments, commute: bool, order: np.ndarray, bucket: np.ndarray, slice_rows: int, *,
+    progress: Callable[[int], None] | None, before_send: Callable[[], None] | None,
 ) -> WriteResult:
-    """write_generation on a cluster: each primary gets the writes to the buckets it owns, then the
-    lookups (with *compare*) in the compared generation's buckets it owns."""
+    """write_generation on a cluster: each primary gets the writes to the buckets it owns."""
     primaries = _Primaries(client)
     owner = primaries.of_buckets(layout.prefix, gen, buckets)[bucket]
-    lookup_rows = lookup_bucket = lookup_owner = np.zeros(0, dtype=np.int64)
-    if compare is not None:
-        keep = compare[1][order]
-        lookup_rows, lookup_bucket = order[keep], bucket[keep]
-        lookup_owner = primaries.of_buckets(layout.prefix, compare[0], buckets)[lookup_bucket]
     streams: list[_NodeStream] = []
     for node, node_client in enumerate(primaries.clients):
-        mine, looked_up = owner == node, lookup_owner == node
-        if not mine.any() and not looked_up.any():
+        mine = owner == node
+        if not mine.any():
             continue
         stream = _NodeStream(node_client)
-        writes = _write_slices(layout.prefix, gen, buckets, parsed, crc, tails, commute, order[mine], bucket[mine],
-                               slice_rows, None, stream.kinds, stream.details[WRITES])
-        slices: Iterator[tuple[list[memoryview], int, int]] = writes
-        if compare is not None and looked_up.any():
-            lookups = _lookup_slices(layout.prefix, compare[0], parsed, lookup_rows[looked_up], lookup_bucket[looked_up],
-                                     slice_rows, stream.details[LOOKUPS], done=int(mine.sum()))
-            slices = itertools.chain(writes, _counting(lookups, stream.kinds))
-        stream.slices = slices
+        stream.slices = _write_slices(layout.prefix, gen, buckets, parsed, crc, tails, commute, order[mine],
+                                      bucket[mine], slice_rows, stream.kinds, stream.details[WRITES])
         streams.append(stream)
 
     def commands_of(family: int, wanted: np.ndarray) -> dict[int, list[bytes]]:
         detail: list[tuple[np.ndarray, np.ndarray]] = []
-        if family == WRITES:
-            rows = order[np.isin(bucket, wanted)]
-            data = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, rows, commute, None, detail)[0][0]
-        else:
-            assert compare is not None
-            chosen = np.isin(lookup_bucket, wanted)
-            values = pc.take(parsed.source_barcodes, pa.array(lookup_rows[chosen]))
-            data = _runs_protocol(layout.prefix, compare[0], lookup_bucket[chosen], values, "\r\n$5\r\nHMGET\r\n$",
-                                  extra_args=1, detail=detail)[0]
+        rows = order[np.isin(bucket, wanted)]
+        data = _slice_protocol(layout.prefix, gen, buckets, parsed, crc, tails, rows, commute, detail)[0][0]
         return _split_commands(data, detail)
 
     _on_cluster(client, streams, each=_counted, commands_of=commands_of, progress=progress, before_send=before_send)
@@ -1012,14 +962,6 @@ def _cluster_write(
     for stream in streams:
         _tally(stream.replies, np.concatenate(stream.kinds) if stream.kinds else np.zeros(0, np.int8), result)
     return result
-
-
-def _counting(slices: Iterator[tuple[list[memoryview], int, int]],
-              kinds: list[np.ndarray]) -> Iterator[tuple[list[memoryview], int, int]]:
-    """*slices* of lookups, their commands noted as HMGETs in *kinds*."""
-    for item in slices:
-        kinds.append(np.full(item[1], HMGET, dtype=np.int8))
-        yield item
 
 
 def _cluster_count_present(

@@ -591,32 +591,36 @@ class _Run:
                   compare_with: Generation | None = None) -> tuple[int, int, int, int | None]:
         """Write *parsed* into a fresh, unpublished generation; returns (gen, buckets, records, kept).
 
-        *kept* is how many of the file's barcodes *compare_with* holds, counted in the same stream
+        *kept* is how many of the file's barcodes *compare_with* holds, counted after the write
         when the new generation has as many buckets as it (the nightly reload); otherwise None.
-        Buckets whose fingerprints match are counted without a lookup (fingerprints.py).
+        The file's final rows and fingerprints are worked out on a thread while the write
+        streams; then only the buckets whose fingerprints differ from the live generation's are
+        looked up in it (fingerprints.py).
         """
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
         compare = compare_with.gen if compare_with is not None and compare_with.buckets == buckets else None
-        final = final_rows(parsed)
-        fingerprints = file_fingerprints(parsed, buckets, final)
-        lookup, known = None, 0
+        row_crc(parsed), parsed.order  # once, here: the thread and the write both read them
+        worked_out = _background(lambda: _final_and_fingerprints(parsed, buckets))
+        if not rows_progress:
+            self.phase(f"rebuilding the store into {buckets:,} buckets")
+        elif compare is not None:
+            self.phase("writing the new data set")
+        written = write_generation(self.client, self.layout, gen, buckets, parsed,
+                                   progress=self.progress if rows_progress else None, before_send=self.lock.renew)
+        final, fingerprints = worked_out.result()
+        kept = None
         if compare is not None:
-            lookup = np.zeros(len(parsed.source_barcodes), dtype=bool)
-            lookup[final] = True
+            self.phase("comparing it with the live one")
+            lookup, known = final, 0
             old = read_fingerprints(self.client, self.layout, compare, buckets)
             if old is not None:
                 same = fingerprints.same_as(old)
                 known = int(fingerprints.counts[same].sum())
-                lookup[final[same[row_crc(parsed)[final] & np.uint32(buckets - 1)]]] = False
-        if not rows_progress:
-            self.phase(f"rebuilding the store into {buckets:,} buckets")
-        elif compare is not None:
-            self.phase("writing the new data set and comparing it with the live one")
-        written = write_generation(self.client, self.layout, gen, buckets, parsed, compare_with=compare, lookup=lookup,
-                                   progress=self.progress if rows_progress else None, before_send=self.lock.renew)
+                lookup = final[~same[row_crc(parsed)[final] & np.uint32(buckets - 1)]]
+            kept = known + count_present(self.client, self.layout, compare, buckets, parsed, rows=lookup,
+                                         before_send=self.lock.renew)
         self._store_fingerprints(gen, fingerprints)
-        kept = written.kept + known if compare is not None else None
         return gen, buckets, written.added - written.removed, kept  # exact: the generation started empty
 
     def discard(self, gen: int, buckets: int) -> str:
@@ -770,6 +774,11 @@ class _Run:
                 "Re-run the same command only if this file should replace that")
 
 
+def _final_and_fingerprints(parsed: ParsedExport, buckets: int) -> tuple[np.ndarray, Fingerprints]:
+    final = final_rows(parsed)
+    return final, file_fingerprints(parsed, buckets, final)
+
+
 def _background(work: Callable[[], T]) -> Future[T]:
     """*work* started on a thread of its own (not waited for at exit: it only computes)."""
     future: Future[T] = Future()
@@ -853,9 +862,9 @@ def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) 
 def _replace(run: _Run, parsed: ParsedExport, live: Generation | None, force: bool, max_shrink: float) -> LoadResult:
     try:
         previous = live.count if live else 0
-        # Redis counts which of the file's barcodes the live data set holds (the shrink check) as
-        # the new generation is written, in the same stream; a second pass only when the new
-        # generation has another bucket count.
+        # Redis counts which of the file's barcodes the live data set holds (the shrink check):
+        # after the write, only the buckets whose fingerprints differ, when the new generation has
+        # as many buckets; every barcode when it has another bucket count.
         gen, buckets, records, kept = run.write_new(parsed, compare_with=live if previous else None)
         if live is not None and previous and kept is None:
             run.phase("comparing with the live data set")

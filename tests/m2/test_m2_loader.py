@@ -375,11 +375,11 @@ def test_replace_lets_the_previous_generation_expire_instead_of_waiting_for_it(t
 @pytest.mark.parametrize("seed", range(5))
 def test_count_present_counts_the_files_final_barcodes_the_store_holds(seed, tmp_path, redis_client):
     """Redis counts, bucket by bucket, the barcodes whose last row (in apply order) is an upsert
-    and that the store already holds: duplicates once, barcodes deleted at the end not at all.
-    Counted in its own pass, and in the stream that writes a new generation (--replace)."""
+    and that the store already holds: duplicates once, barcodes deleted at the end not at all;
+    or of a subset of those rows (--replace looks up only the buckets whose fingerprints differ)."""
     import random
 
-    from m2_code_store.bulk import count_present, write_generation
+    from m2_code_store.bulk import count_present, final_rows, write_generation
 
     load(redis_client, export(tmp_path, "".join(f"{i},,NA,\n" for i in range(0, 120, 2)), "store.csv"))
     stored = {str(i) for i in range(0, 120, 2)}
@@ -394,9 +394,14 @@ def test_count_present_counts_the_files_final_barcodes_the_store_holds(seed, tmp
     present = {b for b, rows in model.items() if max(rows)[2]}
     live = read_generation(redis_client)
     assert count_present(redis_client, Layout(), live.gen, live.buckets, parsed, slice_rows=97) == len(present & stored)
-    written = write_generation(redis_client, Layout(), live.gen + 1, live.buckets, parsed, slice_rows=97,
-                               compare_with=live.gen)
-    assert (written.kept, written.added - written.removed) == (len(present & stored), len(present))
+    final = final_rows(parsed)
+    some = final[[rng.random() < 0.5 for _ in range(len(final))]]
+    chosen = set(parsed.source_barcodes.take(some).to_pylist())
+    assert chosen < present or not some.size
+    assert count_present(redis_client, Layout(), live.gen, live.buckets, parsed, slice_rows=31,
+                         rows=some) == len(chosen & stored)
+    written = write_generation(redis_client, Layout(), live.gen + 1, live.buckets, parsed, slice_rows=97)
+    assert written.added - written.removed == len(present)
 
 
 def test_one_reader_follows_a_replace_to_a_generation_of_another_size(tmp_path, redis_client):
