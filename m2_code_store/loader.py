@@ -50,7 +50,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +73,6 @@ from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
-T = TypeVar("T")
 LOCK_TTL_MS = 60_000
 ABANDONED_AFTER_MS = 600_000  # a writing generation whose loader is silent this long is deleted
 DEFAULT_MAX_SHRINK = 0.10
@@ -523,10 +522,7 @@ class _Run:
             # What the file leaves in an empty generation is known exactly: its fingerprints are
             # worked out on a thread while the write streams (the write waits on Redis, and numpy
             # and Arrow leave the GIL), and stored once the count is exact.
-            fresh: Future[Fingerprints] | None = None
-            if live is None:
-                row_crc(parsed), parsed.order  # once, here: the thread and the write both read them
-                fresh = _background(lambda: file_fingerprints(parsed, target.buckets, final_rows(parsed)))
+            fresh = _work_out_meanwhile(parsed, target.buckets) if live is None else None
             written = write_generation(self.client, self.layout, target.gen, target.buckets, parsed,
                                        progress=self.progress, before_send=self.lock.renew)
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
@@ -552,12 +548,12 @@ class _Run:
             stored.forget(touched_buckets(parsed, target.buckets))
             self._store_fingerprints(target.gen, stored)
 
-    def _store_worked_out(self, gen: int, fresh: Future[Fingerprints]) -> None:
+    def _store_worked_out(self, gen: int, fresh: Future[tuple[np.ndarray, Fingerprints]]) -> None:
         """Store the fingerprints the background thread worked out. Should it have failed (a bug,
         or no memory left), the load stands (its data and count are exact) and the next
         --replace compares every bucket instead: said in a note, not a failed load."""
         try:
-            fingerprints = fresh.result()
+            _, fingerprints = fresh.result()
         except Exception as exc:
             self.notes.append(f"the data set's fingerprints could not be worked out ({type(exc).__name__}: {exc}); "
                               "the next --replace compares every bucket with the file, which takes longer")
@@ -600,8 +596,7 @@ class _Run:
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
         compare = compare_with.gen if compare_with is not None and compare_with.buckets == buckets else None
-        row_crc(parsed), parsed.order  # once, here: the thread and the write both read them
-        worked_out = _background(lambda: _final_and_fingerprints(parsed, buckets))
+        worked_out = _work_out_meanwhile(parsed, buckets)
         if not rows_progress:
             self.phase(f"rebuilding the store into {buckets:,} buckets")
         elif compare is not None:
@@ -774,18 +769,17 @@ class _Run:
                 "Re-run the same command only if this file should replace that")
 
 
-def _final_and_fingerprints(parsed: ParsedExport, buckets: int) -> tuple[np.ndarray, Fingerprints]:
-    final = final_rows(parsed)
-    return final, file_fingerprints(parsed, buckets, final)
-
-
-def _background(work: Callable[[], T]) -> Future[T]:
-    """*work* started on a thread of its own (not waited for at exit: it only computes)."""
-    future: Future[T] = Future()
+def _work_out_meanwhile(parsed: ParsedExport, buckets: int) -> Future[tuple[np.ndarray, Fingerprints]]:
+    """*parsed*'s final rows and fingerprints (for *buckets* buckets), worked out on a thread of
+    their own while the caller writes (not waited for at exit: it only computes). The CRCs and
+    the apply order are computed here first, once: the thread and the write both read them."""
+    row_crc(parsed), parsed.order
+    future: Future[tuple[np.ndarray, Fingerprints]] = Future()
 
     def run() -> None:
         try:
-            future.set_result(work())
+            final = final_rows(parsed)
+            future.set_result((final, file_fingerprints(parsed, buckets, final)))
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 
