@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -345,3 +347,36 @@ def test_progress_says_each_tenth_once_even_when_the_same_count_comes_again(capl
             progress.update(done)
     assert [r.getMessage() for r in caplog.records] == [
         "loading: 10 of 100 rows sent (10%)", "loading: 50 of 100 rows sent (50%)", "loading: 100 of 100 rows sent (100%)"]
+
+
+# --- Ctrl-C while a command starts -----------------------------------------------------------------
+
+def test_an_interrupted_import_ends_the_command_with_one_line_and_status_130(tmp_path):
+    (tmp_path / "slow_to_import.py").write_text("raise KeyboardInterrupt\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from m2_code_store.__main__ import _imported; "
+            "_imported('slow_to_import', 'write_csv_to_redis')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 130
+    assert messages(done.stderr) == ["error: write_csv_to_redis: interrupted while starting, before it did anything"]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["write_csv_to_redis", "m2-code-store"])
+def test_ctrl_c_while_the_command_imports_its_modules_is_one_line_not_a_traceback(tmp_path, command):
+    """The signal is sent once the process has loaded hiredis (redis' first import): the loader's
+    modules take a few tenths of a second more to import."""
+    argv = [str(Path(sys.executable).parent / command), *(["load"] if command == "m2-code-store" else []),
+            str(tmp_path / "export.csv")]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    try:
+        deadline = time.monotonic() + 30
+        while "hiredis" not in Path(f"/proc/{process.pid}/maps").read_text() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert messages(err) == [f"error: {command}: interrupted while starting, before it did anything"]
+    assert "Traceback" not in err and out == ""
