@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 
 import redis
 
@@ -36,6 +37,7 @@ from m2_code_store.serving import (
     SERVERS,
     check_address,
     metrics_dir,
+    port_claimed,
     server_command,
     supervise,
 )
@@ -49,20 +51,27 @@ log = logging.getLogger("m2_code_store")
 def serve(args: argparse.Namespace) -> int:
     """Run the API; check the store, the settings and the address first, so a bad one fails here, once."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked before the server runs: nothing to reload yet
-    try:
-        target = resolve_target()
-        check_app_settings(os.environ)
-        check_address(args.host, args.port)
-        if target.source == "embedded":
-            connect(target).close()  # starts the embedded server once, before the workers fork
-        else:
-            check_store(target)
-    except (ConfigError, EmbeddedServerError) as exc:
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        log.warning("interrupted before the server started")
-        return 130
+    with ExitStack() as claim:  # this serve's claim on the port, held until it returns (see port_claimed)
+        try:
+            target = resolve_target()
+            check_app_settings(os.environ)
+            check_address(args.host, args.port)
+            claim.enter_context(port_claimed(args.host, args.port))
+            if target.source == "embedded":
+                connect(target).close()  # starts the embedded server once, before the workers fork
+            else:
+                check_store(target)
+        except (ConfigError, EmbeddedServerError) as exc:
+            log.error("%s", exc)
+            return 2
+        except KeyboardInterrupt:
+            log.warning("interrupted before the server started")
+            return 130
+        return _serve(args, target)
+
+
+def _serve(args: argparse.Namespace, target: StoreTarget) -> int:
+    """Start the server (the checks passed) and supervise it until it stops; serve's exit status."""
     if note := embedded_note(target):
         log.warning("%s", note)
         os.environ["M2_STORE"] = "embedded"  # the workers, which have no terminal, resolve the same store
@@ -70,7 +79,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.debug:
         from m2_code_store.api import create_app
 
-        create_app().run(host=args.host, port=args.port, debug=True)
+        # No reloader: it would run this command again in a child, whose checks find the port taken.
+        create_app().run(host=args.host, port=args.port, debug=True, use_reloader=False)
         return 0
     argv = server_command(args.server, args.host, args.port, args.workers, args.threads, access_log=args.access_log)
     try:

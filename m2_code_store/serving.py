@@ -4,7 +4,8 @@
 
 * the address is checked before the server starts: a port already taken is one message, not
   granian's Python and Rust backtraces or gunicorn's five retries (and granian, which binds with
-  SO_REUSEPORT, would otherwise share the port with another granian and split its traffic);
+  SO_REUSEPORT, would otherwise share the port with another granian and split its traffic), and
+  the port stays claimed while ``serve`` runs, so two started at once do not both pass the check;
 * SIGINT (Ctrl-C at a terminal, which signals the whole foreground process group) and SIGTERM
   (systemd's KillMode=mixed, cron, kill: the main PID only) stop the server within
   ``STOP_DEADLINE`` seconds: the server runs in its own process group, gets SIGTERM and
@@ -90,6 +91,30 @@ def check_address(host: str, port: int) -> None:
             probe.bind(sockaddr)
         except OSError as exc:
             raise ConfigError(_bind_problem(address, port, exc)) from None
+
+
+@contextmanager
+def port_claimed(host: str, port: int) -> Iterator[None]:
+    """This ``serve``'s claim on *port* while it runs, so that a second ``serve`` of the port started
+    before the first one's server listens is refused: check_address would pass for both, and
+    granian, which binds with SO_REUSEPORT, would let both listen and split the traffic.
+
+    The claim is a Unix socket named after the port in Linux's abstract namespace: it is gone with
+    the process however the process ends (no file is left behind) and is the same for every user and
+    every TMPDIR. Elsewhere there is no claim and check_address alone applies.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as claim:  # not inherited by the server
+        try:
+            claim.bind(f"\0m2-code-store-serve:{port}")
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"cannot claim port {port} for this server: {exc.strerror or exc}") from None
+            raise ConfigError(f"{_bind_address(host, port)}: another m2-code-store serve of port {port} is starting "
+                              f"or running on this machine; stop it, or choose another port with --port") from None
+        yield
 
 
 def _bind_problem(address: str, port: int, exc: OSError) -> str:

@@ -33,7 +33,13 @@ from logtext import messages
 
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load
-from m2_code_store.serving import GUNICORN_CONFIG, STOP_DEADLINE, metrics_dir, server_command
+from m2_code_store.serving import (
+    GUNICORN_CONFIG,
+    STOP_DEADLINE,
+    metrics_dir,
+    port_claimed,
+    server_command,
+)
 from simulators.redis_server import free_port
 from toolconfig import ConfigError
 
@@ -171,9 +177,10 @@ def serve(redis_url: str, tmp_path: Path) -> Iterator:
     started: list[Serve] = []
     readers: list[tuple[threading.Thread, int]] = []
 
-    def start(*options: str, env: dict[str, str] | None = None, workers: int = 2, terminal: bool = False) -> Serve:
-        port = free_port()
-        out, err = tmp_path / f"serve-{port}.out", tmp_path / f"serve-{port}.err"
+    def start(*options: str, env: dict[str, str] | None = None, workers: int = 2, terminal: bool = False,
+              port: int | None = None) -> Serve:
+        port = port or free_port()
+        out, err = tmp_path / f"serve-{len(started)}-{port}.out", tmp_path / f"serve-{len(started)}-{port}.err"
         args = ["--port", str(port), "--workers", str(workers), *options]
         environ = {**os.environ, "REDIS_URL": redis_url, "TMPDIR": str(tmp_path), **(env or {})}  # its metrics dir too
         if terminal:
@@ -299,6 +306,46 @@ def test_a_second_serve_on_the_port_of_a_running_one_is_refused(serve):
         f"error: 127.0.0.1:{first.port} is already in use: another server (perhaps an m2-code-store serve still "
         f"running) listens there; stop it, or choose another port with --port"]
     assert get(first.port, "/api/v0.1/openapi.json")[0] == 200
+
+
+def test_two_serves_started_at_once_on_one_port_leave_one_server(serve):
+    """Started together, both find the port free (no server listens yet), and granian, which binds
+    with SO_REUSEPORT, would let both listen: the first to claim the port runs, the other is refused."""
+    first = serve(workers=1)
+    second = serve(workers=1, port=first.port)
+    deadline = time.monotonic() + 60
+    while first.process.poll() is None and second.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    refused, running = (first, second) if first.process.poll() is not None else (second, first)
+    assert refused.process.poll() == 2, "neither serve was refused: two servers share the port"
+    address = f"127.0.0.1:{first.port}"
+    assert messages(refused.stderr()) in (
+        [f"error: {address}: another m2-code-store serve of port {first.port} is starting or running on this machine; "
+         "stop it, or choose another port with --port"],
+        [f"error: {address} is already in use: another server (perhaps an m2-code-store serve still running) "
+         "listens there; stop it, or choose another port with --port"],  # it came after the first one listened
+    )
+    running.wait_ready()
+    assert get(first.port, "/api/v0.1/openapi.json")[0] == 200
+
+
+def test_the_port_is_claimed_while_serve_runs_and_free_again_after():
+    port = free_port()
+    with port_claimed("127.0.0.1", port):
+        with pytest.raises(ConfigError, match=f"another m2-code-store serve of port {port} is starting or running"):
+            with port_claimed("0.0.0.0", port):
+                pass
+        with port_claimed("127.0.0.1", free_port()):  # another port: its own claim
+            pass
+    with port_claimed("127.0.0.1", port):
+        pass
+
+
+def test_debug_runs_flasks_development_server_on_the_port(serve):
+    """Without the reloader, whose second run of the command would find the port taken by the first."""
+    server = serve("--debug")
+    server.wait_ready()
+    assert "Debug mode: on" in server.stdout() + server.stderr()
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
