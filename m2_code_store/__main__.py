@@ -1,27 +1,43 @@
 """The commands' entry points: ``python -m m2_code_store`` is ``m2-code-store``; the console scripts
 ``m2-code-store`` and ``write_csv_to_redis`` start here too.
 
-This module imports nothing heavy: the commands' own modules (Redis, Arrow, numpy, Flask) take a
-few tenths of a second to import, and a Ctrl-C meanwhile ends the command with one line and status
-130 instead of a traceback from somewhere inside an import.
+This module imports nothing heavy. A command's own modules (Redis, Arrow, numpy, Flask) take a few
+tenths of a second to import; a Ctrl-C meanwhile, or while its arguments are read, ends the command
+with one log line and status 130 instead of a traceback. From then on the command handles Ctrl-C
+itself (the loader says what the store holds, serve stops its server).
 """
 
-import importlib
 import signal
 import sys
-from types import ModuleType
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def _imported(name: str, command: str) -> ModuleType:
-    """Module *name*, imported; a Ctrl-C during the import ends *command* with one line and status 130."""
+def _starting(command: str, step: Callable[[], T]) -> T:
+    """*step* of *command*'s start; a Ctrl-C during it ends the command with one line and status 130."""
     try:
-        return importlib.import_module(name)
+        return step()
     except KeyboardInterrupt:
-        from toolconfig.logs import setup_logging
-
-        # the commands' own format: a line at a terminal, JSON otherwise (cron's log)
-        setup_logging("m2_code_store").error("%s: interrupted while starting, before it did anything", command)
+        _say_interrupted(command)
         raise SystemExit(130) from None
+
+
+def _say_interrupted(command: str) -> None:
+    """The line, in the commands' log format (plain at a terminal, JSON otherwise: cron's log), written
+    without importing anything: the interrupted import may have been one this would need."""
+    message = f"{command}: interrupted while starting, before it did anything"
+    try:
+        if sys.stderr.isatty():
+            line = f"{time.strftime('%H:%M:%S')} error: {message}"
+        else:
+            line = f'{{"time": "{time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}", "level": "error", "message": "{message}"}}'
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # no stderr, or a closed one: the status says it
+        pass
 
 
 def main() -> int:
@@ -29,8 +45,13 @@ def main() -> int:
     the command's imports; serve then passes it on to the server once that can take it."""
     if sys.argv[1:2] == ["serve"]:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    command = _imported("m2_code_store.cli", "m2-code-store").main
-    _imported("m2_code_store.write_csv_to_redis", "m2-code-store")  # cli.main's first import: the loader's modules
+
+    def start() -> Callable[[], int]:
+        from m2_code_store import cli
+
+        return cli.command(sys.argv[1:])
+
+    command = _starting("m2-code-store", start)
     status = command()
     if sys.argv[1:2] == ["load"]:  # as write_csv_to_redis does: no interpreter teardown after a load
         from m2_code_store.write_csv_to_redis import exit_now
@@ -40,8 +61,18 @@ def main() -> int:
 
 
 def write_csv_to_redis() -> None:
-    """``write_csv_to_redis``: the loader's :func:`~m2_code_store.write_csv_to_redis.console`."""
-    _imported("m2_code_store.write_csv_to_redis", "write_csv_to_redis").console()
+    """``write_csv_to_redis``: the loader (:mod:`m2_code_store.write_csv_to_redis`)."""
+
+    def start() -> Callable[[], int]:
+        from m2_code_store import write_csv_to_redis as loader
+
+        args = loader.parse_args(sys.argv[1:])
+        return lambda: loader.run(args)
+
+    load = _starting("write_csv_to_redis", start)
+    from m2_code_store.write_csv_to_redis import exit_now
+
+    exit_now(load())
 
 
 if __name__ == "__main__":

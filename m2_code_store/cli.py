@@ -77,10 +77,20 @@ def _serve(args: argparse.Namespace, target: StoreTarget) -> int:
         os.environ["M2_STORE"] = "embedded"  # the workers, which have no terminal, resolve the same store
     log.info("serving the M2 customer code API on http://%s:%d (store: %s)", args.host, args.port, target.shown)
     if args.debug:
+        from werkzeug.debug import get_pin_and_cookie_name
+
         from m2_code_store.api import create_app
 
+        app = create_app()
         # No reloader: it would run this command again in a child, whose checks find the port taken.
-        create_app().run(host=args.host, port=args.port, debug=True, use_reloader=False)
+        # Without it werkzeug does not print the debugger's PIN, which its console asks for: said here.
+        pin, _ = get_pin_and_cookie_name(app)
+        if pin:
+            log.warning("the debugger is on: its console runs any Python code for whoever has its PIN, %s", pin)
+        else:
+            log.warning("the debugger is on with no PIN (WERKZEUG_DEBUG_PIN=off): it runs any Python code for "
+                        "whoever reaches it")
+        app.run(host=args.host, port=args.port, debug=True, use_reloader=False)
         return 0
     argv = server_command(args.server, args.host, args.port, args.workers, args.threads, access_log=args.access_log)
     try:
@@ -194,9 +204,13 @@ def positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``m2-code-store``."""
+    return command(sys.argv[1:] if argv is None else argv)()
+
+
+def command(argv: list[str]) -> Callable[[], int]:
+    """The ``m2-code-store`` command that *argv* asks for, its arguments read and checked, ready to run."""
     from m2_code_store import write_csv_to_redis as loader
 
-    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="m2-code-store", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {release()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         args.check(args)
     if args.func is not loader.run:  # the loader sets its logging up itself
         setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
-    return args.func(args)
+    return lambda: args.func(args)
 
 
 if __name__ == "__main__":

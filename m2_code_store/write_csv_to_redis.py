@@ -173,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load with parsed arguments (``write_csv_to_redis`` and ``m2-code-store load``); the exit status."""
-    setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
-    _keep_pandas_out()
-    _return_memory_promptly()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        setup_logging("m2_code_store", verbose=args.verbose, quiet=args.quiet, log_file=args.log_file)
+        _keep_pandas_out()
+        _return_memory_promptly()
         return _run(args)
     except KeyboardInterrupt as exc:  # before the load started: nothing was written
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

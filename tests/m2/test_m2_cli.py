@@ -351,13 +351,28 @@ def test_progress_says_each_tenth_once_even_when_the_same_count_comes_again(capl
 
 # --- Ctrl-C while a command starts -----------------------------------------------------------------
 
-def test_an_interrupted_import_ends_the_command_with_one_line_and_status_130(tmp_path):
+INTERRUPTED = {command: f"error: {command}: interrupted while starting, before it did anything"
+               for command in ("write_csv_to_redis", "m2-code-store")}
+
+
+@pytest.mark.parametrize(("command", "code"), [
+    # the command's imports: the handler itself imports nothing (not json, not yaml through toolconfig),
+    # since the interrupted import may have left any of them half-imported
+    ("write_csv_to_redis", "import sys; sys.path.insert(0, sys.argv[1]); from m2_code_store.__main__ import _starting; "
+                           "sys.modules.update(json=None, yaml=None, toolconfig=None, logging=None); "
+                           "_starting('write_csv_to_redis', lambda: __import__('slow_to_import'))"),
+    # reading the arguments, after the imports
+    ("write_csv_to_redis", "import m2_code_store.write_csv_to_redis as loader; from m2_code_store import __main__; "
+                           "loader.parse_args = lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()); "
+                           "__main__.write_csv_to_redis()"),
+    ("m2-code-store", "import m2_code_store.cli as cli; from m2_code_store import __main__; "
+                      "cli.command = lambda argv: (_ for _ in ()).throw(KeyboardInterrupt()); __main__.main()"),
+], ids=["import", "loader-arguments", "m2-code-store-arguments"])
+def test_a_ctrl_c_while_a_command_starts_is_one_line_and_status_130(tmp_path, command, code):
     (tmp_path / "slow_to_import.py").write_text("raise KeyboardInterrupt\n")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from m2_code_store.__main__ import _imported; "
-            "_imported('slow_to_import', 'write_csv_to_redis')")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 130
-    assert messages(done.stderr) == ["error: write_csv_to_redis: interrupted while starting, before it did anything"]
+    assert messages(done.stderr) == [INTERRUPTED[command]]
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
@@ -378,5 +393,5 @@ def test_ctrl_c_while_the_command_imports_its_modules_is_one_line_not_a_tracebac
     finally:
         process.kill()
     assert process.returncode == 130, err
-    assert messages(err) == [f"error: {command}: interrupted while starting, before it did anything"]
+    assert messages(err) == [INTERRUPTED[command]]
     assert "Traceback" not in err and out == ""
