@@ -7,6 +7,7 @@ this project's loader is).
 ``--seed-loop`` is the loop of NYPL's original write_csv_to_redis: the rows read with the csv
 module (the file counted first), one SET per row under the seed's key prefix, in redis-py's default
 pipeline (MULTI/EXEC) executed every 10,000 rows (the batch size its README gives for the full load).
+Like the original it also stores the header row, as the key ``m2-barcode-store-by-barcode-Item barcode``.
 """
 
 import csv

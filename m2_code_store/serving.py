@@ -101,20 +101,35 @@ def port_claimed(host: str, port: int) -> Iterator[None]:
 
     The claim is a Unix socket named after the port in Linux's abstract namespace: it is gone with
     the process however the process ends (no file is left behind) and is the same for every user and
-    every TMPDIR. Elsewhere there is no claim and check_address alone applies.
+    every TMPDIR. It is per port, whatever the address: one ``serve`` of a port on a machine. Where
+    it cannot be made (not Linux, or Unix sockets forbidden, as systemd's RestrictAddressFamilies
+    can) there is no claim and check_address alone applies.
     """
+    name = f"m2-code-store-serve:{port}"
     if not sys.platform.startswith("linux"):
         yield
         return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as claim:  # not inherited by the server
-        try:
-            claim.bind(f"\0m2-code-store-serve:{port}")
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise ConfigError(f"cannot claim port {port} for this server: {exc.strerror or exc}") from None
-            raise ConfigError(f"{_bind_address(host, port)}: another m2-code-store serve of port {port} is starting "
-                              f"or running on this machine; stop it, or choose another port with --port") from None
+    try:
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by the server
+    except OSError as exc:
+        _unclaimed(port, exc)
         yield
+        return
+    with claim:
+        try:
+            claim.bind(f"\0{name}")
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{_bind_address(host, port)}: another m2-code-store serve of port {port} is "
+                                  f"starting or running on this machine (ss -xlp | grep {name} shows it); stop it, "
+                                  "or choose another port with --port") from None
+            _unclaimed(port, exc)
+        yield
+
+
+def _unclaimed(port: int, exc: OSError) -> None:
+    log.warning("cannot claim port %d for this server (%s): a second serve of the port started at the same moment "
+                "would not be refused", port, exc.strerror or exc)
 
 
 def _bind_problem(address: str, port: int, exc: OSError) -> str:

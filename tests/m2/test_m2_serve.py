@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -320,8 +321,8 @@ def test_two_serves_started_at_once_on_one_port_leave_one_server(serve):
     assert refused.process.poll() == 2, "neither serve was refused: two servers share the port"
     address = f"127.0.0.1:{first.port}"
     assert messages(refused.stderr()) in (
-        [f"error: {address}: another m2-code-store serve of port {first.port} is starting or running on this machine; "
-         "stop it, or choose another port with --port"],
+        [f"error: {address}: another m2-code-store serve of port {first.port} is starting or running on this machine "
+         f"(ss -xlp | grep m2-code-store-serve:{first.port} shows it); stop it, or choose another port with --port"],
         [f"error: {address} is already in use: another server (perhaps an m2-code-store serve still running) "
          "listens there; stop it, or choose another port with --port"],  # it came after the first one listened
     )
@@ -329,6 +330,7 @@ def test_two_serves_started_at_once_on_one_port_leave_one_server(serve):
     assert get(first.port, "/api/v0.1/openapi.json")[0] == 200
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the claim is a Linux abstract-namespace socket")
 def test_the_port_is_claimed_while_serve_runs_and_free_again_after():
     port = free_port()
     with port_claimed("127.0.0.1", port):
@@ -341,11 +343,35 @@ def test_the_port_is_claimed_while_serve_runs_and_free_again_after():
         pass
 
 
-def test_debug_runs_flasks_development_server_on_the_port(serve):
-    """Without the reloader, whose second run of the command would find the port taken by the first."""
+def test_where_unix_sockets_are_forbidden_serve_runs_unclaimed_and_says_so(monkeypatch, caplog):
+    def forbidden(*args: object) -> socket.socket:
+        raise OSError(97, "Address family not supported by protocol")
+
+    port = free_port()
+    monkeypatch.setattr("m2_code_store.serving.socket.socket", forbidden)  # the socket module's own: for this test only
+    with port_claimed("127.0.0.1", port):
+        pass
+    assert [record.getMessage() for record in caplog.records] == [
+        f"cannot claim port {port} for this server (Address family not supported by protocol): a second serve of the "
+        "port started at the same moment would not be refused"]
+
+
+def test_debug_runs_flasks_development_server_and_says_the_debuggers_pin(serve):
+    """Without the reloader, whose second run of the command would find the port taken by the first;
+    the PIN it logs opens the debugger's console."""
     server = serve("--debug")
     server.wait_ready()
-    assert "Debug mode: on" in server.stdout() + server.stderr()
+    shown = server.stdout() + server.stderr()
+    assert "Debug mode: on" in shown
+    pin = re.search(r"the debugger is on: its console runs any Python code for whoever has its PIN, (\d{3}-\d{3}-\d{3})",
+                    shown)
+    assert pin, shown
+    console = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/console", timeout=10).read().decode()
+    secret = re.search(r'SECRET = "([^"]+)"', console)
+    assert secret, console[:500]
+    query = urllib.parse.urlencode({"__debugger__": "yes", "cmd": "pinauth", "pin": pin[1], "s": secret[1]})
+    answer = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.port}/console?{query}", timeout=10).read())
+    assert answer["auth"] is True
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
