@@ -207,7 +207,10 @@ def serve(redis_url: str, tmp_path: Path) -> Iterator:
         for pid in served.known:
             try:  # only a process of this serve: its port is on its command line (pids are reused)
                 if str(served.port) in Path(f"/proc/{pid}/cmdline").read_text():
+                    group = os.getpgid(pid)
                     os.kill(pid, signal.SIGKILL)
+                    if group != os.getpgrp():  # the server's group too: a worker it forked a moment ago
+                        os.killpg(group, signal.SIGKILL)
             except (OSError, ProcessLookupError):
                 pass
         served.process.wait()
