@@ -3,8 +3,9 @@
 
 This module imports nothing heavy. A command's own modules (Redis, Arrow, numpy, Flask) take a few
 tenths of a second to import; a Ctrl-C meanwhile, or while its arguments are read, ends the command
-with one log line and status 130 instead of a traceback. From then on the command handles Ctrl-C
-itself (the loader says what the store holds, serve stops its server).
+with one log line and status 130 instead of a traceback. The loader and serve then handle Ctrl-C
+themselves (the loader says what the store holds, serve stops its server); for the other commands
+(lookup, stats), a Ctrl-C is one line and status 130 too.
 """
 
 import signal
@@ -25,10 +26,10 @@ def _starting(command: str, step: Callable[[], T]) -> T:
         raise SystemExit(130) from None
 
 
-def _say_interrupted(command: str) -> None:
+def _say_interrupted(command: str, message: str = "interrupted while starting, before it did anything") -> None:
     """The line, in the commands' log format (plain at a terminal, JSON otherwise: cron's log), written
     without importing anything: the interrupted import may have been one this would need."""
-    message = f"{command}: interrupted while starting, before it did anything"
+    message = f"{command}: {message}"
     try:
         if sys.stderr.isatty():
             line = f"{time.strftime('%H:%M:%S')} error: {message}"
@@ -36,7 +37,7 @@ def _say_interrupted(command: str) -> None:
             line = f'{{"time": "{time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}", "level": "error", "message": "{message}"}}'
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
-    except (OSError, ValueError):  # no stderr, or a closed one: the status says it
+    except (AttributeError, OSError, ValueError):  # no stderr (None), or a closed one: the status says it
         pass
 
 
@@ -52,7 +53,11 @@ def main() -> int:
         return cli.command(sys.argv[1:])
 
     command = _starting("m2-code-store", start)
-    status = command()
+    try:
+        status = command()
+    except KeyboardInterrupt:  # a command that does not handle it itself (lookup, stats): it changes nothing
+        _say_interrupted("m2-code-store", "interrupted")
+        return 130
     if sys.argv[1:2] == ["load"]:  # as write_csv_to_redis does: no interpreter teardown after a load
         from m2_code_store.write_csv_to_redis import exit_now
 

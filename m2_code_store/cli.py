@@ -83,10 +83,12 @@ def _serve(args: argparse.Namespace, target: StoreTarget) -> int:
 
         app = create_app()
         # No reloader: it would run this command again in a child, whose checks find the port taken.
-        # Without it werkzeug does not print the debugger's PIN, which its console asks for: said here.
+        # Without it werkzeug does not print the debugger's PIN, which its console asks for: printed
+        # here, on standard output as werkzeug prints it, not logged (no tool logs a secret).
         pin, _ = get_pin_and_cookie_name(app)
         if pin:
-            log.warning("the debugger is on: its console runs any Python code for whoever has its PIN, %s", pin)
+            log.warning("the debugger is on: its console runs any Python code for whoever has its PIN")
+            print(f" * Debugger PIN: {pin}", flush=True)
         else:
             log.warning("the debugger is on with no PIN (WERKZEUG_DEBUG_PIN=off): it runs any Python code for "
                         "whoever reaches it")

@@ -121,7 +121,7 @@ def port_claimed(host: str, port: int) -> Iterator[None]:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"{_bind_address(host, port)}: another m2-code-store serve of port {port} is "
-                                  f"starting or running on this machine (ss -xlp | grep {name} shows it); stop it, "
+                                  f"starting or running on this machine (ss -xlp | grep -w {name} shows it); stop it, "
                                   "or choose another port with --port") from None
             _unclaimed(port, exc)
         yield
@@ -174,8 +174,9 @@ def supervise(argv: list[str], env: Mapping[str, str], *, deadline: float = STOP
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
     # The handlers do nothing: each signal's number is written to the wakeup pipe, which the
     # loop waits on, so a signal or the child's exit is seen at once and an idle server costs nothing.
-    previous = {signum: signal.signal(signum, lambda *_: None) for signum in handled}
+    # The wakeup fd first: a signal that arrives once its handler is installed is then never lost.
     previous_wakeup = signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+    previous = {signum: signal.signal(signum, lambda *_: None) for signum in handled}
     try:
         child = subprocess.Popen(argv, env=dict(env), process_group=0, preexec_fn=_child_setup(os.getpid()))
         return _watch(child, wakeup_read, deadline)

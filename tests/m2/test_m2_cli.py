@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -394,4 +395,25 @@ def test_ctrl_c_while_the_command_imports_its_modules_is_one_line_not_a_tracebac
         process.kill()
     assert process.returncode == 130, err
     assert messages(err) == [INTERRUPTED[command]]
+    assert "Traceback" not in err and out == ""
+
+
+def test_ctrl_c_while_lookup_waits_on_a_store_that_does_not_answer_is_one_line_and_status_130(tmp_path):
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(60)
+        process = subprocess.Popen([str(Path(sys.executable).parent / "m2-code-store"), "lookup", "33433012345678"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"})
+        try:
+            connection, _ = silent.accept()  # lookup has started and connected: it now waits for the answer
+            time.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+            connection.close()
+        finally:
+            process.kill()
+    assert process.returncode == 130, err
+    assert messages(err) == ["error: m2-code-store: interrupted"]
     assert "Traceback" not in err and out == ""

@@ -325,7 +325,7 @@ def test_two_serves_started_at_once_on_one_port_leave_one_server(serve):
     address = f"127.0.0.1:{first.port}"
     assert messages(refused.stderr()) in (
         [f"error: {address}: another m2-code-store serve of port {first.port} is starting or running on this machine "
-         f"(ss -xlp | grep m2-code-store-serve:{first.port} shows it); stop it, or choose another port with --port"],
+         f"(ss -xlp | grep -w m2-code-store-serve:{first.port} shows it); stop it, or choose another port with --port"],
         [f"error: {address} is already in use: another server (perhaps an m2-code-store serve still running) "
          "listens there; stop it, or choose another port with --port"],  # it came after the first one listened
     )
@@ -366,8 +366,8 @@ def test_debug_runs_flasks_development_server_and_says_the_debuggers_pin(serve):
     server.wait_ready()
     shown = server.stdout() + server.stderr()
     assert "Debug mode: on" in shown
-    pin = re.search(r"the debugger is on: its console runs any Python code for whoever has its PIN, (\d{3}-\d{3}-\d{3})",
-                    shown)
+    assert "the debugger is on: its console runs any Python code for whoever has its PIN" in server.stderr()
+    pin = re.search(r" \* Debugger PIN: (\d{3}-\d{3}-\d{3})", server.stdout())
     assert pin, shown
     console = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/console", timeout=10).read().decode()
     secret = re.search(r'SECRET = "([^"]+)"', console)
