@@ -361,7 +361,7 @@ def test_where_unix_sockets_are_forbidden_serve_runs_unclaimed_and_says_so(monke
 
 def test_debug_runs_flasks_development_server_and_says_the_debuggers_pin(serve):
     """Without the reloader, whose second run of the command would find the port taken by the first;
-    the PIN it logs opens the debugger's console."""
+    the PIN it prints opens the debugger's console."""
     server = serve("--debug")
     server.wait_ready()
     shown = server.stdout() + server.stderr()
