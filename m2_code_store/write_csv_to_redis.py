@@ -264,11 +264,6 @@ def _run(args: argparse.Namespace) -> int:
     return status
 
 
-def console() -> None:
-    """The ``write_csv_to_redis`` command: :func:`main`, then :func:`exit_now`."""
-    exit_now(main())
-
-
 def exit_now(status: int) -> None:
     """End a finished load's process at once, its output flushed: finalising an interpreter that
     imported numpy, pyarrow and redis takes 0.1-0.2 s (measured) that a command whose work is
@@ -283,5 +278,7 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
-if __name__ == "__main__":
-    console()
+if __name__ == "__main__":  # the command itself starts in m2_code_store.__main__ (its start-up Ctrl-C guard)
+    from m2_code_store.__main__ import write_csv_to_redis
+
+    write_csv_to_redis()
