@@ -9,18 +9,25 @@ megabyte; replies are read one chunk behind, so Redis works on one slice while t
 Inside a bucket, consecutive rows of the same kind become one ``HSET key f v f v …`` or
 ``HDEL key f f …``, in that order, so Redis applies "the latest row wins" itself, and its replies
 (fields added, fields removed) give the exact change in the record count.
+
+A generation that starts empty is written otherwise (:func:`restore_generation`): each bucket whole,
+its final records only, in one ``RESTORE`` (restore.py); slices are built two at a time.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import select
 import socket
 import ssl
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +39,7 @@ import redis
 from redis.cluster import ClusterNode
 from redis.crc import key_slot
 
+from m2_code_store import restore
 from m2_code_store.cluster import (
     MAX_REDIRECTS,
     ClusterRedis,
@@ -44,6 +52,7 @@ from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
 
 CHUNK_BYTES = 1 << 20
+log = logging.getLogger("m2_code_store")
 HSET, HDEL = 0, 1  # the kinds of command in a write stream
 SLICE_ROWS_MIN = 65_536  # rows are sorted by bucket and slices end where a bucket does: size is only memory
 
@@ -111,14 +120,22 @@ def _fixed_width(array: pa.Array, rows: np.ndarray | None) -> np.ndarray | None:
     return packed.view(np.dtype(f"V{width}"))[rows].view(np.uint8).reshape(len(rows), width)  # one copy a row
 
 
-def _crc16_table() -> np.ndarray:
-    """CRC-32 of two bytes at a time: entry x is the table applied to x's low byte, then its high one."""
-    x = np.arange(1 << 16, dtype=np.uint32)
-    low = CRC_TABLE[x & 0xFF]
-    return (CRC_TABLE[(low ^ (x >> 8)) & 0xFF] ^ (low >> 8)).astype(np.uint32)
+@functools.cache
+def _fixed_width_crc_tables(width: int) -> tuple[np.uint32, list[np.ndarray], np.ndarray]:
+    """CRC-32 of strings of *width* bytes as XORs of table entries: a CRC is linear, so the CRC of a
+    string is that of *width* zero bytes XOR, for each pair of bytes, what that pair contributes at
+    its place (a table of 65,536 entries for each place), XOR the odd last byte's contribution.
+    No step waits on the one before (the byte-by-byte loop does)."""
+    def followed_by_zeros(values: np.ndarray, zeros: int) -> np.ndarray:  # the raw CRC state, shifted
+        for _ in range(zeros):
+            values = CRC_TABLE[values & 0xFF] ^ (values >> 8)
+        return values
 
-
-CRC_TABLE_16 = _crc16_table()
+    single = [followed_by_zeros(CRC_TABLE.copy(), width - 1 - position) for position in range(width)]
+    low, high = np.arange(1 << 16) & 0xFF, np.arange(1 << 16) >> 8
+    pair_tables = [single[2 * k][low] ^ single[2 * k + 1][high] for k in range(width // 2)]
+    start = np.uint32(zlib.crc32(bytes(width)))
+    return start, pair_tables, single[width - 1]
 
 
 def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
@@ -134,13 +151,14 @@ def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
     fixed = _fixed_width(array, rows)
     if fixed is not None:
         width = fixed.shape[1]
-        crc = np.full(len(fixed), 0xFFFFFFFF, dtype=np.uint32)
+        start, pair_tables, last_byte = _fixed_width_crc_tables(width)
+        crc = np.full(len(fixed), start, dtype=np.uint32)
         pairs = np.ascontiguousarray(fixed[:, :width - width % 2]).view("<u2")
-        for k in range(width // 2):
-            crc = CRC_TABLE_16[(crc ^ pairs[:, k]) & 0xFFFF] ^ (crc >> 16)
+        for k, table in enumerate(pair_tables):
+            crc ^= table[pairs[:, k]]
         if width % 2:
-            crc = CRC_TABLE[(crc ^ fixed[:, width - 1]) & 0xFF] ^ (crc >> 8)
-        return crc ^ np.uint32(0xFFFFFFFF)
+            crc ^= last_byte[fixed[:, width - 1]]
+        return crc
     starts, lengths, data = _positions(array, rows)
     crc = np.full(len(starts), 0xFFFFFFFF, dtype=np.uint32)
     longest = int(lengths.max()) if len(starts) else 0
@@ -156,6 +174,7 @@ def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
 
 
 DIGEST_CHUNK = 1 << 18
+_CODE = np.uint64(0x2545F4914F6CDD1D)  # mixed into a customer code's hash (file_fingerprints)
 _MIX1, _MIX2, _GOLDEN = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -215,13 +234,25 @@ def digest64_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarra
 
 
 def _kinds_commute(parsed: ParsedExport) -> bool:
-    """True when no barcode has both a set row and a delete row in *parsed*."""
-    deletes = parsed.source_deletes[parsed.order]
+    """True when no barcode has both a set row and a delete row in *parsed*.
+
+    Only rows whose CRC-32 is also a delete row's can be such a barcode: a bitmap on the CRC's low
+    22 bits picks them (a gather, not a search of every row), and only they are compared as text.
+    """
+    order = parsed.order
+    deletes = parsed.source_deletes[order]
     if not deletes.any() or deletes.all():
         return True
-    deleted = pc.take(parsed.source_barcodes, pa.array(parsed.order[deletes]))
-    in_deleted = pc.is_in(parsed.source_barcodes, value_set=deleted).to_numpy(zero_copy_only=False)
-    return not np.any(in_deleted[parsed.order] & ~deletes)
+    crc = row_crc(parsed)[order]
+    low = np.uint32((1 << 22) - 1)
+    bitmap = np.zeros(1 << 22, dtype=bool)
+    bitmap[crc[deletes] & low] = True
+    sets = np.flatnonzero(bitmap[crc & low] & ~deletes)
+    sets = sets[np.isin(crc[sets], crc[deletes])]
+    if len(sets) == 0:
+        return True
+    deleted = pc.take(parsed.source_barcodes, pa.array(order[deletes]))
+    return not pc.any(pc.is_in(pc.take(parsed.source_barcodes, pa.array(order[sets])), value_set=deleted)).as_py()
 
 
 @functools.cache
@@ -455,8 +486,12 @@ def on_every_bucket(
     def slices() -> Iterator[tuple[list[memoryview], int, int]]:
         for start in range(0, buckets, BUCKETS_PER_SLICE):
             stop = min(start + BUCKETS_PER_SLICE, buckets)
-            keys = [layout.bucket_key(gen, bucket).encode() for bucket in range(start, stop)]
-            yield [memoryview(b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys]))], len(keys), stop
+            keys = pc.binary_join_element_wise(pa.scalar(layout.bucket_key(gen, 0)[:-1].encode()),
+                                               pc.cast(pa.array(np.arange(start, stop)), pa.string()).cast(pa.binary()), b"")
+            protocol = pc.binary_join_element_wise(pa.scalar(head + b"$"), pc.cast(pc.binary_length(keys), pa.string()).cast(pa.binary()),
+                                                   pa.scalar(b"\r\n"), keys, pa.scalar(b"\r\n" + tail), b"")
+            offsets, _ = _string_buffers(protocol)
+            yield [memoryview(protocol.buffers()[2])[offsets[0]:offsets[-1]]], stop - start, stop
 
     replies = _stream(client, slices(), before_send=before_send, each=each)
     _refused(replies)
@@ -507,6 +542,97 @@ def write_generation(
     return result
 
 
+RESTORE_BUILDERS = 2
+RESTORE_REFUSALS = ("unknown command", "DUMP payload", "Bad data format")  # the server refuses RESTORE itself
+
+
+def restore_generation(
+    client: redis.Redis,
+    layout: Layout,
+    gen: int,
+    buckets: int,
+    parsed: ParsedExport,
+    final: np.ndarray,
+    *,
+    progress: Callable[[int], None] | None = None,
+    before_send: Callable[[], None] | None = None,
+    slice_rows: int | None = None,
+) -> WriteResult | None:
+    """Fill generation *gen*, new and empty, with what *parsed* leaves in it (*final*: its
+    :func:`final_rows`): one ``RESTORE`` a bucket (restore.py); *progress* and *before_send* as
+    for :func:`_stream`.
+
+    Returns None, having written nothing, when the server refuses RESTORE itself (its first bucket
+    goes alone, as a probe), or on a cluster: the caller then writes with :func:`write_generation`.
+    """
+    if isinstance(client, ClusterRedis):
+        return None
+    result = WriteResult()
+    if len(final) == 0:
+        return result
+    crc = row_crc(parsed)
+    bucket = crc[final] & np.uint32(buckets - 1)
+    by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
+    rows, bucket = final[by_bucket], bucket[by_bucket]
+    del by_bucket
+    codes = pc.dictionary_encode(parsed.source_codes)
+    code_entries, code_of_row = restore.entries(codes.dictionary), codes.indices
+    key_head = f"{layout.prefix}:{gen}:"
+
+    def protocol(first: int, last: int) -> tuple[memoryview, np.ndarray]:
+        chosen = pa.array(rows[first:last])
+        return restore.restore_protocol(key_head, bucket[first:last],
+                                        restore.entries(pc.take(parsed.source_barcodes, chosen)),
+                                        pc.take(code_entries, pc.take(code_of_row, chosen)))
+
+    probe_end = int(np.searchsorted(bucket, bucket[0], side="right"))
+    if before_send:
+        before_send()
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_packed_command([bytes(protocol(0, probe_end)[0])])
+        connection.read_response()
+    except redis.exceptions.ResponseError as exc:
+        if isinstance(exc, redis.exceptions.NoPermissionError) or any(words in str(exc) for words in RESTORE_REFUSALS):
+            log.info("the store refused RESTORE (%s): the new data set is written with HSET instead, which "
+                     "takes Redis longer", exc)
+            return None
+        raise BulkWriteError(f"Redis refused 1 command(s): {exc}") from exc
+    finally:
+        client.connection_pool.release(connection)
+    replies: list[Any] = [True]
+    slice_rows = slice_rows or SLICE_ROWS_MIN
+    bounds = []
+    first = probe_end
+    while first < len(rows):
+        last = min(first + slice_rows, len(rows))
+        if last < len(rows):
+            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+        bounds.append((first, last))
+        first = last
+
+    def slices() -> Iterator[tuple[list[memoryview], int, int]]:
+        # Slices are built two at a time (Arrow and numpy leave the GIL; Redis needs little CPU
+        # for RESTORE) and sent in order.
+        pool = ThreadPoolExecutor(max_workers=RESTORE_BUILDERS, thread_name_prefix="m2-restore-build")
+        try:
+            pending = deque((last, pool.submit(protocol, first, last)) for first, last in bounds[:RESTORE_BUILDERS + 1])
+            waiting = iter(bounds[RESTORE_BUILDERS + 1:])
+            while pending:
+                last, built = pending.popleft()
+                data, records = built.result()
+                if (following := next(waiting, None)) is not None:
+                    pending.append((following[1], pool.submit(protocol, *following)))
+                yield [data], len(records), last * len(parsed) // len(final)  # progress counts the file's rows
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    replies += _stream(client, slices(), progress=progress, before_send=before_send, each=bool)
+    _refused(replies)
+    result.commands, result.added = len(replies), len(final)
+    return result
+
+
 def _write_slices(
     prefix: str, gen: int, buckets: int, parsed: ParsedExport, crc: np.ndarray, tails: _CodeSegments, commute: bool,
     order: np.ndarray, bucket: np.ndarray, slice_rows: int, kinds: list[np.ndarray],
@@ -545,16 +671,23 @@ def file_fingerprints(parsed: ParsedExport, buckets: int, final: np.ndarray) -> 
     """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
     (*final*: its :func:`final_rows`)."""
     crc, mask = row_crc(parsed), np.uint32(buckets - 1)
-    fingerprints = Fingerprints.of(np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64), buckets)
+    none = np.zeros(0, dtype=np.uint64)
+    fingerprints = Fingerprints.of(np.zeros(0, dtype=np.uint32), none, buckets, records=none)
+    codes = pc.dictionary_encode(parsed.source_codes)
+    code_digests = _fmix64(digest64_array(codes.dictionary) ^ _CODE)  # a code's hash, apart from a barcode's
+    code_of_row = codes.indices.to_numpy(zero_copy_only=False)
     for first in range(0, len(final), DIGEST_CHUNK):  # a chunk at a time: no whole-file copies
         rows = final[first:first + DIGEST_CHUNK]
-        fingerprints.add(crc[rows] & mask, digest64_array(parsed.source_barcodes, rows))
+        digest = digest64_array(parsed.source_barcodes, rows)
+        fingerprints.add(crc[rows] & mask, digest, records=_fmix64(digest + code_digests[code_of_row[rows]]))
     return fingerprints
 
 
 def touched_buckets(parsed: ParsedExport, buckets: int) -> np.ndarray:
     """The buckets (of a generation of *buckets* buckets) that applying *parsed* writes to."""
-    return np.unique(row_crc(parsed)[parsed.order] & np.uint32(buckets - 1))
+    touched = np.zeros(buckets, dtype=bool)
+    touched[row_crc(parsed)[parsed.order] & np.uint32(buckets - 1)] = True
+    return np.flatnonzero(touched)
 
 
 def _compact(positions: np.ndarray) -> np.ndarray:

@@ -7,6 +7,9 @@
 - When the live generation would average more than CROWDED_PER_BUCKET records a bucket, an
   incremental load rebuilds the whole data set into a new generation with more buckets (read,
   merged with the file, written, switched atomically), so memory per record stays low.
+- A new generation (the first load into an empty store, a replace, a rebuild) starts empty, so
+  each bucket is written whole, in one RESTORE, with what the file leaves in it (restore.py);
+  a server that refuses RESTORE gets HSETs instead (bulk.restore_generation).
 - Replace: the file is written into a new generation, compared with the live one (only the
   buckets whose fingerprints differ are looked up: fingerprints.py), and switched in one step. It is refused, and the new generation deleted, when more than ``max_shrink`` of
   the live records are absent from the file, unless forced.
@@ -39,6 +42,8 @@ each its own buckets (bulk.py).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -60,10 +65,12 @@ from redis.client import NEVER_DECODE
 from redis.crc import key_slot
 
 from m2_code_store.bulk import (
+    WriteResult,
     count_present,
     file_fingerprints,
     final_rows,
     on_every_bucket,
+    restore_generation,
     row_crc,
     touched_buckets,
     write_generation,
@@ -73,6 +80,7 @@ from m2_code_store.fingerprints import Fingerprints
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Generation, Layout, buckets_for, read_generation
 
+log = logging.getLogger("m2_code_store")
 LOCK_TTL_MS = 60_000
 ABANDONED_AFTER_MS = 600_000  # a writing generation whose loader is silent this long is deleted
 DEFAULT_MAX_SHRINK = 0.10
@@ -518,13 +526,19 @@ class _Run:
             elif self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], target.gen) != 1:
                 raise self.lock._lost(" before it started writing")
             else:
-                self._forget_fingerprints(target, parsed)
-            # What the file leaves in an empty generation is known exactly: its fingerprints are
-            # worked out on a thread while the write streams (the write waits on Redis, and numpy
-            # and Arrow leave the GIL), and stored once the count is exact.
-            fresh = _work_out_meanwhile(parsed, target.buckets) if live is None else None
-            written = write_generation(self.client, self.layout, target.gen, target.buckets, parsed,
-                                       progress=self.progress, before_send=self.lock.renew)
+                changing = self._changing(target, parsed)
+            # What the file leaves in an empty generation is known exactly: it is written whole
+            # (_fill), and its fingerprints are stored once the count is exact.
+            fresh: Future[Fingerprints] | None = None
+            if live is None:
+                written, _, fresh = self._fill(target.gen, target.buckets, parsed, progress=self.progress)
+            else:
+                written = write_generation(self.client, self.layout, target.gen, target.buckets, changing,
+                                           progress=self.progress, before_send=self.lock.renew)
+                if len(changing) < len(parsed):
+                    log.info("%s of the file's %s rows were not sent: their buckets already held exactly "
+                             "what the file leaves in them", f"{len(parsed) - len(changing):,}", f"{len(parsed):,}")
+                    self.progress(len(parsed))
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
                                         written.added - written.removed, _now(), self.source)
             if counted == 0:
@@ -540,20 +554,37 @@ class _Run:
         return LoadResult("incremental", target.gen, written.added, written.removed, int(records),
                           live.count if live else 0, target.buckets, notes=self.notes)
 
-    def _forget_fingerprints(self, target: Generation, parsed: ParsedExport) -> None:
-        """Mark the buckets this load writes to as unknown in the live generation's fingerprints,
-        before writing (which of the file's barcodes are new is not known)."""
-        stored = read_fingerprints(self.client, self.layout, target.gen, target.buckets)
-        if stored is not None:
-            stored.forget(touched_buckets(parsed, target.buckets))
-            self._store_fingerprints(target.gen, stored)
+    def _changing(self, target: Generation, parsed: ParsedExport) -> ParsedExport:
+        """The rows of *parsed* to write into the live generation *target*, their buckets marked
+        unknown in its fingerprints before writing (which of the file's barcodes are new is not
+        known).
 
-    def _store_worked_out(self, gen: int, fresh: Future[tuple[np.ndarray, Fingerprints]]) -> None:
+        Left out: the rows of buckets where the file leaves exactly the records the bucket holds
+        (fingerprints.py): applying them there changes nothing. Redis is asked how many records
+        each bucket holds first: a bucket that lost keys the fingerprints do not know of (evicted
+        under a maxmemory policy, deleted by hand) is written.
+        """
+        stored = read_fingerprints(self.client, self.layout, target.gen, target.buckets)
+        if stored is None:
+            return parsed
+        if stored.records is not None and len(parsed):
+            unchanged = file_fingerprints(parsed, target.buckets, final_rows(parsed)).same_records_as(stored)
+            if unchanged.any():
+                held = on_every_bucket(self.client, self.layout, target.gen, target.buckets, "HLEN",
+                                       before_send=self.lock.renew)
+                unchanged &= np.array(held, dtype=np.int64) == stored.counts
+                bucket = row_crc(parsed)[parsed.order] & np.uint32(target.buckets - 1)
+                parsed = dataclasses.replace(parsed, apply_order=parsed.order[~unchanged[bucket]])
+        stored.forget(touched_buckets(parsed, target.buckets))
+        self._store_fingerprints(target.gen, stored)
+        return parsed
+
+    def _store_worked_out(self, gen: int, fresh: Future[Fingerprints]) -> None:
         """Store the fingerprints the background thread worked out. Should it have failed (a bug,
         or no memory left), the load stands (its data and count are exact) and the next
         --replace compares every bucket instead: said in a note, not a failed load."""
         try:
-            _, fingerprints = fresh.result()
+            fingerprints = fresh.result()
         except Exception as exc:
             self.notes.append(f"the data set's fingerprints could not be worked out ({type(exc).__name__}: {exc}); "
                               "the next --replace compares every bucket with the file, which takes longer")
@@ -589,21 +620,19 @@ class _Run:
 
         *kept* is how many of the file's barcodes *compare_with* holds, counted after the write
         when the new generation has as many buckets as it (the nightly reload); otherwise None.
-        The file's final rows and fingerprints are worked out on a thread while the write
-        streams; then only the buckets whose fingerprints differ from the live generation's are
-        looked up in it (fingerprints.py).
+        The file's fingerprints are worked out on a thread while the write streams; then only the
+        buckets whose fingerprints differ from the live generation's are looked up in it
+        (fingerprints.py).
         """
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
         compare = compare_with.gen if compare_with is not None and compare_with.buckets == buckets else None
-        worked_out = _work_out_meanwhile(parsed, buckets)
         if not rows_progress:
             self.phase(f"rebuilding the store into {buckets:,} buckets")
         elif compare is not None:
             self.phase("writing the new data set")
-        written = write_generation(self.client, self.layout, gen, buckets, parsed,
-                                   progress=self.progress if rows_progress else None, before_send=self.lock.renew)
-        final, fingerprints = worked_out.result()
+        written, final, worked_out = self._fill(gen, buckets, parsed, progress=self.progress if rows_progress else None)
+        fingerprints = worked_out.result()
         kept = None
         if compare is not None:
             self.phase("comparing it with the live one")
@@ -617,6 +646,21 @@ class _Run:
                                          before_send=self.lock.renew)
         self._store_fingerprints(gen, fingerprints)
         return gen, buckets, written.added - written.removed, kept  # exact: the generation started empty
+
+    def _fill(self, gen: int, buckets: int, parsed: ParsedExport, *, progress: Callable[[int], None] | None,
+              ) -> tuple[WriteResult, np.ndarray, Future[Fingerprints]]:
+        """Write what *parsed* leaves into generation *gen*, new and empty: each bucket whole, in one
+        RESTORE, where the server takes it (bulk.restore_generation), else as any load writes. Also
+        returns the file's final rows, and its fingerprints, worked out on a thread meanwhile
+        (numpy and Arrow leave the GIL)."""
+        final = final_rows(parsed)
+        fingerprints = _fingerprints_meanwhile(parsed, buckets, final)
+        written = restore_generation(self.client, self.layout, gen, buckets, parsed, final, progress=progress,
+                                     before_send=self.lock.renew)
+        if written is None:
+            written = write_generation(self.client, self.layout, gen, buckets, parsed, progress=progress,
+                                       before_send=self.lock.renew)
+        return written, final, fingerprints
 
     def discard(self, gen: int, buckets: int) -> str:
         """Delete this loader's unpublished generation; says how that went."""
@@ -769,17 +813,17 @@ class _Run:
                 "Re-run the same command only if this file should replace that")
 
 
-def _work_out_meanwhile(parsed: ParsedExport, buckets: int) -> Future[tuple[np.ndarray, Fingerprints]]:
-    """*parsed*'s final rows and fingerprints (for *buckets* buckets), worked out on a thread of
-    their own while the caller writes (not waited for at exit: it only computes). The CRCs and
-    the apply order are computed here first, once: the thread and the write both read them."""
-    row_crc(parsed), parsed.order
-    future: Future[tuple[np.ndarray, Fingerprints]] = Future()
+def _fingerprints_meanwhile(parsed: ParsedExport, buckets: int, final: np.ndarray) -> Future[Fingerprints]:
+    """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
+    (*final*: its final rows), worked out on a thread of their own while the caller writes (not
+    waited for at exit: it only computes). The CRCs are computed first, once: the thread and the
+    write both read them."""
+    row_crc(parsed)
+    future: Future[Fingerprints] = Future()
 
     def run() -> None:
         try:
-            final = final_rows(parsed)
-            future.set_result((final, file_fingerprints(parsed, buckets, final)))
+            future.set_result(file_fingerprints(parsed, buckets, final))
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 

@@ -131,3 +131,99 @@ def test_a_failure_working_out_a_new_stores_fingerprints_leaves_a_complete_load(
     monkeypatch.undo()
     result = load(redis_client, export(tmp_path, range(5, 3000), "night.csv"), replace=True, grace=0)
     assert (result.added, result.removed, result.records) == (10, 5, 2995)
+
+
+def test_record_sums_tell_a_changed_code_and_survive_storage():
+    digest = digest64_array(pa.array([f"b{i}" for i in range(6)]))
+    bucket = np.array([0, 0, 1, 1, 2, 2], dtype=np.uint32)
+    codes = np.array([1, 2, 3, 4, 5, 6], dtype=np.uint64)
+    base = Fingerprints.of(bucket, digest, 4, records=codes)
+    changed = codes.copy()
+    changed[2] = 99  # the same barcodes, one code changed in bucket 1
+    other = Fingerprints.of(bucket, digest, 4, records=changed)
+    assert other.same_as(base).all()
+    assert other.same_records_as(base).tolist() == [True, False, True, True]
+    parsed_back = Fingerprints.from_bytes(base.to_bytes(), 4)
+    assert parsed_back is not None and parsed_back.same_records_as(base).all()
+    older = Fingerprints.from_bytes(Fingerprints.of(bucket, digest, 4).to_bytes(), 4)  # 12 bytes a bucket
+    assert older is not None and older.records is None and older.same_as(base).all()
+    assert not older.same_records_as(base).any()
+    parsed_back.forget(np.array([2]))
+    assert parsed_back.same_records_as(base).tolist() == [True, True, False, True]
+
+
+def writes(client) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hset", "hdel", "restore"))
+
+
+BOOKKEEPING = 10  # HSETs of the store's own keys (m2:meta, the generations list) in a load
+
+
+def test_loading_the_same_file_again_sends_none_of_its_rows(tmp_path, redis_client, caplog):
+    caplog.set_level("INFO", logger="m2_code_store")
+    first = export(tmp_path, range(20_000), "first.csv", deleted=range(20_000, 20_050))
+    load(redis_client, first)
+    redis_client.config_resetstat()
+    result = load(redis_client, first)
+    bookkeeping = writes(redis_client)
+    assert bookkeeping < BOOKKEEPING
+    assert (result.added, result.removed, result.records) == (0, 0, 20_000)
+    assert "20,050 of the file's 20,050 rows were not sent: their buckets already held exactly" in caplog.text
+    # one code changed: that bucket's rows are sent, no other
+    path = tmp_path / "changed.csv"
+    path.write_text((tmp_path / "first.csv").read_text().replace("\n7,,NA,\n", "\n7,,NZ,\n"))
+    redis_client.config_resetstat()
+    result = load(redis_client, read_export(path))
+    assert writes(redis_client) - bookkeeping in (1, 2)  # that bucket's HSET, and its HDEL if it has deletes
+    assert (result.added, result.removed, result.records) == (0, 0, 20_000)
+    assert store_lookup(redis_client, ["7", "8"]) == ["NZ", "NA"]
+
+
+def store_lookup(client, barcodes):
+    from m2_code_store.store import CodeStore
+
+    return CodeStore(client, meta_ttl=0).lookup(barcodes)
+
+
+def test_a_bucket_that_lost_its_key_is_written_again(tmp_path, redis_client):
+    """Evicted under a maxmemory policy, or deleted by hand: the fingerprints still hold it, Redis
+    does not, and re-running the load repairs it."""
+    first = export(tmp_path, range(20_000), "first.csv")
+    load(redis_client, first)
+    live = read_generation(redis_client)
+    from m2_code_store.store import bucket_of
+
+    redis_client.delete(Layout().bucket_key(live.gen, bucket_of("123", live.buckets)))
+    assert store_lookup(redis_client, ["123"]) == [None]
+    load(redis_client, first)
+    assert store_lookup(redis_client, [str(i) for i in range(20_000)]) == ["NA"] * 20_000
+
+
+def test_fingerprints_without_record_sums_skip_nothing(tmp_path, redis_client):
+    """A store whose fingerprints an older loader wrote (12 bytes a bucket)."""
+    first = export(tmp_path, range(5_000), "first.csv")
+    load(redis_client, first)
+    live = read_generation(redis_client)
+    stored = read_fingerprints(redis_client, Layout(), live.gen, live.buckets)
+    redis_client.set(Layout().fingerprints(live.gen), Fingerprints(stored.counts, stored.sums).to_bytes())
+    redis_client.config_resetstat()
+    result = load(redis_client, first)
+    assert writes(redis_client) >= live.buckets
+    assert (result.added, result.removed, result.records) == (0, 0, 5_000)
+
+
+def test_buckets_a_delta_wrote_to_are_written_when_the_file_is_loaded_again(tmp_path, redis_client):
+    """A load cannot know what a bucket it wrote to holds now: from then on, loading a file sends
+    that bucket's rows; every other bucket is still skipped."""
+    nightly = export(tmp_path, range(3000), "nightly.csv")
+    load(redis_client, nightly)
+    redis_client.config_resetstat()
+    load(redis_client, nightly)
+    nothing_sent = writes(redis_client)
+    load(redis_client, export(tmp_path, range(10), "delta.csv", code="NX"))
+    redis_client.config_resetstat()
+    result = load(redis_client, nightly)
+    assert 0 < writes(redis_client) - nothing_sent <= 10  # one HSET for each bucket the delta wrote to
+    assert (result.added, result.removed, result.records) == (0, 0, 3000)
+    assert store_lookup(redis_client, [str(i) for i in range(12)]) == ["NA"] * 12
