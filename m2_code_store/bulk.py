@@ -47,7 +47,7 @@ from m2_code_store.cluster import (
     exchange,
     redirect_of,
 )
-from m2_code_store.fingerprints import Fingerprints
+from m2_code_store.fingerprints import Fingerprints, part_of
 from m2_code_store.las_csv import ParsedExport
 from m2_code_store.store import Layout
 
@@ -667,20 +667,22 @@ def row_crc(parsed: ParsedExport) -> np.ndarray:
     return parsed.row_crc
 
 
-def file_fingerprints(parsed: ParsedExport, buckets: int, final: np.ndarray) -> Fingerprints:
+def file_fingerprints(parsed: ParsedExport, buckets: int, final: np.ndarray) -> tuple[Fingerprints, np.ndarray]:
     """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
-    (*final*: its :func:`final_rows`)."""
+    (*final*: its :func:`final_rows`), and the part (fingerprints.part_of) of each final row."""
     crc, mask = row_crc(parsed), np.uint32(buckets - 1)
     none = np.zeros(0, dtype=np.uint64)
-    fingerprints = Fingerprints.of(np.zeros(0, dtype=np.uint32), none, buckets, records=none)
+    fingerprints = Fingerprints.of(np.zeros(0, dtype=np.uint32), none, none, buckets)
     codes = pc.dictionary_encode(parsed.source_codes)
     code_digests = _fmix64(digest64_array(codes.dictionary) ^ _CODE)  # a code's hash, apart from a barcode's
     code_of_row = codes.indices.to_numpy(zero_copy_only=False)
+    parts = np.empty(len(final), dtype=np.uint32)
     for first in range(0, len(final), DIGEST_CHUNK):  # a chunk at a time: no whole-file copies
         rows = final[first:first + DIGEST_CHUNK]
         digest = digest64_array(parsed.source_barcodes, rows)
-        fingerprints.add(crc[rows] & mask, digest, records=_fmix64(digest + code_digests[code_of_row[rows]]))
-    return fingerprints
+        parts[first:first + len(rows)] = part_of(crc[rows] & mask, digest)
+        fingerprints.add(parts[first:first + len(rows)], digest, _fmix64(digest + code_digests[code_of_row[rows]]))
+    return fingerprints, parts
 
 
 def touched_buckets(parsed: ParsedExport, buckets: int) -> np.ndarray:

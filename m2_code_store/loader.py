@@ -11,7 +11,7 @@
   each bucket is written whole, in one RESTORE, with what the file leaves in it (restore.py);
   a server that refuses RESTORE gets HSETs instead (bulk.restore_generation).
 - Replace: the file is written into a new generation, compared with the live one (only the
-  buckets whose fingerprints differ are looked up: fingerprints.py), and switched in one step. It is refused, and the new generation deleted, when more than ``max_shrink`` of
+  parts of buckets whose fingerprints differ are looked up: fingerprints.py), and switched in one step. It is refused, and the new generation deleted, when more than ``max_shrink`` of
   the live records are absent from the file, unless forced.
 
 Loaders are kept apart by a lease, and every write that publishes or deletes is fenced by it
@@ -529,7 +529,7 @@ class _Run:
                 changing = self._changing(target, parsed)
             # What the file leaves in an empty generation is known exactly: it is written whole
             # (_fill), and its fingerprints are stored once the count is exact.
-            fresh: Future[Fingerprints] | None = None
+            fresh: Future[tuple[Fingerprints, np.ndarray]] | None = None
             if live is None:
                 written, _, fresh = self._fill(target.gen, target.buckets, parsed, progress=self.progress)
             else:
@@ -567,24 +567,25 @@ class _Run:
         stored = read_fingerprints(self.client, self.layout, target.gen, target.buckets)
         if stored is None:
             return parsed
-        if stored.records is not None and len(parsed):
-            unchanged = file_fingerprints(parsed, target.buckets, final_rows(parsed)).same_records_as(stored)
+        if len(parsed):
+            fresh, _ = file_fingerprints(parsed, target.buckets, final_rows(parsed))
+            unchanged = fresh.buckets_with_the_same_records(stored)
             if unchanged.any():
                 held = on_every_bucket(self.client, self.layout, target.gen, target.buckets, "HLEN",
                                        before_send=self.lock.renew)
-                unchanged &= np.array(held, dtype=np.int64) == stored.counts
+                unchanged &= np.array(held, dtype=np.int64) == stored.bucket_counts()
                 bucket = row_crc(parsed)[parsed.order] & np.uint32(target.buckets - 1)
                 parsed = dataclasses.replace(parsed, apply_order=parsed.order[~unchanged[bucket]])
         stored.forget(touched_buckets(parsed, target.buckets))
         self._store_fingerprints(target.gen, stored)
         return parsed
 
-    def _store_worked_out(self, gen: int, fresh: Future[Fingerprints]) -> None:
+    def _store_worked_out(self, gen: int, fresh: Future[tuple[Fingerprints, np.ndarray]]) -> None:
         """Store the fingerprints the background thread worked out. Should it have failed (a bug,
         or no memory left), the load stands (its data and count are exact) and the next
         --replace compares every bucket instead: said in a note, not a failed load."""
         try:
-            fingerprints = fresh.result()
+            fingerprints, _ = fresh.result()
         except Exception as exc:
             self.notes.append(f"the data set's fingerprints could not be worked out ({type(exc).__name__}: {exc}); "
                               "the next --replace compares every bucket with the file, which takes longer")
@@ -621,8 +622,8 @@ class _Run:
         *kept* is how many of the file's barcodes *compare_with* holds, counted after the write
         when the new generation has as many buckets as it (the nightly reload); otherwise None.
         The file's fingerprints are worked out on a thread while the write streams; then only the
-        buckets whose fingerprints differ from the live generation's are looked up in it
-        (fingerprints.py).
+        barcodes of the parts of buckets whose fingerprints differ from the live generation's are
+        looked up in it (fingerprints.py).
         """
         gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
         self.lock.begin(gen, buckets)  # listed before the first key: a crash leaves it to be cleaned
@@ -632,7 +633,7 @@ class _Run:
         elif compare is not None:
             self.phase("writing the new data set")
         written, final, worked_out = self._fill(gen, buckets, parsed, progress=self.progress if rows_progress else None)
-        fingerprints = worked_out.result()
+        fingerprints, parts = worked_out.result()
         kept = None
         if compare is not None:
             self.phase("comparing it with the live one")
@@ -641,14 +642,15 @@ class _Run:
             if old is not None:
                 same = fingerprints.same_as(old)
                 known = int(fingerprints.counts[same].sum())
-                lookup = final[~same[row_crc(parsed)[final] & np.uint32(buckets - 1)]]
+                lookup = final[~same[parts]]
+            del parts
             kept = known + count_present(self.client, self.layout, compare, buckets, parsed, rows=lookup,
                                          before_send=self.lock.renew)
         self._store_fingerprints(gen, fingerprints)
         return gen, buckets, written.added - written.removed, kept  # exact: the generation started empty
 
     def _fill(self, gen: int, buckets: int, parsed: ParsedExport, *, progress: Callable[[int], None] | None,
-              ) -> tuple[WriteResult, np.ndarray, Future[Fingerprints]]:
+              ) -> tuple[WriteResult, np.ndarray, Future[tuple[Fingerprints, np.ndarray]]]:
         """Write what *parsed* leaves into generation *gen*, new and empty: each bucket whole, in one
         RESTORE, where the server takes it (bulk.restore_generation), else as any load writes. Also
         returns the file's final rows, and its fingerprints, worked out on a thread meanwhile
@@ -813,13 +815,14 @@ class _Run:
                 "Re-run the same command only if this file should replace that")
 
 
-def _fingerprints_meanwhile(parsed: ParsedExport, buckets: int, final: np.ndarray) -> Future[Fingerprints]:
+def _fingerprints_meanwhile(parsed: ParsedExport, buckets: int, final: np.ndarray,
+                            ) -> Future[tuple[Fingerprints, np.ndarray]]:
     """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
-    (*final*: its final rows), worked out on a thread of their own while the caller writes (not
+    (*final*: its final rows), and the part of each final row (bulk.file_fingerprints), worked out on a thread of their own while the caller writes (not
     waited for at exit: it only computes). The CRCs are computed first, once: the thread and the
     write both read them."""
     row_crc(parsed)
-    future: Future[Fingerprints] = Future()
+    future: Future[tuple[Fingerprints, np.ndarray]] = Future()
 
     def run() -> None:
         try:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from m2_code_store.bulk import digest64_array
-from m2_code_store.fingerprints import UNKNOWN, Fingerprints
+from m2_code_store.fingerprints import PARTS, UNKNOWN, Fingerprints, part_of
 from m2_code_store.las_csv import read_export
 from m2_code_store.loader import load, read_fingerprints
 from m2_code_store.store import Layout, read_generation
@@ -43,24 +43,28 @@ def test_digest_is_the_same_whatever_else_is_in_the_array():
     assert list(digest64_array(pa.array(["p", "q", "r"]), rows)) == list(digest64_array(pa.array(["r", "p"])))
 
 
-def test_fingerprints_tell_equal_buckets_from_changed_and_unknown_ones():
-    digest = digest64_array(pa.array([f"b{i}" for i in range(10)]))
-    bucket = np.array([0, 0, 1, 1, 1, 2, 3, 3, 3, 3], dtype=np.uint32)
-    base = Fingerprints.of(bucket, digest, 8)
-    assert base.counts.tolist() == [2, 3, 1, 4, 0, 0, 0, 0]
-    # the same barcodes in another order; bucket 1 with one barcode swapped; bucket 3 one fewer
-    order = np.array([9, 8, 7, 5, 4, 3, 1, 0])
-    other_digest = digest[order].copy()
-    other_digest[4] = digest64_array(pa.array(["new"]))[0]
-    other = Fingerprints.of(bucket[order], other_digest, 8)
-    assert other.same_as(base).tolist() == [True, False, True, False, True, True, True, True]
+def test_fingerprints_tell_equal_parts_from_changed_and_unknown_ones():
+    digest = digest64_array(pa.array([f"b{i}" for i in range(40)]))
+    bucket = np.arange(40, dtype=np.uint32) % 4
+    records = digest + np.uint64(1)
+    base = Fingerprints.of(part_of(bucket, digest), digest, records, 8)
+    assert base.bucket_counts().tolist() == [10, 10, 10, 10, 0, 0, 0, 0]
+    assert base.counts.reshape(8, PARTS)[:4].max() < 10  # a bucket's hashes spread over its parts
+    # the same barcodes in another order, but b39 (bucket 3) swapped for "new" (bucket 3 too)
+    new = digest64_array(pa.array(["new"]))
+    other_digest = np.concatenate([digest[:39][::-1], new])
+    other_bucket = np.concatenate([bucket[:39][::-1], [3]]).astype(np.uint32)
+    other = Fingerprints.of(part_of(other_bucket, other_digest), other_digest, other_digest + np.uint64(1), 8)
+    changed = {int(part_of(bucket[39:], digest[39:])[0]), int(part_of(np.array([3], dtype=np.uint32), new)[0])}
+    assert set(np.flatnonzero(~other.same_as(base)).tolist()) == changed
     parsed_back = Fingerprints.from_bytes(base.to_bytes(), 8)
     assert parsed_back is not None and parsed_back.same_as(base).all()
     assert Fingerprints.from_bytes(base.to_bytes(), 16) is None  # not for this bucket count
+    assert Fingerprints.from_bytes(base.to_bytes()[:12 * 8], 8) is None  # an older loader's, one part a bucket
     assert Fingerprints.from_bytes(None, 8) is None
     parsed_back.forget(np.array([0, 2]))
-    assert parsed_back.counts[0] == UNKNOWN
-    assert parsed_back.same_as(base).tolist() == [False, True, False, True, True, True, True, True]
+    assert (parsed_back.counts.reshape(8, PARTS)[[0, 2]] == UNKNOWN).all()
+    assert parsed_back.same_as(base).reshape(8, PARTS).all(axis=1).tolist() == [False, True, False, True] + [True] * 4
     assert not Fingerprints.unknown(8).same_as(Fingerprints.unknown(8)).any()
 
 
@@ -108,7 +112,7 @@ def test_buckets_an_incremental_load_wrote_to_are_looked_up_again(tmp_path, redi
     load(redis_client, export(tmp_path, range(9000, 9040), "delta.csv"))
     live = read_generation(redis_client)
     marked = read_fingerprints(redis_client, Layout(), live.gen, live.buckets)
-    assert marked is not None and 0 < int((marked.counts == UNKNOWN).sum()) <= 40
+    assert marked is not None and 0 < int((marked.counts == UNKNOWN).sum()) <= 40 * PARTS  # every part of a bucket written to
     result = load(redis_client, nightly, replace=True, grace=0)
     assert (result.added, result.removed, result.records) == (0, 40, 3000)
 
@@ -137,19 +141,16 @@ def test_record_sums_tell_a_changed_code_and_survive_storage():
     digest = digest64_array(pa.array([f"b{i}" for i in range(6)]))
     bucket = np.array([0, 0, 1, 1, 2, 2], dtype=np.uint32)
     codes = np.array([1, 2, 3, 4, 5, 6], dtype=np.uint64)
-    base = Fingerprints.of(bucket, digest, 4, records=codes)
+    base = Fingerprints.of(part_of(bucket, digest), digest, codes, 4)
     changed = codes.copy()
     changed[2] = 99  # the same barcodes, one code changed in bucket 1
-    other = Fingerprints.of(bucket, digest, 4, records=changed)
+    other = Fingerprints.of(part_of(bucket, digest), digest, changed, 4)
     assert other.same_as(base).all()
-    assert other.same_records_as(base).tolist() == [True, False, True, True]
+    assert other.buckets_with_the_same_records(base).tolist() == [True, False, True, True]
     parsed_back = Fingerprints.from_bytes(base.to_bytes(), 4)
-    assert parsed_back is not None and parsed_back.same_records_as(base).all()
-    older = Fingerprints.from_bytes(Fingerprints.of(bucket, digest, 4).to_bytes(), 4)  # 12 bytes a bucket
-    assert older is not None and older.records is None and older.same_as(base).all()
-    assert not older.same_records_as(base).any()
+    assert parsed_back is not None and parsed_back.buckets_with_the_same_records(base).all()
     parsed_back.forget(np.array([2]))
-    assert parsed_back.same_records_as(base).tolist() == [True, True, False, True]
+    assert parsed_back.buckets_with_the_same_records(base).tolist() == [True, True, False, True]
 
 
 def writes(client) -> int:
@@ -200,13 +201,14 @@ def test_a_bucket_that_lost_its_key_is_written_again(tmp_path, redis_client):
     assert store_lookup(redis_client, [str(i) for i in range(20_000)]) == ["NA"] * 20_000
 
 
-def test_fingerprints_without_record_sums_skip_nothing(tmp_path, redis_client):
-    """A store whose fingerprints an older loader wrote (12 bytes a bucket)."""
+def test_fingerprints_of_an_older_loader_skip_nothing(tmp_path, redis_client):
+    """A store whose fingerprints an older loader wrote (12 bytes a bucket, one part)."""
     first = export(tmp_path, range(5_000), "first.csv")
     load(redis_client, first)
     live = read_generation(redis_client)
     stored = read_fingerprints(redis_client, Layout(), live.gen, live.buckets)
-    redis_client.set(Layout().fingerprints(live.gen), Fingerprints(stored.counts, stored.sums).to_bytes())
+    older = stored.bucket_counts().astype("<u4").tobytes() + stored.sums.reshape(-1, PARTS).sum(axis=1).astype("<u8").tobytes()
+    redis_client.set(Layout().fingerprints(live.gen), older)
     redis_client.config_resetstat()
     result = load(redis_client, first)
     assert writes(redis_client) >= live.buckets
