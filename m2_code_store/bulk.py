@@ -594,8 +594,9 @@ def restore_generation(
         connection.read_response()
     except redis.exceptions.ResponseError as exc:
         if isinstance(exc, redis.exceptions.NoPermissionError) or any(words in str(exc) for words in RESTORE_REFUSALS):
+            said = str(exc).split(", with args beginning with")[0]  # Redis quotes the (binary) payload after this
             log.info("the store refused RESTORE (%s): the new data set is written with HSET instead, which "
-                     "takes Redis longer", exc)
+                     "takes Redis longer", said)
             return None
         raise BulkWriteError(f"Redis refused 1 command(s): {exc}") from exc
     finally:

@@ -154,3 +154,22 @@ def test_a_bucket_key_gets_the_bucket_readers_compute(tmp_path, redis_client):
     for barcode, code in (("33433000000000", "NA"), ("0012", "NC"), ("x" * 48, "NA"), ("00000000000042", "N0")):
         bucket = zlib.crc32(barcode.encode()) & (live.buckets - 1)
         assert redis_client.hget(f"m2:{live.gen}:{bucket}", barcode) == code
+
+
+def test_a_server_without_restore_says_so_in_one_plain_line(tmp_path, caplog):
+    """RESTORE renamed away (as some managed services do): Redis' error quotes the start of the
+    binary payload; the log line names the refusal only."""
+    from simulators.redis_server import RedisServer, free_port
+
+    caplog.set_level(logging.INFO, logger="m2_code_store")
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis").start(extra_args=["--rename-command", "RESTORE", ""])
+    try:
+        client = redis.Redis(port=server.port)
+        result = load(client, an_export(tmp_path))
+        assert result.records == len(the_data_set(client))
+        refusals = [r.getMessage() for r in caplog.records if "refused RESTORE" in r.getMessage()]
+        assert refusals == ["the store refused RESTORE (unknown command `RESTORE`): the new data set is written "
+                            "with HSET instead, which takes Redis longer"]
+        client.close()
+    finally:
+        server.stop()
