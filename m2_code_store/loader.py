@@ -570,6 +570,9 @@ class _Run:
         if len(parsed):
             fresh, _ = file_fingerprints(parsed, target.buckets, final_rows(parsed))
             unchanged = fresh.buckets_with_the_same_records(stored)
+            touched = np.zeros(target.buckets, dtype=bool)
+            touched[touched_buckets(parsed, target.buckets)] = True
+            unchanged &= touched  # a bucket the file has no row for is not written anyway
             if unchanged.any():
                 held = on_every_bucket(self.client, self.layout, target.gen, target.buckets, "HLEN",
                                        before_send=self.lock.renew)

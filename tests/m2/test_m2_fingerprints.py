@@ -229,3 +229,12 @@ def test_buckets_a_delta_wrote_to_are_written_when_the_file_is_loaded_again(tmp_
     assert 0 < writes(redis_client) - nothing_sent <= 10  # one HSET for each bucket the delta wrote to
     assert (result.added, result.removed, result.records) == (0, 0, 3000)
     assert store_lookup(redis_client, [str(i) for i in range(12)]) == ["NA"] * 12
+
+
+def test_a_delta_of_new_barcodes_asks_redis_for_no_bucket_lengths(tmp_path, redis_client):
+    """The HLEN check runs only when a bucket the file writes to looks unchanged."""
+    load(redis_client, export(tmp_path, range(20_000), "first.csv"))
+    redis_client.config_resetstat()
+    result = load(redis_client, export(tmp_path, range(30_000, 30_010), "delta.csv"))
+    assert (result.added, result.records) == (10, 20_010)
+    assert "cmdstat_hlen" not in redis_client.info("commandstats")
