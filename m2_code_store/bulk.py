@@ -575,15 +575,20 @@ def restore_generation(
     by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
     rows, bucket = final[by_bucket], bucket[by_bucket]
     del by_bucket
+    # The codes the written rows hold, each encoded once (a skipped row's code may be anything).
     codes = pc.dictionary_encode(parsed.source_codes)
-    code_entries, code_of_row = restore.entries(codes.dictionary), codes.indices
+    code_of_row = codes.indices.to_numpy(zero_copy_only=False)
+    used = np.flatnonzero(np.bincount(code_of_row[final], minlength=len(codes.dictionary)))
+    renumbered = np.zeros(len(codes.dictionary), dtype=np.int32)
+    renumbered[used] = np.arange(len(used), dtype=np.int32)
+    code_entries, code_of_row = restore.entries(pc.take(codes.dictionary, pa.array(used))), renumbered[code_of_row]
     key_head = f"{layout.prefix}:{gen}:"
 
     def protocol(first: int, last: int) -> tuple[memoryview, np.ndarray]:
         chosen = pa.array(rows[first:last])
         return restore.restore_protocol(key_head, bucket[first:last],
                                         restore.entries(pc.take(parsed.source_barcodes, chosen)),
-                                        pc.take(code_entries, pc.take(code_of_row, chosen)))
+                                        pc.take(code_entries, pa.array(code_of_row[rows[first:last]])))
 
     probe_end = int(np.searchsorted(bucket, bucket[0], side="right"))
     if before_send:

@@ -173,3 +173,20 @@ def test_a_server_without_restore_says_so_in_one_plain_line(tmp_path, caplog):
         client.close()
     finally:
         server.stop()
+
+
+def test_a_skipped_row_plays_no_part_in_the_payloads(tmp_path, redis_client):
+    """The reviewer's case: a bad row (a customer code of 70 characters) is skipped; the codes of
+    skipped rows are not encoded, so the first load and --replace go on."""
+    path = tmp_path / "long.csv"
+    path.write_text(HEADER + "".join(f"{i:014d},2020-01-01,NA,\n" for i in range(100))
+                    + "BADCODE1,2020-01-01," + "X" * 70 + ",\n" + "BADCODE2,,,2024-01-01\n".replace(",,,", ",," + "Y" * 70 + ","))
+    parsed = read_export(path)
+    assert len(parsed.bad_rows) == 2
+    redis_client.config_resetstat()
+    assert load(redis_client, parsed).records == 100
+    assert load(redis_client, parsed, replace=True).records == 100
+    from m2_code_store.store import bucket_of
+
+    buckets = read_generation(redis_client).buckets
+    assert restores_and_hsets(redis_client)[0] == 2 * len({bucket_of(f"{i:014d}", buckets) for i in range(100)})
