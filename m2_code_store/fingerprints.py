@@ -23,6 +23,13 @@ writes (it cannot know which of its barcodes were new): a generation without fin
 with those of an older loader, of another size), or a part marked unknown, is simply looked up,
 so a missing or stale-marked entry costs time, never a wrong count.
 
+They are used only while ``m2:meta`` vouches for them (loader.fingerprints_vouched): the last load
+that wrote the generation said, as it finished, that they are exact, and no load has been into it
+since. A loader of the previous release, or a load that died, leaves them unvouched, and they are
+not used until a --replace writes new ones. An edit by hand that keeps a bucket's record count
+(HLEN is checked before a bucket is skipped) is not noticed: after editing the store by hand,
+load with --replace.
+
 Plain functions on numpy arrays; reading and writing the key is the loader's.
 """
 

@@ -100,7 +100,8 @@ return 1"""
 # KEYS: lock, generations. ARGV: token, generation.
 _FORGET = _HELD + "return redis.call('HDEL', KEYS[2], ARGV[2]) + 1"
 # KEYS: lock, generations, meta. ARGV: token, gen, buckets, count, dirty, loaded_at, source, the live gen
-# the caller expects ('' for none). Publishes gen and marks the previous one retired, in one step.
+# the caller expects ('' for none), '1' when gen's fingerprints are stored and exact. Publishes gen and
+# marks the previous one retired, in one step (and vouches for the fingerprints: fingerprints_vouched).
 # Idempotent: redis-py re-sends a command whose reply was lost, and generation numbers are never reused.
 _SWITCH = _NOW_MS + """
 local live = redis.call('HGET', KEYS[3], 'gen') or ''
@@ -112,6 +113,11 @@ if not entry or not string.find(entry, ' writing ' .. ARGV[1] .. ' ', 1, true) t
 local old_buckets = redis.call('HGET', KEYS[3], 'buckets')
 redis.call('HSET', KEYS[3], 'gen', ARGV[2], 'buckets', ARGV[3], 'count', ARGV[4], 'dirty', ARGV[5],
            'loaded_at', ARGV[6], 'source', ARGV[7])
+if ARGV[9] == '1' then
+  redis.call('HSET', KEYS[3], 'counted_by', ARGV[1], 'fingerprinted', ARGV[2] .. ' ' .. ARGV[1])
+else
+  redis.call('HDEL', KEYS[3], 'fingerprinted')  -- a new store's first load: its _COUNTED vouches
+end
 redis.call('HDEL', KEYS[2], ARGV[2])
 if live ~= '' then redis.call('HSET', KEYS[2], live, old_buckets .. ' retired - ' .. now_ms()) end
 return 1"""
@@ -125,17 +131,24 @@ return 1"""
 _RECOUNTED = _HELD + """
 if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[2] or redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[3] then return -1 end
 redis.call('HSET', KEYS[2], 'count', ARGV[4], 'dirty', '0')
+redis.call('HDEL', KEYS[2], 'fingerprinted')
 return 1"""
-# KEYS: lock, meta. ARGV: token, gen, change in records, loaded_at, source. Returns {status, count}:
-# 1 the count is exact; 2 another writer touched the generation meanwhile (it stays dirty).
+# KEYS: lock, meta. ARGV: token, gen, change in records, loaded_at, source, '1' when the generation's
+# fingerprints are stored and exact. Returns {status, count}: 1 the count is exact; 2 another writer
+# touched the generation meanwhile (it stays dirty).
 # Idempotent: a re-sent call finds counted_by set to its token.
 _COUNTED = _HELD + """
 if redis.call('HGET', KEYS[2], 'gen') ~= ARGV[2] then return -1 end
 local count = tonumber(redis.call('HGET', KEYS[2], 'count'))
 if redis.call('HGET', KEYS[2], 'counted_by') == ARGV[1] then return {1, count} end
 redis.call('HSET', KEYS[2], 'loaded_at', ARGV[4], 'source', ARGV[5], 'counted_by', ARGV[1])
-if redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[1] then return {2, count} end
+if redis.call('HGET', KEYS[2], 'dirty') ~= ARGV[1] then
+  redis.call('HDEL', KEYS[2], 'fingerprinted')
+  return {2, count}
+end
 redis.call('HSET', KEYS[2], 'dirty', '0')
+if ARGV[6] == '1' then redis.call('HSET', KEYS[2], 'fingerprinted', ARGV[2] .. ' ' .. ARGV[1])
+else redis.call('HDEL', KEYS[2], 'fingerprinted') end
 return {1, redis.call('HINCRBY', KEYS[2], 'count', ARGV[3])}"""
 # KEYS: lock, a generation's fingerprints. ARGV: token, their bytes.
 _SET_FINGERPRINTS = _HELD + "redis.call('SET', KEYS[2], ARGV[2])\nreturn 1"
@@ -321,6 +334,17 @@ def count_records(client: redis.Redis, layout: Layout, gen: int, buckets: int,
     return sum(on_every_bucket(client, layout, gen, buckets, "HLEN", before_send=before_batch))
 
 
+def fingerprints_vouched(client: redis.Redis, layout: Layout, live: Generation) -> bool:
+    """Whether the stored fingerprints of the live generation describe what it holds: the last
+    load that wrote it (``counted_by``) vouched for them when it finished (``fingerprinted``),
+    and no load has been into it since, finished or not (``dirty``). A loader of the previous
+    release, or a load that died, leaves them unvouched: they are then not used."""
+    if live.dirty:
+        return False
+    counted_by, fingerprinted = (_text(value) for value in client.hmget(layout.meta, "counted_by", "fingerprinted"))
+    return bool(counted_by) and fingerprinted == f"{live.gen} {counted_by}"
+
+
 def read_fingerprints(client: redis.Redis, layout: Layout, gen: int, buckets: int) -> Fingerprints | None:
     """A generation's fingerprints, or None when it has none (or none for *buckets* buckets)."""
     return Fingerprints.from_bytes(client.execute_command("GET", layout.fingerprints(gen), **{NEVER_DECODE: True}),
@@ -502,6 +526,7 @@ class _Run:
         self.published: int | None = None  # the generation this load switched to
         self.interrupted: KeyboardInterrupt | None = None  # an interrupt that came after the switch
         self.notes: list[str] = []
+        self.vouched = False  # whether the live generation's fingerprints are exact (fingerprints_vouched)
 
     def progress(self, rows: int) -> None:
         self.rows_sent = rows  # handed to the sender: sent unless the load stops first
@@ -526,7 +551,7 @@ class _Run:
             elif self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], target.gen) != 1:
                 raise self.lock._lost(" before it started writing")
             else:
-                changing = self._changing(target, parsed)
+                changing, vouch = self._changing(target, parsed)
             # What the file leaves in an empty generation is known exactly: it is written whole
             # (_fill), and its fingerprints are stored once the count is exact.
             fresh: Future[tuple[Fingerprints, np.ndarray]] | None = None
@@ -540,7 +565,8 @@ class _Run:
                              "what the file leaves in them", f"{len(parsed) - len(changing):,}", f"{len(parsed):,}")
                     self.progress(len(parsed))
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
-                                        written.added - written.removed, _now(), self.source)
+                                        written.added - written.removed, _now(), self.source,
+                                        "1" if live is None or vouch else "0")
             if counted == 0:
                 raise self.lock._lost(" as it finished writing")
             if fresh is not None and counted[0] == 1:
@@ -554,19 +580,19 @@ class _Run:
         return LoadResult("incremental", target.gen, written.added, written.removed, int(records),
                           live.count if live else 0, target.buckets, notes=self.notes)
 
-    def _changing(self, target: Generation, parsed: ParsedExport) -> ParsedExport:
+    def _changing(self, target: Generation, parsed: ParsedExport) -> tuple[ParsedExport, bool]:
         """The rows of *parsed* to write into the live generation *target*, their buckets marked
         unknown in its fingerprints before writing (which of the file's barcodes are new is not
-        known).
+        known); and whether the fingerprints stay exact (this load may vouch for them).
 
         Left out: the rows of buckets where the file leaves exactly the records the bucket holds
         (fingerprints.py): applying them there changes nothing. Redis is asked how many records
         each bucket holds first: a bucket that lost keys the fingerprints do not know of (evicted
         under a maxmemory policy, deleted by hand) is written.
         """
-        stored = read_fingerprints(self.client, self.layout, target.gen, target.buckets)
+        stored = read_fingerprints(self.client, self.layout, target.gen, target.buckets) if self.vouched else None
         if stored is None:
-            return parsed
+            return parsed, False
         if len(parsed):
             fresh, _ = file_fingerprints(parsed, target.buckets, final_rows(parsed))
             unchanged = fresh.buckets_with_the_same_records(stored)
@@ -581,7 +607,7 @@ class _Run:
                 parsed = dataclasses.replace(parsed, apply_order=parsed.order[~unchanged[bucket]])
         stored.forget(touched_buckets(parsed, target.buckets))
         self._store_fingerprints(target.gen, stored)
-        return parsed
+        return parsed, True
 
     def _store_worked_out(self, gen: int, fresh: Future[tuple[Fingerprints, np.ndarray]]) -> None:
         """Store the fingerprints the background thread worked out. Should it have failed (a bug,
@@ -641,7 +667,7 @@ class _Run:
         if compare is not None:
             self.phase("comparing it with the live one")
             lookup, known = final, 0
-            old = read_fingerprints(self.client, self.layout, compare, buckets)
+            old = read_fingerprints(self.client, self.layout, compare, buckets) if self.vouched else None
             if old is not None:
                 same = fingerprints.same_as(old)
                 known = int(fingerprints.counts[same].sum())
@@ -689,12 +715,14 @@ class _Run:
             return (f"deleting the partial new data set (generation {gen}) was interrupted; the next load "
                     "deletes the rest")
 
-    def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, dirty: str = "0") -> None:
-        """Publish *gen* (fenced, one step); the previous generation is marked retired in the same step."""
+    def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, dirty: str = "0",
+                   vouch: bool = False) -> None:
+        """Publish *gen* (fenced, one step); the previous generation is marked retired in the same step.
+        With *vouch*, gen's stored fingerprints are exact (fingerprints_vouched)."""
         expected = "" if live is None else str(live.gen)
         status = self.lock._fenced(
             _SWITCH, [self.lock.key, self.layout.generations, self.layout.meta],
-            gen, buckets, records, dirty, _now(), self.source, expected,
+            gen, buckets, records, dirty, _now(), self.source, expected, "1" if vouch else "0",
         )
         if status == 0:
             raise self.lock._lost(" before it could switch to the new data set")
@@ -716,7 +744,7 @@ class _Run:
         """
         self.phase("switching to the new data set")
         try:
-            self._switch_to(gen, buckets, records, live)
+            self._switch_to(gen, buckets, records, live, vouch=True)  # write_new stored its fingerprints
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KeyboardInterrupt) as exc:
             switched = self._verify_switch(gen)
             if switched is None:
@@ -864,6 +892,7 @@ def load(
     try:
         try:
             live = read_generation(client, layout)
+            run.vouched = live is not None and fingerprints_vouched(client, layout, live)
             run.notes += clean_generations(client, layout, lock, live, grace=grace, sleep=sleep)
             if live is not None and live.dirty:  # an earlier load died part-way: repair the count
                 live = _recount(client, layout, lock, live)

@@ -238,3 +238,41 @@ def test_a_delta_of_new_barcodes_asks_redis_for_no_bucket_lengths(tmp_path, redi
     result = load(redis_client, export(tmp_path, range(30_000, 30_010), "delta.csv"))
     assert (result.added, result.records) == (10, 20_010)
     assert "cmdstat_hlen" not in redis_client.info("commandstats")
+
+
+def test_a_write_by_a_loader_that_does_not_vouch_for_the_fingerprints_is_not_skipped(tmp_path, redis_client):
+    """The reviewer's case: the previous release's loader wrote into the live generation (it cannot
+    read the fingerprints, so it left them as they were) and, finishing, set counted_by to its own
+    token. The next load of the nightly file must not trust them: it sends every row, and --replace
+    compares every barcode."""
+    nightly = export(tmp_path, range(3000), "nightly.csv")
+    load(redis_client, nightly)
+    live = read_generation(redis_client)
+    from m2_code_store.store import bucket_of
+
+    redis_client.hset(Layout().bucket_key(live.gen, bucket_of("7", live.buckets)), "7", "OLDREL")
+    redis_client.hset("m2:meta", mapping={"counted_by": "otherhost:1:0ld0ld00", "dirty": "0"})  # as its _COUNTED leaves it
+    assert store_lookup(redis_client, ["7"]) == ["OLDREL"]
+    redis_client.config_resetstat()
+    load(redis_client, nightly)
+    assert store_lookup(redis_client, ["7"]) == ["NA"]
+    assert writes(redis_client) >= live.buckets  # nothing was skipped
+    redis_client.config_resetstat()
+    load(redis_client, nightly)  # that load vouched for nothing: still every row
+    assert writes(redis_client) >= live.buckets
+    redis_client.config_resetstat()
+    load(redis_client, nightly, replace=True, grace=0)  # a --replace compares every barcode, then vouches again
+    assert hmget_calls(redis_client) >= live.buckets
+    redis_client.config_resetstat()
+    load(redis_client, nightly)
+    assert writes(redis_client) < BOOKKEEPING
+
+
+def test_a_load_that_died_leaves_the_fingerprints_unvouched(tmp_path, redis_client):
+    nightly = export(tmp_path, range(3000), "nightly.csv")
+    load(redis_client, nightly)
+    redis_client.hset("m2:meta", "dirty", "otherhost:2:deadbeef")  # a load died part-way
+    redis_client.config_resetstat()
+    load(redis_client, nightly)  # recounts, and sends every row
+    assert writes(redis_client) >= read_generation(redis_client).buckets
+    assert not redis_client.hexists("m2:meta", "fingerprinted")
