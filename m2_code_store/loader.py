@@ -210,6 +210,7 @@ class LoadResult:
     rebuilt: bool = False  # an incremental load that re-spread the data set over more buckets
     notes: list[str] | None = None  # things the operator should know (generations left alone, …)
     interrupted: KeyboardInterrupt | None = None  # an interrupt that came after the switch (the load is done)
+    unsent: int = 0  # the file's rows not sent: their buckets already held what the file leaves in them
 
 
 def _pid_alive(pid: int) -> bool:
@@ -561,9 +562,8 @@ class _Run:
                 written = write_generation(self.client, self.layout, target.gen, target.buckets, changing,
                                            progress=self.progress, before_send=self.lock.renew)
                 if len(changing) < len(parsed):
-                    log.info("%s of the file's %s rows were not sent: their buckets already held exactly "
-                             "what the file leaves in them", f"{len(parsed) - len(changing):,}", f"{len(parsed):,}")
-                    self.progress(len(parsed))
+                    self.phase(f"{len(parsed) - len(changing):,} of the file's {len(parsed):,} rows not sent: "
+                               "their buckets already held exactly what the file leaves in them")
             counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
                                         written.added - written.removed, _now(), self.source,
                                         "1" if live is None or vouch else "0")
@@ -578,7 +578,8 @@ class _Run:
             self.notes.append("another loader wrote into the store during this load: the record count is "
                               "recounted by the next load")
         return LoadResult("incremental", target.gen, written.added, written.removed, int(records),
-                          live.count if live else 0, target.buckets, notes=self.notes)
+                          live.count if live else 0, target.buckets, notes=self.notes,
+                          unsent=len(parsed) - len(changing) if live is not None else 0)
 
     def _changing(self, target: Generation, parsed: ParsedExport) -> tuple[ParsedExport, bool]:
         """The rows of *parsed* to write into the live generation *target*, their buckets marked

@@ -99,15 +99,16 @@ def report_bad_rows(bad_rows: list[BadRow], csv_file: Path) -> None:
 
 
 def summary(parsed: ParsedExport, seconds: float, *, written: str, deleted: str, removed: int | None = None,
-            records: int | None = None, store: StoreTarget | None = None) -> str:
+            records: int | None = None, store: StoreTarget | None = None, unsent: int = 0) -> str:
     """The closing line of every run that read the file; it names the store it used."""
     rate = parsed.rows_read / seconds if seconds > 0 else 0
     removed_text = "" if removed is None else f" ({removed:,} removed from the store)"
+    unsent_text = f"; {unsent:,} rows not sent (the store held what they say)" if unsent else ""
     records_text = "" if records is None else f"; {records:,} records in the store"
     store_text = "" if store is None else f"; store: {store.shown}"
     return (
         f"read {parsed.rows_read:,} rows: {written} written, {deleted} deleted{removed_text}, "
-        f"{len(parsed.bad_rows):,} skipped{records_text}; {seconds:.2f} s, {rate:,.0f} rows/s{store_text}"
+        f"{len(parsed.bad_rows):,} skipped{unsent_text}{records_text}; {seconds:.2f} s, {rate:,.0f} rows/s{store_text}"
     )
 
 
@@ -198,9 +199,9 @@ def _run(args: argparse.Namespace) -> int:
     status = 1 if parsed.bad_rows else 0
 
     def finish(written: str, deleted: str, removed: int | None = None, records: int | None = None,
-               store: StoreTarget | None = None) -> None:
+               store: StoreTarget | None = None, unsent: int = 0) -> None:
         line = summary(parsed, time.perf_counter() - started, written=written, deleted=deleted,
-                       removed=removed, records=records, store=store)
+                       removed=removed, records=records, store=store, unsent=unsent)
         print(line)
         log.info("%s", line, extra={"printed": True, "event": "summary", "rows_read": parsed.rows_read,
                                     "skipped": len(parsed.bad_rows), "records": records})
@@ -256,7 +257,8 @@ def _run(args: argparse.Namespace) -> int:
                  "record stays low)", f"{result.buckets:,}")
     for note in result.notes or []:
         log.warning("%s", note)
-    finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records, store=target)
+    finish(f"{parsed.upserts:,}", f"{parsed.deletes:,}", result.removed, result.records, store=target,
+           unsent=result.unsent)
     if result.interrupted is not None:  # too late to stop: the new data set was already live
         log.error("%s after the switch: the new data set is live (generation %d); the previous one is deleted "
                   "by the next load", stop_reason(result.interrupted, target), result.generation)

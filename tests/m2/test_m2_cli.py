@@ -51,6 +51,17 @@ def test_load_prints_summary_and_exits_0(csv_file, env, redis_url, redis_client,
     assert CodeStore(redis_client).lookup(["1", "2", "3"]) == ["NA", "NB", None]
 
 
+def test_a_file_loaded_again_says_its_rows_were_not_sent(csv_file, env, capsys):
+    assert main([str(csv_file), "10000", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([str(csv_file), "10000"]) == 0
+    captured = capsys.readouterr()
+    assert ", 0 skipped; 3 rows not sent (the store held what they say); 2 records in the store;" in captured.out
+    assert ("loading: 3 of the file's 3 rows not sent: their buckets already held exactly what the file leaves "
+            "in them") in messages(captured.err)
+    assert "rows sent (" not in captured.err
+
+
 def test_skipped_rows_are_listed_and_exit_status_is_1(tmp_path, env, redis_client, capsys):
     path = tmp_path / "items.csv"
     path.write_text(HEADER + "1,2024-01-01,NA,\n,2024-01-01,NB,\n4,2024-01-01\n5,2024-01-01,NC,\n")
