@@ -528,10 +528,7 @@ def write_generation(
     commute = _kinds_commute(parsed)
     # The rows sorted by bucket once (stable: apply order holds within a bucket) and the slices
     # cut where a bucket ends, so each bucket gets one command per kind of row, not one per slice.
-    bucket = crc[parsed.order] & np.uint32(buckets - 1)
-    by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
-    order, bucket = _compact(parsed.order[by_bucket]), bucket[by_bucket]
-    del by_bucket
+    order, bucket = _by_bucket(parsed, parsed.order, buckets)
 
     if isinstance(client, ClusterRedis):
         return _cluster_write(client, layout, gen, buckets, parsed, crc, tails, commute, order, bucket, slice_rows,
@@ -540,6 +537,25 @@ def write_generation(
     replies = _stream(client, slices, progress=progress, before_send=before_send, each=_counted)
     _tally(replies, np.concatenate(kinds), result)
     return result
+
+
+def _by_bucket(parsed: ParsedExport, rows: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source rows *rows* sorted by bucket, stably (their order holds within a bucket), and the
+    bucket of each."""
+    bucket = row_crc(parsed)[rows] & np.uint32(buckets - 1)
+    by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
+    return _compact(rows[by_bucket]), bucket[by_bucket]
+
+
+def _slice_bounds(bucket: np.ndarray, first: int, slice_rows: int) -> Iterator[tuple[int, int]]:
+    """(first, last) of each slice of about *slice_rows* rows from *first* on, over rows sorted by
+    *bucket*: a slice ends where a bucket does, so each bucket's commands go in one slice."""
+    while first < len(bucket):
+        last = min(first + slice_rows, len(bucket))
+        if last < len(bucket):
+            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+        yield first, last
+        first = last
 
 
 RESTORE_BUILDERS = 2
@@ -570,13 +586,9 @@ def restore_generation(
     result = WriteResult()
     if len(final) == 0:
         return result
-    crc = row_crc(parsed)
-    bucket = crc[final] & np.uint32(buckets - 1)
-    by_bucket = np.argsort(bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket, kind="stable")
-    rows, bucket = final[by_bucket], bucket[by_bucket]
-    del by_bucket
+    rows, bucket = _by_bucket(parsed, final, buckets)
     # The codes the written rows hold, each encoded once (a skipped row's code may be anything).
-    codes = pc.dictionary_encode(parsed.source_codes)
+    codes = parsed.code_dictionary
     code_of_row = codes.indices.to_numpy(zero_copy_only=False)
     used = np.flatnonzero(np.bincount(code_of_row[final], minlength=len(codes.dictionary)))
     renumbered = np.zeros(len(codes.dictionary), dtype=np.int32)
@@ -607,15 +619,7 @@ def restore_generation(
     finally:
         client.connection_pool.release(connection)
     replies: list[Any] = [True]
-    slice_rows = slice_rows or SLICE_ROWS_MIN
-    bounds = []
-    first = probe_end
-    while first < len(rows):
-        last = min(first + slice_rows, len(rows))
-        if last < len(rows):
-            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
-        bounds.append((first, last))
-        first = last
+    bounds = list(_slice_bounds(bucket, probe_end, slice_rows or SLICE_ROWS_MIN))
 
     def slices() -> Iterator[tuple[list[memoryview], int, int]]:
         # Slices are built two at a time (Arrow and numpy leave the GIL; Redis needs little CPU
@@ -646,16 +650,10 @@ def _write_slices(
 ) -> Iterator[tuple[list[memoryview], int, int]]:
     """The write stream's slices over the source rows *order* (sorted by *bucket*, apply order
     within a bucket), cut where a bucket ends; each slice's command kinds go to *kinds*."""
-    total = len(order)
-    first = 0
-    while first < total:
-        last = min(first + slice_rows, total)
-        if last < total:
-            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+    for first, last in _slice_bounds(bucket, 0, slice_rows):
         data, run_kinds = _slice_protocol(prefix, gen, buckets, parsed, crc, tails, order[first:last], commute, detail)
         kinds.append(run_kinds)
         yield data, len(run_kinds), last
-        first = last
 
 
 def _counted(reply: int | list) -> int:
@@ -679,7 +677,7 @@ def file_fingerprints(parsed: ParsedExport, buckets: int, final: np.ndarray) -> 
     crc, mask = row_crc(parsed), np.uint32(buckets - 1)
     none = np.zeros(0, dtype=np.uint64)
     fingerprints = Fingerprints.of(np.zeros(0, dtype=np.uint32), none, none, buckets)
-    codes = pc.dictionary_encode(parsed.source_codes)
+    codes = parsed.code_dictionary
     code_digests = _fmix64(digest64_array(codes.dictionary) ^ _CODE)  # a code's hash, apart from a barcode's
     code_of_row = codes.indices.to_numpy(zero_copy_only=False)
     parts = np.empty(len(final), dtype=np.uint32)
@@ -757,10 +755,7 @@ def count_present(
         return 0
     # One HMGET per bucket with all its barcodes (per-command overhead is most of Redis' work
     # here): the rows sorted by bucket once, the slices cut where a bucket ends.
-    bucket = row_crc(parsed)[rows] & np.uint32(buckets - 1)
-    bucket = bucket.astype(np.uint16) if buckets <= 1 << 16 else bucket
-    by_bucket = np.argsort(bucket, kind="stable")
-    rows, bucket = rows[by_bucket], bucket[by_bucket]
+    rows, bucket = _by_bucket(parsed, rows, buckets)
 
     if isinstance(client, ClusterRedis):
         return _cluster_count_present(client, layout, gen, buckets, parsed, rows, bucket, slice_rows,
@@ -777,16 +772,11 @@ def _lookup_slices(prefix: str, gen: int, parsed: ParsedExport, rows: np.ndarray
     """One HMGET per bucket of generation *gen* with the barcodes of the source rows *rows* (sorted
     by *bucket*), in slices cut where a bucket ends; each slice reports *done* rows if given, else
     the rows looked up so far."""
-    first = 0
-    while first < len(rows):
-        last = min(first + slice_rows, len(rows))
-        if last < len(rows):
-            last = int(np.searchsorted(bucket, bucket[last - 1], side="right"))
+    for first, last in _slice_bounds(bucket, 0, slice_rows):
         values = pc.take(parsed.source_barcodes, pa.array(rows[first:last]))
         data, runs = _runs_protocol(prefix, gen, bucket[first:last], values, "\r\n$5\r\nHMGET\r\n$",
                                     extra_args=1, detail=detail)
         yield [data], runs, last if done is None else done
-        first = last
 
 
 def _runs_protocol(prefix: str, gen: int, bucket: np.ndarray, values: pa.Array, command: str,

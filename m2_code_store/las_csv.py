@@ -119,6 +119,12 @@ class ParsedExport:
         """Customer codes of the valid rows in order; "" on delete rows."""
         return pc.if_else(pa.array(self.is_delete), pa.scalar("", pa.string()), self._take(self.source_codes))
 
+    @functools.cached_property
+    def code_dictionary(self) -> pa.DictionaryArray:
+        """``source_codes`` dictionary-encoded (a few distinct codes): the loader encodes and
+        hashes each distinct code once."""
+        return pc.dictionary_encode(self.source_codes)
+
     def _take(self, column: pa.Array) -> pa.Array:
         return column if self.apply_order is None else pc.take(column, pa.array(self.apply_order))
 

@@ -851,9 +851,9 @@ def _fingerprints_meanwhile(parsed: ParsedExport, buckets: int, final: np.ndarra
                             ) -> Future[tuple[Fingerprints, np.ndarray]]:
     """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
     (*final*: its final rows), and the part of each final row (bulk.file_fingerprints), worked out on a thread of their own while the caller writes (not
-    waited for at exit: it only computes). The CRCs are computed first, once: the thread and the
-    write both read them."""
-    row_crc(parsed)
+    waited for at exit: it only computes). The CRCs and the encoded codes are worked out first,
+    once: the thread and the write both read them."""
+    row_crc(parsed), parsed.code_dictionary
     future: Future[tuple[Fingerprints, np.ndarray]] = Future()
 
     def run() -> None:
