@@ -661,13 +661,23 @@ def _counted(reply: int | list) -> int:
     return reply if isinstance(reply, int) else len(reply) - reply.count(None)
 
 
+def barcode_crcs(barcodes: pa.Array) -> np.ndarray | None:
+    """CRC-32 of every barcode as read (bad rows too), when they all have one length (an export,
+    nearly always: hashed in place at no extra cost); else None, and :func:`row_crc` hashes the
+    valid rows alone. Worked out while the rows are checked (las_csv.read_export's *meanwhile*)."""
+    return crc32_array(barcodes) if _fixed_width(barcodes, None) is not None else None
+
+
 def row_crc(parsed: ParsedExport) -> np.ndarray:
-    """CRC-32 of every valid row's barcode, by source row (skipped rows are never hashed); computed
-    once per file and kept on *parsed*."""
+    """CRC-32 of every valid row's barcode, by source row (skipped rows are not hashed, unless
+    :func:`barcode_crcs` hashed every row); computed once per file and kept on *parsed*."""
     if parsed.row_crc is None:
-        crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)
-        crc[parsed.order] = crc32_array(parsed.source_barcodes, parsed.order)
-        parsed.row_crc = crc
+        if parsed.prepared is not None:
+            parsed.row_crc = parsed.prepared
+        else:
+            crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)
+            crc[parsed.order] = crc32_array(parsed.source_barcodes, parsed.order)
+            parsed.row_crc = crc
     return parsed.row_crc
 
 

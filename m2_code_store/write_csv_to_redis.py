@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: python m2_code_store/write_csv_t
 
 import redis
 
+from m2_code_store.bulk import barcode_crcs
 from m2_code_store.config import (
     StoreTarget,
     describe_error,
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        parsed = read_export(args.csv_file)
+        parsed = read_export(args.csv_file, meanwhile=barcode_crcs)
     except ExportError as exc:
         log.error("%s", exc)
         return 2

@@ -373,6 +373,35 @@ def test_one_huge_skipped_barcode_does_not_slow_the_load(tmp_path, redis_client,
     assert CodeStore(redis_client).lookup(["1", "2"]) == ["NA", "NC"]
 
 
+def test_the_barcodes_hashed_while_the_rows_are_checked_are_the_ones_loaded(tmp_path, redis_client):
+    """write_csv_to_redis hashes every barcode (bad rows too) while the rows are checked, when all
+    have one length; the store is the same as when the valid rows are hashed later, alone."""
+    from m2_code_store.bulk import barcode_crcs
+
+    text = HEADER + "".join(f"{33433000000000 + i},2024-01-0{1 + i % 3},N{'ABC'[i % 3]},\n" for i in range(40))
+    text += "3343300000004!,2024-01-01,NA,\n33433000000007,2024-01-04,,2024-02-01\n33433000000008,,N?,\n"
+    path = write(tmp_path, text)
+    seen = []
+
+    def meanwhile(barcodes):
+        seen.append(barcodes)
+        return barcode_crcs(barcodes)
+
+    parsed = read_export(path, meanwhile=meanwhile)
+    assert len(seen[0]) == 43 and seen[0][40].as_py() == "3343300000004!"  # every row, the bad ones too
+    assert parsed.prepared.tolist() == [zlib.crc32(b.encode()) for b in seen[0].to_pylist()]
+    assert len(parsed.bad_rows) == 2
+    load(redis_client, parsed)
+    hashed_later = read_export(path)
+    assert hashed_later.prepared is None
+    codes = CodeStore(redis_client).lookup([str(33433000000000 + i) for i in range(40)])
+    redis_client.flushdb()
+    load(redis_client, hashed_later)
+    assert CodeStore(redis_client).lookup([str(33433000000000 + i) for i in range(40)]) == codes
+    assert codes[:4] == ["NA", "NB", "NC", "NA"] and codes[7] is None and codes[8] == "NC"
+    assert barcode_crcs(pa.array(["1", "22"])) is None  # of two lengths: the valid rows are hashed later
+
+
 def test_not_utf8_rows_keep_line_numbers_after_a_quote_inside_a_value(tmp_path):
     """A quote inside a value is a literal character (for Arrow as for the search for bad rows)."""
     text = b'Item barcode,Notes,Customer code,Delete date\n1,12" ruler,NA,\n2,x,N\xe9,\n3,"y",NC,\n4,\xe9,ND,\n5,z,N\xe9,\n'
