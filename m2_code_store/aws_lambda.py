@@ -40,7 +40,47 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _handler
     if _handler is None:
         _handler = _build()
-    return as_the_original(_handler(event, context), event)
+    return as_the_original(_handler(routed(event), context), event)
+
+
+API_PREFIX = "/api/v0.1/"
+
+
+def routed(event: dict[str, Any]) -> dict[str, Any]:
+    """*event* as the app routes it (a shallow copy, changed only where needed).
+
+    - The path without what API Gateway puts before the app's own: an HTTP API (v2) stage other
+      than ``$default`` starts ``rawPath`` (``/prod/api/v0.1/…``), and a custom domain's base path
+      mapping starts a REST API's ``path``; the original answered whatever path reached it.
+    - The fields a hand-written or console test event may leave out or null, which apig-wsgi
+      needs: a v2 event's ``rawQueryString``, ``headers`` and ``requestContext.http`` details, and
+      a v1 event's ``multiValueQueryStringParameters`` set to null beside its single values.
+    """
+    event = dict(event)
+    if event.get("version") == "2.0":
+        event.setdefault("rawQueryString", "")
+        event["headers"] = event.get("headers") or {}
+        context = dict(event.get("requestContext") or {})
+        http = dict(context.get("http") or {})
+        http.setdefault("method", "GET")
+        http.setdefault("sourceIp", "")
+        http.setdefault("protocol", "HTTP/1.1")
+        context["http"], event["requestContext"] = http, context
+        path, stage = event.get("rawPath") or "/", context.get("stage")
+        if stage and stage != "$default" and path.startswith(f"/{stage}/"):
+            path = path[len(stage) + 1:]
+        event["rawPath"] = _from_api_prefix(path)
+    else:
+        event["path"] = _from_api_prefix(event.get("path") or "/")
+        if "multiValueQueryStringParameters" in event and event["multiValueQueryStringParameters"] is None:
+            event["multiValueQueryStringParameters"] = {
+                name: [value] for name, value in (event.get("queryStringParameters") or {}).items()}
+    return event
+
+
+def _from_api_prefix(path: str) -> str:
+    at = path.find(API_PREFIX)
+    return path[at:] if at > 0 else path
 
 
 def as_the_original(response: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:

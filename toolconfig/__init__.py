@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import functools
 import os
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 __all__ = ["ConfigError", "add_logging_arguments", "load_yaml", "kms_decrypt", "refuse_unknown", "suggestion", "parse_duration",
            "format_duration"]
@@ -41,8 +40,10 @@ def load_yaml(path: str | os.PathLike[str], *, required: bool = True) -> dict[st
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    import yaml  # here, not at import: the M2 Lambda's cold start reads no YAML unless ENVIRONMENT is set
+
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -58,20 +59,25 @@ def load_yaml(path: str | os.PathLike[str], *, required: bool = True) -> dict[st
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (a second ``LCPP:`` appended at the
-    end of a file would silently replace the first)."""
+@functools.cache
+def _unique_key_loader() -> type:
+    """A SafeLoader that refuses a key given twice in one mapping (a second ``LCPP:`` appended at
+    the end of a file would silently replace the first)."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} appears twice: keep one (the second would replace the first)",
-                    key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice: keep one (the second would replace the first)",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def kms_decrypt(ciphertext_b64: str, *, region: str | None = None, name: str = "value") -> str:

@@ -153,3 +153,58 @@ def test_a_store_that_does_not_answer_is_a_400_body_as_the_original_answered_it(
     assert answer["statusCode"] == body["status"] == 400
     assert body["message"] == body["error"] == "the customer code store is not answering; try again shortly"
     assert consumer_map(answer) == {}
+
+
+@pytest.mark.parametrize("prefixed", [
+    pytest.param(lambda: {**http_v2("/prod/api/v0.1/m2-customer-codes", BARCODES),
+                          "requestContext": {**http_v2("/", "")["requestContext"], "stage": "prod"}}, id="v2-named-stage"),
+    pytest.param(lambda: rest_v1("/m2/api/v0.1/m2-customer-codes", BARCODES), id="v1-custom-domain-base-path"),
+])
+def test_a_stage_or_base_path_before_the_api_path_is_not_part_of_the_route(
+        store: str, monkeypatch: pytest.MonkeyPatch, prefixed: Any) -> None:
+    monkeypatch.setenv("REDIS_URL", store)
+    answer = aws_lambda.handler(prefixed(), None)
+    assert answer["statusCode"] == 200, answer["body"]
+    assert consumer_map(answer) == {"33433077906331": "QQ", "1234": "NX", "99999": None}
+
+
+def test_a_v2_stage_is_dropped_from_the_health_path(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", store)
+    event = {**http_v2("/prod/health", ""), "rawQueryString": ""}
+    event["requestContext"] = {**event["requestContext"], "stage": "prod"}
+    answer = aws_lambda.handler(event, None)
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["records"] == 2
+
+
+def test_hand_written_events_missing_fields_are_answered_not_crashed(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Console and local-invoke test events leave out fields real gateways always send."""
+    monkeypatch.setenv("REDIS_URL", store)
+    bare_v2 = {"version": "2.0", "rawPath": "/api/v0.1/m2-customer-codes", "requestContext": {"http": {"method": "GET"}}}
+    answer = aws_lambda.handler(bare_v2, None)
+    assert answer["statusCode"] == 400 and "barcodes" in json.loads(answer["body"])["message"]
+    answer = aws_lambda.handler({**bare_v2, "rawQueryString": "barcodes=1234"}, None)
+    assert consumer_map(answer) == {"1234": "NX"}
+    null_multi = {**rest_v1("/api/v0.1/m2-customer-codes", "1234"), "multiValueQueryStringParameters": None}
+    assert consumer_map(aws_lambda.handler(null_multi, None)) == {"1234": "NX"}
+    no_path = {"httpMethod": "GET", "queryStringParameters": {"barcodes": "1234"}}
+    assert aws_lambda.handler(no_path, None)["statusCode"] == 404
+
+
+def test_a_cold_start_with_redis_url_imports_only_what_a_lookup_needs(store: str) -> None:
+    """No YAML, boto3 or column machinery when the endpoint comes from REDIS_URL (128 MB function)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from m2_code_store import aws_lambda\n"
+        "from m2_code_store.lambda_package import rest_v1_event\n"
+        "answer = aws_lambda.handler(rest_v1_event('/api/v0.1/m2-customer-codes', '1234'), None)\n"
+        "assert json.loads(answer['body'])['data'][0]['m2CustomerCode'] == 'NX', answer\n"
+        "print(sorted(m for m in ('yaml', 'boto3', 'botocore', 'pyarrow', 'numpy', 'pandas') if m in sys.modules))\n"
+    )
+    environ = {key: value for key, value in os.environ.items() if key != "ENVIRONMENT"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**environ, "REDIS_URL": store})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
