@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from m2_code_store import docs, metrics
 from m2_code_store.barcodes import BarcodeError, parse_barcodes
-from m2_code_store.config import StoreTarget, connect, resolve_target
+from m2_code_store.config import StoreTarget, connect, describe_error, redirected, resolve_target
 from m2_code_store.rules import BARCODE_LIST_RE
 from m2_code_store.store import CodeStore, StoreUnavailable
 from toolconfig import ConfigError
@@ -85,6 +85,7 @@ def customer_codes() -> Response:
 # retries); in the inner body, 400 as the deployed original answered it, which its consumers turn
 # into "no codes" (discovery-api: response.status === 400 ? {} : response.data.reduce(...)).
 UNAVAILABLE_STATUS = {"envelope": 503, "inner": 400}
+_SAID = {"redirected": False}
 
 
 def lookup_answer(store: CodeStore, barcodes: list[str], *, unavailable: int = 503) -> tuple[dict[str, Any], int]:
@@ -93,7 +94,11 @@ def lookup_answer(store: CodeStore, barcodes: list[str], *, unavailable: int = 5
     try:
         codes = store.lookup(barcodes)
     except redis.exceptions.RedisError as exc:
-        if not isinstance(exc, StoreUnavailable):  # answered at once while the store pauses: said once, below
+        if redirected(exc):  # not paused: said once a process
+            if not _SAID["redirected"]:
+                _SAID["redirected"] = True
+                log.error("lookups fail: %s", describe_error(exc, None))
+        elif not isinstance(exc, StoreUnavailable):  # answered at once while the store pauses: said once, below
             log.warning("store lookup failed: %s; lookups answer %d for the next %g s", type(exc).__name__,
                         unavailable, store.pause)
         metrics.STORE_ERRORS.inc()
@@ -162,12 +167,21 @@ def health_of(stats: dict[str, Any], max_age: float | None, now: datetime) -> tu
     if max_age is not None and (age is None or age > max_age):
         if age is None:
             message = (f"the data set has no load time, so its age cannot be checked against M2_HEALTH_MAX_AGE "
-                       f"({max_age / 3600:g} hours): load the export again")
+                       f"({_hours(max_age)}): load the export again")
         else:
-            message = (f"the data set was loaded {age / 3600:,.1f} hours ago, more than M2_HEALTH_MAX_AGE "
-                       f"({max_age / 3600:g} hours): check the nightly load")
+            message = (f"the data set was loaded {_hours(age, exact=False)} ago, more than M2_HEALTH_MAX_AGE "
+                       f"({_hours(max_age)}): check the nightly load")
         return {**body, "status": "stale", "message": message}, 503
     return body, 200
+
+
+def _hours(seconds: float, *, exact: bool = True) -> str:
+    """``36 hours``, ``48.0 hours``; under an hour in minutes or seconds (``10 minutes``, ``1 minute``)."""
+    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size or size == 1:
+            amount = f"{seconds / size:g}" if exact else f"{seconds / size:,.1f}" if size > 1 else f"{seconds:,.0f}"
+            return f"{amount} {unit}{'' if amount == '1' else 's'}"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @bp.get("/metrics")

@@ -83,9 +83,16 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def redirected(exc: BaseException) -> bool:
+    """A MOVED or ASK answer: a Redis Cluster node read as a single Redis (redis-py raises these as
+    MovedError or AskError; the lookup's own reply reader as a ResponseError with the reply's text)."""
+    return isinstance(exc, redis.exceptions.AskError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(("MOVED ", "ASK ")))
+
+
 def describe_error(exc: BaseException, target: StoreTarget | None) -> str:
     """A Redis error fit for a message: for a KMS-encrypted endpoint, without host or port."""
-    if isinstance(exc, redis.exceptions.MovedError | redis.exceptions.AskError):
+    if redirected(exc):
         return ("the store is a Redis Cluster (its node answered MOVED), read here as a single Redis: "
                 "unset M2_REDIS_CLUSTER (or set it to auto) so the cluster is found by itself")
     if target is not None and target.source == "REDIS_ENDPOINT_ENCRYPTED":

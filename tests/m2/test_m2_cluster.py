@@ -403,3 +403,20 @@ def test_a_cluster_address_naming_a_database_says_so_and_reading_a_cluster_as_on
     assert describe_error(moved.value, None) == (
         "the store is a Redis Cluster (its node answered MOVED), read here as a single Redis: unset "
         "M2_REDIS_CLUSTER (or set it to auto) so the cluster is found by itself")
+
+
+def test_an_api_reading_a_cluster_as_one_redis_answers_503_and_says_once_what_to_set(
+        cluster, tmp_path, caplog, monkeypatch):
+    from m2_code_store import api
+
+    monkeypatch.setitem(api._SAID, "redirected", False)  # said once a process: this test's process
+    client = cluster_client(cluster)
+    load(client, read_export(write_export(tmp_path / "items.csv", 2_000, delete_share=0)))
+    app = create_app({"STORE_TARGET": resolve_target({"REDIS_URL": cluster.url(0), "M2_REDIS_CLUSTER": "no"})})
+    barcodes = ",".join(str(33433000000000 + n) for n in range(200))  # on every primary
+    with caplog.at_level("WARNING", logger="m2_code_store.api"):
+        answers = [app.test_client().get(f"/api/v0.1/m2-customer-codes?barcodes={barcodes}") for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [503] * 3
+    said = [record.getMessage() for record in caplog.records if record.name == "m2_code_store.api"]
+    assert said == ["lookups fail: the store is a Redis Cluster (its node answered MOVED), read here as a single "
+                    "Redis: unset M2_REDIS_CLUSTER (or set it to auto) so the cluster is found by itself"]

@@ -227,3 +227,18 @@ def test_a_max_barcodes_of_unicode_digits_is_refused_not_a_traceback(monkeypatch
     monkeypatch.setenv("M2_MAX_BARCODES", "²")
     with pytest.raises(ConfigError, match="M2_MAX_BARCODES must be a positive whole number"):
         create_app({"STORE_TARGET": StoreTarget(redis_url, "REDIS_URL")})
+
+
+def test_a_stale_message_under_an_hour_says_minutes_or_seconds():
+    from datetime import UTC, datetime, timedelta
+
+    from m2_code_store.api import health_of
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    stats = {"records": 5, "generation": 3, "loadedAt": (now - timedelta(minutes=5)).isoformat()}
+    body, status = health_of(stats, 60, now)
+    assert status == 503 and body["message"] == ("the data set was loaded 5.0 minutes ago, more than "
+                                                 "M2_HEALTH_MAX_AGE (1 minute): check the nightly load")
+    body, status = health_of({**stats, "loadedAt": (now - timedelta(seconds=50)).isoformat()}, 30, now)
+    assert "loaded 50 seconds ago, more than M2_HEALTH_MAX_AGE (30 seconds)" in body["message"]
+    assert health_of(stats, 36 * 3600, now)[1] == 200
