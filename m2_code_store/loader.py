@@ -7,6 +7,8 @@
 - When the live generation would average more than CROWDED_PER_BUCKET records a bucket, an
   incremental load rebuilds the whole data set into a new generation with more buckets (read,
   merged with the file, written, switched atomically), so memory per record stays low.
+- The first load into an empty store writes a new generation and switches it in, like a replace
+  with nothing to compare: stopped part-way, it leaves the store empty, never part of the file live.
 - A new generation (the first load into an empty store, a replace, a rebuild) starts empty, so
   each bucket is written whole, in one RESTORE, with what the file leaves in it (restore.py);
   a server that refuses RESTORE gets HSETs instead (bulk.restore_generation).
@@ -116,7 +118,7 @@ redis.call('HSET', KEYS[3], 'gen', ARGV[2], 'buckets', ARGV[3], 'count', ARGV[4]
 if ARGV[9] == '1' then
   redis.call('HSET', KEYS[3], 'counted_by', ARGV[1], 'fingerprinted', ARGV[2] .. ' ' .. ARGV[1])
 else
-  redis.call('HDEL', KEYS[3], 'fingerprinted')  -- a new store's first load: its _COUNTED vouches
+  redis.call('HDEL', KEYS[3], 'fingerprinted')  -- its fingerprints could not be worked out
 end
 redis.call('HDEL', KEYS[2], ARGV[2])
 if live ~= '' then redis.call('HSET', KEYS[2], live, old_buckets .. ' retired - ' .. now_ms()) end
@@ -185,15 +187,20 @@ class LoadStopped(LoadError):
     """The load stopped part-way: Redis failed, the lease was lost, or it was interrupted.
 
     ``cause`` is what stopped it; ``state`` says, as verified as it could be, what the store
-    holds now (one sentence, for a person).
+    holds now (one sentence, for a person). ``whole``: nothing of the file, or all of it, is live
+    (a load that writes a new generation, --replace, a first load or a rebuild; or one that
+    stopped before writing), as ``switched`` says (None: unknown); otherwise up to ``rows_sent``
+    rows were applied to the live data set.
     """
 
-    def __init__(self, cause: BaseException, state: str, *, rows_sent: int, switched: bool | None = False) -> None:
+    def __init__(self, cause: BaseException, state: str, *, rows_sent: int, switched: bool | None = False,
+                 whole: bool = False) -> None:
         super().__init__(state)
         self.cause = cause
         self.state = state
         self.rows_sent = rows_sent
-        self.switched = switched  # None: unknown
+        self.switched = switched
+        self.whole = whole
 
 
 @dataclass
@@ -528,6 +535,7 @@ class _Run:
         self.interrupted: KeyboardInterrupt | None = None  # an interrupt that came after the switch
         self.notes: list[str] = []
         self.vouched = False  # whether the live generation's fingerprints are exact (fingerprints_vouched)
+        self.fingerprinted = False  # whether write_new stored exact fingerprints of the generation it wrote
 
     def progress(self, rows: int) -> None:
         self.rows_sent = rows  # handed to the sender: sent unless the load stops first
@@ -540,46 +548,29 @@ class _Run:
 
     # -- incremental ------------------------------------------------------------------------
 
-    def incremental(self, parsed: ParsedExport, live: Generation | None) -> LoadResult:
-        target = live
+    def incremental(self, parsed: ParsedExport, live: Generation) -> LoadResult:
+        """Apply *parsed* to the live generation in place (a store that holds a data set)."""
         try:
-            if target is None:  # a new store: publish an empty generation, then fill it like any other
-                gen, buckets = int(self.client.incr(self.layout.seq)), buckets_for(parsed.upserts)
-                self.lock.begin(gen, buckets)
-                self._switch_to(gen, buckets, 0, None, dirty=self.lock.token)
-                self.lock.writing = None
-                target = Generation(gen, buckets, 0)
-            elif self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], target.gen) != 1:
+            if self.lock._fenced(_MARK_DIRTY, [self.lock.key, self.layout.meta], live.gen) != 1:
                 raise self.lock._lost(" before it started writing")
-            else:
-                changing, vouch = self._changing(target, parsed)
-            # What the file leaves in an empty generation is known exactly: it is written whole
-            # (_fill), and its fingerprints are stored once the count is exact.
-            fresh: Future[tuple[Fingerprints, np.ndarray]] | None = None
-            if live is None:
-                written, _, fresh = self._fill(target.gen, target.buckets, parsed, progress=self.progress)
-            else:
-                written = write_generation(self.client, self.layout, target.gen, target.buckets, changing,
-                                           progress=self.progress, before_send=self.lock.renew)
-                if len(changing) < len(parsed):
-                    self.phase(f"{len(parsed) - len(changing):,} of the file's {len(parsed):,} rows not sent: "
-                               "their buckets already held exactly what the file leaves in them")
-            counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], target.gen,
-                                        written.added - written.removed, _now(), self.source,
-                                        "1" if live is None or vouch else "0")
+            changing, vouch = self._changing(live, parsed)
+            written = write_generation(self.client, self.layout, live.gen, live.buckets, changing,
+                                       progress=self.progress, before_send=self.lock.renew)
+            if len(changing) < len(parsed):
+                self.phase(f"{len(parsed) - len(changing):,} of the file's {len(parsed):,} rows not sent: "
+                           "their buckets already held exactly what the file leaves in them")
+            counted = self.lock._fenced(_COUNTED, [self.lock.key, self.layout.meta], live.gen,
+                                        written.added - written.removed, _now(), self.source, "1" if vouch else "0")
             if counted == 0:
                 raise self.lock._lost(" as it finished writing")
-            if fresh is not None and counted[0] == 1:
-                self._store_worked_out(target.gen, fresh)
         except BaseException as exc:
-            raise self._stopped_incremental(exc, target) from exc
+            raise self._stopped_incremental(exc, live) from exc
         status, records = counted
         if status == 2:
             self.notes.append("another loader wrote into the store during this load: the record count is "
                               "recounted by the next load")
-        return LoadResult("incremental", target.gen, written.added, written.removed, int(records),
-                          live.count if live else 0, target.buckets, notes=self.notes,
-                          unsent=len(parsed) - len(changing) if live is not None else 0)
+        return LoadResult("incremental", live.gen, written.added, written.removed, int(records), live.count,
+                          live.buckets, notes=self.notes, unsent=len(parsed) - len(changing))
 
     def _changing(self, target: Generation, parsed: ParsedExport) -> tuple[ParsedExport, bool]:
         """The rows of *parsed* to write into the live generation *target*, their buckets marked
@@ -610,25 +601,13 @@ class _Run:
         self._store_fingerprints(target.gen, stored)
         return parsed, True
 
-    def _store_worked_out(self, gen: int, fresh: Future[tuple[Fingerprints, np.ndarray]]) -> None:
-        """Store the fingerprints the background thread worked out. Should it have failed (a bug,
-        or no memory left), the load stands (its data and count are exact) and the next
-        --replace compares every bucket instead: said in a note, not a failed load."""
-        try:
-            fingerprints, _ = fresh.result()
-        except Exception as exc:
-            self.notes.append(f"the data set's fingerprints could not be worked out ({type(exc).__name__}: {exc}); "
-                              "the next --replace compares every bucket with the file, which takes longer")
-            return
-        self._store_fingerprints(gen, fingerprints)
-
     def _store_fingerprints(self, gen: int, fingerprints: Fingerprints) -> None:
         if not self.lock._fenced(_SET_FINGERPRINTS, [self.lock.key, self.layout.fingerprints(gen)],
                                  fingerprints.to_bytes()):
             raise self.lock._lost(" as it stored the data set's fingerprints")
 
-    def _stopped_incremental(self, exc: BaseException, target: Generation | None) -> LoadStopped:
-        if self.lock.lost and target is not None:
+    def _stopped_incremental(self, exc: BaseException, target: Generation) -> LoadStopped:
+        if self.lock.lost:
             try:
                 with interrupts_deferred():
                     self._disown(target.gen, target.buckets)
@@ -663,20 +642,29 @@ class _Run:
         elif compare is not None:
             self.phase("writing the new data set")
         written, final, worked_out = self._fill(gen, buckets, parsed, progress=self.progress if rows_progress else None)
-        fingerprints, parts = worked_out.result()
+        fingerprints: Fingerprints | None
+        parts: np.ndarray | None
+        try:
+            fingerprints, parts = worked_out.result()
+        except Exception as exc:  # a bug, or no memory left: the data set stands, compared and counted in full
+            fingerprints = parts = None
+            self.notes.append(f"the data set's fingerprints could not be worked out ({type(exc).__name__}: {exc}); "
+                              "the next --replace compares every bucket with the file, which takes longer")
         kept = None
         if compare is not None:
             self.phase("comparing it with the live one")
             lookup, known = final, 0
             old = read_fingerprints(self.client, self.layout, compare, buckets) if self.vouched else None
-            if old is not None:
+            if old is not None and fingerprints is not None and parts is not None:
                 same = fingerprints.same_as(old)
                 known = int(fingerprints.counts[same].sum())
                 lookup = final[~same[parts]]
             del parts
             kept = known + count_present(self.client, self.layout, compare, buckets, parsed, rows=lookup,
                                          before_send=self.lock.renew)
-        self._store_fingerprints(gen, fingerprints)
+        if fingerprints is not None:
+            self._store_fingerprints(gen, fingerprints)
+        self.fingerprinted = fingerprints is not None
         return gen, buckets, written.added - written.removed, kept  # exact: the generation started empty
 
     def _fill(self, gen: int, buckets: int, parsed: ParsedExport, *, progress: Callable[[int], None] | None,
@@ -745,7 +733,7 @@ class _Run:
         """
         self.phase("switching to the new data set")
         try:
-            self._switch_to(gen, buckets, records, live, vouch=True)  # write_new stored its fingerprints
+            self._switch_to(gen, buckets, records, live, vouch=self.fingerprinted)  # as write_new stored them
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, KeyboardInterrupt) as exc:
             switched = self._verify_switch(gen)
             if switched is None:
@@ -809,7 +797,7 @@ class _Run:
         gen, buckets = self.lock.writing or (None, 0)
         if self.published is not None:  # an interrupt in the instant after the switch
             return LoadStopped(exc, f"{what} is live (generation {self.published}); the previous data set is "
-                                    "deleted by the next load", rows_sent=self.rows_sent, switched=True)
+                                    "deleted by the next load", rows_sent=self.rows_sent, switched=True, whole=True)
         if isinstance(exc, _SwitchUnknown):
             otherwise = (f"generation {live.gen} means the previous one is still live" if live is not None
                          else "no generation means it is not")
@@ -818,14 +806,15 @@ class _Run:
                 f"{how} while switching to the new data set, and the store has not answered since: it is "
                 f"unknown whether {what} is live. Check with 'm2-code-store stats': generation {gen} means it "
                 f"is live and nothing more is needed; {otherwise}, and re-running the same command is safe"),
-                rows_sent=self.rows_sent, switched=None)
+                rows_sent=self.rows_sent, switched=None, whole=True)
         cleaned = self.discard(gen, buckets) if gen is not None else "nothing had been written yet"
         if self.lock.lost:
             return LoadStopped(exc, f"{what} was not switched in, and this loader changed nothing else; {cleaned}; "
-                                    f"{self._holds_now(live)}", rows_sent=self.rows_sent)
-        previous = "an empty store" if live is None else f"the previous data set ({live.count:,} records)"
-        return LoadStopped(exc, f"{what} was not switched in: the store still holds {previous}; {cleaned}. "
-                                "Re-running the same command is safe", rows_sent=self.rows_sent)
+                                    f"{self._holds_now(live)}", rows_sent=self.rows_sent, whole=True)
+        holds = ("the store is still empty" if live is None
+                 else f"the store still holds the previous data set ({live.count:,} records)")
+        return LoadStopped(exc, f"{what} was not switched in: {holds}; {cleaned}. Re-running the same command is "
+                                "safe", rows_sent=self.rows_sent, whole=True)
 
     def _advice(self) -> str:
         if self.lock.holder not in (None, "?"):
@@ -899,10 +888,13 @@ def load(
                 live = _recount(client, layout, lock, live)
         except (redis.exceptions.RedisError, LockLost, KeyboardInterrupt) as exc:
             raise LoadStopped(exc, "nothing of this file was written; the store holds what it held before "
-                                   "(old data sets may remain to be cleaned by the next load)", rows_sent=0) from exc
+                                   "(old data sets may remain to be cleaned by the next load)", rows_sent=0,
+                              whole=True) from exc
         if replace:
             return _replace(run, parsed, live, force, max_shrink)
-        if live is not None and _crowded(run, parsed, live):
+        if live is None:
+            return _first(run, parsed)
+        if _crowded(run, parsed, live):
             return _rebuild(run, parsed, live)
         return run.incremental(parsed, live)
     finally:
@@ -931,6 +923,18 @@ def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) 
     count = count_records(client, layout, live.gen, live.buckets, lock.renew)
     lock._fenced(_RECOUNTED, [lock.key, layout.meta], live.gen, live.dirty, count)
     return Generation(live.gen, live.buckets, count, live.loaded_at)
+
+
+def _first(run: _Run, parsed: ParsedExport) -> LoadResult:
+    """The first load into an empty store: written unpublished and switched in, as --replace does,
+    so a load that stops part-way leaves the store empty (not a part of the file live), and the
+    data set starts with exact fingerprints."""
+    try:
+        gen, buckets, records, _ = run.write_new(parsed)
+        run.publish(gen, buckets, records, None)
+    except BaseException as exc:
+        raise run.stopped_replace(exc, None, "the new data set") from exc
+    return LoadResult("incremental", gen, records, 0, records, 0, buckets, notes=run.notes, interrupted=run.interrupted)
 
 
 def _replace(run: _Run, parsed: ParsedExport, live: Generation | None, force: bool, max_shrink: float) -> LoadResult:

@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
         log.error("%s: %s.", stop_reason(exc.cause, target), exc.state)
         if isinstance(exc.cause, KeyboardInterrupt):
             return 143 if isinstance(exc.cause, Terminated) else 130
-        if args.replace:
+        if exc.whole:  # a new data set, switched in whole or not at all
             written = {True: f"{parsed.upserts:,}", None: "?", False: "0"}[exc.switched]
             finish(written, "0", store=target)
         else:

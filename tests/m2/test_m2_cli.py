@@ -182,8 +182,9 @@ def test_failed_load_reports_the_error_and_a_summary(tmp_path, env, redis_client
     (err,) = messages(captured.err)
     assert err.startswith("error: Redis failed during the load (BulkWriteError: Redis refused ")
     assert "OOM command not allowed" in err
-    assert err.endswith("Re-running the same file is safe.")
-    assert captured.out.startswith("read 60,000 rows: up to 60,000 written, ? deleted, 0 skipped; ")
+    assert err.endswith("the new data set was not switched in: the store is still empty; the partial new data set "
+                        "was deleted. Re-running the same command is safe.")
+    assert captured.out.startswith("read 60,000 rows: 0 written, 0 deleted, 0 skipped; ")  # a first load: none of it live
     assert main([str(big), "--quiet"]) == 0
     assert SUMMARY.match(capsys.readouterr().out.strip()).group("records") == "60,000"
 

@@ -368,6 +368,7 @@ def test_an_interrupted_replace_deletes_what_it_wrote_and_says_so_in_one_line(si
 
 def test_an_interrupted_incremental_load_says_what_stays_in_one_line(tmp_path, redis_url):
     client = redis.Redis.from_url(redis_url)
+    load(client, read_export(write_export(tmp_path / "before.csv", 400_000, delete_share=0, seed=4, code="ZZ")))
     big = write_export(tmp_path / "big.csv", 400_000, delete_share=0, seed=4)
     process = _loader(big, redis_url)
     _wait_for(lambda: client.hget("m2:meta", "dirty") not in (None, b"0"), what="the loader to start writing")
@@ -378,6 +379,21 @@ def test_an_interrupted_incremental_load_says_what_stays_in_one_line(tmp_path, r
     assert line.startswith("error: interrupted: ") and line.endswith(
         "before it stopped; what Redis applied stays, and the next load recounts the records. "
         "Re-running the same file is safe.")
+    assert not client.exists(Layout().lock)
+
+
+def test_an_interrupted_first_load_leaves_the_store_empty(tmp_path, redis_url):
+    """A first load is written unpublished and switched in: stopped part-way, nothing of it is live."""
+    client = redis.Redis.from_url(redis_url)
+    big = write_export(tmp_path / "big.csv", 400_000, delete_share=0, seed=4)
+    process = _loader(big, redis_url)
+    _wait_for(lambda: _writing(client), what="the loader to start writing")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert _one_line(err) == ("error: interrupted: the new data set was not switched in: the store is still empty; "
+                              "the partial new data set was deleted. Re-running the same command is safe.")
+    assert read_generation(client) is None and client.keys("m2:*:*") == []
     assert not client.exists(Layout().lock)
 
 
@@ -456,6 +472,7 @@ def test_an_incremental_loader_stopped_past_its_lease_sends_at_most_one_more_chu
     about a megabyte, so at most the chunk it was sending goes out."""
     client = redis.Redis.from_url(redis_url)
     rows = 400_000
+    load(client, read_export(write_export(tmp_path / "before.csv", rows, delete_share=0, seed=9, code="ZZ")))
     a_csv = write_export(tmp_path / "a.csv", rows, delete_share=0, seed=9, code="AA")
     b_csv = write_export(tmp_path / "b.csv", rows, delete_share=0, seed=9, code="BB")
     a = _loader(a_csv, redis_url)

@@ -11,7 +11,7 @@ import pytest
 from m2_code_store.bulk import digest64_array
 from m2_code_store.fingerprints import PARTS, UNKNOWN, Fingerprints, part_of
 from m2_code_store.las_csv import read_export
-from m2_code_store.loader import load, read_fingerprints
+from m2_code_store.loader import fingerprints_vouched, load, read_fingerprints
 from m2_code_store.store import Layout, read_generation
 
 HEADER = "Item barcode,Accession date,Customer code,Delete date\n"
@@ -119,7 +119,8 @@ def test_buckets_an_incremental_load_wrote_to_are_looked_up_again(tmp_path, redi
 
 def test_a_failure_working_out_a_new_stores_fingerprints_leaves_a_complete_load(tmp_path, redis_client, monkeypatch):
     """They are worked out on a thread while the write streams; should that fail, the data set is
-    in and counted, the load says so in a note, and the next --replace compares every bucket."""
+    in and counted, the load says so in a note, and the next --replace compares every bucket (and
+    a --replace whose own fingerprints fail compares every barcode)."""
     import m2_code_store.loader as loader
 
     def fail(*args, **kwargs):
@@ -132,9 +133,14 @@ def test_a_failure_working_out_a_new_stores_fingerprints_leaves_a_complete_load(
     live = read_generation(redis_client)
     assert live.count == 2990 and not live.dirty
     assert read_fingerprints(redis_client, Layout(), live.gen, live.buckets) is None
-    monkeypatch.undo()
+    assert not fingerprints_vouched(redis_client, Layout(), live)
     result = load(redis_client, export(tmp_path, range(5, 3000), "night.csv"), replace=True, grace=0)
     assert (result.added, result.removed, result.records) == (10, 5, 2995)
+    assert read_fingerprints(redis_client, Layout(), result.generation, live.buckets) is None
+    monkeypatch.undo()
+    result = load(redis_client, export(tmp_path, range(7, 3000), "next.csv"), replace=True, grace=0)
+    assert (result.added, result.removed, result.records) == (0, 2, 2993)
+    assert read_fingerprints(redis_client, Layout(), result.generation, live.buckets) is not None
 
 
 def test_record_sums_tell_a_changed_code_and_survive_storage():

@@ -251,7 +251,7 @@ def test_count_left_wrong_by_a_failed_load_is_repaired_by_the_next(tmp_path, red
     assert (generation.gen, generation.count, generation.dirty) == (result.generation, 3, "")
 
 
-def test_out_of_memory_mid_load_then_a_rerun_leaves_an_exact_count(tmp_path):
+def test_out_of_memory_mid_first_load_leaves_the_store_empty_then_a_rerun_loads_it(tmp_path):
     server = RedisServer(port=free_port(), data_dir=tmp_path / "redis").start()
     try:
         client = redis.Redis(port=server.port)
@@ -260,7 +260,9 @@ def test_out_of_memory_mid_load_then_a_rerun_leaves_an_exact_count(tmp_path):
         with pytest.raises(LoadStopped) as info:
             load(client, parsed)
         assert "OOM" in str(info.value.cause)
-        assert read_generation(client).dirty
+        assert info.value.state.startswith("the new data set was not switched in: the store is still empty; the "
+                                           "partial new data set was deleted.")
+        assert read_generation(client) is None and client.keys("m2:*:*") == []  # a first load: nothing of it live
         client.config_set("maxmemory", "0")
         result = load(client, parsed)
         assert result.records == parsed.upserts == read_generation(client).count
