@@ -704,14 +704,13 @@ class _Run:
             return (f"deleting the partial new data set (generation {gen}) was interrupted; the next load "
                     "deletes the rest")
 
-    def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, dirty: str = "0",
-                   vouch: bool = False) -> None:
+    def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, vouch: bool) -> None:
         """Publish *gen* (fenced, one step); the previous generation is marked retired in the same step.
         With *vouch*, gen's stored fingerprints are exact (fingerprints_vouched)."""
         expected = "" if live is None else str(live.gen)
         status = self.lock._fenced(
             _SWITCH, [self.lock.key, self.layout.generations, self.layout.meta],
-            gen, buckets, records, dirty, _now(), self.source, expected, "1" if vouch else "0",
+            gen, buckets, records, "0", _now(), self.source, expected, "1" if vouch else "0",
         )
         if status == 0:
             raise self.lock._lost(" before it could switch to the new data set")
