@@ -49,6 +49,7 @@ from m2_code_store.cluster import (
 )
 from m2_code_store.fingerprints import Fingerprints, part_of
 from m2_code_store.las_csv import ParsedExport
+from m2_code_store.rules import MAX_BARCODE_LENGTH
 from m2_code_store.store import Layout
 
 CHUNK_BYTES = 1 << 20
@@ -141,14 +142,17 @@ def _fixed_width_crc_tables(width: int) -> tuple[np.uint32, list[np.ndarray], np
 def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
     """``zlib.crc32`` of every string in *array* (UTF-8 bytes), or of those at positions *rows*, vectorised.
 
-    Strings all of one length are read two bytes at a time, down the columns of a 2-D view.
-    Otherwise the loop runs once per byte position of the longest string hashed: callers pass
-    only rows that passed validation (barcodes of at most 48 characters), so one huge value in
-    a skipped row costs nothing here.
+    Strings all of one length, at most a valid barcode's, are read two bytes at a time, down the
+    columns of a 2-D view (its tables grow as the square of the length). Otherwise the loop runs
+    once per byte position of the longest string hashed: callers pass only rows that passed
+    validation (barcodes of at most 48 characters), so huge values in skipped rows cost nothing.
     """
-    if rows is not None and 2 * len(rows) >= len(array) and _fixed_width(array, None) is not None:
+    whole = _fixed_width(array, None)
+    if whole is not None and whole.shape[1] > MAX_BARCODE_LENGTH:
+        whole = None
+    if rows is not None and 2 * len(rows) >= len(array) and whole is not None:
         return crc32_array(array)[rows]  # most rows: hashing them all in place beats gathering them
-    fixed = _fixed_width(array, rows)
+    fixed = whole if rows is None else _fixed_width(array, rows) if whole is not None else None
     if fixed is not None:
         width = fixed.shape[1]
         start, pair_tables, last_byte = _fixed_width_crc_tables(width)
@@ -662,10 +666,12 @@ def _counted(reply: int | list) -> int:
 
 
 def barcode_crcs(barcodes: pa.Array) -> np.ndarray | None:
-    """CRC-32 of every barcode as read (bad rows too), when they all have one length (an export,
-    nearly always: hashed in place at no extra cost); else None, and :func:`row_crc` hashes the
-    valid rows alone. Worked out while the rows are checked (las_csv.read_export's *meanwhile*)."""
-    return crc32_array(barcodes) if _fixed_width(barcodes, None) is not None else None
+    """CRC-32 of every barcode as read (bad rows too), when they all have one length that a valid
+    barcode can have (an export, nearly always: hashed in place at no extra cost); else None, and
+    :func:`row_crc` hashes the valid rows alone (so a file of huge values is never hashed).
+    Worked out while the rows are checked (las_csv.read_export's *meanwhile*)."""
+    fixed = _fixed_width(barcodes, None)
+    return crc32_array(barcodes) if fixed is not None and fixed.shape[1] <= MAX_BARCODE_LENGTH else None
 
 
 def row_crc(parsed: ParsedExport) -> np.ndarray:

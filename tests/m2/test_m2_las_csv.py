@@ -402,6 +402,18 @@ def test_the_barcodes_hashed_while_the_rows_are_checked_are_the_ones_loaded(tmp_
     assert barcode_crcs(pa.array(["1", "22"])) is None  # of two lengths: the valid rows are hashed later
 
 
+@pytest.mark.timeout(60)
+def test_a_file_of_huge_barcodes_all_of_one_length_is_not_hashed(tmp_path, redis_client):
+    """Every barcode of one length is hashed in place, while the rows are checked, only when
+    that length is a valid barcode's: the CRC tables of a 20,000-byte width took minutes."""
+    from m2_code_store.bulk import barcode_crcs
+
+    path = write(tmp_path, HEADER + "".join(f"{c * 20_000},2024-01-01,NA,\n" for c in "XY"))
+    parsed = read_export(path, meanwhile=barcode_crcs)
+    assert parsed.prepared is None and len(parsed.bad_rows) == 2
+    assert load(redis_client, parsed).records == 0
+
+
 def test_not_utf8_rows_keep_line_numbers_after_a_quote_inside_a_value(tmp_path):
     """A quote inside a value is a literal character (for Arrow as for the search for bad rows)."""
     text = b'Item barcode,Notes,Customer code,Delete date\n1,12" ruler,NA,\n2,x,N\xe9,\n3,"y",NC,\n4,\xe9,ND,\n5,z,N\xe9,\n'
