@@ -32,7 +32,7 @@ _handler: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
 def _build() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     body = os.environ.get("M2_RESPONSE_BODY", "").strip() or "inner"  # inner: what API Gateway's consumers read
-    return make_lambda_handler(create_app({"M2_RESPONSE_BODY": _response_body(body)}), binary_support=False)
+    return make_lambda_handler(create_app({"M2_RESPONSE_BODY": _response_body(body)}), binary_support=True)
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return as_the_original(_handler(routed(event), context), event)
 
 
-API_PREFIX = "/api/v0.1/"
+APP_ROOTS = ("/api/v0.1/", "/health", "/metrics")  # what the app's own paths start with
 
 
 def routed(event: dict[str, Any]) -> dict[str, Any]:
@@ -51,36 +51,46 @@ def routed(event: dict[str, Any]) -> dict[str, Any]:
 
     - The path without what API Gateway puts before the app's own: an HTTP API (v2) stage other
       than ``$default`` starts ``rawPath`` (``/prod/api/v0.1/…``), and a custom domain's base path
-      mapping starts a REST API's ``path``; the original answered whatever path reached it.
+      mapping starts a REST API's ``path`` (``/m2/health``); the original answered whatever path
+      reached it. A path that starts as one of the app's is left as it is.
     - The fields a hand-written or console test event may leave out or null, which apig-wsgi
-      needs: a v2 event's ``rawQueryString``, ``headers`` and ``requestContext.http`` details, and
-      a v1 event's ``multiValueQueryStringParameters`` set to null beside its single values.
+      needs: the method, a v2 event's ``rawQueryString``, ``headers`` and ``requestContext.http``
+      details, and a v1 event's ``multiValueQueryStringParameters`` empty or null beside its
+      single values.
     """
     event = dict(event)
     if event.get("version") == "2.0":
-        event.setdefault("rawQueryString", "")
+        event["rawQueryString"] = event.get("rawQueryString") or ""
         event["headers"] = event.get("headers") or {}
         context = dict(event.get("requestContext") or {})
         http = dict(context.get("http") or {})
-        http.setdefault("method", "GET")
-        http.setdefault("sourceIp", "")
-        http.setdefault("protocol", "HTTP/1.1")
+        for field, default in (("method", "GET"), ("sourceIp", ""), ("protocol", "HTTP/1.1")):
+            http[field] = http.get(field) or default
         context["http"], event["requestContext"] = http, context
         path, stage = event.get("rawPath") or "/", context.get("stage")
-        if stage and stage != "$default" and path.startswith(f"/{stage}/"):
+        if not path.startswith(APP_ROOTS) and stage and stage != "$default" and path.startswith(f"/{stage}/"):
             path = path[len(stage) + 1:]
-        event["rawPath"] = _from_api_prefix(path)
+        event["rawPath"] = _app_path(path)
     else:
-        event["path"] = _from_api_prefix(event.get("path") or "/")
-        if "multiValueQueryStringParameters" in event and event["multiValueQueryStringParameters"] is None:
+        event["httpMethod"] = event.get("httpMethod") or "GET"
+        event["path"] = _app_path(event.get("path") or "/")
+        if "multiValueQueryStringParameters" in event and not event["multiValueQueryStringParameters"]:
             event["multiValueQueryStringParameters"] = {
                 name: [value] for name, value in (event.get("queryStringParameters") or {}).items()}
     return event
 
 
-def _from_api_prefix(path: str) -> str:
-    at = path.find(API_PREFIX)
-    return path[at:] if at > 0 else path
+def _app_path(path: str) -> str:
+    """*path* from the app's own part on: ``/m2/api/v0.1/x`` is ``/api/v0.1/x``, ``/m2/health`` is ``/health``."""
+    if path.startswith(APP_ROOTS):
+        return path
+    at = path.find(APP_ROOTS[0])
+    if at > 0:
+        return path[at:]
+    for root in APP_ROOTS[1:]:
+        if path.endswith(root):
+            return root
+    return path
 
 
 def as_the_original(response: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:

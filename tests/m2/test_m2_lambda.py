@@ -155,9 +155,15 @@ def test_a_store_that_does_not_answer_is_a_400_body_as_the_original_answered_it(
     assert consumer_map(answer) == {}
 
 
+def staged(path: str, stage: str) -> dict[str, Any]:
+    event = http_v2(path, BARCODES)
+    return {**event, "requestContext": {**event["requestContext"], "stage": stage}}
+
+
 @pytest.mark.parametrize("prefixed", [
-    pytest.param(lambda: {**http_v2("/prod/api/v0.1/m2-customer-codes", BARCODES),
-                          "requestContext": {**http_v2("/", "")["requestContext"], "stage": "prod"}}, id="v2-named-stage"),
+    pytest.param(lambda: staged("/prod/api/v0.1/m2-customer-codes", "prod"), id="v2-named-stage"),
+    pytest.param(lambda: staged("/api/v0.1/m2-customer-codes", "api"), id="v2-stage-named-api-custom-domain"),
+    pytest.param(lambda: staged("/api/api/v0.1/m2-customer-codes", "api"), id="v2-stage-named-api"),
     pytest.param(lambda: rest_v1("/m2/api/v0.1/m2-customer-codes", BARCODES), id="v1-custom-domain-base-path"),
 ])
 def test_a_stage_or_base_path_before_the_api_path_is_not_part_of_the_route(
@@ -168,11 +174,14 @@ def test_a_stage_or_base_path_before_the_api_path_is_not_part_of_the_route(
     assert consumer_map(answer) == {"33433077906331": "QQ", "1234": "NX", "99999": None}
 
 
-def test_a_v2_stage_is_dropped_from_the_health_path(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("event", [
+    pytest.param(lambda: {**staged("/prod/health", "prod"), "rawQueryString": ""}, id="v2-named-stage"),
+    pytest.param(lambda: rest_v1("/m2/health"), id="v1-custom-domain-base-path"),
+])
+def test_a_stage_or_base_path_is_dropped_from_the_health_path(
+        store: str, monkeypatch: pytest.MonkeyPatch, event: Any) -> None:
     monkeypatch.setenv("REDIS_URL", store)
-    event = {**http_v2("/prod/health", ""), "rawQueryString": ""}
-    event["requestContext"] = {**event["requestContext"], "stage": "prod"}
-    answer = aws_lambda.handler(event, None)
+    answer = aws_lambda.handler(event(), None)
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["records"] == 2
 
 
@@ -184,10 +193,24 @@ def test_hand_written_events_missing_fields_are_answered_not_crashed(store: str,
     assert answer["statusCode"] == 400 and "barcodes" in json.loads(answer["body"])["message"]
     answer = aws_lambda.handler({**bare_v2, "rawQueryString": "barcodes=1234"}, None)
     assert consumer_map(answer) == {"1234": "NX"}
-    null_multi = {**rest_v1("/api/v0.1/m2-customer-codes", "1234"), "multiValueQueryStringParameters": None}
-    assert consumer_map(aws_lambda.handler(null_multi, None)) == {"1234": "NX"}
-    no_path = {"httpMethod": "GET", "queryStringParameters": {"barcodes": "1234"}}
-    assert aws_lambda.handler(no_path, None)["statusCode"] == 404
+    assert consumer_map(aws_lambda.handler({**bare_v2, "rawQueryString": None}, None)) == {}  # the JSON 400
+    null_method = {**bare_v2, "rawQueryString": "barcodes=1234", "requestContext": {"http": {"method": None}}}
+    assert consumer_map(aws_lambda.handler(null_method, None)) == {"1234": "NX"}
+    for multi in (None, {}):
+        event = {**rest_v1("/api/v0.1/m2-customer-codes", "1234"), "multiValueQueryStringParameters": multi}
+        assert consumer_map(aws_lambda.handler(event, None)) == {"1234": "NX"}
+    minimal = {"path": "/api/v0.1/m2-customer-codes", "queryStringParameters": {"barcodes": "1234"}}
+    assert consumer_map(aws_lambda.handler(minimal, None)) == {"1234": "NX"}
+    assert aws_lambda.handler({}, None)["statusCode"] == 404
+
+
+def test_the_docs_page_assets_are_answered_as_binary(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", store)
+    answer = aws_lambda.handler(rest_v1("/api/v0.1/docs/favicon-32x32.png"), None)
+    assert answer["statusCode"] == 200 and answer["isBase64Encoded"] is True
+    assert base64.b64decode(answer["body"]).startswith(b"\x89PNG")
+    lookup = aws_lambda.handler(rest_v1("/api/v0.1/m2-customer-codes", "1234"), None)
+    assert lookup["isBase64Encoded"] is False and consumer_map(lookup) == {"1234": "NX"}
 
 
 def test_a_cold_start_with_redis_url_imports_only_what_a_lookup_needs(store: str) -> None:
