@@ -810,7 +810,7 @@ class _Run:
         if self.lock.lost:
             return LoadStopped(exc, f"{what} was not switched in, and this loader changed nothing else; {cleaned}; "
                                     f"{self._holds_now(live)}", rows_sent=self.rows_sent, whole=True)
-        holds = ("the store is still empty" if live is None
+        holds = ("the store is still empty" if live is None or live.count == 0
                  else f"the store still holds the previous data set ({live.count:,} records)")
         return LoadStopped(exc, f"{what} was not switched in: {holds}; {cleaned}. Re-running the same command is "
                                 "safe", rows_sent=self.rows_sent, whole=True)
@@ -891,8 +891,8 @@ def load(
                               whole=True) from exc
         if replace:
             return _replace(run, parsed, live, force, max_shrink)
-        if live is None:
-            return _first(run, parsed)
+        if live is None or live.count == 0:
+            return _first(run, parsed, live)
         if _crowded(run, parsed, live):
             return _rebuild(run, parsed, live)
         return run.incremental(parsed, live)
@@ -924,15 +924,16 @@ def _recount(client: redis.Redis, layout: Layout, lock: Lock, live: Generation) 
     return Generation(live.gen, live.buckets, count, live.loaded_at)
 
 
-def _first(run: _Run, parsed: ParsedExport) -> LoadResult:
-    """The first load into an empty store: written unpublished and switched in, as --replace does,
-    so a load that stops part-way leaves the store empty (not a part of the file live), and the
-    data set starts with exact fingerprints."""
+def _first(run: _Run, parsed: ParsedExport, live: Generation | None) -> LoadResult:
+    """The first load into an empty store (*live* None, or a data set of no records, as a file of
+    deletes leaves): written unpublished and switched in, as --replace does, so a load that stops
+    part-way leaves the store empty (not a part of the file live), and the data set starts with
+    exact fingerprints and as many buckets as it needs."""
     try:
         gen, buckets, records, _ = run.write_new(parsed)
-        run.publish(gen, buckets, records, None)
+        run.publish(gen, buckets, records, live)
     except BaseException as exc:
-        raise run.stopped_replace(exc, None, "the new data set") from exc
+        raise run.stopped_replace(exc, live, "the new data set") from exc
     return LoadResult("incremental", gen, records, 0, records, 0, buckets, notes=run.notes, interrupted=run.interrupted)
 
 

@@ -22,6 +22,7 @@ from m2_code_store.loader import (
     ReplaceRefused,
     StoreBusy,
     clean_generations,
+    fingerprints_vouched,
     load,
 )
 from m2_code_store.store import CodeStore, Layout, read_generation
@@ -434,3 +435,19 @@ def test_a_refused_lookup_raises_with_redis_message(tmp_path, redis_client):
     redis_client.set(f"m2:{generation.gen}:{bucket}", "not a hash")
     with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
         CodeStore(redis_client).lookup(["2", "1"])
+
+
+def test_a_store_left_with_no_records_is_loaded_as_a_first_load(tmp_path, redis_client):
+    """A file of deletes (or a header alone) into an empty store publishes a data set of no
+    records; the next load is then a first load (a new generation of the buckets it needs,
+    switched in), not a rebuild of the empty one, and the empty one expires."""
+    (tmp_path / "deletes.csv").write_text(HEADER + "1,,,2024-01-01\n2,,,2024-01-01\n")
+    empty = load(redis_client, read_export(tmp_path / "deletes.csv"), grace=0)
+    assert empty.records == 0 and read_generation(redis_client).buckets == 1024
+    parsed = read_export(write_export(tmp_path / "items.csv", 50_000, delete_share=0))
+    result = load(redis_client, parsed, grace=0)
+    live = read_generation(redis_client)
+    assert not result.rebuilt and result.generation == live.gen != empty.generation
+    assert (result.added, result.removed, result.records) == (50_000, 0, 50_000) == (50_000, 0, live.count)
+    assert live.buckets == 2048 and fingerprints_vouched(redis_client, Layout(), live)
+    assert not redis_client.keys(f"m2:{empty.generation}:*")
