@@ -490,10 +490,11 @@ class Deferred:
 
 
 @contextmanager
-def interrupts_deferred() -> Iterator[Deferred]:
+def interrupts_deferred(*, hold: int = 1) -> Iterator[Deferred]:
     """Hold off the first SIGINT or SIGTERM while the block runs (a clean-up should not stop
     half-way); a second one raises KeyboardInterrupt at once, so a person is never ignored for
-    long. The caller decides what to do with ``received``. Only in the main thread."""
+    long (*hold* 0: the first one does, for a clean-up that an interrupt started). The caller
+    decides what to do with ``received``. Only in the main thread."""
     deferred = Deferred()
     if threading.current_thread() is not threading.main_thread():
         yield deferred
@@ -501,7 +502,7 @@ def interrupts_deferred() -> Iterator[Deferred]:
 
     def record(signum: int, _frame: object) -> None:
         deferred.received.append(signum)
-        if len(deferred.received) > 1:
+        if len(deferred.received) > hold:
             raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -536,6 +537,7 @@ class _Run:
         self.notes: list[str] = []
         self.vouched = False  # whether the live generation's fingerprints are exact (fingerprints_vouched)
         self.fingerprinted = False  # whether write_new stored exact fingerprints of the generation it wrote
+        self.stop_now = False  # a person stopped the clean-up: exit without waiting on Redis again
 
     def progress(self, rows: int) -> None:
         self.rows_sent = rows  # handed to the sender: sent unless the load stops first
@@ -682,10 +684,11 @@ class _Run:
                                        before_send=self.lock.renew)
         return written, final, fingerprints
 
-    def discard(self, gen: int, buckets: int) -> str:
-        """Delete this loader's unpublished generation; says how that went."""
+    def discard(self, gen: int, buckets: int, *, interrupted: bool = False) -> str:
+        """Delete this loader's unpublished generation; says how that went. When the load stops for
+        an interrupt (*interrupted*), the next one stops the deletion: the second Ctrl-C."""
         try:
-            with interrupts_deferred():
+            with interrupts_deferred(hold=0 if interrupted else 1):
                 live = read_generation(self.client, self.layout)
                 if self.published == gen or (live is not None and live.gen == gen):
                     return f"the new data set (generation {gen}) is live after all, so it was kept"
@@ -701,6 +704,7 @@ class _Run:
             return (f"the partial new data set (generation {gen}) could not be deleted ({type(exc).__name__}); "
                     "the next load deletes it")
         except KeyboardInterrupt:
+            self.stop_now = True
             return (f"deleting the partial new data set (generation {gen}) was interrupted; the next load "
                     "deletes the rest")
 
@@ -806,7 +810,8 @@ class _Run:
                 f"unknown whether {what} is live. Check with 'm2-code-store stats': generation {gen} means it "
                 f"is live and nothing more is needed; {otherwise}, and re-running the same command is safe"),
                 rows_sent=self.rows_sent, switched=None, whole=True)
-        cleaned = self.discard(gen, buckets) if gen is not None else "nothing had been written yet"
+        cleaned = (self.discard(gen, buckets, interrupted=isinstance(exc, KeyboardInterrupt)) if gen is not None
+                   else "nothing had been written yet")
         if self.lock.lost:
             return LoadStopped(exc, f"{what} was not switched in, and this loader changed nothing else; {cleaned}; "
                                     f"{self._holds_now(live)}", rows_sent=self.rows_sent, whole=True)
@@ -898,8 +903,9 @@ def load(
         return run.incremental(parsed, live)
     finally:
         try:
-            with interrupts_deferred():
-                lock.release()
+            if not run.stop_now:  # else the lease runs out, or the next load on this host takes it over
+                with interrupts_deferred():
+                    lock.release()
         except redis.exceptions.RedisError:
             pass  # the store is gone: the lock expires by itself; keep the original error
 

@@ -492,3 +492,36 @@ def test_an_incremental_loader_stopped_past_its_lease_sends_at_most_one_more_chu
     stale = codes.count("AA")
     assert codes.count("BB") + stale == rows
     assert stale <= 40_000, f"{stale:,} rows of the stopped loader overwrote the newer load"
+
+
+def test_a_second_ctrl_c_stops_the_clean_up_of_an_interrupted_replace(tmp_path, redis_url):
+    """Ctrl-C stops a --replace, which then deletes what it wrote; while Redis is slow to answer
+    that, the second Ctrl-C stops the deletion at once (the next load finishes it), as the README
+    says. It once took a third: the clean-up held off the first signal it saw itself."""
+    client = redis.Redis.from_url(redis_url)
+    small = write_export(tmp_path / "small.csv", 1_000, delete_share=0)
+    load(client, read_export(small))
+    process = _loader(write_export(tmp_path / "big.csv", 400_000, delete_share=0, seed=4), redis_url, "--replace")
+    _wait_for(lambda: _writing(client), what="the loader to start writing")
+    sleeper = threading.Thread(target=redis.Redis.from_url(redis_url, socket_timeout=30).execute_command,
+                               args=("DEBUG", "SLEEP", 6))
+    sleeper.start()
+    started = time.monotonic()
+    try:
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)  # the load stops, and its clean-up waits on Redis
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        stopped_after = time.monotonic() - started
+    finally:
+        sleeper.join()
+    assert process.returncode == 130
+    line = _one_line(err)
+    assert line.startswith("error: interrupted: the replacement was not switched in: the store still holds the "
+                           "previous data set (1,000 records); deleting the partial new data set (generation "), line
+    assert line.endswith("was interrupted; the next load deletes the rest. Re-running the same command is safe."), line
+    assert stopped_after < 5, f"the second Ctrl-C was answered after {stopped_after:.1f} s, when Redis woke"
+    result = load(client, read_export(small), replace=True, grace=0)
+    assert result.records == 1_000 and set(client.keys("m2:*:*")) <= {f"m2:{result.generation}:{b}".encode()
+                                                                      for b in range(result.buckets)}
