@@ -176,12 +176,14 @@ def health_of(stats: dict[str, Any], max_age: float | None, now: datetime) -> tu
 
 
 def _hours(seconds: float, *, exact: bool = True) -> str:
-    """``36 hours``, ``48.0 hours``; under an hour in minutes or seconds (``10 minutes``, ``1 minute``)."""
-    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
-        if seconds >= size or size == 1:
-            amount = f"{seconds / size:g}" if exact else f"{seconds / size:,.1f}" if size > 1 else f"{seconds:,.0f}"
+    """A setting (*exact*) in the largest unit that holds it whole: ``36 hours``, ``90 minutes``,
+    ``61 seconds``; an age to a tenth: ``48.0 hours``, ``5.0 minutes``, ``50 seconds``."""
+    for size, unit in ((3600, "hour"), (60, "minute")):
+        if seconds >= size and (not exact or seconds % size == 0):
+            amount = f"{seconds / size:,.1f}" if not exact else f"{seconds // size:,.0f}"
             return f"{amount} {unit}{'' if amount == '1' else 's'}"
-    raise AssertionError("unreachable")  # pragma: no cover
+    amount = f"{seconds:,.0f}" if not exact else f"{seconds:g}"
+    return f"{amount} second{'' if amount == '1' else 's'}"
 
 
 @bp.get("/metrics")
