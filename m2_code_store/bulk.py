@@ -669,7 +669,7 @@ def barcode_crcs(barcodes: pa.Array) -> np.ndarray | None:
     """CRC-32 of every barcode as read (bad rows too), when they all have one length that a valid
     barcode can have (an export, nearly always: hashed in place at no extra cost); else None, and
     :func:`row_crc` hashes the valid rows alone (so a file of huge values is never hashed).
-    Worked out while the rows are checked (las_csv.read_export's *meanwhile*)."""
+    Worked out while the rows are checked (las_csv.read_export's *hash_barcodes*)."""
     fixed = _fixed_width(barcodes, None)
     return crc32_array(barcodes) if fixed is not None and fixed.shape[1] <= MAX_BARCODE_LENGTH else None
 
@@ -678,12 +678,9 @@ def row_crc(parsed: ParsedExport) -> np.ndarray:
     """CRC-32 of every valid row's barcode, by source row (skipped rows are not hashed, unless
     :func:`barcode_crcs` hashed every row); computed once per file and kept on *parsed*."""
     if parsed.row_crc is None:
-        if parsed.prepared is not None:
-            parsed.row_crc = parsed.prepared
-        else:
-            crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)
-            crc[parsed.order] = crc32_array(parsed.source_barcodes, parsed.order)
-            parsed.row_crc = crc
+        crc = np.zeros(len(parsed.source_barcodes), dtype=np.uint32)
+        crc[parsed.order] = crc32_array(parsed.source_barcodes, parsed.order)
+        parsed.row_crc = crc
     return parsed.row_crc
 
 

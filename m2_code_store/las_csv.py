@@ -39,7 +39,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -96,8 +95,8 @@ class ParsedExport:
     bad_rows: list[BadRow] = field(default_factory=list)
     blank_lines: int = 0
     apply_order: np.ndarray | None = None  # positions into source_*; None: all of them, as read
-    row_crc: np.ndarray | None = None  # CRC-32 of each valid row's barcode (by source row), filled by bulk on first use
-    prepared: Any = None  # what read_export's *meanwhile* returned
+    # CRC-32 of each valid row's barcode (by source row): from read_export's hash_barcodes, or bulk's on first use
+    row_crc: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.source_barcodes) if self.apply_order is None else len(self.apply_order)
@@ -229,28 +228,30 @@ def _date_column(values: pa.Array) -> tuple[np.ndarray, list[str], list[date | N
     return encoded.indices.to_numpy(zero_copy_only=False), distinct, [_parse_date(v) if v else None for v in distinct]
 
 
-def read_export(path: str | Path, *, meanwhile: Callable[[pa.Array], Any] | None = None) -> ParsedExport:
+def read_export(path: str | Path, *, hash_barcodes: Callable[[pa.Array], np.ndarray | None] | None = None,
+                ) -> ParsedExport:
     """Parse and validate a LAS export; raise ExportError if the file cannot be used at all.
 
     Three steps: read the bytes and find the columns (:func:`_open_export`), read the rows with
     Arrow, recovering from lines that would break it (:class:`_RowReader`), then decide which rows
     are bad and in what order the good ones apply (:func:`_validate`).
 
-    *meanwhile*, if given, is called with the barcode column (every row as read, bad ones too) on
-    a thread of its own while the rows are checked, so that work the caller does on every barcode
-    overlaps the checks; ``parsed.prepared`` holds what it returned.
+    *hash_barcodes*, if given, is called with the barcode column (every row as read, bad ones
+    too) on a thread of its own while the rows are checked: what it returns, the CRC-32 of each
+    row's barcode or None, is ``parsed.row_crc`` (bulk.barcode_crcs; None: bulk hashes the valid
+    rows when it needs them).
     """
     path = Path(path)
     raw, delimiter, header, indexes = _open_export(path)
     reader = _RowReader(path, delimiter, header, indexes)
     reader.raw, raw = raw, b""  # the reader lets go of the file's bytes as soon as Arrow has read them
     rows = reader.read()
-    if meanwhile is None:
+    if hash_barcodes is None:
         return _validate(rows, "accession_date" in indexes)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m2-read") as pool:
-        prepared = pool.submit(meanwhile, rows.columns["barcode"])
+        hashed = pool.submit(hash_barcodes, rows.columns["barcode"])
         parsed = _validate(rows, "accession_date" in indexes)
-        parsed.prepared = prepared.result()
+        parsed.row_crc = hashed.result()
     return parsed
 
 

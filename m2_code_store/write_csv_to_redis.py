@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        parsed = read_export(args.csv_file, meanwhile=barcode_crcs)
+        parsed = read_export(args.csv_file, hash_barcodes=barcode_crcs)
     except ExportError as exc:
         log.error("%s", exc)
         return 2

@@ -383,17 +383,17 @@ def test_the_barcodes_hashed_while_the_rows_are_checked_are_the_ones_loaded(tmp_
     path = write(tmp_path, text)
     seen = []
 
-    def meanwhile(barcodes):
+    def hashing(barcodes):
         seen.append(barcodes)
         return barcode_crcs(barcodes)
 
-    parsed = read_export(path, meanwhile=meanwhile)
+    parsed = read_export(path, hash_barcodes=hashing)
     assert len(seen[0]) == 43 and seen[0][40].as_py() == "3343300000004!"  # every row, the bad ones too
-    assert parsed.prepared.tolist() == [zlib.crc32(b.encode()) for b in seen[0].to_pylist()]
+    assert parsed.row_crc.tolist() == [zlib.crc32(b.encode()) for b in seen[0].to_pylist()]
     assert len(parsed.bad_rows) == 2
     load(redis_client, parsed)
     hashed_later = read_export(path)
-    assert hashed_later.prepared is None
+    assert hashed_later.row_crc is None
     codes = CodeStore(redis_client).lookup([str(33433000000000 + i) for i in range(40)])
     redis_client.flushdb()
     load(redis_client, hashed_later)
@@ -409,8 +409,8 @@ def test_a_file_of_huge_barcodes_all_of_one_length_is_not_hashed(tmp_path, redis
     from m2_code_store.bulk import barcode_crcs
 
     path = write(tmp_path, HEADER + "".join(f"{c * 20_000},2024-01-01,NA,\n" for c in "XY"))
-    parsed = read_export(path, meanwhile=barcode_crcs)
-    assert parsed.prepared is None and len(parsed.bad_rows) == 2
+    parsed = read_export(path, hash_barcodes=barcode_crcs)
+    assert parsed.row_crc is None and len(parsed.bad_rows) == 2
     assert load(redis_client, parsed).records == 0
 
 
