@@ -704,9 +704,27 @@ class _Run:
             return (f"the partial new data set (generation {gen}) could not be deleted ({type(exc).__name__}); "
                     "the next load deletes it")
         except KeyboardInterrupt:
-            self.stop_now = True
-            return (f"deleting the partial new data set (generation {gen}) was interrupted; the next load "
-                    "deletes the rest")
+            self.stop_now = True  # the lease is released here, or not at all
+            if self._let_go_quickly(gen, buckets):
+                return (f"deleting the partial new data set (generation {gen}) was interrupted; the next load "
+                        "deletes the rest")
+            return (f"deleting the partial new data set (generation {gen}) was interrupted, and Redis did not "
+                    f"answer in time: another load is refused until this loader's lock expires (within "
+                    f"{self.lock.ttl_ms // 1000} seconds), then the next load deletes the rest")
+
+    def _let_go_quickly(self, gen: int, buckets: int) -> bool:
+        """After a second interrupt: list *gen* as retired (any next load deletes it, from any host)
+        and release the lease, giving Redis a second; whether that was done."""
+        quick = _meta_client(self.client, self.layout, timeout=1.0)
+        try:
+            with interrupts_deferred(hold=0):
+                quick.eval(_DISOWN, 2, self.layout.generations, self.layout.meta, self.lock.token, gen, buckets)
+                quick.eval(_RELEASE, 1, self.lock.key, self.lock.token)
+            return True
+        except (redis.exceptions.RedisError, KeyboardInterrupt):
+            return False
+        finally:
+            quick.close()
 
     def _switch_to(self, gen: int, buckets: int, records: int, live: Generation | None, *, vouch: bool) -> None:
         """Publish *gen* (fenced, one step); the previous generation is marked retired in the same step.
@@ -774,13 +792,7 @@ class _Run:
         At most SWITCH_CHECKS reads a second apart, each with a short timeout; an interrupt ends
         the checks (unknown), so a person waits seconds, not the minutes of the loader's timeouts.
         """
-        client = self.client
-        if isinstance(client, ClusterRedis):  # m2:meta's primary, as the slot map says
-            client = client.redis_cluster.get_redis_connection(client.primary_of(key_slot(self.layout.meta.encode())))
-        pool = client.connection_pool
-        checker = redis.Redis(connection_pool=pool.__class__(
-            connection_class=pool.connection_class,
-            **{**pool.connection_kwargs, "socket_timeout": 2.0, "socket_connect_timeout": 2.0}))
+        checker = _meta_client(self.client, self.layout, timeout=2.0)
         try:
             for attempt in range(SWITCH_CHECKS):
                 try:
@@ -840,6 +852,17 @@ class _Run:
                 "Re-run the same command only if this file should replace that")
 
 
+def _meta_client(client: redis.Redis, layout: Layout, *, timeout: float) -> redis.Redis:
+    """A client of the node holding ``m2:meta`` (its lease and list of generations) whose calls
+    give up after *timeout* seconds: for the last words of a load a person is waiting on."""
+    if isinstance(client, ClusterRedis):  # m2:meta's primary, as the slot map says
+        client = client.redis_cluster.get_redis_connection(client.primary_of(key_slot(layout.meta.encode())))
+    pool = client.connection_pool
+    return redis.Redis(connection_pool=pool.__class__(
+        connection_class=pool.connection_class,
+        **{**pool.connection_kwargs, "socket_timeout": timeout, "socket_connect_timeout": timeout}))
+
+
 def _fingerprints_meanwhile(parsed: ParsedExport, buckets: int, final: np.ndarray,
                             ) -> Future[tuple[Fingerprints, np.ndarray]]:
     """The fingerprints of what *parsed* leaves in an empty generation of *buckets* buckets
@@ -896,7 +919,7 @@ def load(
                               whole=True) from exc
         if replace:
             return _replace(run, parsed, live, force, max_shrink)
-        if live is None or live.count == 0:
+        if live is None or (live.count == 0 and not count_records(client, layout, live.gen, live.buckets, lock.renew)):
             return _first(run, parsed, live)
         if _crowded(run, parsed, live):
             return _rebuild(run, parsed, live)

@@ -28,7 +28,7 @@ from m2_code_store import bulk
 from m2_code_store import loader as loader_module
 from m2_code_store.config import StoreTarget, connect
 from m2_code_store.las_csv import read_export
-from m2_code_store.loader import LoadStopped, LockLost, load
+from m2_code_store.loader import LoadStopped, Lock, LockLost, load
 from m2_code_store.store import CodeStore, Layout, read_generation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -520,8 +520,31 @@ def test_a_second_ctrl_c_stops_the_clean_up_of_an_interrupted_replace(tmp_path, 
     line = _one_line(err)
     assert line.startswith("error: interrupted: the replacement was not switched in: the store still holds the "
                            "previous data set (1,000 records); deleting the partial new data set (generation "), line
-    assert line.endswith("was interrupted; the next load deletes the rest. Re-running the same command is safe."), line
+    assert line.endswith("was interrupted, and Redis did not answer in time: another load is refused until this "
+                         "loader's lock expires (within 60 seconds), then the next load deletes the rest. Re-running "
+                         "the same command is safe."), line
     assert stopped_after < 5, f"the second Ctrl-C was answered after {stopped_after:.1f} s, when Redis woke"
     result = load(client, read_export(small), replace=True, grace=0)
     assert result.records == 1_000 and set(client.keys("m2:*:*")) <= {f"m2:{result.generation}:{b}".encode()
                                                                       for b in range(result.buckets)}
+
+
+def test_after_a_second_ctrl_c_the_lease_is_released_and_the_partial_generation_left_to_any_next_load(
+        tmp_path, redis_url):
+    """When Redis answers, the loader stopped in its clean-up lets go at once: its lease is
+    released and the generation it was writing is listed as retired, so a load from another host
+    is not refused and deletes it (not left for ABANDONED_AFTER_MS as a stalled writer's)."""
+    client = redis.Redis.from_url(redis_url)
+    lock = Lock(client, Layout())
+    lock.acquire()
+    run = loader_module._Run(client, Layout(), lock, source="x", grace=0, progress=None, sleep=time.sleep)
+    lock.begin(7, 4)
+    client.hset("m2:7:1", "33433000000000", "NA")
+    assert run._let_go_quickly(7, 4)
+    assert not client.exists(Layout().lock)
+    assert client.hget(Layout().generations, "7").split(b" ")[1] == b"retired"
+    other = Lock(client, Layout())
+    other.host = "another-host"
+    other.acquire()
+    assert loader_module.clean_generations(client, Layout(), other, None, grace=0, sleep=time.sleep) == []
+    assert not client.exists("m2:7:1") and not client.hexists(Layout().generations, "7")

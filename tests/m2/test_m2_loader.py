@@ -451,3 +451,16 @@ def test_a_store_left_with_no_records_is_loaded_as_a_first_load(tmp_path, redis_
     assert (result.added, result.removed, result.records) == (50_000, 0, 50_000) == (50_000, 0, live.count)
     assert live.buckets == 2048 and fingerprints_vouched(redis_client, Layout(), live)
     assert not redis_client.keys(f"m2:{empty.generation}:*")
+
+
+def test_a_store_whose_count_says_no_records_but_whose_buckets_hold_some_is_not_replaced(tmp_path, redis_client):
+    """The first-load path replaces what the store holds: it is taken only when the buckets are
+    really empty (a writer that added records without counting them keeps them)."""
+    (tmp_path / "deletes.csv").write_text(HEADER + "1,,,2024-01-01\n")
+    empty = load(redis_client, read_export(tmp_path / "deletes.csv"), grace=0)
+    bucket = zlib.crc32(b"by-hand") & 1023
+    redis_client.hset(f"m2:{empty.generation}:{bucket}", "by-hand", "NZ")
+    (tmp_path / "items.csv").write_text(HEADER + "2,,NA,\n")
+    result = load(redis_client, read_export(tmp_path / "items.csv"), grace=0)
+    assert result.generation == empty.generation
+    assert CodeStore(redis_client).lookup(["by-hand", "2"]) == ["NZ", "NA"]
