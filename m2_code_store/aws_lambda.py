@@ -43,7 +43,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return as_the_original(_handler(routed(event), context), event)
 
 
-APP_ROOTS = ("/api/v0.1/", "/health", "/metrics")  # what the app's own paths start with
+API_ROOT = "/api/v0.1/"
+PAGES = ("/health", "/metrics")  # the app's paths outside API_ROOT
+
+
+def _is_app_path(path: str) -> bool:
+    return path.startswith(API_ROOT) or path in PAGES or path.startswith(tuple(f"{page}/" for page in PAGES))
 
 
 def routed(event: dict[str, Any]) -> dict[str, Any]:
@@ -54,21 +59,22 @@ def routed(event: dict[str, Any]) -> dict[str, Any]:
       mapping starts a REST API's ``path`` (``/m2/health``); the original answered whatever path
       reached it. A path that starts as one of the app's is left as it is.
     - The fields a hand-written or console test event may leave out or null, which apig-wsgi
-      needs: the method, a v2 event's ``rawQueryString``, ``headers`` and ``requestContext.http``
-      details, and a v1 event's ``multiValueQueryStringParameters`` empty or null beside its
+      needs: the method, a v2 event's ``rawQueryString``, ``headers``, ``cookies`` and
+      ``requestContext.http`` details, and a v1 event's ``multiValueQueryStringParameters`` empty or null beside its
       single values.
     """
     event = dict(event)
     if event.get("version") == "2.0":
         event["rawQueryString"] = event.get("rawQueryString") or ""
         event["headers"] = event.get("headers") or {}
+        event["cookies"] = event.get("cookies") or []
         context = dict(event.get("requestContext") or {})
         http = dict(context.get("http") or {})
         for field, default in (("method", "GET"), ("sourceIp", ""), ("protocol", "HTTP/1.1")):
             http[field] = http.get(field) or default
         context["http"], event["requestContext"] = http, context
         path, stage = event.get("rawPath") or "/", context.get("stage")
-        if not path.startswith(APP_ROOTS) and stage and stage != "$default" and path.startswith(f"/{stage}/"):
+        if not _is_app_path(path) and stage and stage != "$default" and path.startswith(f"/{stage}/"):
             path = path[len(stage) + 1:]
         event["rawPath"] = _app_path(path)
     else:
@@ -82,14 +88,14 @@ def routed(event: dict[str, Any]) -> dict[str, Any]:
 
 def _app_path(path: str) -> str:
     """*path* from the app's own part on: ``/m2/api/v0.1/x`` is ``/api/v0.1/x``, ``/m2/health`` is ``/health``."""
-    if path.startswith(APP_ROOTS):
+    if _is_app_path(path):
         return path
-    at = path.find(APP_ROOTS[0])
+    at = path.find(API_ROOT)
     if at > 0:
         return path[at:]
-    for root in APP_ROOTS[1:]:
-        if path.endswith(root):
-            return root
+    for page in PAGES:
+        if path.endswith(page):
+            return page
     return path
 
 

@@ -165,6 +165,8 @@ def staged(path: str, stage: str) -> dict[str, Any]:
     pytest.param(lambda: staged("/api/v0.1/m2-customer-codes", "api"), id="v2-stage-named-api-custom-domain"),
     pytest.param(lambda: staged("/api/api/v0.1/m2-customer-codes", "api"), id="v2-stage-named-api"),
     pytest.param(lambda: rest_v1("/m2/api/v0.1/m2-customer-codes", BARCODES), id="v1-custom-domain-base-path"),
+    pytest.param(lambda: staged("/healthcheck/api/v0.1/m2-customer-codes", "healthcheck"), id="v2-stage-named-health..."),
+    pytest.param(lambda: rest_v1("/metrics-v2/api/v0.1/m2-customer-codes", BARCODES), id="v1-base-path-metrics..."),
 ])
 def test_a_stage_or_base_path_before_the_api_path_is_not_part_of_the_route(
         store: str, monkeypatch: pytest.MonkeyPatch, prefixed: Any) -> None:
@@ -177,6 +179,7 @@ def test_a_stage_or_base_path_before_the_api_path_is_not_part_of_the_route(
 @pytest.mark.parametrize("event", [
     pytest.param(lambda: {**staged("/prod/health", "prod"), "rawQueryString": ""}, id="v2-named-stage"),
     pytest.param(lambda: rest_v1("/m2/health"), id="v1-custom-domain-base-path"),
+    pytest.param(lambda: {**staged("/health-prod/health", "health-prod"), "rawQueryString": ""}, id="v2-stage-health-prod"),
 ])
 def test_a_stage_or_base_path_is_dropped_from_the_health_path(
         store: str, monkeypatch: pytest.MonkeyPatch, event: Any) -> None:
@@ -194,6 +197,8 @@ def test_hand_written_events_missing_fields_are_answered_not_crashed(store: str,
     answer = aws_lambda.handler({**bare_v2, "rawQueryString": "barcodes=1234"}, None)
     assert consumer_map(answer) == {"1234": "NX"}
     assert consumer_map(aws_lambda.handler({**bare_v2, "rawQueryString": None}, None)) == {}  # the JSON 400
+    assert consumer_map(aws_lambda.handler({**bare_v2, "rawQueryString": "barcodes=1234", "cookies": None}, None)) == {
+        "1234": "NX"}
     null_method = {**bare_v2, "rawQueryString": "barcodes=1234", "requestContext": {"http": {"method": None}}}
     assert consumer_map(aws_lambda.handler(null_method, None)) == {"1234": "NX"}
     for multi in (None, {}):
