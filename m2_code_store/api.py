@@ -178,11 +178,12 @@ def health_of(stats: dict[str, Any], max_age: float | None, now: datetime) -> tu
 def _hours(seconds: float, *, exact: bool = True) -> str:
     """A setting (*exact*) in the largest unit that holds it whole: ``36 hours``, ``90 minutes``,
     ``61 seconds``; an age to a tenth: ``48.0 hours``, ``5.0 minutes``, ``50 seconds``."""
+    seconds = round(seconds, 6)  # 1.1d is 95040.00000000001 s
     for size, unit in ((3600, "hour"), (60, "minute")):
         if seconds >= size and (not exact or seconds % size == 0):
             amount = f"{seconds / size:,.1f}" if not exact else f"{seconds // size:,.0f}"
             return f"{amount} {unit}{'' if amount == '1' else 's'}"
-    amount = f"{seconds:,.0f}" if not exact else f"{seconds:g}"
+    amount = f"{seconds:,.0f}" if not exact else f"{seconds:,.10g}"
     return f"{amount} second{'' if amount == '1' else 's'}"
 
 

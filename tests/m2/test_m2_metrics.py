@@ -243,5 +243,6 @@ def test_a_stale_message_under_an_hour_says_minutes_or_seconds():
     assert "loaded 50 seconds ago, more than M2_HEALTH_MAX_AGE (30 seconds)" in body["message"]
     assert health_of(stats, 36 * 3600, now)[1] == 200
     assert "more than M2_HEALTH_MAX_AGE (61 seconds)" in health_of(stats, 61, now)[0]["message"]
+    assert "(1,584 minutes)" in health_of({**stats, "loadedAt": "2026-11-01T00:00:00+00:00"}, 1.1 * 86400, now)[0]["message"]
     assert "more than M2_HEALTH_MAX_AGE (90 minutes)" in health_of({**stats, "loadedAt": "2026-12-01T00:00:00+00:00"},
                                                                    5400, now)[0]["message"]
