@@ -54,14 +54,14 @@ def _is_app_path(path: str) -> bool:
 def routed(event: dict[str, Any]) -> dict[str, Any]:
     """*event* as the app routes it (a shallow copy, changed only where needed).
 
-    - The path without what API Gateway puts before the app's own: an HTTP API (v2) stage other
-      than ``$default`` starts ``rawPath`` (``/prod/api/v0.1/…``), and a custom domain's base path
-      mapping starts a REST API's ``path`` (``/m2/health``); the original answered whatever path
-      reached it. A path that starts as one of the app's is left as it is.
+    - The path without what API Gateway puts before the app's own (:func:`_app_path`): an HTTP
+      API (v2) stage other than ``$default`` starts ``rawPath`` (``/prod/api/v0.1/…``), and a
+      custom domain's base path mapping starts a REST API's ``path`` (``/m2/health``); the
+      original answered whatever path reached it.
     - The fields a hand-written or console test event may leave out or null, which apig-wsgi
       needs: the method, a v2 event's ``rawQueryString``, ``headers``, ``cookies`` and
-      ``requestContext.http`` details, and a v1 event's ``multiValueQueryStringParameters`` empty or null beside its
-      single values.
+      ``requestContext.http`` details, and a v1 event's ``multiValueQueryStringParameters``
+      empty or null beside its single values.
     """
     event = dict(event)
     if event.get("version") == "2.0":
@@ -73,10 +73,7 @@ def routed(event: dict[str, Any]) -> dict[str, Any]:
         for field, default in (("method", "GET"), ("sourceIp", ""), ("protocol", "HTTP/1.1")):
             http[field] = http.get(field) or default
         context["http"], event["requestContext"] = http, context
-        path, stage = event.get("rawPath") or "/", context.get("stage")
-        if not _is_app_path(path) and stage and stage != "$default" and path.startswith(f"/{stage}/"):
-            path = path[len(stage) + 1:]
-        event["rawPath"] = _app_path(path)
+        event["rawPath"] = _app_path(event.get("rawPath") or "/")
     else:
         event["httpMethod"] = event.get("httpMethod") or "GET"
         event["path"] = _app_path(event.get("path") or "/")

@@ -121,6 +121,13 @@ def _fixed_width(array: pa.Array, rows: np.ndarray | None) -> np.ndarray | None:
     return packed.view(np.dtype(f"V{width}"))[rows].view(np.uint8).reshape(len(rows), width)  # one copy a row
 
 
+def _hashable_fixed_width(array: pa.Array) -> np.ndarray | None:
+    """:func:`_fixed_width` of every string, when that width is at most a valid barcode's (the
+    per-width CRC tables grow as its square; wider values are bad rows, never hashed); else None."""
+    fixed = _fixed_width(array, None)
+    return fixed if fixed is not None and fixed.shape[1] <= MAX_BARCODE_LENGTH else None
+
+
 @functools.cache
 def _fixed_width_crc_tables(width: int) -> tuple[np.uint32, list[np.ndarray], np.ndarray]:
     """CRC-32 of strings of *width* bytes as XORs of table entries: a CRC is linear, so the CRC of a
@@ -147,12 +154,10 @@ def crc32_array(array: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
     once per byte position of the longest string hashed: callers pass only rows that passed
     validation (barcodes of at most 48 characters), so huge values in skipped rows cost nothing.
     """
-    whole = _fixed_width(array, None)
-    if whole is not None and whole.shape[1] > MAX_BARCODE_LENGTH:
-        whole = None
+    whole = _hashable_fixed_width(array)
     if rows is not None and 2 * len(rows) >= len(array) and whole is not None:
         return crc32_array(array)[rows]  # most rows: hashing them all in place beats gathering them
-    fixed = whole if rows is None else _fixed_width(array, rows) if whole is not None else None
+    fixed = whole if rows is None or whole is None else whole[rows]
     if fixed is not None:
         width = fixed.shape[1]
         start, pair_tables, last_byte = _fixed_width_crc_tables(width)
@@ -670,8 +675,7 @@ def barcode_crcs(barcodes: pa.Array) -> np.ndarray | None:
     barcode can have (an export, nearly always: hashed in place at no extra cost); else None, and
     :func:`row_crc` hashes the valid rows alone (so a file of huge values is never hashed).
     Worked out while the rows are checked (las_csv.read_export's *hash_barcodes*)."""
-    fixed = _fixed_width(barcodes, None)
-    return crc32_array(barcodes) if fixed is not None and fixed.shape[1] <= MAX_BARCODE_LENGTH else None
+    return crc32_array(barcodes) if _hashable_fixed_width(barcodes) is not None else None
 
 
 def row_crc(parsed: ParsedExport) -> np.ndarray:
