@@ -412,6 +412,9 @@ def test_access_log_is_off_unless_asked_for_and_1000_barcodes_are_answered(serve
     assert status == 200
     data = json.loads(body)["body"]["data"]
     assert len(data) == 1000 and data[0] == {"barcode": THOUSAND[0], "m2CustomerCode": "NA"}
+    deadline = time.monotonic() + 10  # granian writes the line after the answer has gone out
+    while access_log and "GET /api/v0.1/m2-customer-codes" not in served.stdout() and time.monotonic() < deadline:
+        time.sleep(0.05)
     served.stop("sigterm")
     logged = [line for line in served.stdout().splitlines() if "GET /api/v0.1/m2-customer-codes" in line]
     assert len(logged) == (1 if access_log else 0), served.stdout()
