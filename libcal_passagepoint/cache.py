@@ -316,6 +316,23 @@ class Cache:
                 self._save_user(conn, *user, visitor_id=visitor_id)
             self._upsert(conn, book, state="intent", visitor_id=visitor_id, reason=None)
 
+    def withdraw_intent(self, book_id: str, previous: sqlite3.Row | None) -> None:
+        """createPreReg was refused before anything was applied (the credentials): put the booking
+        back as it was before :meth:`record_intent` (*previous*, its row then, or None: no row).
+
+        The patron's visitor id saved with the intent stays: that visitor exists in PassagePoint.
+        """
+        with self.transaction() as conn:
+            if previous is None:
+                conn.execute("DELETE FROM bookings WHERE book_id = ? AND state = 'intent'", (book_id,))
+                return
+            columns = previous.keys()
+            conn.execute(
+                f"UPDATE bookings SET {', '.join(f'{c} = ?' for c in columns if c != 'book_id')} "
+                "WHERE book_id = ? AND state = 'intent'",
+                [previous[c] for c in columns if c != "book_id"] + [book_id],
+            )
+
     def record_registered(self, book: dict[str, Any], *, visitor_id: int, prereg_id: int) -> None:
         """The pre-registration exists: store its id, clearing any earlier failure."""
         with self.transaction() as conn:

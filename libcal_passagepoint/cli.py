@@ -240,6 +240,8 @@ def _status(cache: Cache, config_file: str | None) -> int:
             f"{summary.get('registered', 0)} registered, {summary.get('failed', 0)} failed, "
             f"{summary.get('uncertain', 0)} uncertain"
         )
+        if summary.get("error"):
+            print(f"  stopped: {summary['error']}")
         for error in summary.get("location_errors", []):
             print(f"  location error: {error}")
     now = time.time()

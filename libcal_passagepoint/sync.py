@@ -205,16 +205,21 @@ async def run_pass(
             failure = open_intent_failure(row)
             cache.record_uncertain(failure.book_id, failure.reason)
             result.uncertain.append(failure)
-    decisions = await _fetch_and_decide(config, libcal, cache, result, date=date, days=days, now=now)
-    _save_cancellations(cache, decisions, now)
-    todo = [decision for decision in decisions if decision.action != "skip"]
-    result.attempted = len(todo)
-    if todo:
-        registration = _Registration(
-            config, alma=alma, passagepoint=passagepoint, cache=cache, result=result, stop=stop or asyncio.Event(),
-            now=now, slots=asyncio.Semaphore(max(1, concurrency)), on_prereg_created=on_prereg_created,
-        )
-        await registration.run(todo)
+    try:
+        decisions = await _fetch_and_decide(config, libcal, cache, result, date=date, days=days, now=now)
+        _save_cancellations(cache, decisions, now)
+        todo = [decision for decision in decisions if decision.action != "skip"]
+        result.attempted = len(todo)
+        if todo:
+            registration = _Registration(
+                config, alma=alma, passagepoint=passagepoint, cache=cache, result=result, stop=stop or asyncio.Event(),
+                now=now, slots=asyncio.Semaphore(max(1, concurrency)), on_prereg_created=on_prereg_created,
+            )
+            await registration.run(todo)
+    except (LibCalAuthError, PassagePointAuthError) as exc:
+        # What was registered before the refusal is saved; the pass is on record as stopped.
+        cache.finish_pass(pass_id, exit_status=2, summary={**result.summary(), "error": str(exc)})
+        raise
 
     result.cancelled_after_registration.extend(row["book_id"] for row in cache.unreported_cancellations())
     await _report(config, cache, result, alerts)
@@ -355,6 +360,7 @@ class _Registration:
                     self._save(decision, outcome)
                     return
             row = _book_row(booking, location)
+            before = self.cache.booking(booking.book_id)
             self.cache.record_intent(row, visitor_id=visitor_id, user=(primary_id, user.barcode, user.user_group))
             try:
                 prereg_id = await self.passagepoint.create_prereg(
@@ -364,7 +370,8 @@ class _Registration:
                 outcome = prereg_outcome(exc, reconcile=self.config.reconcile, visitor_id=visitor_id,
                                          cached_visitor=cached_visitor, destination=location.destination,
                                          start=row["start_time"])
-                if outcome.verdict == "stop":
+                if outcome.verdict == "stop":  # refused at login or with a 401: nothing was applied
+                    self.cache.withdraw_intent(booking.book_id, before)
                     raise
                 if outcome.forget_visitor:
                     self.cache.forget_visitor(primary_id)

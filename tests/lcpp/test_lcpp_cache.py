@@ -197,3 +197,21 @@ def test_alert_throttle_per_kind(tmp_path: Path) -> None:
         assert cache.alert_due("prereg_uncertain", interval=300)
         clock.now += 1
         assert cache.alert_due("booking_failed", interval=300)
+
+
+def test_a_withdrawn_intent_puts_the_booking_back_as_it_was(tmp_path: Path) -> None:
+    """createPreReg refused before it applied: a booking new to the cache is gone again, one that
+    had failed is failed again with its attempts and retry time, and the patron's visitor id stays."""
+    end = 2_000_000_000.0
+    with Cache(tmp_path / "c.sqlite3", clock=_Clock(1_000.0)) as cache:
+        cache.record_failure(_book("cs_failed", end), reason="PassagePoint createPreReg: HTTP 400", retry_base=300,
+                             retry_max=3600, now=1_000.0)
+        before = {"cs_new": cache.booking("cs_new"), "cs_failed": cache.booking("cs_failed")}
+        for book_id, row in before.items():
+            cache.record_intent(_book(book_id, end), visitor_id=77, user=("G1", "2221", "UGRD"))
+            assert cache.booking(book_id)["state"] == "intent"
+            cache.withdraw_intent(book_id, row)
+        assert cache.booking("cs_new") is None
+        assert dict(cache.booking("cs_failed")) == dict(before["cs_failed"])
+        assert cache.user("G1")["visitor_id"] == 77
+        assert cache.counts()["intent"] == 0

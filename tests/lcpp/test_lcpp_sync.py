@@ -321,6 +321,30 @@ async def test_refused_passagepoint_login_stops_the_pass_with_the_keys_to_check(
         assert cache.counts()["failed"] == 0 and cache.counts()["registered"] == 0
 
 
+async def test_credentials_refused_at_createprereg_leave_no_open_intent_and_the_next_pass_registers(sims: Sims) -> None:
+    """A returning patron's first PassagePoint call is createPreReg, and the login before it is
+    refused (password rotated): nothing reached PassagePoint, so the booking is not left as an
+    open intent (which the next pass would report as uncertain and never register). The pass is on
+    record with exit status 2 and the reason."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    await sims.run()
+    sims.add_booking("cs_2", pid, hour=16)
+    sims.pp.password = "rotated"
+    with pytest.raises(PassagePointAuthError):
+        await sims.run()
+    assert len(sims.pp.preregs) == 1
+    with sims.cache() as cache:
+        assert cache.counts()["intent"] == 0 and cache.booking("cs_2") is None
+        last = cache.last_pass()
+        assert last is not None and last["exit_status"] == 2
+        assert last["summary"]["error"].startswith("PassagePoint refused the login")
+    sims.pp.password = "pw"
+    result = await sims.run()
+    assert result.registered == ["cs_2"] and result.uncertain == [] and result.exit_status == 0
+    assert len(sims.pp.preregs) == 2
+
+
 async def test_a_run_purges_patron_data_past_the_retention_once_a_day(sims: Sims) -> None:
     """The original's plan ("delete rows with past appointments"): bookings that ended more than
     LCPP.retention ago and patrons with no booking left go, at most once a day, without a purge command."""
