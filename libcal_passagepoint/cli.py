@@ -164,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         assert config is not None
         _say_where(cache, dry_run=dry_run)
+        if args.date is not None and date.fromisoformat(args.date) < date.today():
+            log.warning("--date %s is in the past: LibCal ignores a past date and answers with the bookings from "
+                        "its today on", args.date)
         every = None if args.every is None else (args.every or float(config.interval))
         try:
             result = asyncio.run(run_passes(

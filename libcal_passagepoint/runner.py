@@ -91,9 +91,11 @@ def cache_lock(cache_path: str) -> Iterator[None]:
     """Hold an exclusive flock on ``<cache>.lock`` so two runs never overlap; the file names the holder's pid.
 
     Take it before the cache is opened (or created). The kernel releases a flock when its process
-    dies, however it dies, so a lock file left behind never blocks a later run.
+    dies, however it dies, so a lock file left behind never blocks a later run. The lock is beside
+    the real file: a cache reached through a symbolic link (a path, or a directory) is locked as
+    the file itself, so a run given the link and a run given the file never both run.
     """
-    path = f"{cache_path}.lock"
+    path = f"{os.path.realpath(cache_path)}.lock"
     try:
         handle = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+", encoding="ascii")
     except FileNotFoundError:

@@ -419,6 +419,28 @@ def test_the_lock_of_a_killed_run_does_not_block_the_next_one(tmp_path: Path) ->
         assert Path(f"{cache}.lock").read_text() == f"{os.getpid()}\n"
 
 
+def test_a_cache_reached_through_a_symbolic_link_has_the_same_lock(tmp_path: Path) -> None:
+    """--cache given as a link to the cache file (or through a linked directory) locks the file
+    itself: a run holding the real path makes the run given the link wait its turn (exit 2)."""
+    real = tmp_path / "etc" / "lcpp_cache.sqlite3"
+    real.parent.mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "cache.sqlite3").symlink_to(real)
+    (tmp_path / "etc-link").symlink_to(real.parent, target_is_directory=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(real)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        for linked in (tmp_path / "other" / "cache.sqlite3", tmp_path / "etc-link" / "lcpp_cache.sqlite3"):
+            with pytest.raises(CacheBusy, match=rf"\(pid {holder.pid}\) holds {real}\.lock"), cache_lock(str(linked)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["cache.sqlite3"]
+
+
 HOLD_LOCK = """
 import sys, time
 from libcal_passagepoint.runner import cache_lock

@@ -249,6 +249,19 @@ async def test_bad_libcal_credentials_exit_2(sims: Sims) -> None:
         "error: LibCal refused the client credentials (HTTP 400: The client credentials are invalid): "
         "check LibCal.client_id and LibCal.client_secret"
     )
+    code, out, _ = await _cli("status", "--config", str(sims.config_path))
+    assert code == 0
+    assert "exit status 2: 0 fetched, 0 registered, 0 failed, 0 uncertain\n  stopped: LibCal refused the client " in out
+
+
+async def test_a_past_date_is_said_to_be_ignored_by_libcal(sims: Sims) -> None:
+    """LibCal answers a past `date` with its today's bookings (libcal.md): the run says so."""
+    code, _, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", "2020-01-01")
+    assert code == 0
+    assert ("warning: --date 2020-01-01 is in the past: LibCal ignores a past date and answers with the bookings "
+            "from its today on") in messages(err)
+    code, _, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", DAY)
+    assert not any("in the past" in m for m in messages(err))
 
 
 async def test_a_second_run_on_the_same_cache_is_refused(sims: Sims, capsys: pytest.CaptureFixture[str]) -> None:
