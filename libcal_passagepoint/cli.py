@@ -29,10 +29,8 @@ from toolconfig.logs import setup_logging
 from .cache import Cache, CacheError, CacheMissing
 from .cache_owner import check_no_cache_left_behind, claim_cache
 from .config import Config, ConfigError, load_config
-from .libcal import LibCalAuthError
-from .passagepoint import PassagePointAuthError
 from .runner import CacheBusy, cache_lock, default_cache_path, run_passes
-from .sync import PassResult, cancellation_advice
+from .sync import CREDENTIALS_REFUSED, PassResult, cancellation_advice
 
 __all__ = ["main", "parse_duration"]
 
@@ -173,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config, cache, every=every, date=args.date, days=args.days, dry_run=args.dry_run,
                 on_result=_print_result,
             ))
-        except (LibCalAuthError, PassagePointAuthError) as exc:
+        except CREDENTIALS_REFUSED as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:
             return 0
@@ -206,6 +204,7 @@ def _print_result(result: PassResult) -> None:
             f"pass: {result.fetched} booking(s) fetched, {len(result.registered)} registered, "
             f"{len(result.failed)} failed, {len(result.uncertain)} uncertain, "
             f"{len(result.cancelled_after_registration)} cancelled after registration; skipped {_skips(result)}"
+            + (f"; stopped early, {result.left} booking(s) left for the next pass" if result.stopped else "")
             + ("; interrupted" if result.interrupted else "")
         )
     print(line)

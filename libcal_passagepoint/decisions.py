@@ -9,8 +9,9 @@ answers; every choice is made here, where tests/test_lcpp_decisions.py checks it
   destination PassagePoint lacks); :func:`plan`: what a dry run would do
 - :func:`lookup_outcome`, :func:`visitor_outcome`, :func:`prereg_outcome`: what an Alma or
   PassagePoint error means for the booking (an :class:`Outcome`: it failed with which reason and
-  kind, it is uncertain, or the pass stops); :func:`open_intent_failure`: what an intent left open
-  by a crash means
+  kind, it is uncertain, or the pass stops); :func:`pass_stop_reason`: which errors stop the pass
+  (a service out of reach, Alma's daily quota); :func:`open_intent_failure`: what an intent left
+  open by a crash means
 - :func:`retry_delay`, :func:`must_report`: when a failed booking is tried again, and whether its
   failure is news
 - :func:`alerts_for`: the alert messages of a pass; :func:`destination_check`,
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from alma import AlmaError
+from alma import AlmaDailyQuotaExceeded, AlmaError, AlmaNotSent, AlmaUnauthorized
 
 from .alma_users import AlmaUser
 from .config import Location
@@ -55,6 +56,7 @@ __all__ = [
     "open_intent_failure",
     "patron_from_cache",
     "plan",
+    "pass_stop_reason",
     "prereg_outcome",
     "retry_delay",
     "unexpected_outcome",
@@ -221,7 +223,10 @@ STOP = Outcome("stop")
 
 def lookup_outcome(exc: AlmaError) -> Outcome:
     """An Alma user lookup failed (AlmaUsers already retried what a retry helps): the booking fails,
-    its kind the error's name (AlmaNotFound, AlmaRateLimited, ...)."""
+    its kind the error's name (AlmaNotFound, AlmaRateLimited, ...); a refused API key (or a
+    users_endpt that is not Alma's gateway) stops the pass, as no lookup can succeed."""
+    if isinstance(exc, AlmaUnauthorized):
+        return STOP
     return Outcome("fail", str(exc), type(exc).__name__)
 
 
@@ -245,11 +250,33 @@ def prereg_outcome(
             return Outcome("uncertain", f"createPreReg got no clear answer ({exc}); it may have been created: check "
                                         f"PassagePoint for visitor {visitor_id} at {destination} from {format_when(start)}",
                            "prereg_uncertain")
-        return Outcome("fail", f"PassagePoint createPreReg: {exc}", "passagepoint")
+        return Outcome("fail", _about_prereg(exc), "passagepoint")
     if cached_visitor:
-        return Outcome("fail", f"PassagePoint createPreReg: {exc}; the cached visitor id {visitor_id} was dropped, "
+        return Outcome("fail", f"{_about_prereg(exc)}; the cached visitor id {visitor_id} was dropped, "
                                "the next try looks the visitor up again", "passagepoint", forget_visitor=True)
-    return Outcome("fail", f"PassagePoint createPreReg: {exc}", "passagepoint")
+    return Outcome("fail", _about_prereg(exc), "passagepoint")
+
+
+def _about_prereg(exc: PassagePointError) -> str:
+    """The error as a reason that names createPreReg once (the client's own messages mostly do)."""
+    text = str(exc)
+    return text if text.startswith("PassagePoint createPreReg") else f"PassagePoint createPreReg: {text}"
+
+
+def pass_stop_reason(exc: AlmaError | PassagePointError) -> str | None:
+    """Why no booking of the pass can succeed after this error, or None when it concerns one booking.
+
+    A service that cannot be reached (nothing was sent), or Alma's daily quota used up, would fail
+    every booking after it, each with its own retry backoff: the pass stops there instead, and the
+    bookings it did not send keep their state for the next pass.
+    """
+    if isinstance(exc, PassagePointUnavailable) and not exc.maybe_applied:
+        return f"{exc}; the bookings not sent to PassagePoint wait for the next pass"
+    if isinstance(exc, AlmaNotSent):
+        return f"Alma cannot be reached ({exc}); the bookings not looked up wait for the next pass"
+    if isinstance(exc, AlmaDailyQuotaExceeded):
+        return f"{exc}; the bookings not looked up wait for the next pass"
+    return None
 
 
 def unexpected_outcome(exc: Exception) -> Outcome:
@@ -357,6 +384,7 @@ def alerts_for(
     location_errors: Sequence[str],
     no_form_answers: Mapping[int, str],
     already_alerted: Collection[str] = (),
+    stopped: str | None = None,
 ) -> list[Alert]:
     """The alert messages of a pass. A location that lacks the form answers is alerted about when it
     starts to (its id not in *already_alerted*), not again every pass until it is fixed."""
@@ -372,6 +400,8 @@ def alerts_for(
                             [f"{r['book_id']} ({r['patron']}): {cancellation_advice(r)}" for r in cancelled]))
     if location_errors:
         alerts.append(Alert("libcal_error", "LibCal bookings could not be fetched", list(location_errors)))
+    if stopped:
+        alerts.append(Alert("pass_stopped", "a pass stopped before it had sent every booking", [stopped]))
     new = [message for lid, message in no_form_answers.items() if str(lid) not in already_alerted]
     if new:
         alerts.append(Alert("no_form_answers", "LibCal sent bookings without the id question's answers", new))

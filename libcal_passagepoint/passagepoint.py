@@ -161,6 +161,11 @@ class PassagePointClient:
                 return await self._login()
             return self._token
 
+    async def ready(self) -> None:
+        """Log in now unless a valid token is held: PassagePointUnavailable if PassagePoint cannot
+        be reached, PassagePointAuthError if it refuses the credentials."""
+        await self._current_token()
+
     async def _request(
         self,
         name: str,

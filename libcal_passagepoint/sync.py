@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from alma import AlmaError
+from alma import AlmaError, AlmaUnauthorized
 
 from .alma_users import AlmaUser, AlmaUsers
 from .cache import Cache
@@ -44,6 +44,7 @@ from .decisions import (
     lacks_form_answers,
     lookup_outcome,
     open_intent_failure,
+    pass_stop_reason,
     patron_from_cache,
     plan,
     prereg_outcome,
@@ -51,9 +52,19 @@ from .decisions import (
     visitor_outcome,
 )
 from .libcal import Booking, LibCalAuthError, LibCalClient, LibCalError, parse_bookings
-from .passagepoint import PassagePointAuthError, PassagePointClient, PassagePointError
+from .passagepoint import (
+    PassagePointAuthError,
+    PassagePointClient,
+    PassagePointError,
+    PassagePointUnavailable,
+)
+
+#: Errors that mean a configured credential (or endpoint) is refused: no booking can succeed, the
+#: pass stops and the command exits 2.
+CREDENTIALS_REFUSED = (LibCalAuthError, PassagePointAuthError, AlmaUnauthorized)
 
 __all__ = [
+    "CREDENTIALS_REFUSED",
     "Alerts",
     "Failure",
     "PassResult",
@@ -95,12 +106,15 @@ class PassResult:
     bad_rows: list[str] = field(default_factory=list)
     planned: list[PlannedBooking] = field(default_factory=list)
     interrupted: bool = False
+    stopped: str | None = None  # why the pass stopped before it had sent every booking
+    left: int = 0  # bookings not sent (a signal, or the pass stopped): tried again by the next pass
     dry_run: bool = False
 
     @property
     def exit_status(self) -> int:
-        """1 if a booking failed or a location could not be fetched in this pass, else 0."""
-        return 1 if (self.failed or self.uncertain or self.location_errors or self.no_form_answers) else 0
+        """1 if a booking failed, a location could not be fetched or the pass stopped early, else 0."""
+        return 1 if (self.failed or self.uncertain or self.location_errors or self.no_form_answers
+                     or self.stopped) else 0
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able digest for the cache and ``status``."""
@@ -115,6 +129,8 @@ class PassResult:
             "location_errors": list(self.location_errors),
             "no_form_answers": list(self.no_form_answers.values()),
             "interrupted": self.interrupted,
+            "stopped": self.stopped,
+            "left": self.left,
         }
 
     def skip(self, reason: str) -> None:
@@ -216,7 +232,7 @@ async def run_pass(
                 now=now, slots=asyncio.Semaphore(max(1, concurrency)), on_prereg_created=on_prereg_created,
             )
             await registration.run(todo)
-    except (LibCalAuthError, PassagePointAuthError) as exc:
+    except CREDENTIALS_REFUSED as exc:
         # What was registered before the refusal is saved; the pass is on record as stopped.
         cache.finish_pass(pass_id, exit_status=2, summary={**result.summary(), "error": str(exc)})
         raise
@@ -276,7 +292,8 @@ class _Registration:
     """The register step of a pass: for each booking to attempt, the calls in order, each answer saved.
 
     At most ``slots`` bookings are in PassagePoint's hands at once; Alma lookups run concurrently
-    under the client's own limiter. Once ``stop`` is set no new booking enters PassagePoint.
+    under the client's own limiter. Once ``stop`` (a signal, for every pass) or ``halted`` (this pass
+    cannot go on) is set, no new booking is looked up or enters PassagePoint.
     """
 
     config: Config
@@ -292,6 +309,7 @@ class _Registration:
     users: _OncePerPatron[tuple[AlmaUser, int | None]] = field(default_factory=_OncePerPatron)
     visitors: _OncePerPatron[int] = field(default_factory=_OncePerPatron)
     fatal: list[Exception] = field(default_factory=list)
+    halted: asyncio.Event = field(default_factory=asyncio.Event)  # this pass only; ``stop`` is the signal's
     pattern: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -299,7 +317,11 @@ class _Registration:
 
     async def run(self, todo: list[Decision]) -> None:
         """Attempt every booking; raise the first refusal of credentials after the others finished."""
-        if self.config.check_destinations:
+        try:  # before any Alma lookup: PassagePoint out of reach, or refusing the credentials, fails them all
+            await self.passagepoint.ready()
+        except PassagePointUnavailable as exc:
+            self._stop_pass(pass_stop_reason(exc) or str(exc))
+        if self.config.check_destinations and not self.halted.is_set():
             await self._check_destinations()
         try:
             await asyncio.gather(*(self._guarded(decision) for decision in todo))
@@ -322,10 +344,10 @@ class _Registration:
     async def _guarded(self, decision: Decision) -> None:
         try:
             await self._register(decision)
-        except (PassagePointAuthError, LibCalAuthError) as exc:
+        except CREDENTIALS_REFUSED as exc:
             # Credentials refused: no booking can succeed. Let the ones in flight finish, start no more.
             self.fatal.append(exc)
-            self.stop.set()
+            self.halted.set()
         except Exception as exc:  # bad data must never stop the pass
             log.exception("unexpected error on booking %s", decision.booking.book_id)
             self._save(decision, unexpected_outcome(exc))
@@ -340,20 +362,34 @@ class _Registration:
             return
         primary_id = booking.primary_id
         assert primary_id is not None  # booking_problem fails a booking without one
+        if self.stop.is_set() or self.halted.is_set():
+            self._leave()
+            return
         try:
             user, visitor_id = await self.users.get(primary_id, functools.partial(self._patron, primary_id))
         except AlmaError as exc:
-            self._save(decision, lookup_outcome(exc))
+            if (reason := pass_stop_reason(exc)) is not None:
+                self._stop_pass(reason)
+                self._leave()
+                return
+            outcome = lookup_outcome(exc)
+            if outcome.verdict == "stop":
+                raise
+            self._save(decision, outcome)
             return
         async with self.slots:
-            if self.stop.is_set():
-                self.result.interrupted = True
+            if self.stop.is_set() or self.halted.is_set():
+                self._leave()
                 return
             cached_visitor = visitor_id is not None
             if visitor_id is None:
                 try:
                     visitor_id = await self.visitors.get(primary_id, functools.partial(self._create_visitor, booking, user))
                 except PassagePointError as exc:
+                    if (reason := pass_stop_reason(exc)) is not None:
+                        self._stop_pass(reason)
+                        self._leave()
+                        return
                     outcome = visitor_outcome(exc)
                     if outcome.verdict == "stop":
                         raise
@@ -367,6 +403,11 @@ class _Registration:
                     start=row["start_time"], end=row["end_time"], visitor_id=visitor_id, destination=location.destination,
                 )
             except PassagePointError as exc:
+                if (reason := pass_stop_reason(exc)) is not None:  # not sent: as if never tried
+                    self.cache.withdraw_intent(booking.book_id, before)
+                    self._stop_pass(reason)
+                    self._leave()
+                    return
                 outcome = prereg_outcome(exc, reconcile=self.config.reconcile, visitor_id=visitor_id,
                                          cached_visitor=cached_visitor, destination=location.destination,
                                          start=row["start_time"])
@@ -401,6 +442,19 @@ class _Registration:
             mobile_phone=user.primary_id,
         )
 
+    def _stop_pass(self, reason: str) -> None:
+        """No booking can succeed now: start no more (the first reason is the one reported)."""
+        if self.result.stopped is None:
+            self.result.stopped = reason
+            log.error("pass stopped: %s", reason)
+        self.halted.set()
+
+    def _leave(self) -> None:
+        """A booking not sent, because of a signal or a stopped pass: its cache row is untouched."""
+        self.result.left += 1
+        if self.result.stopped is None:
+            self.result.interrupted = True
+
     def _save(self, decision: Decision, outcome: Outcome) -> None:
         """Store a failed or uncertain booking as its Outcome says."""
         booking = decision.booking
@@ -433,7 +487,7 @@ async def _report(config: Config, cache: Cache, result: PassResult, alerts: Aler
     if alerts is not None:
         for alert in alerts_for(new_failures=new_failures, uncertain=result.uncertain, cancelled=cancelled,
                                 location_errors=result.location_errors, no_form_answers=result.no_form_answers,
-                                already_alerted=cache.flags("no_form_answers")):
+                                already_alerted=cache.flags("no_form_answers"), stopped=result.stopped):
             await alerts.notify(alert.kind, alert.subject, alert.lines)
         await alerts.flush()
     cache.set_flags("no_form_answers", {str(lid) for lid in result.no_form_answers})

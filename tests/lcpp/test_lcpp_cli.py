@@ -254,6 +254,18 @@ async def test_bad_libcal_credentials_exit_2(sims: Sims) -> None:
     assert "exit status 2: 0 fetched, 0 registered, 0 failed, 0 uncertain\n  stopped: LibCal refused the client " in out
 
 
+async def test_a_refused_alma_key_exits_2_and_puts_nothing_on_backoff(sims: Sims) -> None:
+    """A wrong Alma.apikeys entry is a configuration problem like LibCal's or PassagePoint's."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.alma.api_keys = {"zone-two-key"}
+    code, _, err = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 2
+    assert messages(err)[-1].startswith("error: Alma refused API key #1 of Alma.apikeys (HTTP ")
+    code, out, _ = await _cli("status", "--config", str(sims.config_path))
+    assert "bookings: 0 registered, 0 failed, 0 uncertain, 0 intent, 0 cancelled" in out
+
+
 async def test_a_past_date_is_said_to_be_ignored_by_libcal(sims: Sims) -> None:
     """LibCal answers a past `date` with its today's bookings (libcal.md): the run says so."""
     code, _, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", "2020-01-01")

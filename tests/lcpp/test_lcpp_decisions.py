@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from alma import AlmaDailyQuotaExceeded, AlmaNotFound
+from alma import (
+    AlmaDailyQuotaExceeded,
+    AlmaNoAnswer,
+    AlmaNotFound,
+    AlmaNotSent,
+    AlmaRateLimited,
+    AlmaUnauthorized,
+)
 from libcal_passagepoint.alma_users import AlmaUser
 from libcal_passagepoint.config import DEFAULT_PRIMARY_ID_PATTERN, Location
 from libcal_passagepoint.decisions import (
@@ -28,6 +35,7 @@ from libcal_passagepoint.decisions import (
     lookup_outcome,
     must_report,
     open_intent_failure,
+    pass_stop_reason,
     patron_from_cache,
     plan,
     prereg_outcome,
@@ -173,16 +181,16 @@ PREREG_AT = datetime.fromisoformat("2030-01-15T13:15:00-05:00").timestamp()
             "may have been created: check PassagePoint for visitor 42 at LibCal Gelman from 2030-01-15 18:15 UTC",
             "prereg_uncertain")),
         (NO_ANSWER, "recreate", False, Outcome(
-            "fail", "PassagePoint createPreReg: PassagePoint createPreReg: no answer (TimeoutError)", "passagepoint")),
+            "fail", "PassagePoint createPreReg: no answer (TimeoutError)", "passagepoint")),
         (NOT_SENT, "report", False, Outcome(
-            "fail", "PassagePoint createPreReg: PassagePoint createPreReg: cannot connect: refused", "passagepoint")),
+            "fail", "PassagePoint createPreReg: cannot connect: refused", "passagepoint")),
         (NOT_SENT, "report", True, Outcome(
-            "fail", "PassagePoint createPreReg: PassagePoint createPreReg: cannot connect: refused", "passagepoint")),
+            "fail", "PassagePoint createPreReg: cannot connect: refused", "passagepoint")),
         (REFUSED, "report", False, Outcome(
-            "fail", "PassagePoint createPreReg: PassagePoint createPreReg answered HTTP 400: bad visitor",
+            "fail", "PassagePoint createPreReg answered HTTP 400: bad visitor",
             "passagepoint")),
         (REFUSED, "report", True, Outcome(
-            "fail", "PassagePoint createPreReg: PassagePoint createPreReg answered HTTP 400: bad visitor; the cached "
+            "fail", "PassagePoint createPreReg answered HTTP 400: bad visitor; the cached "
             "visitor id 42 was dropped, the next try looks the visitor up again", "passagepoint", forget_visitor=True)),
         (LOGIN_REFUSED, "report", True, Outcome("stop")),
     ],
@@ -307,3 +315,32 @@ def test_alerts_of_a_pass_one_message_per_kind() -> None:
 def test_a_quiet_pass_sends_no_alert() -> None:
     assert alerts_for(new_failures=[], uncertain=[], cancelled=[], location_errors=[], no_form_answers={8827: "x"},
                       already_alerted={"8827"}) == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (NOT_SENT, "PassagePoint createPreReg: cannot connect: refused; the bookings not sent to PassagePoint wait "
+                   "for the next pass"),
+        (PassagePointUnavailable("PassagePoint login answered HTTP 503: down", maybe_applied=False),
+         "PassagePoint login answered HTTP 503: down; the bookings not sent to PassagePoint wait for the next pass"),
+        (AlmaNotSent("could not connect to Alma"),
+         "Alma cannot be reached (could not connect to Alma); the bookings not looked up wait for the next pass"),
+        (AlmaDailyQuotaExceeded("Alma's daily API quota is used up"),
+         "Alma's daily API quota is used up; the bookings not looked up wait for the next pass"),
+        (NO_ANSWER, None),  # it may have been applied: that booking's own outcome
+        (REFUSED, None),
+        (AlmaNoAnswer("no answer"), None),
+        (AlmaRateLimited("429"), None),
+    ],
+    ids=["pp-not-sent", "pp-login-5xx", "alma-not-sent", "alma-daily-quota", "pp-no-answer", "pp-refused",
+         "alma-no-answer", "alma-429"],
+)
+def test_pass_stop_reason(exc: Exception, expected: str | None) -> None:
+    """Only errors that every later booking would meet too stop the pass."""
+    assert pass_stop_reason(exc) == expected  # type: ignore[arg-type]
+
+
+def test_a_refused_alma_key_stops_the_pass() -> None:
+    assert lookup_outcome(AlmaUnauthorized("Alma refused API key #1")) == Outcome("stop")
+    assert lookup_outcome(AlmaUnauthorized("an HTML page", key_refused=False)) == Outcome("stop")

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import pytest
 from lcpp_sims import DAY, ECKLES, GELMAN, Sims
 
+from alma import AlmaUnauthorized, SlidingWindowLimiter
 from libcal_passagepoint.cli import main
-from libcal_passagepoint.passagepoint import PassagePointAuthError
-from libcal_passagepoint.sync import Failure
+from libcal_passagepoint.passagepoint import (
+    PassagePointAuthError,
+    PassagePointClient,
+    PassagePointUnavailable,
+)
+from libcal_passagepoint.runner import open_clients
+from libcal_passagepoint.sync import Failure, run_pass
+from simulators._common import free_port
 
 
 async def test_first_pass_registers_each_booking_once_with_exact_payloads(sims: Sims) -> None:
@@ -343,6 +353,102 @@ async def test_credentials_refused_at_createprereg_leave_no_open_intent_and_the_
     result = await sims.run()
     assert result.registered == ["cs_2"] and result.uncertain == [] and result.exit_status == 0
     assert len(sims.pp.preregs) == 2
+
+
+@pytest.mark.parametrize("how", ["login answers 503", "nothing listens"])
+async def test_passagepoint_out_of_reach_stops_the_pass_before_any_alma_lookup(sims: Sims, how: str) -> None:
+    """PassagePoint's login answers 503 (or nothing listens): no booking can be registered, so the
+    pass stops before it looks anybody up. No booking is failed or put on backoff; the next pass,
+    once PassagePoint is back, registers them all. The caller's stop event (a signal) stays unset,
+    so `run --every` goes on with its next pass."""
+    for n in range(1, 4):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=10 + n)
+    sims.add_booking("cs_noid", None, first_name="No", last_name="Id")  # fails on its own, no call needed
+    config = sims.config
+    if how == "login answers 503":
+        sims.pp.inject_failure("login", "503_html")
+    else:
+        config = replace(config, passagepoint=replace(config.passagepoint, pp_api_root=f"http://127.0.0.1:{free_port()}"))
+    signal_stop = asyncio.Event()
+    result = await sims.run(config=config, stop=signal_stop)
+    assert result.stopped is not None
+    assert result.stopped.startswith("PassagePoint login answered HTTP 503" if how == "login answers 503" else
+                                     "PassagePoint login at http://127.0.0.1:")
+    assert result.stopped.endswith("the bookings not sent to PassagePoint wait for the next pass")
+    assert (result.left, result.registered, result.exit_status, result.interrupted) == (3, [], 1, False)
+    assert [f.book_id for f in result.failed] == ["cs_noid"]
+    assert not signal_stop.is_set()
+    assert sims.alma.count("/almaws") == 0
+    with sims.cache() as cache:
+        assert [cache.booking(f"cs_{n}") for n in range(1, 4)] == [None, None, None]
+        assert cache.last_pass()["summary"]["stopped"] == result.stopped
+    again = await sims.run()
+    assert sorted(again.registered) == ["cs_1", "cs_2", "cs_3"] and again.stopped is None
+    assert len(sims.pp.preregs) == 3
+
+
+async def test_passagepoint_going_away_mid_pass_leaves_the_unsent_bookings_untouched(sims: Sims) -> None:
+    """PassagePoint stops listening after the pass's first createPreReg (the client raises what it
+    raises on a refused connection: nothing was sent). The pass stops: the booking it hit is back
+    as it was (no open intent, no backoff), and so is every booking not yet sent."""
+    for n in range(1, 5):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=8 + n)
+    await sims.run()
+    for n in range(1, 5):
+        sims.add_booking(f"cs_{n}b", f"G{n:08d}", hour=16)  # returning patrons: createPreReg only
+
+    class GoesAway:
+        def __init__(self, real: PassagePointClient) -> None:
+            self.real, self.preregs = real, 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        async def create_prereg(self, **fields: Any) -> int:
+            self.preregs += 1
+            if self.preregs > 1:
+                raise PassagePointUnavailable("PassagePoint createPreReg: cannot connect: Connect call failed",
+                                              maybe_applied=False)
+            return await self.real.create_prereg(**fields)
+
+    with sims.cache() as cache:
+        async with open_clients(sims.config, limiter=SlidingWindowLimiter(1000)) as clients:
+            result = await run_pass(sims.config, libcal=clients.libcal, alma=clients.alma, cache=cache, date=DAY,
+                                    passagepoint=GoesAway(clients.passagepoint), concurrency=1)  # type: ignore[arg-type]
+        assert result.stopped is not None and result.stopped.startswith("PassagePoint createPreReg: cannot connect")
+        assert (len(result.registered), result.left, result.failed, result.uncertain) == (1, 3, [], [])
+        assert cache.counts()["intent"] == 0 and cache.counts()["failed"] == 0
+        assert sum(cache.booking(f"cs_{n}b") is None for n in range(1, 5)) == 3
+    again = await sims.run()
+    assert len(again.registered) == 3 and again.uncertain == []
+    assert len(sims.pp.preregs) == 8
+
+
+async def test_alma_daily_quota_stops_the_lookups_and_leaves_the_rest_for_the_next_pass(sims: Sims) -> None:
+    """DAILY_THRESHOLD: every further lookup would be refused too, so none is made."""
+    for n in range(1, 6):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=8 + n)
+    sims.alma.remaining = 0
+    result = await sims.run(concurrency=1)
+    assert result.stopped is not None and "wait for the next pass" in result.stopped
+    assert (result.left, result.failed, result.registered) == (5, [], [])
+    assert sims.alma.count("/almaws") <= 5  # lookups already started when the first answer came
+    sims.alma.reset_daily_quota()
+    assert len((await sims.run()).registered) == 5
+
+
+async def test_a_refused_alma_key_stops_the_pass_like_any_refused_credential(sims: Sims) -> None:
+    """A wrong Alma.apikeys entry fails every lookup: the pass raises (the CLI exits 2), nothing is on backoff."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.alma.api_keys = {"zone-two-key"}  # zone one's key is no longer accepted
+    with pytest.raises(AlmaUnauthorized, match="Alma refused API key #1 of Alma.apikeys"):
+        await sims.run()
+    with sims.cache() as cache:
+        assert cache.booking("cs_1") is None and cache.last_pass()["exit_status"] == 2
 
 
 async def test_a_run_purges_patron_data_past_the_retention_once_a_day(sims: Sims) -> None:
