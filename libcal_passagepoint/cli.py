@@ -207,9 +207,12 @@ def _print_result(result: PassResult) -> None:
             + (f"; stopped early, {result.left} booking(s) left for the next pass" if result.stopped else "")
             + ("; interrupted" if result.interrupted else "")
         )
-    print(line)
-    for plan in result.planned:
-        print(f"  would {plan.action} {plan.book_id} ({plan.patron}) at {plan.destination} from {plan.start}")
+    shown = [line] + [f"  would {plan.action} {plan.book_id} ({plan.patron}) at {plan.destination} from {plan.start}"
+                      for plan in result.planned]
+    try:
+        print("\n".join(shown), flush=True)
+    except OSError as exc:  # a full disk or a closed pipe must not end `run --every`: the pass is saved
+        log.warning("could not print the summary on standard output (%s); it is in this log", exc.strerror or exc)
     log.info("%s", line, extra={"printed": True, "event": "summary", "dry_run": result.dry_run,
                                 "exit_status": result.exit_status, **result.summary()})
 

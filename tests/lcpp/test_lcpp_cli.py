@@ -266,6 +266,24 @@ async def test_a_refused_alma_key_exits_2_and_puts_nothing_on_backoff(sims: Sims
     assert "bookings: 0 registered, 0 failed, 0 uncertain, 0 intent, 0 cancelled" in out
 
 
+async def test_a_stdout_that_cannot_be_written_does_not_end_the_run(sims: Sims) -> None:
+    """stdout on a full disk: the pass is done and saved, the summary is in the log, a warning says
+    why it is not on stdout, and the exit status is the pass's (`run --every` would go on)."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    with open("/dev/full", "w") as full:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "libcal_passagepoint", "run", "--config", str(sims.config_path), "--date", DAY,
+            stdout=full, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    logged = messages(err.decode())
+    assert process.returncode == 0, err.decode()
+    assert "warning: could not print the summary on standard output (No space left on device); it is in this log" in logged
+    assert any(m.startswith("pass: 1 booking(s) fetched, 1 registered") for m in logged)
+    assert "Traceback" not in err.decode() and len(sims.pp.preregs) == 1
+
+
 async def test_a_past_date_is_said_to_be_ignored_by_libcal(sims: Sims) -> None:
     """LibCal answers a past `date` with its today's bookings (libcal.md): the run says so."""
     code, _, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", "2020-01-01")
