@@ -247,6 +247,8 @@ def _status(cache: Cache, config_file: str | None) -> int:
         )
         if summary.get("error"):
             print(f"  stopped: {summary['error']}")
+        elif summary.get("stopped"):
+            print(f"  stopped early, {summary.get('left', 0)} booking(s) left for the next pass: {summary['stopped']}")
         for error in summary.get("location_errors", []):
             print(f"  location error: {error}")
     now = time.time()

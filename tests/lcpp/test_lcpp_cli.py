@@ -284,6 +284,17 @@ async def test_a_stdout_that_cannot_be_written_does_not_end_the_run(sims: Sims) 
     assert "Traceback" not in err.decode() and len(sims.pp.preregs) == 1
 
 
+async def test_a_pass_stopped_by_an_outage_exits_1_and_status_says_why(sims: Sims) -> None:
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    sims.pp.inject_failure("login", "503_html")
+    code, out, _ = await _cli("run", "--config", str(sims.config_path), "--date", DAY)
+    assert code == 1
+    assert out.rstrip().endswith("; stopped early, 1 booking(s) left for the next pass")
+    code, out, _ = await _cli("status", "--config", str(sims.config_path))
+    assert "\n  stopped early, 1 booking(s) left for the next pass: PassagePoint login answered HTTP 503" in out
+
+
 async def test_a_past_date_is_said_to_be_ignored_by_libcal(sims: Sims) -> None:
     """LibCal answers a past `date` with its today's bookings (libcal.md): the run says so."""
     code, _, err = await _cli("run", "--dry-run", "--config", str(sims.config_path), "--date", "2020-01-01")
