@@ -233,8 +233,12 @@ async def run_pass(
             )
             await registration.run(todo)
     except CREDENTIALS_REFUSED as exc:
-        # What was registered before the refusal is saved; the pass is on record as stopped.
-        cache.finish_pass(pass_id, exit_status=2, summary={**result.summary(), "error": str(exc)})
+        # What was registered before the refusal is saved, what failed or is uncertain is reported,
+        # and the pass is on record as stopped.
+        try:
+            await _report(config, cache, result, alerts)
+        finally:
+            cache.finish_pass(pass_id, exit_status=2, summary={**result.summary(), "error": str(exc)})
         raise
 
     result.cancelled_after_registration.extend(row["book_id"] for row in cache.unreported_cancellations())
@@ -265,6 +269,10 @@ def _save_cancellations(cache: Cache, decisions: list[Decision], now: float) -> 
             cache.mark_cancelled_after_registration(decision.booking.book_id, cancelled_at)
         elif decision.cancellation == "before_registration":
             cache.record_cancelled(_book_row(decision.booking, decision.location), cancelled_at=cancelled_at)
+
+
+class _LookupsStopped(Exception):
+    """Alma lookups stopped in this pass (out of reach, daily quota): the patron is not looked up."""
 
 
 class _OncePerPatron(Generic[T]):
@@ -310,6 +318,7 @@ class _Registration:
     visitors: _OncePerPatron[int] = field(default_factory=_OncePerPatron)
     fatal: list[Exception] = field(default_factory=list)
     halted: asyncio.Event = field(default_factory=asyncio.Event)  # this pass only; ``stop`` is the signal's
+    lookups_halted: asyncio.Event = field(default_factory=asyncio.Event)  # Alma: patrons in the cache go on
     pattern: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -317,12 +326,13 @@ class _Registration:
 
     async def run(self, todo: list[Decision]) -> None:
         """Attempt every booking; raise the first refusal of credentials after the others finished."""
-        try:  # before any Alma lookup: PassagePoint out of reach, or refusing the credentials, fails them all
-            await self.passagepoint.ready()
+        # Before any Alma lookup: PassagePoint out of reach, or refusing the login, fails them all.
+        try:
+            await self.passagepoint.ready()  # logs in unless a token is held
         except PassagePointUnavailable as exc:
             self._stop_pass(pass_stop_reason(exc) or str(exc))
         if self.config.check_destinations and not self.halted.is_set():
-            await self._check_destinations()
+            await self._check_destinations()  # a request in every pass, so a token held is no blind spot
         try:
             await asyncio.gather(*(self._guarded(decision) for decision in todo))
         finally:
@@ -334,8 +344,11 @@ class _Registration:
     async def _check_destinations(self) -> None:
         try:
             known = await self.passagepoint.get_destinations()
-        except PassagePointError as exc:  # an optional check: even a 401 for it (bad credentials fail the next call)
-            log.warning("could not list PassagePoint destinations (%s); going on without checking them", exc)
+        except PassagePointError as exc:  # an optional check (even a 401 for it), unless PassagePoint is out of reach
+            if (reason := pass_stop_reason(exc)) is not None:
+                self._stop_pass(reason)
+            else:
+                log.warning("could not list PassagePoint destinations (%s); going on without checking them", exc)
             return
         self.missing_destinations, warning = destination_check(known, self.config.libcal.locations)
         if warning:
@@ -367,9 +380,12 @@ class _Registration:
             return
         try:
             user, visitor_id = await self.users.get(primary_id, functools.partial(self._patron, primary_id))
+        except _LookupsStopped:
+            self._leave()
+            return
         except AlmaError as exc:
-            if (reason := pass_stop_reason(exc)) is not None:
-                self._stop_pass(reason)
+            if (reason := pass_stop_reason(exc)) is not None:  # patrons already known still go on
+                self._stop_pass(reason, lookups_only=True)
                 self._leave()
                 return
             outcome = lookup_outcome(exc)
@@ -394,6 +410,9 @@ class _Registration:
                     if outcome.verdict == "stop":
                         raise
                     self._save(decision, outcome)
+                    return
+                if self.stop.is_set() or self.halted.is_set():  # stopped while the visitor was made
+                    self._leave()
                     return
             row = _book_row(booking, location)
             before = self.cache.booking(booking.book_id)
@@ -429,6 +448,8 @@ class _Registration:
         known = patron_from_cache(primary_id, self.cache.user(primary_id))
         if known is not None:
             return known
+        if self.lookups_halted.is_set():
+            raise _LookupsStopped
         return await self.alma.lookup_user(primary_id), None
 
     async def _create_visitor(self, booking: Booking, user: AlmaUser) -> int:
@@ -442,17 +463,18 @@ class _Registration:
             mobile_phone=user.primary_id,
         )
 
-    def _stop_pass(self, reason: str) -> None:
-        """No booking can succeed now: start no more (the first reason is the one reported)."""
+    def _stop_pass(self, reason: str, *, lookups_only: bool = False) -> None:
+        """No booking can succeed now (PassagePoint), or none that needs Alma (*lookups_only*): start
+        no more of them. The first reason is the one reported."""
         if self.result.stopped is None:
             self.result.stopped = reason
             log.error("pass stopped: %s", reason)
-        self.halted.set()
+        (self.lookups_halted if lookups_only else self.halted).set()
 
     def _leave(self) -> None:
         """A booking not sent, because of a signal or a stopped pass: its cache row is untouched."""
         self.result.left += 1
-        if self.result.stopped is None:
+        if self.stop.is_set():
             self.result.interrupted = True
 
     def _save(self, decision: Decision, outcome: Outcome) -> None:

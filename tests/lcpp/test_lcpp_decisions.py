@@ -298,7 +298,8 @@ def test_alerts_of_a_pass_one_message_per_kind() -> None:
     alerts = alerts_for(new_failures=failed, uncertain=uncertain, cancelled=cancelled,
                         location_errors=["LibCal location 8827 (Gelman): LibCal answered HTTP 500"],
                         no_form_answers={8827: "none carries q12505", 9911: "none carries q12505 either"},
-                        already_alerted={"8827"})
+                        already_alerted={"8827"}, stopped="Alma's daily API quota is used up; the bookings not "
+                                                          "looked up wait for the next pass")
     assert alerts == [
         Alert("booking_failed", "1 LibCal booking(s) could not be pre-registered", ["cs_1 (Ada Lovelace): no primary id"]),
         Alert("prereg_uncertain", "1 pre-registration(s) may or may not exist", ["cs_2 (Grace Hopper): check PassagePoint"]),
@@ -307,6 +308,8 @@ def test_alerts_of_a_pass_one_message_per_kind() -> None:
                "PassagePoint by hand (no API to delete it is known)"]),
         Alert("libcal_error", "LibCal bookings could not be fetched",
               ["LibCal location 8827 (Gelman): LibCal answered HTTP 500"]),
+        Alert("pass_stopped", "a pass stopped before it had sent every booking",
+              ["Alma's daily API quota is used up; the bookings not looked up wait for the next pass"]),
         Alert("no_form_answers", "LibCal sent bookings without the id question's answers",
               ["none carries q12505 either"]),  # 8827 was alerted about when it started
     ]

@@ -332,27 +332,52 @@ async def test_refused_passagepoint_login_stops_the_pass_with_the_keys_to_check(
 
 
 async def test_credentials_refused_at_createprereg_leave_no_open_intent_and_the_next_pass_registers(sims: Sims) -> None:
-    """A returning patron's first PassagePoint call is createPreReg, and the login before it is
-    refused (password rotated): nothing reached PassagePoint, so the booking is not left as an
-    open intent (which the next pass would report as uncertain and never register). The pass is on
-    record with exit status 2 and the reason."""
-    pid, _ = sims.add_patron(1)
-    sims.add_booking("cs_1", pid)
+    """The pass has logged in; after its first createPreReg the password is rotated and the token
+    expires, so the next createPreReg gets a 401 and the login after it is refused. Nothing of that
+    booking reached PassagePoint: it is put back as it was (not left as an open intent, which the
+    next pass would report as uncertain and never register). The pass is on record with exit
+    status 2 and the reason; the next pass, with the password right again, registers it."""
+    for n in (1, 2):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=8 + n)
     await sims.run()
-    sims.add_booking("cs_2", pid, hour=16)
-    sims.pp.password = "rotated"
-    with pytest.raises(PassagePointAuthError):
-        await sims.run()
-    assert len(sims.pp.preregs) == 1
+    sims.add_booking("cs_1b", "G00000001", hour=16)  # returning patrons: createPreReg only
+    sims.add_booking("cs_2b", "G00000002", hour=17)
+
+    def rotate(book_id: str, prereg_id: int) -> None:
+        sims.pp.password = "rotated"
+        sims.pp.expire_tokens()
+
+    with pytest.raises(PassagePointAuthError, match="^PassagePoint refused the login"):
+        await sims.run(concurrency=1, on_prereg_created=rotate)
+    assert len(sims.pp.preregs) == 3
     with sims.cache() as cache:
-        assert cache.counts()["intent"] == 0 and cache.booking("cs_2") is None
+        assert cache.counts()["intent"] == 0 and cache.counts()["registered"] == 3
+        (not_sent,) = [b for b in ("cs_1b", "cs_2b") if cache.booking(b) is None]
         last = cache.last_pass()
-        assert last is not None and last["exit_status"] == 2
+        assert last is not None and last["exit_status"] == 2 and last["summary"]["registered"] == 1
         assert last["summary"]["error"].startswith("PassagePoint refused the login")
     sims.pp.password = "pw"
     result = await sims.run()
-    assert result.registered == ["cs_2"] and result.uncertain == [] and result.exit_status == 0
-    assert len(sims.pp.preregs) == 2
+    assert result.registered == [not_sent] and result.uncertain == [] and result.exit_status == 0
+    assert len(sims.pp.preregs) == 4
+
+
+async def test_a_pass_stopped_by_refused_credentials_still_reports_what_is_uncertain(sims: Sims) -> None:
+    """An intent left open by a crash is uncertain at the start of the next pass; that pass then
+    meets refused credentials: the uncertain booking is still reported (logged, marked reported)."""
+    pid, _ = sims.add_patron(1)
+    sims.add_booking("cs_1", pid)
+    with sims.cache() as cache:
+        cache.record_intent({"book_id": "cs_crash", "lid": GELMAN, "primary_id": pid, "patron": "Ada Lovelace",
+                             "start_time": 1_894_716_000, "end_time": 1_894_723_200, "destination": "LibCal Gelman"},
+                            visitor_id=5, user=(pid, "22222000000001", "UGRD"))
+    sims.pp.password = "rotated"
+    with pytest.raises(PassagePointAuthError):
+        await sims.run()
+    with sims.cache() as cache:
+        row = cache.booking("cs_crash")
+        assert (row["state"], row["reported"]) == ("uncertain", 1)
 
 
 @pytest.mark.parametrize("how", ["login answers 503", "nothing listens"])
@@ -426,18 +451,29 @@ async def test_passagepoint_going_away_mid_pass_leaves_the_unsent_bookings_untou
     assert len(sims.pp.preregs) == 8
 
 
-async def test_alma_daily_quota_stops_the_lookups_and_leaves_the_rest_for_the_next_pass(sims: Sims) -> None:
-    """DAILY_THRESHOLD: every further lookup would be refused too, so none is made."""
-    for n in range(1, 6):
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_alma_daily_quota_stops_the_lookups_but_not_the_patrons_already_known(sims: Sims, concurrency: int) -> None:
+    """DAILY_THRESHOLD: every further lookup would be refused too, so the pass stops looking patrons
+    up; the new patrons' bookings wait, untouched, for the next pass. Patrons already in the cache
+    need no Alma: their bookings register in this pass."""
+    for n in range(1, 13):
         pid, _ = sims.add_patron(n)
-        sims.add_booking(f"cs_{n}", pid, hour=8 + n)
+        sims.add_booking(f"cs_{n}", pid, hour=8)
+    await sims.run()
+    for n in range(1, 13):
+        sims.add_booking(f"cs_{n}b", f"G{n:08d}", hour=14)  # returning patrons
+    for n in range(13, 18):
+        pid, _ = sims.add_patron(n)
+        sims.add_booking(f"cs_{n}", pid, hour=9)  # new patrons: they need Alma
     sims.alma.remaining = 0
-    result = await sims.run(concurrency=1)
-    assert result.stopped is not None and "wait for the next pass" in result.stopped
-    assert (result.left, result.failed, result.registered) == (5, [], [])
-    assert sims.alma.count("/almaws") <= 5  # lookups already started when the first answer came
+    result = await sims.run(concurrency=concurrency)
+    assert result.stopped is not None and result.stopped.endswith("the bookings not looked up wait for the next pass")
+    assert sorted(result.registered) == sorted(f"cs_{n}b" for n in range(1, 13))
+    assert (result.left, result.failed, result.exit_status) == (5, [], 1)
+    with sims.cache() as cache:
+        assert all(cache.booking(f"cs_{n}") is None for n in range(13, 18))
     sims.alma.reset_daily_quota()
-    assert len((await sims.run()).registered) == 5
+    assert sorted((await sims.run()).registered) == sorted(f"cs_{n}" for n in range(13, 18))
 
 
 async def test_a_refused_alma_key_stops_the_pass_like_any_refused_credential(sims: Sims) -> None:
