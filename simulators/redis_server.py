@@ -65,6 +65,11 @@ class RedisServer:
                     raise EmbeddedServerError(f"redis-server exited at start: {err.strip()}")
                 try:
                     if client.ping():
+                        # A server that answers on our port but is not ours (it took the port between
+                        # free_port() and our bind): ours is about to exit with "address in use".
+                        if int(client.info("server")["process_id"]) != self.process.pid:
+                            self.process.wait(timeout)
+                            raise EmbeddedServerError(f"port {self.port} is another redis-server's")
                         return self
                 except redis.exceptions.BusyLoadingError:
                     pass  # loading its data file: keep waiting

@@ -325,7 +325,14 @@ def test_kill_9_mid_run_loses_nothing_and_resends_only_what_was_in_flight(tmp_pa
         process.wait()
         assert process.returncode == -signal.SIGKILL
         journalled = {e["item_pid"] for e in read_journal(journal) if e["done"]}
-        time.sleep(0.5)  # let the simulator finish reading what the killed process had already sent
+        # Let the simulator finish reading what the killed process had already sent: until the
+        # count of requests it has seen stays the same for 0.3 s.
+        seen, settled = -1, time.monotonic()
+        while time.monotonic() - settled < 0.3:
+            count = sim.call(lambda: len(state.requests))
+            if count != seen:
+                seen, settled = count, time.monotonic()
+            time.sleep(0.02)
         sent_before = set(sim.call(lambda: [r["path"].rsplit("/", 1)[-1] for r in state.requests]))
         assert 25 <= len(journalled) < 80
         # The batch is 1000 items, so the CSV itself was never rewritten with results: only the journal has them.

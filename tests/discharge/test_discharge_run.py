@@ -237,7 +237,7 @@ async def test_no_request_leaves_after_the_stop(aiohttp_server: Any, tmp_path: P
     """Items still waiting for the limiter when the run stops are not sent: one refused key, one request."""
     state = AlmaState(per_second_limit=1000, api_keys={KEY})
     table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 4)
-    summary = await run(aiohttp_server, state, table, tmp_path, rate=5, key="wrong-key")
+    summary = await run(aiohttp_server, state, table, tmp_path, rate=2, key="wrong-key")  # the next start 0.5 s on
     assert summary.stop_reason is not None and "Alma refused the API key" in summary.stop_reason
     assert len(state.requests) == 1 == summary.requests
     assert summary.failed == {"UNAUTHORIZED": 1} and summary.not_processed == 3
@@ -294,7 +294,7 @@ async def test_a_redirect_fails_the_item_naming_its_location_and_stops_the_run(a
     state = AlmaState(per_second_limit=1000, api_keys={KEY})
     table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 4)
     state.inject_failure("redirect", count=100)
-    summary = await run(aiohttp_server, state, table, tmp_path, rate=5)
+    summary = await run(aiohttp_server, state, table, tmp_path, rate=2)  # the next start 0.5 s on
     assert [(r["method"], r["status"]) for r in state.requests] == [("POST", 301)]
     assert summary.failed == {"REDIRECTED": 1} and summary.not_processed == 3 and state.scans == []
     done, outcome, error, attempts = status_columns(tmp_path / "items.csv")[0]
@@ -362,7 +362,7 @@ async def test_an_html_401_stops_the_run_naming_base_url_not_the_key(aiohttp_ser
     plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
     async with aiohttp.ClientSession() as session:
         summary = await discharge(
-            plan.requests, table, client=AlmaClient(base, KEY, session), limiter=SlidingWindowLimiter(5),
+            plan.requests, table, client=AlmaClient(base, KEY, session), limiter=SlidingWindowLimiter(2),
             data_dir=tmp_path / "data", concurrency=3, batch_size=10, retry=FAST, echo=lambda _: None,
         )
     assert summary.stop_reason == (

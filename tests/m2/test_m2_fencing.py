@@ -494,6 +494,13 @@ def test_an_incremental_loader_stopped_past_its_lease_sends_at_most_one_more_chu
     assert stale <= 40_000, f"{stale:,} rows of the stopped loader overwrote the newer load"
 
 
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.TimeoutError:
+        return False
+
+
 def test_a_second_ctrl_c_stops_the_clean_up_of_an_interrupted_replace(tmp_path, redis_url):
     """Ctrl-C stops a --replace, which then deletes what it wrote; while Redis is slow to answer
     that, the second Ctrl-C stops the deletion at once (the next load finishes it), as the README
@@ -508,7 +515,8 @@ def test_a_second_ctrl_c_stops_the_clean_up_of_an_interrupted_replace(tmp_path, 
     sleeper.start()
     started = time.monotonic()
     try:
-        time.sleep(0.3)
+        probe = redis.Redis.from_url(redis_url, socket_timeout=0.1)
+        _wait_for(lambda: not _answers(probe), what="Redis to be asleep")
         process.send_signal(signal.SIGINT)  # the load stops, and its clean-up waits on Redis
         time.sleep(1.0)
         process.send_signal(signal.SIGINT)

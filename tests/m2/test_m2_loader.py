@@ -128,10 +128,11 @@ def test_replace_with_force_goes_through(tmp_path, redis_client):
 def test_readers_see_old_or_new_data_set_never_a_mix_during_replace(tmp_path, redis_url):
     """Concurrent lookups during --replace: each answer is wholly the old or wholly the new data.
 
-    The readers cache m2:meta for META_TTL and the loader waits GRACE before deleting the old
-    generation, as in production (1 s and 3 s), only scaled down so the test does not sleep.
+    The readers cache m2:meta for META_TTL and the old generation expires GRACE after the switch,
+    as in production (1 s and 3 s), with the cache scaled down so that the readers see each switch.
+    (A grace of 0.25 s let a reader stalled ~200 ms on a loaded machine read expired keys.)
     """
-    meta_ttl, grace = 0.05, 0.25
+    meta_ttl, grace = 0.05, 1.0
     loader_client = redis.Redis.from_url(redis_url)
     old = export(tmp_path, "".join(f"{i},,OLD,\n" for i in range(30_000)), "old.csv")
     new = export(tmp_path, "".join(f"{i},,NEW,\n" for i in range(30_000)), "new.csv")

@@ -124,6 +124,7 @@ class Serve:
     err: Path
     terminal: int | None = None  # the terminal's controlling side
     known: set[int] = field(default_factory=set)  # every process of it seen so far
+    reader: threading.Thread | None = None  # copies what the terminal shows into `out`
 
     def wait_ready(self, seconds: float = 60) -> None:
         deadline = time.monotonic() + seconds
@@ -149,7 +150,10 @@ class Serve:
         else:
             self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=STOP_BOUND + 20)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        if self.reader is not None:  # what serve wrote last may not be copied yet: it ends with the terminal
+            self.reader.join(timeout=5)
+        return seconds
 
     def stderr(self) -> str:
         return self.err.read_text()
@@ -193,7 +197,7 @@ def serve(redis_url: str, tmp_path: Path) -> Iterator:
             reader = threading.Thread(target=copy_terminal, args=(controller, out), daemon=True)
             reader.start()
             readers.append((reader, controller))
-            started.append(Serve(process, port, out, out, terminal=controller))
+            started.append(Serve(process, port, out, out, terminal=controller, reader=reader))
             return started[-1]
         with out.open("w") as stdout, err.open("w") as stderr:
             process = subprocess.Popen([sys.executable, "-m", "m2_code_store", "serve", *args], cwd=tmp_path, env=environ,
