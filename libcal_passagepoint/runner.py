@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,8 +110,14 @@ def cache_lock(cache_path: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = ""
+            for _ in range(10):  # the holder writes its pid just after it took the lock
+                handle.seek(0)
+                holder = handle.read().strip()
+                if holder:
+                    break
+                time.sleep(0.02)
+            holder = holder or "unknown"
             raise CacheBusy(
                 f"another libcal_passagepoint run (pid {holder}) holds {path}: nothing was done; "
                 "run again when it has finished"
