@@ -128,7 +128,7 @@ def _main(args: argparse.Namespace) -> int:
         if args.dry_run:
             resumed = resume.resume(config, *_inputs(config, args.barcodes), args.limit)
             _print_plan(config, resumed, listing)
-            print(DRY_RUN_KEY_NOTE)
+            _show(DRY_RUN_KEY_NOTE)
             _finish_line("dry run: nothing was sent", resumed.plan)
             return 0
         lock = resume.take_locks(config)
@@ -179,10 +179,10 @@ def _from_report(config: DischargeConfig, args: argparse.Namespace) -> int:
     path = config.analytics_report or ""
     read_desks(config.circ_desks_file)  # refuse a bad desks file before anything is fetched
     if args.dry_run:
-        print(f"dry run: the Analytics report {path} would be fetched from {config.base_url} (a dry run sends "
+        _show(f"dry run: the Analytics report {path} would be fetched from {config.base_url} (a dry run sends "
               "nothing, so neither the report nor its columns were checked)")
-        print(DRY_RUN_KEY_NOTE)
-        print("dry run: nothing was sent")
+        _show(DRY_RUN_KEY_NOTE)
+        _show("dry run: nothing was sent")
         return 0
     lock_path = report_lock_path(config.data_dir, path)
     try:
@@ -211,19 +211,29 @@ def _from_report(config: DischargeConfig, args: argparse.Namespace) -> int:
         return _locked_run(replace(config, loans_data_file=saved), args, None)
 
 
+def _show(text: str) -> None:
+    """Print *text* on stdout. A stdout that cannot take it (a full disk, a reader that left) is a
+    warning, not the end of a run whose results are saved: the log has the same lines."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left goes nowhere, quietly
+        log.warning("could not print on standard output (%s); the log has the same lines", exc.strerror or exc)
+
+
 def _print_plan(config: DischargeConfig, resumed: resume.Resumed, listing: BarcodeList | None) -> None:
     plan = resumed.plan
     text = format_plan(plan, config.items_file, config.circ_desks_file, to_look_up=len(resumed.lookups))
     if listing is not None:
         text = format_barcodes(listing, config.items_file, len(resumed.lookups)) + "\n" + text
-    print(text)
+    _show(text)
     log.info("%s", text.splitlines()[0], extra={"printed": True, "event": "plan", **plan_fields(plan),
                                                  "to_look_up": len(resumed.lookups)})
 
 
 def _finish_line(line: str, plan: Plan) -> None:
     """The last line of a run that sent nothing: printed, and logged with the plan's counts."""
-    print(line)
+    _show(line)
     log.info("%s", line, extra={"printed": True, "event": "summary", **plan_fields(plan)})
 
 
@@ -255,7 +265,7 @@ def _discharge(config: DischargeConfig, resumed: resume.Resumed, *, quiet: bool,
     text = format_summary(summary, plan, config.items_file)
     if listing is not None:
         text += "\n" + barcode_summary(listing, summary, plan, config.items_file)
-    print(text)
+    _show(text)
     log.info("%s", "; ".join(text.splitlines()), extra={"printed": True, "event": "summary", **summary_fields(summary, plan)})
     return exit_status(summary, plan)
 

@@ -96,6 +96,7 @@ class ItemsTable:
     delimiter: str = ","
     lines: list[int] = field(default_factory=list)  # line in the file where each row starts
     key: str = "item_pid"  # the column results are matched on: "barcode" for a barcode list's results
+    line_end: str = "\n"  # as the file had it: "\r\n" for a file saved on Windows
 
     def get(self, row: int, name: str) -> str:
         """The stripped cell of *row* in column *name*, or '' when the file has no such column."""
@@ -105,8 +106,8 @@ class ItemsTable:
         return self.rows[row][index].strip()
 
     def set(self, row: int, name: str, value: str) -> None:
-        """Set a status cell of *row*."""
-        self.rows[row][self.columns[name]] = value
+        """Set a status cell of *row* (on one line: see :func:`one_line`)."""
+        self.rows[row][self.columns[name]] = one_line(value)
 
     def line_number(self, row: int) -> int:
         """The line of *row* in the file as a person counts (header is line 1)."""
@@ -185,6 +186,12 @@ class Plan:
         return Counter((r.library, r.circ_desk) for r in self.requests)
 
 
+def one_line(value: str) -> str:
+    """*value* with its line breaks as spaces: a status cell (an error message from Alma, say) never
+    spans lines, so the file stays one row a line, as reading it again requires."""
+    return value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+
 def _decode(path: Path, what: str, *, where: str = "in the configuration",
             save_as: str = "export it from Analytics as CSV (UTF-8)") -> tuple[str, str]:
     """Read *path* as text, detecting UTF-16 and UTF-8 byte-order marks."""
@@ -210,16 +217,28 @@ def _decode(path: Path, what: str, *, where: str = "in the configuration",
 
 def _read_rows(
     path: Path, what: str, *, refuse_extra_cells: bool = False
-) -> tuple[list[str], list[list[str]], list[int], str, str]:
-    """Header, non-blank rows, the file line where each row starts, encoding, delimiter."""
+) -> tuple[list[str], list[list[str]], list[int], str, str, str]:
+    """Header, non-blank rows, the file line where each row starts, encoding, delimiter, line end."""
     text, encoding = _decode(path, what)
     first_line = text.split("\n", 1)[0]
+    line_end = "\r\n" if first_line.endswith("\r") else "\n"
     delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: list[list[str]] = []
     lines: list[int] = []
     previous_line = 0
+    width = 0
     for row in reader:
+        if not rows:
+            width = len(row)
+        elif reader.line_num - previous_line > 1 and _holds_rows(row, delimiter, width):
+            # A quote never closed swallows the lines after it into one cell: they would be neither
+            # sent nor counted. (A note over two lines, with no row inside it, is kept.)
+            raise InputError(
+                f"{what} {path}, line {previous_line + 1}: a quoted cell runs over lines {previous_line + 1}-"
+                f"{reader.line_num} and holds what look like rows: a quote is not closed. Close it (or remove "
+                "it) and run again; nothing was sent"
+            )
         if any(cell.strip() for cell in row):
             rows.append(row)
             lines.append(previous_line + 1)
@@ -227,7 +246,6 @@ def _read_rows(
     if not rows:
         raise InputError(f"{what} {path} is empty: it needs a header line and at least one row")
     header = [cell.replace("\ufeff", "").strip() for cell in rows[0]]
-    width = len(header)
     body = []
     for line, row in zip(lines[1:], rows[1:], strict=True):
         if refuse_extra_cells and any(cell.strip() for cell in row[width:]):
@@ -237,7 +255,14 @@ def _read_rows(
                 "give the extra column a header or remove the extra cells"
             )
         body.append((row + [""] * width)[:width] if len(row) != width else row)
-    return header, body, lines[1:], encoding, delimiter
+    return header, body, lines[1:], encoding, delimiter, line_end
+
+
+def _holds_rows(row: list[str], delimiter: str, width: int) -> bool:
+    """Whether a cell of *row* spans lines one of which has as many delimiters as a row of the file."""
+    needed = max(1, width - 1)
+    return any(line.count(delimiter) >= needed for cell in row if "\n" in cell or "\r" in cell
+               for line in cell.splitlines()[1:])
 
 
 def _find_columns(header: list[str], wanted: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
@@ -262,7 +287,7 @@ def required_item_columns(location_type: str) -> tuple[str, ...]:
 def read_items(path: str | os.PathLike[str], location_type: str = "auto") -> ItemsTable:
     """Read the items CSV, check its columns, add the status columns if missing."""
     path = Path(path)
-    header, rows, lines, encoding, delimiter = _read_rows(path, "items file", refuse_extra_cells=True)
+    header, rows, lines, encoding, delimiter, line_end = _read_rows(path, "items file", refuse_extra_cells=True)
     columns = _find_columns(header, ITEM_COLUMNS)
     missing = [name for name in required_item_columns(location_type) if name not in columns]
     if missing:
@@ -278,13 +303,13 @@ def read_items(path: str | os.PathLike[str], location_type: str = "auto") -> Ite
             header.append(name)
             for row in rows:
                 row.append("")
-    return ItemsTable(path, header, rows, columns, encoding, delimiter, lines)
+    return ItemsTable(path, header, rows, columns, encoding, delimiter, lines, line_end=line_end)
 
 
 def read_desks(path: str | os.PathLike[str]) -> DeskMap:
     """Read the desks CSV (location_code, circ_desk[, library_code]) into a DeskMap."""
     path = Path(path)
-    header, rows, lines, _, _ = _read_rows(path, "desks file")
+    header, rows, lines, _, _, _ = _read_rows(path, "desks file")
     columns = _find_columns(header, DESK_COLUMNS)
     missing = [name for name in ("location_code", "circ_desk") if name not in columns]
     if missing:
@@ -459,8 +484,8 @@ def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) ->
                 continue  # a later failure never undoes a recorded return
             values = {
                 "done": "True" if entry.get("done") else "False",
-                "outcome": str(entry.get("outcome") or ""),
-                "error": str(entry.get("error") or ""),
+                "outcome": one_line(str(entry.get("outcome") or "")),
+                "error": one_line(str(entry.get("error") or "")),
                 "attempts": str(entry.get("attempts") or ""),
             }
             if any(table.get(row, name) != value for name, value in values.items()):
@@ -472,13 +497,15 @@ def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) ->
 
 
 def write_items_atomic(table: ItemsTable) -> None:
-    """Rewrite the items file: temporary file in the same directory, fsync, rename over the original."""
-    path = table.path
+    """Rewrite the items file: temporary file in the same directory, fsync, rename over the original
+    (over the file a symbolic link names, not over the link: the link stays, and the file it names,
+    which the run's lock is beside, gets the results)."""
+    path = Path(os.path.realpath(table.path))
     encoding = "utf-16" if table.encoding == "utf-16" else table.encoding
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
-            writer = csv.writer(handle, delimiter=table.delimiter, lineterminator="\n")
+            writer = csv.writer(handle, delimiter=table.delimiter, lineterminator=table.line_end)
             writer.writerow(table.header)
             writer.writerows(table.rows)
             handle.flush()

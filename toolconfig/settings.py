@@ -22,6 +22,8 @@ from typing import Any
 
 from toolconfig import ConfigError, format_duration, parse_duration, refuse_unknown
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in an API key or a password sent in a header or JSON
+
 __all__ = ["MISSING", "Section"]
 
 
@@ -100,14 +102,19 @@ class Section:
 
     def secret(self, key: str, env_var: str) -> str:
         """A secret: the environment variable *env_var* when set (it wins), else the file's value as written."""
-        value = self.environ.get(env_var)
+        value = self.environ.get(env_var, "").strip("\r\n")  # `$(cat key.txt)` keeps a Windows \r
         if value:
+            if _CONTROL.search(value):
+                raise ConfigError(f"the environment variable {env_var} holds a control character (a line break or "
+                                  "tab inside the value?): set it to the secret alone")
             return value
         written = self.values.get(key)
         if written is None or (isinstance(written, str) and not written.strip()):
             raise self.error(key, f"is missing (set it in the file or in the environment variable {env_var})")
         if isinstance(written, bool) or not isinstance(written, str | int | float):
             raise self.error(key, "must be a text value")
+        if _CONTROL.search(str(written)):
+            raise self.error(key, "holds a control character (a line break or tab inside the value?)")
         return str(written)  # YAML already trims an unquoted value, and a quoted one means its spaces
 
     def integer(self, key: str, *, default: Any = MISSING, minimum: int | None = None) -> int:

@@ -647,3 +647,32 @@ def test_sigterm_before_any_item_was_sent_says_so_and_releases_the_locks(
     assert messages(capsys.readouterr().err) == ["error: terminated (SIGTERM) before any item was sent: run again to start"]
     assert not (tmp_path / "items.csv.lock").exists() and not (tmp_path / "data" / "discharge.lock").exists()
     assert sim.call(lambda: list(state.requests)) == []
+
+
+@pytest.mark.parametrize("stdout", ["a full disk", "a reader that left"])
+def test_a_stdout_that_cannot_take_the_summary_ends_the_run_normally(tmp_path: Path, stdout: str) -> None:
+    """`discharge_loans >/dev/full`, or `| head -1`: the run goes on, every result is saved, and the
+    summary is in the log with a warning, not a traceback and exit 120."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    write_inputs(tmp_path, state, 5)
+    with SimulatorThread(state) as sim:
+        config = write_config(tmp_path, sim.base_url)
+        command = [sys.executable, "-m", "loan_discharge", "--config", str(config)]
+        env = {**os.environ, "ALMA_API_KEY": KEY}
+        if stdout == "a full disk":
+            with open("/dev/full", "w") as full:
+                process = subprocess.run(command, env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        else:
+            reader, writer = os.pipe()
+            os.close(reader)  # nobody will read what the run prints
+            try:
+                process = subprocess.run(command, env=env, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+            finally:
+                os.close(writer)
+        scans = sim.call(lambda: len(state.scans))
+    assert process.returncode == 0, process.stderr
+    logged = messages(process.stderr)
+    assert any(m.startswith("warning: could not print on standard output (") for m in logged), logged
+    assert any(m.startswith("done: 5 (5 returned and in place)") for m in logged), logged
+    assert "Traceback" not in process.stderr and scans == 5
+    assert all(row[-4] == "True" for row in read_items(tmp_path / "items.csv").rows)

@@ -304,3 +304,54 @@ def test_cells_beyond_the_header_are_refused_not_dropped(tmp_path: Path) -> None
         f"items file {path}, line 3: 10 cells, but the header has 8: "
         "give the extra column a header or remove the extra cells"
     )
+
+
+def test_a_quote_never_closed_is_refused_not_read_as_one_row(tmp_path: Path) -> None:
+    """A stray quote makes the csv module read every line after it into one cell: those items would
+    be neither sent nor counted. The file is refused, naming the lines, before anything is sent."""
+    stray = ROWS[1].replace(",2212345678901234562", ',"2212345678901234562')
+    path = items_file(tmp_path, rows=[ROWS[0], stray, ROWS[2], ROWS[3]])
+    with pytest.raises(InputError) as caught:
+        read_items(path)
+    assert str(caught.value) == (
+        f"items file {path}, line 3: a quoted cell runs over lines 3-5 and holds what look like rows: a quote is "
+        "not closed. Close it (or remove it) and run again; nothing was sent"
+    )
+    desks = tmp_path / "desks.csv"
+    desks.write_text('location_code,circ_desk\n"stacks,MAIN_DESK\nreserve,RES_DESK\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"desks\.csv, line 2: a quoted cell runs over lines 2-3"):
+        read_desks(desks)
+
+
+def test_an_error_message_with_line_breaks_is_written_on_one_line(tmp_path: Path) -> None:
+    """An Alma error text may hold line breaks; written as they are, the next run would refuse the file."""
+    path = items_file(tmp_path)
+    table = read_items(path)
+    entry = {"item_pid": "2312345678901234561", "done": False, "error": "401873: Item\r\nnot found\nhere", "attempts": 1}
+    assert apply_results(table, [entry]) == 1
+    write_items_atomic(table)
+    assert read_items(path).get(0, "error") == "401873: Item not found here"
+
+
+def test_a_linked_items_file_gets_the_results_and_the_link_stays(tmp_path: Path) -> None:
+    """items.csv a symbolic link to the export: the export itself is rewritten (the lock is beside
+    it), and the link still names it."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    real = items_file(exports, name="export.csv")
+    link = tmp_path / "items.csv"
+    link.symlink_to(Path("exports") / "export.csv")
+    table = read_items(link)
+    apply_results(table, [{"item_pid": "2312345678901234561", "done": True, "outcome": "returned", "attempts": 1}])
+    write_items_atomic(table)
+    assert link.is_symlink() and read_items(real).get(0, "done") == "True"
+    assert not [p.name for p in exports.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_file_saved_on_windows_keeps_its_line_ends(tmp_path: Path) -> None:
+    path = tmp_path / "items.csv"
+    path.write_bytes(("\r\n".join([HEADER, *ROWS]) + "\r\n").encode())
+    table = read_items(path)
+    write_items_atomic(table)
+    data = path.read_bytes()
+    assert data.count(b"\r\n") == len(ROWS) + 1 and b"\n" not in data.replace(b"\r\n", b"")

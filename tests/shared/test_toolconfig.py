@@ -154,3 +154,18 @@ def test_getters_read_what_is_right(tmp_path):
     assert section.text_list("l") == ["a", "b"]
     with pytest.raises(ConfigError, match=r"^.*c.yml: nn is not a known setting: did you mean n\?$"):
         Section({"nn": 1}, source=config, known=["n"])
+
+
+def test_a_secret_from_a_file_with_windows_line_ends_loses_its_line_end_and_a_control_character_is_refused():
+    """`ALMA_API_KEY="$(cat key.txt)"` keeps the \r of a key file saved on Windows: it is not part of
+    the key (it once crashed the run in aiohttp's header check). A control character inside is refused."""
+    from toolconfig.settings import Section
+
+    assert Section({}, name="A", source="c.yml", environ={"K": "l7xx1234\r"}).secret("apikey", "K") == "l7xx1234"
+    assert Section({}, name="A", source="c.yml", environ={"K": "\r\nl7xx1234\r\n"}).secret("apikey", "K") == "l7xx1234"
+    with pytest.raises(ConfigError) as info:
+        Section({}, name="A", source="c.yml", environ={"K": "l7xx\t1234"}).secret("apikey", "K")
+    assert str(info.value) == ("the environment variable K holds a control character (a line break or tab inside "
+                               "the value?): set it to the secret alone")
+    with pytest.raises(ConfigError, match=r"^c\.yml: A\.apikey holds a control character"):
+        Section({"apikey": "l7xx\n1234"}, name="A", source="c.yml", environ={}).secret("apikey", "K")
