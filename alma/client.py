@@ -421,6 +421,8 @@ class AlmaClient:
             error = AlmaRateLimited(message_of(code), code=code, **fields)
         elif status in (401, 403) and not errors and text.lstrip().startswith("<"):
             error = AlmaUnauthorized(self._not_the_gateway(status), key_refused=False, **fields)
+        elif status == 404 and not errors:  # Alma's API answers a bad item or user with its error list
+            error = AlmaUnauthorized(self._no_such_api(), key_refused=False, **fields)
         elif status in (401, 403) or UNAUTHORIZED in codes:
             code = UNAUTHORIZED if UNAUTHORIZED in codes else first
             error = AlmaUnauthorized(message_of(code), code=code, **fields)
@@ -437,6 +439,13 @@ class AlmaClient:
         else:
             error = AlmaRequestError(message_of(first), code=first, **fields)
         raise error
+
+    def _no_such_api(self) -> str:
+        example = GATEWAY_EXAMPLE + URL(self._configured_url).path.rstrip("/")
+        return (
+            f"{self._url_setting} {self._configured_url} answered HTTP 404 without an Alma error: no Alma API "
+            f"is at that path; check {self._url_setting} (e.g. {example})"
+        )
 
     def _not_the_gateway(self, status: int) -> str:
         example = GATEWAY_EXAMPLE + URL(self._configured_url).path.rstrip("/")

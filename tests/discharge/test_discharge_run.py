@@ -98,7 +98,8 @@ async def test_outcomes_files_and_no_key_anywhere(aiohttp_server: Any, tmp_path:
     journal = read_journal(tmp_path / "data" / "journal.jsonl")
     assert sorted(e["item_pid"] for e in journal) == [pid("23", n) for n in range(4)]
     batch_1, batch_2 = sorted((tmp_path / "data").glob("results-*-batch-*.json"))
-    assert re.fullmatch(rf"results-\d{{8}}T\d{{6}}Z-{os.getpid()}-batch-1\.json", batch_1.name)
+    # (a suffix when another test of this process began a run in the same second: its run ids are unique)
+    assert re.fullmatch(rf"results-\d{{8}}T\d{{6}}Z-{os.getpid()}(\.\d+)?-batch-1\.json", batch_1.name)
     assert batch_2.name == batch_1.name.replace("batch-1", "batch-2")
     raw = json.loads(batch_1.read_text())
     assert len(raw) == 3 and {"url", "status", "response"} <= set(raw[0])
@@ -369,3 +370,21 @@ async def test_an_html_401_stops_the_run_naming_base_url_not_the_key(aiohttp_ser
         f"base_url {base} answered HTTP 401 with an HTML page, not an API error: it is probably the institution's "
         "Alma host; use the API gateway, e.g. https://api-na.hosted.exlibrisgroup.com")
     assert summary.failed == {"HTTP 401": 1} and summary.not_processed == 2
+
+
+async def test_a_base_url_with_a_wrong_path_stops_the_run_at_the_first_answer(aiohttp_server: Any, tmp_path: Path) -> None:
+    """base_url ending in /almaws (the client adds /almaws/v1): every scan-in would get a plain 404,
+    spending the daily quota on nothing. The first answer stops the run, naming base_url."""
+    state = AlmaState(per_second_limit=1000, api_keys={KEY})
+    table = seed(tmp_path, state, [("loan", "MAIN", "Loan")] * 4)
+    server = await aiohttp_server(create_app(state))
+    base = str(server.make_url("/almaws")).rstrip("/")
+    plan = build_plan(table, read_desks(tmp_path / "desks.csv"), "perm")
+    async with aiohttp.ClientSession() as session:
+        summary = await discharge(
+            plan.requests, table, client=AlmaClient(base, KEY, session), limiter=SlidingWindowLimiter(2),
+            data_dir=tmp_path / "data", concurrency=3, batch_size=10, retry=FAST, echo=lambda _: None,
+        )
+    assert summary.stop_reason is not None and summary.stop_reason.startswith(
+        f"base_url {base} answered HTTP 404 without an Alma error: no Alma API is at that path; check base_url")
+    assert summary.failed == {"HTTP 404": 1} and summary.not_processed == 3 and state.scans == []

@@ -75,7 +75,8 @@ CASES: list[tuple[int, str, str, type[alma.AlmaError], str, str]] = [
      alma.AlmaUnexpectedResponse, "401666", "Item is not loanable"),
     (200, "application/json", json.dumps({"link": "x"}), alma.AlmaUnexpectedResponse, "HTTP 200", "200 without item_data"),
     (200, "text/plain", "OK", alma.AlmaUnexpectedResponse, "HTTP 200", "200 without an item object"),
-    (404, "text/plain", "404: Not Found", alma.AlmaRequestError, "HTTP 404", "404: Not Found"),
+    (404, "application/json", error_json("401689", "No items found for barcode"), alma.AlmaNotFound, "401689",
+     "No items found for barcode"),
 ]
 
 
@@ -157,6 +158,20 @@ async def test_error_shapes(
     assert caught.value.remaining == 4242
     assert caught.value.url.startswith(f"{base_of(server)}{ITEM_PATH}?op=scan&")
     assert KEY not in caught.value.url and KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize("body", ["404: Not Found", "<html><body>Not Found</body></html>", ""])
+async def test_a_404_without_an_alma_error_says_no_api_is_at_that_path(aiohttp_server: Any, body: str) -> None:
+    """A base_url with a wrong path answers every request 404 and no Alma error list: not a bad
+    item, so not an error of one request. It is raised as the configured URL's fault (AlmaUnauthorized,
+    key_refused False), which stops a discharge run (exit 2 in libcal_passagepoint)."""
+    server = await canned_server(aiohttp_server, 404, "text/plain", body, [])
+    base = base_of(server) + "/almaws"
+    with pytest.raises(alma.AlmaUnauthorized) as caught:
+        await scan(base)
+    assert not caught.value.key_refused and caught.value.status == 404
+    assert str(caught.value) == (f"base_url {base} answered HTTP 404 without an Alma error: no Alma API is at that "
+                                 "path; check base_url (e.g. https://api-na.hosted.exlibrisgroup.com/almaws)")
 
 
 def test_the_tree() -> None:
