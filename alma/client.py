@@ -441,7 +441,8 @@ class AlmaClient:
         raise error
 
     def _no_such_api(self) -> str:
-        example = GATEWAY_EXAMPLE + URL(self._configured_url).path.rstrip("/")
+        path = URL(self._configured_url).path.rstrip("/")  # the example keeps only a path that is the API's
+        example = GATEWAY_EXAMPLE + (path[path.index(API_PATH):] if API_PATH in path else "")
         return (
             f"{self._url_setting} {self._configured_url} answered HTTP 404 without an Alma error: no Alma API "
             f"is at that path; check {self._url_setting} (e.g. {example})"

@@ -142,6 +142,8 @@ async def fetch_report(
                 "catalog path as Analytics shows it, e.g. /shared/<Your Institution>/Reports/<report name>"
             ) from exc
         except AlmaUnauthorized as exc:
+            if not exc.key_refused:  # base_url is not Alma's API: the message says so and what to set
+                raise ReportError(f"Analytics report {path}: {exc.message}") from exc
             raise ReportError(
                 f"Alma refused the API key for Analytics ({exc.code}: {exc.message}): the key needs read "
                 "permission for the Analytics API; many institutions use a separate key for it: set "

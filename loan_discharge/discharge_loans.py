@@ -211,14 +211,22 @@ def _from_report(config: DischargeConfig, args: argparse.Namespace) -> int:
         return _locked_run(replace(config, loans_data_file=saved), args, None)
 
 
+_stdout_lost: list[str] = []  # why stdout could not be written, once it could not
+
+
 def _show(text: str) -> None:
     """Print *text* on stdout. A stdout that cannot take it (a full disk, a reader that left) is a
-    warning, not the end of a run whose results are saved: the log has the same lines."""
-    try:
-        print(text, flush=True)
-    except OSError as exc:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left goes nowhere, quietly
-        log.warning("could not print on standard output (%s); the log has the same lines", exc.strerror or exc)
+    warning, not the end of a run whose results are saved: from then on the text goes to the log."""
+    if not _stdout_lost:
+        try:
+            print(text, flush=True)
+            return
+        except OSError as exc:
+            _stdout_lost.append(str(exc.strerror or exc))
+            devnull = os.open(os.devnull, os.O_WRONLY)  # what is left in stdout's buffer goes nowhere, quietly
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    log.warning("could not print on standard output (%s); it would have shown:\n%s", _stdout_lost[0], text)
 
 
 def _print_plan(config: DischargeConfig, resumed: resume.Resumed, listing: BarcodeList | None) -> None:

@@ -97,6 +97,7 @@ class ItemsTable:
     lines: list[int] = field(default_factory=list)  # line in the file where each row starts
     key: str = "item_pid"  # the column results are matched on: "barcode" for a barcode list's results
     line_end: str = "\n"  # as the file had it: "\r\n" for a file saved on Windows
+    target: Path | None = None  # the file read, a symbolic link resolved when it was read: rewritten there
 
     def get(self, row: int, name: str) -> str:
         """The stripped cell of *row* in column *name*, or '' when the file has no such column."""
@@ -223,29 +224,29 @@ def _read_rows(
     first_line = text.split("\n", 1)[0]
     line_end = "\r\n" if first_line.endswith("\r") else "\n"
     delimiter = "\t" if first_line.count("\t") > first_line.count(",") else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote that is never closed, or text after a closing quote, is an error. The default
+    # reader takes every line after a stray quote as one cell: those items would be neither sent nor
+    # counted. (A properly quoted cell over two lines, a note, is read as it is.)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[list[str]] = []
     lines: list[int] = []
     previous_line = 0
-    width = 0
-    for row in reader:
-        if not rows:
-            width = len(row)
-        elif reader.line_num - previous_line > 1 and _holds_rows(row, delimiter, width):
-            # A quote never closed swallows the lines after it into one cell: they would be neither
-            # sent nor counted. (A note over two lines, with no row inside it, is kept.)
-            raise InputError(
-                f"{what} {path}, line {previous_line + 1}: a quoted cell runs over lines {previous_line + 1}-"
-                f"{reader.line_num} and holds what look like rows: a quote is not closed. Close it (or remove "
-                "it) and run again; nothing was sent"
-            )
-        if any(cell.strip() for cell in row):
-            rows.append(row)
-            lines.append(previous_line + 1)
-        previous_line = reader.line_num
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                rows.append(row)
+                lines.append(previous_line + 1)
+            previous_line = reader.line_num
+    except csv.Error as exc:
+        raise InputError(
+            f"{what} {path}, line {previous_line + 1}: a quote in this row is not closed where a cell ends "
+            f"({exc}, line {reader.line_num}), so the lines after it would be read as one cell: correct the "
+            "quote (or remove it) and run again; nothing was sent"
+        ) from None
     if not rows:
         raise InputError(f"{what} {path} is empty: it needs a header line and at least one row")
     header = [cell.replace("\ufeff", "").strip() for cell in rows[0]]
+    width = len(header)
     body = []
     for line, row in zip(lines[1:], rows[1:], strict=True):
         if refuse_extra_cells and any(cell.strip() for cell in row[width:]):
@@ -256,13 +257,6 @@ def _read_rows(
             )
         body.append((row + [""] * width)[:width] if len(row) != width else row)
     return header, body, lines[1:], encoding, delimiter, line_end
-
-
-def _holds_rows(row: list[str], delimiter: str, width: int) -> bool:
-    """Whether a cell of *row* spans lines one of which has as many delimiters as a row of the file."""
-    needed = max(1, width - 1)
-    return any(line.count(delimiter) >= needed for cell in row if "\n" in cell or "\r" in cell
-               for line in cell.splitlines()[1:])
 
 
 def _find_columns(header: list[str], wanted: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
@@ -303,7 +297,8 @@ def read_items(path: str | os.PathLike[str], location_type: str = "auto") -> Ite
             header.append(name)
             for row in rows:
                 row.append("")
-    return ItemsTable(path, header, rows, columns, encoding, delimiter, lines, line_end=line_end)
+    return ItemsTable(path, header, rows, columns, encoding, delimiter, lines, line_end=line_end,
+                      target=Path(os.path.realpath(path)))
 
 
 def read_desks(path: str | os.PathLike[str]) -> DeskMap:
@@ -406,7 +401,7 @@ def plan_rows(
 
 def refused(table: ItemsTable, row: int, reason: str) -> RowProblem:
     """*row* refused for *reason*; ``reported`` when an earlier run already wrote that reason into it."""
-    reported = table.get(row, "error") == f"{NOT_SENT}{reason}"
+    reported = table.get(row, "error") == one_line(f"{NOT_SENT}{reason}").strip()  # as set() wrote it
     return RowProblem(table.line_number(row), table.get(row, "item_pid"), reason, reported)
 
 
@@ -498,9 +493,10 @@ def apply_results(table: ItemsTable, results: Iterable[Mapping[str, object]]) ->
 
 def write_items_atomic(table: ItemsTable) -> None:
     """Rewrite the items file: temporary file in the same directory, fsync, rename over the original
-    (over the file a symbolic link names, not over the link: the link stays, and the file it names,
-    which the run's lock is beside, gets the results)."""
-    path = Path(os.path.realpath(table.path))
+    (over the file a symbolic link named when the table was read, not over the link: the link
+    stays, and the file it named, which the run's lock is beside, gets the results, even if the link
+    has been pointed elsewhere since)."""
+    path = table.target or Path(os.path.realpath(table.path))
     encoding = "utf-16" if table.encoding == "utf-16" else table.encoding
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

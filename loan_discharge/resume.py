@@ -137,7 +137,7 @@ def take_locks(config: DischargeConfig) -> RunLock:
     is created if missing. CannotStart names what is in the way: a directory, or the run that
     holds a lock.
     """
-    items_dir = config.items_file.parent
+    items_dir = Path(os.path.realpath(config.items_file)).parent  # a link's file is rewritten where it is
     if not os.access(items_dir, os.W_OK):
         raise CannotStart(
             f"cannot write to {items_dir}: the run writes its results to {config.items_file.name} there (an items "

@@ -110,6 +110,7 @@ def test_a_report_run_returns_its_loans_saves_what_it_fetched_and_fetches_anew_n
         ("path", "Analytics has no report at '/shared/Some University/Reports/Other' (Alma: Path not found "
                  "(/shared/Some University/Reports/Other)): check the path"),
         ("permission", "Alma refused the API key for Analytics (UNAUTHORIZED: "),
+        ("base_url path", "Analytics report /shared/Some University/Reports/Items to discharge (ä): base_url "),
         ("columns", "Analytics report /shared/Some University/Reports/Items to discharge (ä) has no column "
                     "'Library Code', 'Location Code'"),
     ],
@@ -122,10 +123,12 @@ def test_an_unusable_report_is_refused_before_any_scan_in(
     report = "/shared/Some University/Reports/Other" if change == "path" else REPORT
     if change == "permission":
         state.analytics_keys = {"another-key"}
-    config = write_config(tmp_path, sim.base_url)
+    config = write_config(tmp_path, sim.base_url + ("/almaws" if change == "base_url path" else ""))
     assert main(["--config", str(config), "--analytics-report", report]) == 2
     err = capsys.readouterr().err
     assert messages(err)[-1].startswith(f"error: {message}"), err
+    if change == "base_url path":
+        assert "answered HTTP 404 without an Alma error: no Alma API is at that path; check base_url" in err
     assert state.scans == [] and saved_reports(tmp_path / "data", report) == []
 
 

@@ -306,20 +306,24 @@ def test_cells_beyond_the_header_are_refused_not_dropped(tmp_path: Path) -> None
     )
 
 
-def test_a_quote_never_closed_is_refused_not_read_as_one_row(tmp_path: Path) -> None:
-    """A stray quote makes the csv module read every line after it into one cell: those items would
-    be neither sent nor counted. The file is refused, naming the lines, before anything is sent."""
+@pytest.mark.parametrize("how", ["never closed", "closed by a later quote"])
+def test_a_stray_quote_is_refused_not_read_as_one_row(tmp_path: Path, how: str) -> None:
+    """A stray quote makes the default csv reader take the lines after it as one cell: those items
+    would be neither sent nor counted. The file is refused, naming the row, before anything is sent;
+    a properly quoted note over two lines is still read (test_problem_lines_are_the_lines_of_the_file)."""
     stray = ROWS[1].replace(",2212345678901234562", ',"2212345678901234562')
-    path = items_file(tmp_path, rows=[ROWS[0], stray, ROWS[2], ROWS[3]])
+    rows = [ROWS[0], stray, ROWS[2], ROWS[3]]
+    if how == "closed by a later quote":  # one row swallowed, then text after the closing quote
+        rows[2] = rows[2].replace(",stacks,", ',"stacks",', 1)
+    path = items_file(tmp_path, rows=rows)
     with pytest.raises(InputError) as caught:
         read_items(path)
-    assert str(caught.value) == (
-        f"items file {path}, line 3: a quoted cell runs over lines 3-5 and holds what look like rows: a quote is "
-        "not closed. Close it (or remove it) and run again; nothing was sent"
-    )
+    assert str(caught.value).startswith(f"items file {path}, line 3: a quote in this row is not closed where a cell ends (")
+    assert str(caught.value).endswith("so the lines after it would be read as one cell: correct the quote (or remove "
+                                      "it) and run again; nothing was sent")
     desks = tmp_path / "desks.csv"
     desks.write_text('location_code,circ_desk\n"stacks,MAIN_DESK\nreserve,RES_DESK\n', encoding="utf-8")
-    with pytest.raises(InputError, match=r"desks\.csv, line 2: a quoted cell runs over lines 2-3"):
+    with pytest.raises(InputError, match=r"desks\.csv, line 2: a quote in this row is not closed"):
         read_desks(desks)
 
 
@@ -346,6 +350,11 @@ def test_a_linked_items_file_gets_the_results_and_the_link_stays(tmp_path: Path)
     write_items_atomic(table)
     assert link.is_symlink() and read_items(real).get(0, "done") == "True"
     assert not [p.name for p in exports.iterdir() if p.name.endswith(".tmp")]
+    newer = items_file(exports, rows=ROWS[:1], name="newer.csv")  # a scheduled job points the link at a new export
+    link.unlink()
+    link.symlink_to(Path("exports") / "newer.csv")
+    write_items_atomic(table)  # the run goes on writing the export it read
+    assert len(read_items(newer).rows) == 1 and len(read_items(real).rows) == len(ROWS)
 
 
 def test_a_file_saved_on_windows_keeps_its_line_ends(tmp_path: Path) -> None:

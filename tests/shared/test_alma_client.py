@@ -171,7 +171,7 @@ async def test_a_404_without_an_alma_error_says_no_api_is_at_that_path(aiohttp_s
         await scan(base)
     assert not caught.value.key_refused and caught.value.status == 404
     assert str(caught.value) == (f"base_url {base} answered HTTP 404 without an Alma error: no Alma API is at that "
-                                 "path; check base_url (e.g. https://api-na.hosted.exlibrisgroup.com/almaws)")
+                                 "path; check base_url (e.g. https://api-na.hosted.exlibrisgroup.com)")
 
 
 def test_the_tree() -> None:
