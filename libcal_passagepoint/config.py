@@ -355,7 +355,9 @@ def _email(emails: Section, assumed: list[str]) -> EmailConfig | None:
     if not emails.given("smtp_starttls"):  # the original used STARTTLS only to log in
         assumed.append(f"Emails.smtp_starttls is not set: STARTTLS {'on' if username else 'off'} because "
                        f"from_username is {'set' if username else 'not set'}, as the original app did")
-    password = emails.environ.get(ENV_VARS["Emails.from_password"]) or emails.values.get("from_password")
+    password_env = ENV_VARS["Emails.from_password"]
+    password = (emails.secret("from_password", password_env)  # line ends trimmed, control characters refused
+                if emails.environ.get(password_env, "").strip("\r\n") or emails.given("from_password") else None)
     return EmailConfig(
         from_email=emails.text("from_email"),
         to_email=tuple(str(address) for address in to_email),
@@ -363,7 +365,7 @@ def _email(emails: Section, assumed: list[str]) -> EmailConfig | None:
         smtp_port=emails.integer("smtp_port", default=587, minimum=1),
         starttls=emails.boolean("smtp_starttls", default=bool(username)),
         from_username=str(username) if username else None,
-        from_password=str(password) if password else None,
+        from_password=password,
     )
 
 

@@ -59,9 +59,9 @@ def test_secrets_from_environment_override_the_file(tmp_path: Path) -> None:
     path = write_config(tmp_path / "config.yml", **BASES, extra=(
         "Emails:\n  from_email: a@example.edu\n  smtp_host: smtp.example.edu\n  to_email: [b@example.edu]\n"
     ))
-    environ = {
-        "LIBCAL_CLIENT_SECRET": "env-secret", "PASSAGEPOINT_PASSWORD": "env-pw",
-        "ALMA_API_KEYS": "k1, k2,k3", "SMTP_PASSWORD": "env-mail", "LIBCAL_CLIENT_ID": "",
+    environ = {  # (a Windows line end, as `$(cat file)` keeps it, is not part of a secret)
+        "LIBCAL_CLIENT_SECRET": "env-secret\r", "PASSAGEPOINT_PASSWORD": "env-pw\r",
+        "ALMA_API_KEYS": "k1, k2,k3\r", "SMTP_PASSWORD": "env-mail\r", "LIBCAL_CLIENT_ID": "",
     }
     config = load_config(path, environ=environ)
     assert config.libcal.client_secret == "env-secret"
