@@ -212,7 +212,8 @@ def _print_result(result: PassResult) -> None:
     try:
         print("\n".join(shown), flush=True)
     except OSError as exc:  # a full disk or a closed pipe must not end `run --every`: the pass is saved
-        log.warning("could not print the summary on standard output (%s); it is in this log", exc.strerror or exc)
+        log.warning("could not print the summary on standard output (%s); it would have shown:\n%s",
+                    exc.strerror or exc, "\n".join(shown))
     log.info("%s", line, extra={"printed": True, "event": "summary", "dry_run": result.dry_run,
                                 "exit_status": result.exit_status, **result.summary()})
 
