@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -20,7 +21,6 @@ from libcal_passagepoint.passagepoint import (
 )
 from libcal_passagepoint.runner import open_clients
 from libcal_passagepoint.sync import Failure, run_pass
-from simulators._common import free_port
 
 
 async def test_first_pass_registers_each_booking_once_with_exact_payloads(sims: Sims) -> None:
@@ -391,12 +391,16 @@ async def test_passagepoint_out_of_reach_stops_the_pass_before_any_alma_lookup(s
         sims.add_booking(f"cs_{n}", pid, hour=10 + n)
     sims.add_booking("cs_noid", None, first_name="No", last_name="Id")  # fails on its own, no call needed
     config = sims.config
-    if how == "login answers 503":
-        sims.pp.inject_failure("login", "503_html")
-    else:
-        config = replace(config, passagepoint=replace(config.passagepoint, pp_api_root=f"http://127.0.0.1:{free_port()}"))
-    signal_stop = asyncio.Event()
-    result = await sims.run(config=config, stop=signal_stop)
+    # A port bound but not listening refuses connections, and no other process can take it meanwhile.
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        if how == "login answers 503":
+            sims.pp.inject_failure("login", "503_html")
+        else:
+            root = f"http://127.0.0.1:{dead.getsockname()[1]}"
+            config = replace(config, passagepoint=replace(config.passagepoint, pp_api_root=root))
+        signal_stop = asyncio.Event()
+        result = await sims.run(config=config, stop=signal_stop)
     assert result.stopped is not None
     assert result.stopped.startswith("PassagePoint login answered HTTP 503" if how == "login answers 503" else
                                      "PassagePoint login at http://127.0.0.1:")
