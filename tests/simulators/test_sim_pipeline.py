@@ -144,7 +144,13 @@ async def test_hang_outlasts_a_shorter_client_timeout(aiohttp_client, sim):
     sim.inject(state, "hang")
     with pytest.raises(TimeoutError):
         await sim.call(client, timeout=aiohttp.ClientTimeout(total=0.1))
-    assert (await sim.call(client)).status == 200
+    try:
+        answer = await sim.call(client)
+    except aiohttp.ServerDisconnectedError:
+        # The client's pool may hand out a connection the server is closing after the abandoned
+        # request (seen once in a parallel run on a loaded machine): a new connection is what counts.
+        answer = await sim.call(client)
+    assert answer.status == 200
 
 
 async def test_slow_takes_effect_at_once_and_answers_late(aiohttp_client, sim):
