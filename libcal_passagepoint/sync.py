@@ -384,9 +384,7 @@ class _Registration:
             self._leave()
             return
         except AlmaError as exc:
-            if (reason := pass_stop_reason(exc)) is not None:  # patrons already known still go on
-                self._stop_pass(reason, lookups_only=True)
-                self._leave()
+            if self._left_by_outage(exc, lookups_only=True):  # patrons already known still go on
                 return
             outcome = lookup_outcome(exc)
             if outcome.verdict == "stop":
@@ -402,9 +400,7 @@ class _Registration:
                 try:
                     visitor_id = await self.visitors.get(primary_id, functools.partial(self._create_visitor, booking, user))
                 except PassagePointError as exc:
-                    if (reason := pass_stop_reason(exc)) is not None:
-                        self._stop_pass(reason)
-                        self._leave()
+                    if self._left_by_outage(exc):
                         return
                     outcome = visitor_outcome(exc)
                     if outcome.verdict == "stop":
@@ -422,10 +418,8 @@ class _Registration:
                     start=row["start_time"], end=row["end_time"], visitor_id=visitor_id, destination=location.destination,
                 )
             except PassagePointError as exc:
-                if (reason := pass_stop_reason(exc)) is not None:  # not sent: as if never tried
+                if self._left_by_outage(exc):  # not sent: as if never tried
                     self.cache.withdraw_intent(booking.book_id, before)
-                    self._stop_pass(reason)
-                    self._leave()
                     return
                 outcome = prereg_outcome(exc, reconcile=self.config.reconcile, visitor_id=visitor_id,
                                          cached_visitor=cached_visitor, destination=location.destination,
@@ -470,6 +464,15 @@ class _Registration:
             self.result.stopped = reason
             log.error("pass stopped: %s", reason)
         (self.lookups_halted if lookups_only else self.halted).set()
+
+    def _left_by_outage(self, exc: AlmaError | PassagePointError, *, lookups_only: bool = False) -> bool:
+        """If *exc* stops the pass (:func:`pass_stop_reason`), stop it and count this booking as left."""
+        reason = pass_stop_reason(exc)
+        if reason is None:
+            return False
+        self._stop_pass(reason, lookups_only=lookups_only)
+        self._leave()
+        return True
 
     def _leave(self) -> None:
         """A booking not sent, because of a signal or a stopped pass: its cache row is untouched."""
